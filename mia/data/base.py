@@ -1,0 +1,72 @@
+"""The in-memory form every dataset is loaded into.
+
+A dataset is two tensors, loaded once and moved to the training device once:
+images as uint8 ``N x C x H x W`` (4x smaller than float, converted per batch
+on the device), tabular rows as float32 or uint8 ``N x D``. Real datasets that
+ship a train/test split are concatenated into one pool: membership splits are
+drawn from the pool by :mod:`mia.data.splits`, not taken from the file layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+from mia.registry import Param
+
+
+@dataclass
+class Dataset:
+    """Features, labels and how to turn a batch of features into model inputs."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    kind: Literal["image", "tabular"]
+    mean: tuple[float, ...] | None = None  # per channel, on the [0, 1] scale (images)
+    std: tuple[float, ...] | None = None
+    augment: bool = False  # crop+flip suits this data (natural images, not digits)
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.x)} rows but {len(self.y)} labels")
+        self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same dataset with both tensors on ``device`` (no copy if already there)."""
+        return Dataset(self.name, self.x.to(device), self.y.to(device), self.num_classes,
+                       self.kind, self.mean, self.std, self.augment)
+
+    def inputs(self, xb: torch.Tensor) -> torch.Tensor:
+        """Model inputs for a batch of raw rows: float32, images scaled and normalized."""
+        if self.kind == "tabular":
+            return xb.float()
+        x = xb.float().div_(255.0)
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to load it and how to get its files."""
+
+    name: str
+    load: Callable[..., Dataset]  # load(data_dir: Path | None, download: bool, **params)
+    description: str
+    kind: Literal["image", "tabular"]
+    files: str = ""  # where the files go under --data-dir (shown in errors and `mia datasets`)
+    params: dict[str, Param] = field(default_factory=dict)
+    default_model: str = "resnet18"

@@ -1,0 +1,15 @@
+"""User-facing errors.
+
+A :class:`MiaError` is a mistake the user can fix (unknown name, missing file,
+bad value). Its message is one line that names the problem and the fix; the CLI
+prints it without a traceback and exits non-zero. Anything else is a bug.
+"""
+
+
+class MiaError(Exception):
+    """A user error with a one-line message that says how to fix it."""
+
+
+def unknown(kind: str, name: str, known) -> MiaError:
+    """The error for a name not in a registry, listing the known names."""
+    return MiaError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")

@@ -1,0 +1,65 @@
+"""A tiny name -> entry registry shared by datasets, models and attacks.
+
+Registries instead of if-chains: adding a dataset, model or attack means
+registering it, and listing commands (``mia datasets``, ``mia attacks``) read
+the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterator, TypeVar
+
+from mia.errors import unknown
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A documented, typed parameter of a registered object (dataset, attack, ...)."""
+
+    type: type
+    default: object
+    help: str
+
+
+class Registry(Generic[T]):
+    """Maps names to entries; ``get`` raises a :class:`MiaError` listing known names."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def decorator(self, name: str) -> Callable:
+        """``@REG.decorator("name")`` registers the decorated object itself."""
+
+        def wrap(obj):
+            self.register(name, obj)
+            return obj
+
+        return wrap
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise unknown(self.kind, name, self._entries) from None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def items(self):
+        return self._entries.items()

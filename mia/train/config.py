@@ -1,0 +1,27 @@
+"""The training recipe, one dataclass shared by targets, shadows and reference models."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class TrainConfig:
+    """How to fit a model. Shadow models copy the target's config (same recipe)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    augment: bool = True  # crop+flip on the device; only used where the dataset allows it
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda when present
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA for image models
+    select_best: bool = True  # keep the epoch with the best validation accuracy
+
+    def to_dict(self) -> dict:
+        return asdict(self)
