@@ -63,3 +63,36 @@ class Registry(Generic[T]):
 
     def items(self):
         return self._entries.items()
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce(params: dict[str, Param], given: dict[str, object], owner: str) -> dict[str, object]:
+    """Typed values for ``given`` (strings from the command line, or already typed).
+
+    Unknown names and values that do not parse as the declared type raise a
+    one-line :class:`MiaError` that lists what ``owner`` accepts.
+    """
+    from mia.errors import MiaError
+
+    out: dict[str, object] = {}
+    for name, value in given.items():
+        if name not in params:
+            known = ", ".join(sorted(params)) or "none"
+            raise MiaError(f"{owner} has no parameter {name!r}; known: {known}")
+        kind = params[name].type
+        if not isinstance(value, str) or kind is str:
+            out[name] = value
+            continue
+        try:
+            if kind is bool:
+                if value.lower() not in _TRUE | _FALSE:
+                    raise ValueError(value)
+                out[name] = value.lower() in _TRUE
+            else:
+                out[name] = kind(value)
+        except ValueError:
+            raise MiaError(f"{owner} parameter {name}={value!r} is not a valid {kind.__name__}") from None
+    return out

@@ -4,6 +4,12 @@ Attacks are functions of stored signals: running ten attacks does not query
 the model ten times, and re-running an attack does not retrain anything. The
 stored form is the logits (everything score-based derives from them) plus, for
 SAMIA, the output sensitivity to input noise.
+
+The derived signals (:func:`loss`, :func:`confidence`, ...) take logits and
+labels as numpy arrays and return float64 per-sample arrays. They work from
+``log_softmax`` in float64, never from ``log(softmax)``: a model that is very
+sure of a training sample (the case membership inference is about) has
+probabilities that round to 0 or 1 in float32, and the log of those is -inf.
 """
 
 from __future__ import annotations
@@ -13,6 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from mia.data.base import Dataset
+from mia.errors import MiaError
+from mia.train.predict import predict_logits, resolve_device
 
 
 @dataclass
@@ -29,3 +40,181 @@ class Signals:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.logits.shape[1])
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` as an uncompressed .npz (exactly that file name)."""
+        path = Path(path)
+        arrays = {"logits": np.asarray(self.logits, dtype=np.float32),
+                  "labels": np.asarray(self.labels, dtype=np.int64)}
+        if self.sensitivity is not None:
+            arrays["sensitivity"] = np.asarray(self.sensitivity, dtype=np.float32)
+        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Signals":
+        """Read what :meth:`save` wrote (no pickles: the file may come from elsewhere)."""
+        path = Path(path)
+        if not path.is_file():
+            raise MiaError(f"no signals file at {path}; compute it with mia.signals.compute_signals")
+        with np.load(path, allow_pickle=False) as z:
+            sens = z["sensitivity"] if "sensitivity" in z.files else None
+            return cls(z["logits"], z["labels"], sens)
+
+
+# ---------------------------------------------------------------- computing
+
+
+def compute_signals(model: nn.Module, data: Dataset, idx, *, sensitivity: bool = False,
+                    draws: int = 10, eps: float = 1e-3, seed: int = 0, batch_size: int = 1024,
+                    device: str | torch.device = "auto") -> Signals:
+    """Query ``model`` once on rows ``idx`` of ``data``; optionally its SAMIA sensitivity.
+
+    The sensitivity (Yuan & Zhang, USENIX Security 2022) is, per class c,
+    ``mean_k |softmax(f(x + eps*u_k))_c - softmax(f(x))_c| / eps`` over ``draws``
+    Gaussian directions ``u_k ~ N(0, I)`` on the model input (after
+    ``data.inputs``). It is computed in float32 without autocast: differences
+    of size ``eps`` vanish in bf16.
+    """
+    idx = np.asarray(idx)
+    logits = predict_logits(model, data, idx, batch_size=batch_size, device=device)
+    labels = data.y[torch.as_tensor(idx, dtype=torch.long).to(data.y.device)].cpu().numpy()
+    sens = None
+    if sensitivity:
+        sens = output_sensitivity(model, data, idx, draws=draws, eps=eps, seed=seed,
+                                  batch_size=batch_size, device=device)
+    return Signals(logits.numpy().astype(np.float32), labels.astype(np.int64), sens)
+
+
+@torch.no_grad()
+def output_sensitivity(model: nn.Module, data: Dataset, idx, *, draws: int = 10,
+                       eps: float = 1e-3, seed: int = 0, batch_size: int = 1024,
+                       device: str | torch.device = "auto") -> np.ndarray:
+    """Float32 ``N x C`` SAMIA sensitivity (see :func:`compute_signals`).
+
+    All draws of a batch go through the model in one forward pass of at most
+    ``batch_size`` rows; the noise comes from a seeded generator, so the
+    result depends only on ``seed`` and the batch size.
+    """
+    if draws < 1 or eps <= 0:
+        raise MiaError(f"sensitivity needs draws >= 1 and eps > 0, got draws={draws}, eps={eps}")
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    step = max(1, batch_size // (draws + 1))
+    out = []
+    for start in range(0, len(idx), step):
+        rows = idx[start:start + step].to(data.x.device)
+        x = data.inputs(data.x[rows].to(device))
+        noise = torch.randn((draws, *x.shape), generator=gen, device=device, dtype=x.dtype)
+        batch = torch.cat([x.unsqueeze(0), x.unsqueeze(0) + eps * noise]).flatten(0, 1)
+        p = torch.softmax(model(batch).float(), dim=-1).view(draws + 1, len(x), -1)
+        out.append(((p[1:] - p[0]).abs().mean(0) / eps).cpu())
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+# ---------------------------------------------------------------- derived signals
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Float64 log-probabilities, shifted by the row max so that nothing overflows."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _true(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(values, np.asarray(labels, dtype=np.int64)[:, None], axis=1)[:, 0]
+
+
+def loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy ``-log p_y``."""
+    return -_true(log_softmax(logits), labels)
+
+
+def confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Probability of the true label ``p_y``."""
+    return np.exp(_true(log_softmax(logits), labels))
+
+
+def correctness(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1.0 where the top-1 prediction is the label, else 0.0."""
+    return (np.asarray(logits).argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+
+
+def entropy(logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Prediction entropy ``-sum_i p_i log p_i`` (the label is not used)."""
+    logp = log_softmax(logits)
+    return -(np.exp(logp) * logp).sum(axis=1)
+
+
+def hconf(logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """Top-1 confidence ``max_i p_i`` (the label is not used).
+
+    mia_prune's "Hconf" returns the true-label confidence instead, which is
+    just :func:`confidence` again; this is the top-1 confidence its paper means.
+    """
+    return np.exp(log_softmax(logits).max(axis=1))
+
+
+def log1m_softmax(logits: np.ndarray) -> np.ndarray:
+    """Float64 ``log(1 - p_i)`` for every class, exact even when ``p_i`` rounds to 1.
+
+    ``log(1 - p_i) = logsumexp_{j != i} z_j - logsumexp_j z_j``. The
+    leave-one-out sum is shifted by the largest remaining logit (the row max,
+    or the runner-up for the argmax class), so it is at least 1 and never
+    cancels: no clamping is needed, and a confidently wrong class gets its true
+    (large) penalty rather than a clamp's.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    n, c = z.shape
+    if c < 2:
+        raise MiaError(f"signals need at least 2 classes, got {c}")
+    rows = np.arange(n)
+    top = z.argmax(axis=1)
+    m1 = z[rows, top]
+    rest = z.copy()
+    rest[rows, top] = -np.inf
+    m2 = rest.max(axis=1)
+    e1 = np.exp(z - m1[:, None])
+    s1 = e1.sum(axis=1)
+    lse = m1 + np.log(s1)
+    # every class but the argmax: leave-one-out sum shifted by the row max (>= 1: contains the max)
+    with np.errstate(divide="ignore"):  # the argmax column is 0 here, replaced just below
+        out = m1[:, None] + np.log(s1[:, None] - e1) - lse[:, None]
+    # the argmax class: sum of the others shifted by the runner-up (>= 1)
+    out[rows, top] = m2 + np.log(np.exp(rest - m2[:, None]).sum(axis=1)) - lse
+    return out
+
+
+def mentr(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Song & Mittal's modified entropy.
+
+    ``Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)``: low for a
+    confident correct prediction, high for a confident wrong one (unlike the
+    plain entropy, which is low for both).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    logp = log_softmax(logits)
+    log1mp = log1m_softmax(logits)
+    p = np.exp(logp)
+    onehot = np.zeros_like(p, dtype=bool)
+    onehot[np.arange(len(labels)), labels] = True
+    true_term = -np.exp(_true(log1mp, labels)) * _true(logp, labels)
+    other = -np.where(onehot, 0.0, p * log1mp).sum(axis=1)
+    return true_term + other
+
+
+SIGNALS = {"loss": loss, "confidence": confidence, "correctness": correctness,
+           "entropy": entropy, "mentr": mentr, "hconf": hconf}
+"""The derived per-sample signals by name, each ``f(logits, labels) -> float64 N``."""

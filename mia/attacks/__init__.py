@@ -1,0 +1,14 @@
+"""Black-box membership inference attacks on stored signals.
+
+``run_attack(name, target, shadows)`` fits attack ``name`` on shadow models'
+signals and scores the target's; :data:`ATTACKS` lists them in the order
+loss, confidence, correctness, entropy, mentr, hconf, nn, nn-top3, nn-cls,
+samia.
+"""
+
+from mia.attacks.base import (ATTACKS, Attack, AttackOutput, AttackSpec, ShadowSignals,
+                              resolve_params, run_attack)
+from mia.attacks import threshold, learned, samia  # noqa: F401  (registers the attacks)
+
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackSpec", "ShadowSignals", "resolve_params",
+           "run_attack"]

@@ -14,6 +14,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" | "adam"
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum (SGD only)
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # "cosine" | "step" | "constant"
     augment: bool = True  # crop+flip on the device; only used where the dataset allows it
@@ -22,6 +23,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA for image models
     select_best: bool = True  # keep the epoch with the best validation accuracy
+    compile: bool = False  # torch.compile the model on CUDA (pays off for long runs)
 
     def to_dict(self) -> dict:
         return asdict(self)

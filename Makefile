@@ -1,0 +1,29 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# Pinned, known-good versions (constraints.txt); pyproject.toml keeps loose bounds for users.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+# The main job: a full audit of the embedded digits dataset, tracked in ./mlflow.db.
+demo: $(STAMP)
+	$(VENV)/bin/mia audit --dataset digits
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

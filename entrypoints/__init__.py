@@ -1,0 +1,1 @@
+"""Click commands: parse options, call :mod:`mia`, print results. One module per entry point."""

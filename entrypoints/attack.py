@@ -1,0 +1,37 @@
+"""``mia attack``: attack a training run; ``print_table`` shows the results."""
+
+from __future__ import annotations
+
+import click
+
+from entrypoints.options import attack_options, attack_params, common_options, pass_options
+
+
+@click.command("attack")
+@click.option("--run-id", required=True, help="The training run to attack (printed by `mia train`).")
+@attack_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shadow models and attacks.")
+@common_options
+@pass_options
+def attack(opts: dict) -> None:
+    """Attack a trained target with shadow models on the attacker's population."""
+    from mia.experiment import attack_run
+
+    outcome = attack_run(opts["run_id"], opts["attacks"], opts["reference_models"],
+                         attack_params(opts["attack_param"]), seed=opts["seed"],
+                         experiment=opts["experiment"], progress=not opts["quiet"])
+    print_table(outcome)
+
+
+COLUMNS = (("AUC", "auc"), ("bal.acc", "balanced_accuracy"),
+           ("TPR@1%", "tpr_at_fpr_0.01"), ("TPR@0.1%", "tpr_at_fpr_0.001"))
+
+
+def print_table(outcome) -> None:
+    """One line per attack with the headline metrics, then the target's utility."""
+    width = max(len("attack"), *(len(r.name) for r in outcome.results))
+    click.echo("attack".ljust(width) + "".join(f"{title:>10}" for title, _ in COLUMNS))
+    for r in outcome.results:
+        click.echo(r.name.ljust(width) + "".join(f"{r.metrics[key]:>10.4f}" for _, key in COLUMNS))
+    click.echo(f"test accuracy {outcome.test_accuracy:.4f}")
+    click.echo(f"target run: {outcome.target_run_id}  attack run: {outcome.run_id}")

@@ -1,0 +1,24 @@
+"""``mia audit``: train a target and attack it, two linked MLflow runs (the MLproject ``main``)."""
+
+from __future__ import annotations
+
+import click
+
+from entrypoints.attack import print_table
+from entrypoints.config import target_config
+from entrypoints.options import attack_options, attack_params, common_options, pass_options, target_options
+
+
+@click.command("audit")
+@target_options
+@attack_options
+@common_options
+@pass_options
+def audit(opts: dict) -> None:
+    """Train a target, train shadows, run the attacks and print the leakage table."""
+    from mia.experiment import audit_run
+
+    config = target_config(opts)
+    outcome = audit_run(config, opts["attacks"], opts["reference_models"], attack_params(opts["attack_param"]),
+                        experiment=opts["experiment"], progress=not opts["quiet"])
+    print_table(outcome)

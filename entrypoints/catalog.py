@@ -1,0 +1,60 @@
+"""``mia datasets``, ``mia attacks``, ``mia info``: what exists and whether the install works."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import click
+
+
+def _params(params) -> str:
+    return "; ".join(f"{name}: {p.type.__name__} = {p.default!r} ({p.help})" for name, p in params.items())
+
+
+@click.command("datasets")
+def datasets() -> None:
+    """List datasets, their kind, default model, parameters and files."""
+    from mia.data.datasets import DATASETS
+
+    for name, spec in DATASETS.items():
+        click.echo(f"{name}  [{spec.kind}, default model {spec.default_model}]  {spec.description}")
+        if spec.params:
+            click.echo(f"    params: {_params(spec.params)}")
+        if spec.files:
+            click.echo(f"    files: {spec.files}")
+
+
+@click.command("attacks")
+def attacks() -> None:
+    """List attacks, their family, what signals they need and their parameters."""
+    from mia.attacks import ATTACKS
+
+    for name, spec in ATTACKS.items():
+        needs = f", needs {', '.join(sorted(spec.needs))}" if spec.needs else ""
+        click.echo(f"{name}  [{spec.family}{needs}]  {spec.description}")
+        if spec.params:
+            click.echo(f"    params: {_params(spec.params)}")
+
+
+@click.command("info")
+def info() -> None:
+    """Versions, devices and the tracking URI: the installation check."""
+    import torch
+
+    from mia import __version__, tracking
+
+    click.echo(f"mia {__version__}, python {platform.python_version()} on {platform.platform()}")
+    for package in ("torch", "torchvision", "numpy", "scikit-learn", "mlflow", "optuna", "opacus", "pandas"):
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        click.echo(f"  {package:<13} {version}")
+    click.echo(f"cpu threads: {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            click.echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
+    else:
+        click.echo("cuda: not available (training runs on the CPU)")
+    click.echo(f"tracking URI: {tracking.tracking_uri()}")

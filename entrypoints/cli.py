@@ -1,0 +1,38 @@
+"""The ``mia`` command: a Click group whose subcommands live one per module."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from entrypoints.attack import attack  # noqa: E402
+from entrypoints.audit import audit  # noqa: E402
+from entrypoints.catalog import attacks, datasets, info  # noqa: E402
+from entrypoints.train import train  # noqa: E402
+from mia.errors import MiaError  # noqa: E402
+
+
+class Group(click.Group):
+    """Turns a :class:`MiaError` into a one-line message and exit code 1, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MiaError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """mia: membership inference attacks and defenses, tracked in MLflow."""
+
+
+for command in (train, attack, audit, datasets, attacks, info):
+    main.add_command(command)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Options shared by ``mia train``, ``mia attack`` and ``mia audit``, and their parsing."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from mia.errors import MiaError
+
+
+def key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a pair without ``=`` is a user error."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MiaError(f"{flag} expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def attack_params(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``("loss.thresholds=global",)`` -> ``{"loss": {"thresholds": "global"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in key_values(pairs, "--attack-param").items():
+        attack, sep, name = key.partition(".")
+        if not sep or not name:
+            raise MiaError(f"--attack-param expects attack.key=value (e.g. loss.thresholds=global), got {key!r}")
+        out.setdefault(attack, {})[name] = value
+    return out
+
+
+class OptionalInt(click.ParamType):
+    """A positive int, or an empty string meaning "the default" (what MLproject passes when unset)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip() == "":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not >= 1", param, ctx)
+        return number
+
+
+def compose(*decorators):
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+target_options = compose(
+    click.option("--scenario", default="centralized", show_default=True,
+                 help="centralized (federated and pruning come with their scenarios)."),
+    click.option("--dataset", default="digits", show_default=True, help="See `mia datasets`."),
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 help="Where real datasets live (or are downloaded to)."),
+    click.option("--download/--no-download", default=False, help="Download the dataset if torchvision can."),
+    click.option("--dataset-param", multiple=True, metavar="KEY=VALUE", help="Dataset parameter (repeatable)."),
+    click.option("--model", default=None,
+                 help="resnet18, wrnD-W (e.g. wrn28-2), vgg16, densenet121, alexnet, fc, mlp, cnn-small; "
+                      "default: the dataset's."),
+    click.option("--norm", type=click.Choice(["bn", "gn"]), default="bn", show_default=True,
+                 help="BatchNorm or GroupNorm in CNNs."),
+    click.option("--defense", default="none", show_default=True, help="Defense applied in training."),
+    click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense parameter (repeatable)."),
+    click.option("--epochs", type=OptionalInt(), default=None, help="Default: the recipe's."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None),
+    click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option("--weight-decay", type=click.FloatRange(min=0), default=None),
+    click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None),
+    click.option("--augment/--no-augment", default=None, help="Crop+flip where the dataset allows it."),
+    click.option("--member-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
+                 show_default=True, help="Share of the data the target trains on."),
+    click.option("--nonmember-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                 default=0.25, show_default=True, help="Share held out as evaluation non-members."),
+    click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                 default=0.1, show_default=True, help="Share used for model selection only."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+)
+
+attack_options = compose(
+    click.option("--attacks", default="all", show_default=True, help="Comma-separated names or `all`."),
+    click.option("--reference-models", type=click.IntRange(min=1), default=4, show_default=True,
+                 help="Shadow models trained on the attacker's population."),
+    click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE",
+                 help="Attack parameter, e.g. loss.thresholds=global (repeatable)."),
+)
+
+common_options = compose(
+    click.option("--experiment", default=None, help="MLflow experiment (default: mia)."),
+    click.option("--quiet", is_flag=True, help="No progress bars."),
+)
+
+
+def pass_options(func):
+    """Collect every option into one ``opts`` dict: the commands share most of them."""
+
+    @functools.wraps(func)
+    def wrapper(**opts):
+        return func(opts)
+
+    return wrapper

@@ -1,0 +1,55 @@
+"""Fitting a binary member/non-member classifier on shadow features (shared by learned attacks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the shadow features (std floored: constant features)."""
+    mean = x.mean(axis=0)
+    std = np.maximum(x.std(axis=0), 1e-6)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def fit_binary(model: nn.Module, x: torch.Tensor, y: np.ndarray, *, epochs: int, lr: float,
+               seed: int, batch_size: int = 256, weight_decay: float = 0.0) -> nn.Module:
+    """Train ``model`` (features -> one member logit) with Adam on BCE, seeded.
+
+    Members and non-members are balanced by weighting the positive class by
+    ``n_out / n_in``, so an unbalanced shadow pool does not teach the attack
+    to answer the majority class. The global torch RNG is left untouched.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.as_tensor(np.asarray(y, dtype=np.float32))
+    n_in = float(target.sum())
+    pos_weight = torch.tensor((len(target) - n_in) / max(n_in, 1.0))
+    lossf = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(target), generator=gen)
+        for start in range(0, len(perm), batch_size):
+            b = perm[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            lossf(model(x[b]).squeeze(-1), target[b]).backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def init_seeded(build, seed: int) -> nn.Module:
+    """``build()`` with its weights drawn from ``seed``, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+@torch.no_grad()
+def predict_logit(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+    """Member logits of ``model`` on ``x``, in batches."""
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]).squeeze(-1)
+                      for i in range(0, len(x), batch_size)] or [torch.empty(0)]).numpy()

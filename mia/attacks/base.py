@@ -1,0 +1,135 @@
+"""What every black-box attack shares: its inputs, its output, its registry.
+
+An attack is a small scikit-learn-style estimator: constructed from its
+parameters (and a seed), ``fit`` on shadow signals (a shadow model's outputs
+on its own members and non-members), then ``decision_function`` on the
+target's signals. It never sees the target's membership: the evaluation
+(:mod:`mia.metrics`) does. Member decisions are ``score > threshold_``, with
+``threshold_`` fitted on the shadows too, so the reported balanced accuracy is
+what the attacker would really reach.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mia.errors import MiaError
+from mia.registry import Param, Registry, coerce
+from mia.signals import Signals
+
+
+@dataclass
+class ShadowSignals:
+    """A shadow model's signals on its own members and non-members."""
+
+    signals: Signals
+    is_member: np.ndarray
+
+    def __post_init__(self):
+        self.is_member = np.asarray(self.is_member).astype(bool)
+        if len(self.is_member) != len(self.signals):
+            raise MiaError(f"shadow signals hold {len(self.signals)} samples but "
+                           f"{len(self.is_member)} membership labels")
+
+
+@dataclass
+class AttackOutput:
+    """Per-sample scores (larger = more likely a member) and boolean member decisions."""
+
+    scores: np.ndarray
+    predictions: np.ndarray
+
+
+class Attack(ABC):
+    """Base class: ``fit(shadows) -> self``, ``decision_function(signals) -> scores``.
+
+    Subclasses take their parameters as keyword arguments (plus ``seed``) and
+    set ``threshold_`` in ``fit``; decisions are ``score > threshold_``.
+    """
+
+    threshold_: float = 0.0
+
+    @abstractmethod
+    def fit(self, shadows: list[ShadowSignals]) -> "Attack":
+        """Learn from shadow models' signals on their own members and non-members."""
+
+    @abstractmethod
+    def decision_function(self, signals: Signals) -> np.ndarray:
+        """Per-sample membership scores, larger = more likely a member."""
+
+    def predict(self, signals: Signals) -> np.ndarray:
+        return self.decision_function(signals) > self.threshold_
+
+
+def pool(shadows: list[ShadowSignals]) -> tuple[Signals, np.ndarray]:
+    """All shadows' signals stacked into one set, with their membership."""
+    sens = [s.signals.sensitivity for s in shadows]
+    return (Signals(np.concatenate([s.signals.logits for s in shadows]),
+                    np.concatenate([s.signals.labels for s in shadows]),
+                    None if any(x is None for x in sens) else np.concatenate(sens)),
+            np.concatenate([s.is_member for s in shadows]))
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack: its class, documented parameters and the signals it needs."""
+
+    name: str
+    cls: type
+    description: str
+    params: dict[str, Param] = field(default_factory=dict)
+    needs: frozenset[str] = frozenset()  # extra signals beyond logits, e.g. {"sensitivity"}
+    family: str = "threshold"  # "threshold" | "learned"
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def register(spec: AttackSpec) -> AttackSpec:
+    """Add ``spec`` to :data:`ATTACKS` (the order of registration is the listing order)."""
+    return ATTACKS.register(spec.name, spec)
+
+
+def resolve_params(spec: AttackSpec, params: dict | None) -> dict:
+    """The attack's full parameters: defaults overridden by ``params`` (typed by :func:`coerce`)."""
+    given = coerce(spec.params, dict(params or {}), f"attack {spec.name!r}")
+    for k, v in given.items():
+        kind = spec.params[k].type
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            given[k] = float(v)
+        elif not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+            raise MiaError(f"attack {spec.name!r} parameter {k}={v!r} is not a valid "
+                           f"{kind.__name__}")
+    return {k: given.get(k, p.default) for k, p in spec.params.items()}
+
+
+def _check_inputs(spec: AttackSpec, target: Signals, shadows: list[ShadowSignals]) -> None:
+    if not shadows:
+        raise MiaError(f"attack {spec.name!r} needs at least one shadow model's signals; "
+                       "train shadow models (--reference-models >= 1)")
+    for s in shadows:
+        if s.signals.logits.shape[1] != target.logits.shape[1]:
+            raise MiaError(f"shadow signals have {s.signals.logits.shape[1]} classes but the "
+                           f"target's have {target.logits.shape[1]}; use shadows of the same task")
+    pooled = np.concatenate([s.is_member for s in shadows])
+    if pooled.all() or not pooled.any():
+        raise MiaError(f"attack {spec.name!r}: the shadow signals hold only "
+                       f"{'members' if pooled.all() else 'non-members'}; give both")
+    if "sensitivity" in spec.needs and (
+            target.sensitivity is None or any(s.signals.sensitivity is None for s in shadows)):
+        raise MiaError(f"attack {spec.name!r} needs the output sensitivity of the target and "
+                       "shadow models; compute signals with compute_signals(..., sensitivity=True)")
+
+
+def run_attack(name: str, target: Signals, shadows: list[ShadowSignals],
+               params: dict | None = None, seed: int = 0) -> AttackOutput:
+    """Fit attack ``name`` on ``shadows`` and score ``target`` (whose membership it never sees)."""
+    spec = ATTACKS.get(name)
+    kwargs = resolve_params(spec, params)
+    _check_inputs(spec, target, shadows)
+    attack = spec.cls(**kwargs, seed=seed).fit(shadows)
+    scores = np.asarray(attack.decision_function(target), dtype=np.float64)
+    return AttackOutput(scores=scores, predictions=scores > attack.threshold_)

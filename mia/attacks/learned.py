@@ -1,0 +1,118 @@
+"""Learned attacks: an MLP trained on shadow models' outputs (Shokri et al. 2017 style).
+
+Three feature sets, as in mia_prune / ML-Leaks:
+
+- ``nn``: the whole softmax, sorted in descending order (label-free, and the
+  same attack model serves every class);
+- ``nn-top3``: the three largest probabilities (Salem et al.'s ML-Leaks);
+- ``nn-cls``: the softmax in class order plus the one-hot label.
+
+One attack model is trained on all shadows' members (label 1) and
+non-members (label 0). Features are standardized with the shadow
+statistics (the role BatchNorm plays in the source). Scores are the member
+logit; decisions are ``p(member) > 0.5``, i.e. logit > 0.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+from mia.attacks._train import fit_binary, init_seeded, predict_logit, standardize
+from mia.attacks.base import Attack, AttackSpec, ShadowSignals, pool, register
+from mia.errors import MiaError
+from mia.registry import Param
+from mia.signals import Signals, log_softmax
+
+
+def sorted_softmax(signals: Signals, k: int | None = None) -> np.ndarray:
+    """Descending-sorted probabilities, the top ``k`` (all when None)."""
+    p = -np.sort(-np.exp(log_softmax(signals.logits)), axis=1)
+    return p if k is None else p[:, :k]
+
+
+def softmax_and_label(signals: Signals) -> np.ndarray:
+    """Probabilities in class order followed by the one-hot label."""
+    p = np.exp(log_softmax(signals.logits))
+    onehot = np.eye(p.shape[1])[signals.labels]
+    return np.concatenate([p, onehot], axis=1)
+
+
+def mlp(d_in: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, 1))
+
+
+class MLPAttack(Attack):
+    """MLP on a fixed feature map of the signals; see the module docstring."""
+
+    name: str = ""
+
+    def __init__(self, epochs: int = 30, hidden: int = 64, lr: float = 1e-3, seed: int = 0):
+        if epochs < 1 or hidden < 1 or lr <= 0:
+            raise MiaError(f"attack {self.name!r}: epochs and hidden must be >= 1 and lr > 0")
+        self.epochs, self.hidden, self.lr, self.seed = epochs, hidden, lr, seed
+        self.threshold_ = 0.0
+
+    @abstractmethod
+    def features(self, signals: Signals) -> np.ndarray:
+        """The attack model's input, one row per sample."""
+
+    def _tensor(self, signals: Signals) -> torch.Tensor:
+        return torch.as_tensor(((self.features(signals) - self.mean_) / self.std_).astype(np.float32))
+
+    def fit(self, shadows: list[ShadowSignals]) -> "MLPAttack":
+        sig, member = pool(shadows)
+        f = self.features(sig)
+        self.mean_, self.std_ = standardize(f)
+        self.model_ = init_seeded(lambda: mlp(f.shape[1], self.hidden), self.seed)
+        fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
+                   seed=self.seed)
+        return self
+
+    def decision_function(self, signals: Signals) -> np.ndarray:
+        return predict_logit(self.model_, self._tensor(signals)).astype(np.float64)
+
+
+class NNAttack(MLPAttack):
+    """MLP on the descending-sorted softmax."""
+
+    name = "nn"
+
+    def features(self, signals: Signals) -> np.ndarray:
+        return sorted_softmax(signals)
+
+
+class NNTop3Attack(MLPAttack):
+    """MLP on the three largest probabilities."""
+
+    name = "nn-top3"
+
+    def features(self, signals: Signals) -> np.ndarray:
+        return sorted_softmax(signals, 3)
+
+
+class NNClsAttack(MLPAttack):
+    """MLP on the softmax and the one-hot label."""
+
+    name = "nn-cls"
+
+    def features(self, signals: Signals) -> np.ndarray:
+        return softmax_and_label(signals)
+
+
+_PARAMS = {
+    "epochs": Param(int, 30, "training epochs of the attack MLP"),
+    "hidden": Param(int, 64, "width of the two hidden layers"),
+    "lr": Param(float, 1e-3, "Adam learning rate"),
+}
+
+register(AttackSpec("nn", NNAttack, "MLP on the descending-sorted softmax", dict(_PARAMS),
+                    family="learned"))
+register(AttackSpec("nn-top3", NNTop3Attack, "MLP on the top-3 sorted probabilities",
+                    dict(_PARAMS), family="learned"))
+register(AttackSpec("nn-cls", NNClsAttack, "MLP on the softmax and the one-hot label",
+                    dict(_PARAMS), family="learned"))

@@ -1,0 +1,119 @@
+"""Threshold attacks: one signal per sample, one threshold (global or per class).
+
+The score is a signal with its sign chosen so that larger means member
+(``-loss``, ``confidence``, ``correctness``, ``-entropy``, ``-mentr``,
+``hconf``). The threshold maximizes balanced accuracy on the pooled shadow
+members and non-members. With ``thresholds="class"`` (Song & Mittal 2021) one
+threshold is fitted per class, since a model is more confident on easy classes
+whatever their membership; the score is then ``signal - tau_y`` so that the
+AUC, too, reflects the per-class calibration. A class without both shadow
+members and non-members falls back to the global threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mia.attacks.base import Attack, AttackSpec, ShadowSignals, pool, register
+from mia.errors import MiaError
+from mia.registry import Param
+from mia.signals import SIGNALS, Signals
+
+THRESHOLD_MODES = ("class", "global")
+
+
+def fit_thresholds(scores: np.ndarray, is_member: np.ndarray, groups: np.ndarray,
+                   n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the threshold tau maximizing balanced accuracy of ``score > tau``.
+
+    Returns ``(tau, fitted)``: ``fitted[g]`` is False for groups without both
+    members and non-members (their tau is meaningless). Vectorized over
+    groups: one sort by (group, score), cumulative counts, and a per-group
+    argmax of ``TPR - FPR`` (which is ``2 * balanced accuracy - 1``). Among
+    equally good cuts the highest threshold wins. Thresholds sit halfway
+    between consecutive distinct scores; below the lowest score they sit one
+    unit lower.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    is_member = np.asarray(is_member, dtype=bool)
+    groups = np.asarray(groups, dtype=np.int64)
+    n_in = np.bincount(groups, weights=is_member, minlength=n_groups)
+    n_out = np.bincount(groups, weights=~is_member, minlength=n_groups)
+    fitted = (n_in > 0) & (n_out > 0)
+    tau = np.zeros(n_groups)
+    if len(scores) == 0:
+        return tau, fitted
+    order = np.lexsort((-scores, groups))
+    s, m, g = scores[order], is_member[order], groups[order]
+    first = np.r_[True, g[1:] != g[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))
+    cum_in = np.cumsum(m)
+    cum_out = np.cumsum(~m)
+    # members / non-members at or above position k within its group
+    above_in = cum_in - cum_in[start] + m[start]
+    above_out = cum_out - cum_out[start] + ~m[start]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        j = above_in / n_in[g] - above_out / n_out[g]
+    last = np.r_[g[1:] != g[:-1], True]
+    nxt = np.r_[s[1:], -np.inf]
+    cut_ok = last | (nxt < s)  # never cut inside a run of tied scores
+    j = np.where(cut_ok & fitted[g], j, -np.inf)
+    cut = np.where(last, s - 1.0, (s + nxt) / 2)
+    best = np.lexsort((np.arange(len(s)), -j, g))  # per group: best J, then earliest cut
+    head = best[np.r_[True, g[best][1:] != g[best][:-1]]]
+    tau[g[head]] = cut[head]
+    return tau, fitted
+
+
+class ThresholdAttack(Attack):
+    """Threshold on one signal; see the module docstring."""
+
+    signal: str = ""
+    sign: float = 1.0
+
+    def __init__(self, thresholds: str = "class", seed: int = 0):
+        if thresholds not in THRESHOLD_MODES:
+            raise MiaError(f"attack {self.signal!r}: thresholds must be one of "
+                           f"{', '.join(THRESHOLD_MODES)}, got {thresholds!r}")
+        self.thresholds = thresholds
+        self.seed = seed  # unused: the fit is deterministic
+
+    def raw_score(self, signals: Signals) -> np.ndarray:
+        """The signal, signed so that larger means member."""
+        return self.sign * SIGNALS[self.signal](signals.logits, signals.labels)
+
+    def fit(self, shadows: list[ShadowSignals]) -> "ThresholdAttack":
+        sig, member = pool(shadows)
+        s = self.raw_score(sig)
+        (tau_global,), _ = fit_thresholds(s, member, np.zeros(len(s), dtype=np.int64), 1)
+        if self.thresholds == "global":
+            self.class_tau_ = None
+            self.threshold_ = float(tau_global)
+        else:
+            tau, fitted = fit_thresholds(s, member, sig.labels, sig.num_classes)
+            self.class_tau_ = np.where(fitted, tau, tau_global)
+            self.threshold_ = 0.0
+        return self
+
+    def decision_function(self, signals: Signals) -> np.ndarray:
+        s = self.raw_score(signals)
+        if self.class_tau_ is None:
+            return s
+        return s - self.class_tau_[signals.labels]
+
+
+_PARAMS = {"thresholds": Param(str, "class", "'class': one threshold per class (Song & Mittal); "
+                                             "'global': one for all")}
+
+for _name, _sign, _what in [
+    ("loss", -1.0, "cross-entropy loss (low for members)"),
+    ("confidence", 1.0, "true-label confidence p_y"),
+    ("correctness", 1.0, "whether the prediction is correct (Yeom et al.)"),
+    ("entropy", -1.0, "prediction entropy (low for members)"),
+    ("mentr", -1.0, "modified entropy of Song & Mittal (low for members)"),
+    ("hconf", 1.0, "top-1 confidence max_i p_i"),
+]:
+    _cls = type(f"{_name.capitalize()}Attack", (ThresholdAttack,),
+                {"signal": _name, "sign": _sign, "__doc__": f"Threshold on the {_what}."})
+    register(AttackSpec(_name, _cls, f"threshold on the {_what}", dict(_PARAMS),
+                        family="threshold"))

@@ -1,0 +1,42 @@
+"""Random crop (with zero padding) and horizontal flip for a whole batch on its device.
+
+Per-sample torchvision transforms cost a Python call per image and keep the
+data on the host; here one ``randint`` draws every offset and one gather
+builds the batch, on whatever device the batch lives (uint8 or float). The
+semantics match ``RandomCrop(size, padding)`` followed by
+``RandomHorizontalFlip()`` with zero fill.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of ``x`` (``N x C x H x W``) shifted by up to ``padding`` pixels and flipped with p=1/2.
+
+    A crop is the ``H x W`` window at a random offset in ``[0, 2 * padding]``
+    of the zero-padded image. ``generator`` (on ``x.device``) makes the draws
+    reproducible; without it the global RNG is used. The result has ``x``'s
+    dtype and shape and is laid out channels-last in memory (the gather moves
+    whole pixels), which CUDA convolutions prefer; ``.contiguous()`` gives NCHW.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"crop_flip expects N x C x H x W, got shape {tuple(x.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    n, _, h, w = x.shape
+    dev = x.device
+    pixels = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # N x H+2p x W+2p x C
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if flip:
+        flipped = torch.randint(0, 2, (n, 1), generator=generator, device=dev).bool()
+        cols = torch.where(flipped, w - 1 - cols, cols)
+    rows = dy + torch.arange(h, device=dev)  # N x H
+    cols = dx + cols  # N x W
+    batch = torch.arange(n, device=dev).view(n, 1, 1)
+    return pixels[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

@@ -1,0 +1,47 @@
+"""ROC curves of several attacks on one log-log plot (the standard since LiRA).
+
+Log-log axes show what matters for privacy, the TPR at low FPR, which a linear
+plot squeezes into its corner. The FPR axis starts at 1e-3, or at 1/n when
+there are fewer than 1000 non-members (a lower FPR has no ROC point to show).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "",
+             n_nonmembers: int | None = None) -> Path:
+    """Overlay ``{attack: (fpr, tpr)}`` on log-log axes with the chance diagonal; save to ``path``.
+
+    The legend gives each attack's AUC (trapezoidal, from the curve itself).
+    ``n_nonmembers`` sets the left edge to ``1/n`` when that is above 1e-3;
+    without it, the edge is the smallest positive FPR of the curves (at least
+    ``1/n``, so no point with a positive FPR is cut off).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    positive = [f[f > 0].min() for f, _ in (map(np.asarray, c) for c in curves.values())
+                if (np.asarray(f) > 0).any()]
+    smallest = 1.0 / n_nonmembers if n_nonmembers else (min(positive) if positive else 1e-3)
+    lo = max(1e-3, smallest)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([lo, 1], [lo, 1], ls="--", color="grey", lw=1, label="chance")
+    for name, (fpr, tpr) in curves.items():
+        fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+        auc = float(np.trapezoid(tpr, fpr))
+        ax.plot(np.maximum(fpr, lo), np.maximum(tpr, lo), lw=1.5, label=f"{name} (AUC {auc:.3f})")
+    ax.set(xscale="log", yscale="log", xlim=(lo, 1), ylim=(lo, 1),
+           xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path

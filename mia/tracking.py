@@ -1,0 +1,237 @@
+"""The only bridge to MLflow: runs, params, metrics, artifacts, lineage, loading back.
+
+A training run holds what an attacker needs later: its config
+(``config.json`` and flattened params), the split (``split.npz``), the
+checkpoint (``model/checkpoint.pt``, a state dict loaded with
+``weights_only=True``) and the target's signals on the query set
+(``signals/target.npz``). An attack run is linked to it by the tag
+``mia.target_run_id`` and carries the target's utility and tags, so one row of
+the MLflow UI holds utility, leakage and what produced them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Downloading a run's split and signals is quick; a progress bar per file is noise.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow.entities import RunStatus  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from mia.audit import TargetConfig  # noqa: E402
+from mia.data import Split  # noqa: E402
+from mia.errors import MiaError  # noqa: E402
+from mia.signals import Signals  # noqa: E402
+
+DEFAULT_EXPERIMENT = "mia"
+CHECKPOINT = "model/checkpoint.pt"
+SPLIT = "split.npz"
+CONFIG = "config.json"
+TARGET_SIGNALS = "signals/target.npz"
+TAGS = ("scenario", "dataset", "model", "defense")
+
+
+def redact(uri: str) -> str:
+    """A URI with any password removed (``postgresql://u:secret@h`` -> ``postgresql://u:***@h``)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)
+
+
+def tracking_uri() -> str:
+    return redact(mlflow.get_tracking_uri())
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config -> ``{"train.lr": 0.1, ...}``, the form MLflow params take."""
+    out: dict[str, object] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + ".") if value else {name: "{}"})
+        else:
+            out[name] = value
+    return out
+
+
+#: The run id that ``mlflow run`` handed this process, once claimed by its first run.
+_used_env_run: list[str] = []
+
+
+@contextlib.contextmanager
+def run(name: str, experiment: str | None = None, tags: dict | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start a fresh top-level run; on any error mark it FAILED with the reason.
+
+    Inside ``mlflow run`` (``MLFLOW_RUN_ID`` set) the first run of the process
+    is the project run itself; later runs (the attack run of ``mia audit``) are
+    new runs in the same experiment, linked by tags.
+    """
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    client = MlflowClient()
+    if env_run and not _used_env_run:
+        run_id = env_run
+        _used_env_run.append(env_run)
+        client.set_tag(run_id, "mlflow.runName", name)
+    else:
+        if env_run:
+            exp_id = client.get_run(env_run).info.experiment_id
+        else:
+            exp_id = _experiment_id(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        run_id = client.create_run(exp_id, run_name=name).info.run_id
+    active = mlflow.start_run(run_id=run_id)
+    try:
+        if tags:
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        yield active
+    except BaseException as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mlflow.set_tag("mia.failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run()
+
+
+def _experiment_id(name: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name)
+
+
+def run_tags(config: TargetConfig) -> dict[str, str]:
+    return {f"mia.{k}": str(getattr(config, k)) for k in TAGS}
+
+
+def log_config(config: TargetConfig) -> None:
+    d = config.to_dict()
+    log_params(flatten(d))
+    mlflow.log_dict(d, CONFIG)
+
+
+def _param(value: object) -> str:
+    text = str(value)
+    return redact(text)[:6000]
+
+
+def log_params(params: dict[str, object]) -> None:
+    mlflow.log_params({k: _param(v) for k, v in params.items()})
+
+
+def experiment_name(run) -> str:
+    """The experiment a run belongs to (attack runs go beside their training run)."""
+    return MlflowClient().get_experiment(run.info.experiment_id).name
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_split(split: Split) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SPLIT
+        split.save(path)
+        mlflow.log_artifact(str(path))
+
+
+def log_checkpoint(model: torch.nn.Module) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(CHECKPOINT).name
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        mlflow.log_artifact(str(path), str(Path(CHECKPOINT).parent))
+
+
+def log_signals(signals: Signals, artifact_path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_path).name
+        signals.save(path)
+        mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
+
+
+def log_file(path: Path, artifact_dir: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_dir)
+
+
+# ---------------------------------------------------------------- loading back
+
+
+def get_run(run_id: str):
+    """The MLflow run with this id, or a one-line error."""
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise MiaError(f"run {run_id!r} not found in the tracking store {tracking_uri()}; "
+                       "list runs with `mlflow ui` or set MLFLOW_TRACKING_URI") from None
+
+
+def _download(run_id: str, artifact: str, dst: str) -> Path | None:
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=dst))
+    except (MlflowException, OSError):
+        return None
+
+
+class TargetRun:
+    """What a training run stored, loaded back for an attack."""
+
+    def __init__(self, run_id: str):
+        self.run = get_run(run_id)
+        self.run_id = run_id
+        if self.run.info.status != "FINISHED":
+            raise MiaError(f"run {run_id} is {self.run.info.status}, not FINISHED; "
+                           "attack a training run that completed")
+        self._tmp = tempfile.TemporaryDirectory()
+        config_path = _download(run_id, CONFIG, self._tmp.name)
+        if config_path is None:
+            raise MiaError(f"run {run_id} has no {CONFIG}; is it a training run made by `mia train`?")
+        try:
+            self.config = TargetConfig.from_dict(json.loads(config_path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise MiaError(f"run {run_id}: {CONFIG} is unreadable ({exc}); retrain with `mia train`") from None
+        split_path = _download(run_id, SPLIT, self._tmp.name)
+        if split_path is None:
+            raise MiaError(f"run {run_id} has no {SPLIT}; retrain with `mia train`")
+        self.split = Split.load(split_path)
+        self.metrics = dict(self.run.data.metrics)
+
+    def signals(self) -> Signals | None:
+        path = _download(self.run_id, TARGET_SIGNALS, self._tmp.name)
+        return None if path is None else Signals.load(path)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        path = _download(self.run_id, CHECKPOINT, self._tmp.name)
+        if path is None:
+            raise MiaError(f"run {self.run_id} has no {CHECKPOINT}; retrain with `mia train`")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise MiaError(f"checkpoint {CHECKPOINT} of run {self.run_id} is corrupt "
+                           f"({type(exc).__name__}); retrain with `mia train`") from None
+        if not isinstance(state, dict):
+            raise MiaError(f"checkpoint {CHECKPOINT} of run {self.run_id} is not a state dict; "
+                           "retrain with `mia train`")
+        return state
+
+
+def scores_csv(names: list[str], scores: list[np.ndarray], indices: np.ndarray, labels: np.ndarray,
+               is_member: np.ndarray) -> str:
+    """Per-sample scores of every attack as CSV text (one row per query sample)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"index": indices, "label": labels, "is_member": is_member.astype(int)})
+    for name, s in zip(names, scores):
+        frame[name] = s
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return buf.getvalue()

@@ -1,0 +1,40 @@
+"""Shared fixtures: a private MLflow store per test, copied from one migrated template."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory):
+    """An empty MLflow SQLite store, migrated once (a fresh migration costs ~2 s)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch, migrated_db):
+    """Run the test in ``tmp_path`` with its own ``mlflow.db`` and ``./mlruns``."""
+    import mlflow
+
+    shutil.copy(migrated_db, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    if mlflow.active_run():
+        mlflow.end_run()

@@ -1,0 +1,169 @@
+"""Every black-box attack on synthetic signals of a memorizing model and of a non-leaking one."""
+
+import numpy as np
+import pytest
+
+from mia.attacks import ATTACKS, AttackOutput, ShadowSignals, run_attack
+from mia.attacks.threshold import fit_thresholds
+from mia.errors import MiaError
+from mia.metrics import attack_metrics
+from mia.signals import Signals, log_softmax
+
+C = 10
+
+
+def synth(n: int, boost: float, seed: int, noise: float = 1.5) -> Signals:
+    """Logits with the true class boosted by ``boost``: a larger boost = a more confident model.
+
+    Class k is also intrinsically easier (+0.15 k), so per-class calibration matters.
+    The sensitivity mimics a smooth model's: p(1 - p) times a random gain.
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    z = rng.normal(0, noise, (n, C))
+    z[np.arange(n), y] += boost + 0.15 * y
+    p = np.exp(log_softmax(z))
+    sens = p * (1 - p) * rng.gamma(4.0, 0.5, (n, C))
+    return Signals(z.astype(np.float32), y, sens.astype(np.float32))
+
+
+def concat(a: Signals, b: Signals) -> tuple[Signals, np.ndarray]:
+    sig = Signals(np.concatenate([a.logits, b.logits]), np.concatenate([a.labels, b.labels]),
+                  np.concatenate([a.sensitivity, b.sensitivity]))
+    return sig, np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)]
+
+
+MEMBER_BOOST, NONMEMBER_BOOST = 4.0, 1.5
+
+
+@pytest.fixture(scope="module")
+def shadows() -> list[ShadowSignals]:
+    out = []
+    for k in range(2):
+        sig, member = concat(synth(1000, MEMBER_BOOST, 10 + k), synth(1000, NONMEMBER_BOOST, 20 + k))
+        out.append(ShadowSignals(sig, member))
+    return out
+
+
+@pytest.fixture(scope="module")
+def leaky_target():
+    return concat(synth(1000, MEMBER_BOOST, 1), synth(1000, NONMEMBER_BOOST, 2))
+
+
+@pytest.fixture(scope="module")
+def null_target():
+    """'Members' drawn from the same distribution as non-members: nothing to find."""
+    return concat(synth(1000, NONMEMBER_BOOST, 3), synth(1000, NONMEMBER_BOOST, 4))
+
+
+def test_registry_order():
+    assert ATTACKS.names() == ["loss", "confidence", "correctness", "entropy", "mentr", "hconf",
+                               "nn", "nn-top3", "nn-cls", "samia"]
+    assert ATTACKS.get("samia").needs == frozenset({"sensitivity"})
+    assert {ATTACKS.get(n).family for n in ATTACKS} == {"threshold", "learned"}
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_attacks_find_a_memorizing_model_and_nothing_in_a_fair_one(name, shadows, leaky_target,
+                                                                   null_target):
+    """One fit per attack scores both targets at once (scores are per sample: an attack
+    fitted on shadows does not look at the other target samples)."""
+    (leaky, member), (null, null_member) = leaky_target, null_target
+    both = Signals(np.concatenate([leaky.logits, null.logits]),
+                   np.concatenate([leaky.labels, null.labels]),
+                   np.concatenate([leaky.sensitivity, null.sensitivity]))
+    out = run_attack(name, both, shadows, seed=0)
+    assert isinstance(out, AttackOutput)
+    assert out.scores.shape == (len(both),) and out.predictions.dtype == bool
+    n = len(leaky)
+    m = attack_metrics(out.scores[:n], member, out.predictions[:n])
+    # correctness is a binary score: its AUC is 0.5 + (acc_in - acc_out) / 2 (here ~0.7)
+    assert m["auc"] > (0.6 if name == "correctness" else 0.8), m
+    assert m["balanced_accuracy"] > (0.6 if name == "correctness" else 0.7), m
+    null_m = attack_metrics(out.scores[n:], null_member, out.predictions[n:])
+    assert abs(null_m["auc"] - 0.5) < 0.07, null_m
+    assert abs(null_m["balanced_accuracy"] - 0.5) < 0.07, null_m
+
+
+@pytest.mark.parametrize("mode", ["class", "global"])
+@pytest.mark.parametrize("name", ["loss", "mentr", "confidence"])
+def test_class_and_global_thresholds(name, mode, shadows, leaky_target):
+    target, member = leaky_target
+    out = run_attack(name, target, shadows, {"thresholds": mode})
+    m = attack_metrics(out.scores, member, out.predictions)
+    assert m["auc"] > 0.8 and m["balanced_accuracy"] > 0.7
+
+
+def test_global_threshold_predictions_are_score_above_threshold(shadows, leaky_target):
+    target, _ = leaky_target
+    out = run_attack("loss", target, shadows, {"thresholds": "global"})
+    # one threshold: the predictions are a top segment of the scores
+    assert out.scores[out.predictions].min() > out.scores[~out.predictions].max()
+
+
+def test_fit_thresholds_by_hand():
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 10.0, 9.0, 8.0, 7.0])
+    member = np.array([1, 1, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    tau, fitted = fit_thresholds(scores, member, groups, 3)
+    # group 0: cutting between 4 and 3 gives TPR 2/3, FPR 0 (J 2/3); between 2 and 1: J 1 - 1/2
+    assert tau[0] == 3.5 and tau[1] == 9.5
+    assert fitted.tolist() == [True, True, False]
+    # ties are never split
+    tau, _ = fit_thresholds(np.array([1.0, 1.0, 0.0]), np.array([1, 0, 0], bool),
+                            np.zeros(3, int), 1)
+    assert tau[0] == 0.5
+
+
+def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_target):
+    target, _ = leaky_target
+    only_members_of_class_0 = [ShadowSignals(s.signals, s.is_member | (s.signals.labels == 0))
+                               for s in shadows]
+    out = run_attack("loss", target, only_members_of_class_0)
+    glob = run_attack("loss", target, only_members_of_class_0, {"thresholds": "global"})
+    cls0 = target.labels == 0
+    np.testing.assert_array_equal(out.predictions[cls0], glob.predictions[cls0])
+
+
+def test_learned_attacks_are_seeded(shadows, leaky_target):
+    target, _ = leaky_target
+    a = run_attack("nn", target, shadows, {"epochs": 3}, seed=7)
+    b = run_attack("nn", target, shadows, {"epochs": "3"}, seed=7)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_unknown_attack_and_params(shadows, leaky_target):
+    target, _ = leaky_target
+    with pytest.raises(MiaError, match="unknown attack 'lossy'; known: .*loss"):
+        run_attack("lossy", target, shadows)
+    with pytest.raises(MiaError, match="no parameter 'epoch'; known: .*epochs"):
+        run_attack("nn", target, shadows, {"epoch": 3})
+    with pytest.raises(MiaError, match="thresholds"):
+        run_attack("loss", target, shadows, {"thresholds": "per-sample"})
+    with pytest.raises(MiaError, match="epochs"):
+        run_attack("nn", target, shadows, {"epochs": "many"})
+    with pytest.raises(MiaError, match="lr"):
+        run_attack("nn", target, shadows, {"lr": "fast"})
+
+
+def test_shadow_requirements(shadows, leaky_target):
+    target, _ = leaky_target
+    with pytest.raises(MiaError, match="at least one shadow"):
+        run_attack("loss", target, [])
+    all_in = [ShadowSignals(shadows[0].signals, np.ones(len(shadows[0].signals), bool))]
+    with pytest.raises(MiaError, match="only members"):
+        run_attack("loss", target, all_in)
+    with pytest.raises(MiaError, match="samples but"):
+        ShadowSignals(shadows[0].signals, np.ones(3, bool))
+
+
+def test_samia_without_sensitivity_names_the_fix(shadows, leaky_target):
+    target, _ = leaky_target
+    bare = Signals(target.logits, target.labels)
+    with pytest.raises(MiaError, match=r"sensitivity=True"):
+        run_attack("samia", bare, shadows)
+    bare_shadows = [ShadowSignals(Signals(s.signals.logits, s.signals.labels), s.is_member)
+                    for s in shadows]
+    with pytest.raises(MiaError, match=r"sensitivity=True"):
+        run_attack("samia", target, bare_shadows)
+    run_attack("loss", bare, bare_shadows)  # threshold attacks do not need it

@@ -1,0 +1,152 @@
+"""The ``mia`` command end to end through Click's CliRunner, on tiny digits audits."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from entrypoints.cli import main
+
+FAST = ["--epochs", "3", "--quiet"]
+METRIC_KEYS = ("auc", "balanced_accuracy", "advantage", "tpr_at_fpr_0.1", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def run_id_of(output: str, label: str = "run id") -> str:
+    match = re.search(rf"{label}: ([0-9a-f]{{32}})", output)
+    assert match, output
+    return match.group(1)
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """A one-line message, a non-zero exit, and no traceback."""
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "Traceback" not in message
+    assert message.startswith("Error:") and len(message.splitlines()) == 1, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_listing_commands():
+    datasets = invoke("datasets")
+    assert datasets.exit_code == 0
+    for name in ("digits", "purchase-synth", "cifar10", "cifar100", "svhn", "cinic10", "tinyimagenet",
+                 "purchase100", "texas100", "location", "imagefolder"):
+        assert re.search(rf"^{name}\s", datasets.output, re.M), name
+    attacks = invoke("attacks")
+    assert attacks.exit_code == 0
+    for name in ("loss", "confidence", "correctness", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "samia"):
+        assert re.search(rf"^{name}\s", attacks.output, re.M), name
+    assert "thresholds" in attacks.output  # parameters are listed
+
+
+def test_info_reports_versions_devices_and_store(mlflow_store):
+    result = invoke("info")
+    assert result.exit_code == 0
+    assert "torch" in result.output and "mlflow" in result.output
+    assert "cuda" in result.output
+    assert f"sqlite:///{mlflow_store}" in result.output
+
+
+def test_audit_logs_linked_runs(mlflow_store):
+    result = invoke("audit", "--reference-models", "1", "--attacks", "loss,mentr,nn", *FAST)
+    assert result.exit_code == 0, result.output
+    for name in ("loss", "mentr", "nn"):
+        assert re.search(rf"^{name}\s+0\.\d{{4}}", result.output, re.M)
+    target_id = run_id_of(result.output, "target run")
+    attack_id = run_id_of(result.output, "attack run")
+
+    client = MlflowClient()
+    target = client.get_run(target_id)
+    assert target.info.status == "FINISHED"
+    assert target.data.params["dataset"] == "digits" and target.data.params["train.epochs"] == "3"
+    assert len(client.get_metric_history(target_id, "val_accuracy")) == 3
+    assert {"test_accuracy", "train_accuracy", "time.train", "time.signals"} <= set(target.data.metrics)
+    stored = {a.path for a in client.list_artifacts(target_id)} | {
+        a.path for d in ("model", "signals") for a in client.list_artifacts(target_id, d)}
+    assert {"config.json", "split.npz", "model/checkpoint.pt", "signals/target.npz"} <= stored
+
+    attack = client.get_run(attack_id)
+    assert attack.data.tags["mia.target_run_id"] == target_id
+    assert attack.data.tags["mia.dataset"] == "digits" and attack.data.tags["mia.defense"] == "none"
+    metrics = attack.data.metrics
+    for name in ("loss", "mentr", "nn"):
+        for key in METRIC_KEYS:
+            assert 0.0 <= metrics[f"{name}.{key}"] <= 1.0
+    assert metrics["test_accuracy"] == pytest.approx(target.data.metrics["test_accuracy"])
+    assert metrics["leakage.max_auc"] == max(metrics[f"{n}.auc"] for n in ("loss", "mentr", "nn"))
+    assert "time.shadows" in metrics
+    artifacts = {a.path for a in client.list_artifacts(attack_id)} | {
+        a.path for a in client.list_artifacts(attack_id, "plots")}
+    assert {"scores.csv", "plots/roc.png"} <= artifacts
+
+
+def test_attack_reuses_the_stored_split(mlflow_store):
+    import mlflow
+
+    trained = invoke("train", *FAST)
+    assert trained.exit_code == 0, trained.output
+    run_id = run_id_of(trained.output)
+    attacked = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    assert attacked.exit_code == 0, attacked.output
+    attack_id = run_id_of(attacked.output, "attack run")
+    split = np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="split.npz"))
+    scores = Path(mlflow.artifacts.download_artifacts(run_id=attack_id, artifact_path="scores.csv"))
+    import pandas as pd
+
+    frame = pd.read_csv(scores)
+    assert set(frame.loc[frame.is_member == 1, "index"]) <= set(split["members"])
+    assert set(frame.loc[frame.is_member == 0, "index"]) == set(split["nonmembers"])
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("train", "--dataset", "mnist"), ("unknown dataset 'mnist'", "digits")),
+    (("train", "--dataset-param", "n"), ("key=value",)),
+    (("train", "--dataset", "purchase-synth", "--dataset-param", "colour=red"), ("colour", "known")),
+    (("train", "--dataset", "purchase-synth", "--dataset-param", "n=many"), ("n='many'",)),
+    (("train", "--defense", "magic"), ("unknown defense",)),
+    (("train", "--scenario", "quantum"), ("unknown scenario",)),
+    (("audit", "--attacks", "loss,telepathy"), ("unknown attack 'telepathy'",)),
+    (("audit", "--attack-param", "loss.colour=red", "--attacks", "loss", "--reference-models", "1", *FAST),
+     ("colour",)),
+    (("attack", "--run-id", "0123456789abcdef0123456789abcdef"), ("not found",)),
+])
+def test_user_errors_are_one_line(mlflow_store, args, fragments):
+    assert_user_error(invoke(*args), *fragments)
+
+
+def test_bad_option_value_is_rejected(mlflow_store):
+    result = invoke("train", "--epochs", "0")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_failed_run_is_marked_failed_with_reason(mlflow_store, tmp_path):
+    result = invoke("train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--quiet")
+    assert_user_error(result, "cifar-10-batches-py")
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert "cifar-10-batches-py" in runs[0].data.tags["mia.failure_reason"]
+
+
+def test_unknown_model_is_rejected(mlflow_store):
+    assert_user_error(invoke("train", "--model", "transformer-xl", "--quiet"), "unknown model")
+
+
+def test_corrupt_checkpoint_is_reported(mlflow_store):
+    trained = invoke("train", *FAST)
+    run_id = run_id_of(trained.output)
+    run_dir = next(Path("mlruns").glob(f"*/{run_id}/artifacts"))
+    (run_dir / "model" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (run_dir / "signals" / "target.npz").unlink()  # forces the attack to rebuild the model
+    result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    assert_user_error(result, "corrupt", run_id)

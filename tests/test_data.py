@@ -1,0 +1,356 @@
+"""Dataset loaders on tiny files in each dataset's real on-disk format, and splits."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from mia.data import DATASETS, Dataset, Split, SplitConfig, load_dataset, make_split
+from mia.data.safe_pickle import load_pickle
+from mia.errors import MiaError
+
+# ---------------------------------------------------------------- writers of the real formats
+
+
+def write_cifar_batch(path, data, labels, label_key=b"labels", numpy1_names=False):
+    """A batch as the real files hold it: a dict of bytes keys, uint8 N x 3072, list labels, protocol 2."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"data": data, label_key: list(labels),
+             b"filenames": [b"img_%d.png" % i for i in range(len(labels))]}
+    blob = pickle.dumps(batch, protocol=2)
+    if numpy1_names:  # the original files were written by numpy 1, under numpy.core
+        blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    path.write_bytes(blob)
+
+
+def save_image(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def rgb(rng, size):
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- image loaders
+
+
+def test_cifar10_reads_batches_in_channel_major_order(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    first = None
+    for k, name in enumerate(names):
+        data = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+        first = data if first is None else first
+        write_cifar_batch(root / name, data, [k, 9 - k], numpy1_names=(k % 2 == 0))
+    ds = load_dataset("cifar10", data_dir=tmp_path)
+    assert ds.x.shape == (12, 3, 32, 32) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5, 5, 4]
+    assert ds.num_classes == 10 and ds.kind == "image" and ds.augment
+    # The first 1024 bytes of a row are the red plane, row by row.
+    assert np.array_equal(ds.x[0, 0].numpy(), first[0, :1024].reshape(32, 32))
+    assert np.array_equal(ds.x[0, 2].numpy(), first[0, 2048:].reshape(32, 32))
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, fine in (("train", [99, 3, 50]), ("test", [0])):
+        path = tmp_path / "cifar-100-python" / name
+        write_cifar_batch(path, rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8), fine, b"fine_labels")
+    ds = load_dataset("cifar100", data_dir=tmp_path)
+    assert ds.x.shape == (4, 3, 32, 32) and ds.y.tolist() == [99, 3, 50, 0] and ds.num_classes == 100
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.parent.mkdir()
+    path.write_bytes(pickle.dumps({b"data": _Evil(marker)}, protocol=2))
+    with pytest.raises(MiaError, match="refusing to load"):
+        load_pickle(path)
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_refuses_corrupt_file(tmp_path):
+    path = tmp_path / "batch"
+    path.write_bytes(b"\x80\x02}q\x00(")  # truncated
+    with pytest.raises(MiaError, match="cannot read"):
+        load_pickle(path)
+
+
+def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (32, 32, 3, 3), dtype=np.uint8)
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": np.array([[10], [1], [9]], dtype=np.uint8)})
+    savemat(tmp_path / "test_32x32.mat", {"X": x[..., :1], "y": np.array([[10]], dtype=np.uint8)})
+    ds = load_dataset("svhn", data_dir=tmp_path)
+    assert ds.x.shape == (4, 3, 32, 32) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == [0, 1, 9, 0] and not ds.augment
+    assert np.array_equal(ds.x[1].numpy(), x[..., 1].transpose(2, 0, 1))
+
+
+def test_cinic10_reads_all_three_parts(tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "cinic-10"
+    for part in ("train", "valid", "test"):
+        save_image(root / part / "airplane" / "a.png", rgb(rng, 32))
+        save_image(root / part / "truck" / "b.png", rgb(rng, 32)[..., 0])  # greyscale, as some CINIC images are
+    ds = load_dataset("cinic10", data_dir=tmp_path)
+    assert ds.x.shape == (6, 3, 32, 32) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == [0, 1, 0, 1, 0, 1] and ds.num_classes == 2
+    assert len(ds.mean) == 3 and all(0 < s for s in ds.std)
+
+
+def test_tinyimagenet_reads_train_and_val(tmp_path):
+    rng = np.random.default_rng(4)
+    root = tmp_path / "tiny-imagenet-200"
+    root.mkdir()
+    (root / "wnids.txt").write_text("n02\nn01\n")
+    for wnid in ("n01", "n02"):
+        for i in range(2):
+            save_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", rgb(rng, 64))
+    save_image(root / "val" / "images" / "val_0.JPEG", rgb(rng, 64))
+    save_image(root / "val" / "images" / "val_1.JPEG", rgb(rng, 64)[..., 1])
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t63\t63\n"
+                                                      "val_1.JPEG\tn02\t1\t2\t60\t61\n")
+    ds = load_dataset("tinyimagenet", data_dir=tmp_path)
+    assert ds.x.shape == (6, 3, 64, 64) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == [0, 0, 1, 1, 1, 0] and ds.num_classes == 2  # wnids.txt order
+
+
+def test_imagefolder_resizes_and_converts(tmp_path):
+    rng = np.random.default_rng(5)
+    save_image(tmp_path / "benign" / "1.png", rgb(rng, 40))
+    save_image(tmp_path / "benign" / "2.JPG", rgb(rng, 20))
+    save_image(tmp_path / "malignant" / "3.bmp", rgb(rng, 16))
+    (tmp_path / "malignant" / "notes.txt").write_text("not an image")
+    ds = load_dataset("imagefolder", data_dir=tmp_path, size="16", channels=1, augment="false")
+    assert ds.x.shape == (3, 1, 16, 16) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == [0, 0, 1] and ds.num_classes == 2 and not ds.augment
+    assert len(ds.mean) == 1
+    with pytest.raises(MiaError, match="channels must be 1 or 3"):
+        load_dataset("imagefolder", data_dir=tmp_path, channels=2)
+
+
+# ---------------------------------------------------------------- tabular loaders
+
+
+def test_purchase100_reads_label_first_csv(tmp_path):
+    rng = np.random.default_rng(6)
+    feats = (rng.random((5, 600)) < 0.1).astype(int)
+    labels = np.array([1, 100, 42, 7, 1])
+    np.savetxt(tmp_path / "dataset_purchase", np.column_stack([labels, feats]), fmt="%d", delimiter=",")
+    ds = load_dataset("purchase100", data_dir=tmp_path)
+    assert ds.x.shape == (5, 600) and ds.x.dtype == torch.uint8 and ds.kind == "tabular"
+    assert ds.y.tolist() == [0, 99, 41, 6, 0] and ds.num_classes == 100
+    assert np.array_equal(ds.x.numpy(), feats)
+
+
+def test_texas100_reads_feats_and_labels(tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "texas" / "100"
+    root.mkdir(parents=True)
+    feats = (rng.random((4, 6169)) < 0.05).astype(int)
+    np.savetxt(root / "feats", feats, fmt="%d", delimiter=",")
+    (root / "labels").write_text("3\n100\n1\n55\n")
+    ds = load_dataset("texas100", data_dir=tmp_path)
+    assert ds.x.shape == (4, 6169) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == [2, 99, 0, 54]
+    assert np.array_equal(ds.x.numpy(), feats)
+
+
+def test_texas100_rejects_out_of_range_labels(tmp_path):
+    root = tmp_path / "texas" / "100"
+    root.mkdir(parents=True)
+    (root / "feats").write_text("0,1\n1,0\n")
+    (root / "labels").write_text("0\n5\n")
+    with pytest.raises(MiaError, match="must be 1..100"):
+        load_dataset("texas100", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("labels, expected", [([1, 30, 2], [0, 29, 1]), ([0, 29, 2], [0, 29, 2])])
+def test_location_reads_npz_with_one_or_zero_based_labels(tmp_path, labels, expected):
+    (tmp_path / "location").mkdir()
+    x = np.eye(3, 446, dtype=np.float32)
+    np.savez(tmp_path / "location" / "data_complete.npz", x=x, y=np.array(labels))
+    ds = load_dataset("location", data_dir=tmp_path)
+    assert ds.x.shape == (3, 446) and ds.x.dtype == torch.uint8
+    assert ds.y.tolist() == expected and ds.num_classes == 30
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("name, missing", [
+    ("cifar10", "cifar-10-batches-py/data_batch_1"),
+    ("cifar100", "cifar-100-python/train"),
+    ("svhn", "train_32x32.mat"),
+    ("cinic10", "cinic-10/train"),
+    ("tinyimagenet", "tiny-imagenet-200/wnids.txt"),
+    ("purchase100", "dataset_purchase"),
+    ("texas100", "texas/100/feats"),
+    ("location", "location/data_complete.npz"),
+])
+def test_missing_files_name_the_path(tmp_path, name, missing):
+    with pytest.raises(MiaError) as err:
+        load_dataset(name, data_dir=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / missing) in message and "\n" not in message
+    if name in ("cifar10", "cifar100", "svhn", "tinyimagenet", "purchase100", "texas100"):
+        assert "--download" in message
+
+
+def test_imagefolder_missing_folder(tmp_path):
+    with pytest.raises(MiaError, match="missing .*nowhere"):
+        load_dataset("imagefolder", data_dir=tmp_path / "nowhere")
+
+
+def test_unknown_dataset_lists_known_ones():
+    with pytest.raises(MiaError, match="unknown dataset 'mnist'.*cifar10.*digits"):
+        load_dataset("mnist")
+
+
+def test_unknown_and_bad_params():
+    with pytest.raises(MiaError, match="no parameter 'rows'; known: classes, features, n, seed"):
+        load_dataset("purchase-synth", rows=10)
+    with pytest.raises(MiaError, match="n='many' is not a valid int"):
+        load_dataset("purchase-synth", n="many")
+    with pytest.raises(MiaError, match="no parameter 'size'; known: none"):
+        load_dataset("digits", size=3)
+
+
+def test_every_spec_is_documented():
+    for name, spec in DATASETS.items():
+        assert spec.name == name and spec.description and spec.files and spec.default_model
+        assert spec.kind in ("image", "tabular")
+
+
+# ---------------------------------------------------------------- offline datasets
+
+
+def test_digits():
+    ds = load_dataset("digits")
+    assert isinstance(ds, Dataset)
+    assert ds.x.shape == (1797, 1, 8, 8) and ds.x.dtype == torch.uint8 and int(ds.x.max()) == 255
+    assert ds.num_classes == 10 and not ds.augment and len(ds.mean) == 1
+    assert DATASETS.get("digits").default_model == "mlp"
+
+
+def test_purchase_synth_shape_and_seed():
+    a = load_dataset("purchase-synth", n=3000, seed=1)
+    b = load_dataset("purchase-synth", n="3000", seed="1")
+    c = load_dataset("purchase-synth", n=3000, seed=2)
+    assert a.x.shape == (3000, 600) and a.x.dtype == torch.uint8 and a.num_classes == 100
+    assert set(a.x.unique().tolist()) == {0, 1}
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert not torch.equal(a.x, c.x)
+    small = load_dataset("purchase-synth", n=50, features=20, classes=5)
+    assert small.x.shape == (50, 20) and small.y.max() < 5
+
+
+def test_purchase_synth_is_learnable_but_memorization_does_not_generalize():
+    from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+
+    ds = load_dataset("purchase-synth", n=4000, seed=3)
+    x, y = ds.x.numpy(), ds.y.numpy()
+    centroid = NearestCentroid().fit(x[:2000], y[:2000]).score(x[2000:], y[2000:])
+    assert 0.3 < centroid < 0.97  # chance is 0.01: real structure, but not separable at a glance
+    memorizer = KNeighborsClassifier(1).fit(x[:2000], y[:2000])
+    assert memorizer.score(x[:2000], y[:2000]) == 1.0
+    assert memorizer.score(x[2000:], y[2000:]) < 0.6  # the train/test gap membership inference feeds on
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_split_is_a_disjoint_cover():
+    s = make_split(1000, seed=0)
+    sets = [s.members, s.nonmembers, s.validation, s.population]
+    assert [len(a) for a in sets] == [250, 250, 100, 400]
+    everything = np.concatenate(sets)
+    assert np.array_equal(np.sort(everything), np.arange(1000))
+    assert all(a.dtype == np.int64 for a in sets)
+    s.check(1000)
+
+
+def test_split_reproducible_and_seed_dependent():
+    np.random.seed(123)
+    a = make_split(500, seed=7)
+    np.random.seed(456)
+    b = make_split(500, seed=7)
+    c = make_split(500, seed=8)
+    assert np.array_equal(a.members, b.members) and np.array_equal(a.population, b.population)
+    assert not np.array_equal(a.members, c.members)
+
+
+def test_max_members_moves_surplus_to_population():
+    full = make_split(1000, seed=1)
+    capped = make_split(1000, seed=1, config=SplitConfig(max_members=100))
+    assert len(capped.members) == 100 and len(capped.population) == 550
+    assert np.array_equal(full.nonmembers, capped.nonmembers)
+    assert np.array_equal(full.validation, capped.validation)
+    assert set(capped.members) <= set(full.members)
+    capped.check(1000)
+
+
+def test_query_is_balanced_and_deterministic():
+    s = make_split(1000, seed=2, config=SplitConfig(member_fraction=0.4, nonmember_fraction=0.2))
+    idx, is_member = s.query()
+    assert is_member.dtype == bool and is_member.sum() == (~is_member).sum() == 200
+    assert set(idx[is_member]) <= set(s.members)
+    assert np.array_equal(np.sort(idx[~is_member]), s.nonmembers)
+    idx2, _ = s.query()
+    assert np.array_equal(idx, idx2)
+
+
+def test_split_save_load_round_trip(tmp_path):
+    s = make_split(300, seed=3)
+    path = tmp_path / "split.npz"
+    s.save(path)
+    t = Split.load(path).check(300)
+    assert t.seed == 3
+    for name in ("members", "nonmembers", "validation", "population"):
+        assert np.array_equal(getattr(s, name), getattr(t, name))
+    with pytest.raises(MiaError, match="another dataset"):
+        t.check(100)
+
+
+def test_split_check_detects_overlap_and_bad_files(tmp_path):
+    bad = Split(np.array([0, 1]), np.array([1, 2]), np.array([3]), np.array([4]), seed=0)
+    with pytest.raises(MiaError, match="overlap"):
+        bad.check(10)
+    with pytest.raises(MiaError, match="not found"):
+        Split.load(tmp_path / "none.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(MiaError, match="not a split file"):
+        Split.load(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("kwargs", [dict(member_fraction=0.0), dict(nonmember_fraction=1.2),
+                                    dict(member_fraction=0.5, nonmember_fraction=0.5),
+                                    dict(max_members=0)])
+def test_split_config_validation(kwargs):
+    with pytest.raises(MiaError):
+        SplitConfig(**kwargs)
+
+
+def test_too_few_rows():
+    with pytest.raises(MiaError, match="too few"):
+        make_split(5, seed=0)

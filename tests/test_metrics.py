@@ -1,0 +1,98 @@
+"""Attack metrics against scikit-learn and hand-computed cases."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mia.errors import MiaError
+from mia.metrics import (FPR_TARGETS, METRICS, attack_metrics, balanced_accuracy, metric_names,
+                         roc, tpr_at_fpr)
+
+
+def test_auc_matches_sklearn_on_random_data():
+    rng = np.random.default_rng(0)
+    member = rng.random(500) < 0.5
+    scores = rng.normal(size=500) + 0.7 * member
+    scores[:50] = np.round(scores[:50])  # some ties
+    m = attack_metrics(scores, member)
+    assert m["auc"] == pytest.approx(roc_auc_score(member, scores), abs=1e-12)
+    fpr, tpr, _ = roc(scores, member)
+    assert m["advantage"] == pytest.approx(np.max(tpr - fpr))
+    assert m["balanced_accuracy"] == pytest.approx(0.5 + m["advantage"] / 2)
+    assert list(m) == list(METRICS)
+
+
+def test_perfect_and_reversed_scores():
+    member = np.array([True] * 5 + [False] * 5)
+    scores = np.arange(10, 0, -1).astype(float)  # members score highest
+    m = attack_metrics(scores, member)
+    assert m["auc"] == 1.0 and m["advantage"] == 1.0 and m["balanced_accuracy"] == 1.0
+    for a in FPR_TARGETS:
+        assert m[f"tpr_at_fpr_{a:g}"] == 1.0
+    r = attack_metrics(-scores, member)
+    assert r["auc"] == 0.0 and r["advantage"] == 0.0
+    assert r["tpr_at_fpr_0.1"] == 0.0
+
+
+def test_tpr_at_fpr_by_hand():
+    # scores descending: M N M M N N N N N N  (3 members, 7 non-members... use 10 non-members)
+    member = np.array([1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    scores = np.arange(13, 0, -1).astype(float)
+    fpr, tpr, _ = roc(scores, member)
+    # 10 non-members: FPR 0 -> TPR 1/3; FPR 0.1 -> TPR 1 (after the next two members)
+    assert tpr_at_fpr(fpr, tpr, 0.0) == pytest.approx(1 / 3)
+    assert tpr_at_fpr(fpr, tpr, 0.05) == pytest.approx(1 / 3)
+    assert tpr_at_fpr(fpr, tpr, 0.1) == 1.0
+    m = attack_metrics(scores, member)
+    assert m["tpr_at_fpr_0.01"] == pytest.approx(1 / 3)
+    assert m["tpr_at_fpr_0.1"] == 1.0
+    assert m["advantage"] == pytest.approx(0.9)
+    # AUC: the one non-member above two of the three members costs 2 of 30 pairs
+    assert m["auc"] == pytest.approx(28 / 30)
+
+
+def test_no_interpolation_between_roc_points():
+    fpr = np.array([0.0, 0.0, 0.2, 1.0])
+    tpr = np.array([0.0, 0.3, 0.9, 1.0])
+    assert tpr_at_fpr(fpr, tpr, 0.1) == 0.3  # linear interpolation would say 0.6
+
+
+def test_balanced_accuracy_from_predictions():
+    member = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
+    # TPR 3/4, TNR 5/6
+    assert balanced_accuracy(pred, member) == pytest.approx((0.75 + 5 / 6) / 2)
+    scores = np.linspace(1, 0, 10)
+    m = attack_metrics(scores, member, predictions=pred)
+    assert m["balanced_accuracy"] == pytest.approx((0.75 + 5 / 6) / 2)
+    assert m["advantage"] == 1.0  # the ROC-optimal figure is separate
+
+
+def test_metric_names():
+    assert metric_names("loss") == ["loss.auc", "loss.balanced_accuracy", "loss.advantage",
+                                    "loss.tpr_at_fpr_0.1", "loss.tpr_at_fpr_0.01",
+                                    "loss.tpr_at_fpr_0.001"]
+    assert metric_names() == list(METRICS)
+
+
+def test_infinite_scores_keep_their_order():
+    member = np.array([1, 1, 0, 0], dtype=bool)
+    m = attack_metrics(np.array([np.inf, 2.0, 1.0, -np.inf]), member)
+    assert m["auc"] == 1.0
+
+
+@pytest.mark.parametrize("scores,member,match", [
+    (np.zeros(3), np.array([1, 0]), "3 scores but 2"),
+    (np.zeros(3), np.ones(3, dtype=bool), "only one class"),
+    (np.zeros(3), np.zeros(3, dtype=bool), "only one class"),
+    (np.array([0.0, np.nan]), np.array([1, 0]), "NaN"),
+    (np.zeros(2), np.array([2, 0]), "boolean"),
+])
+def test_errors(scores, member, match):
+    with pytest.raises(MiaError, match=match):
+        attack_metrics(scores, member)
+
+
+def test_prediction_length_mismatch():
+    with pytest.raises(MiaError, match="predictions"):
+        attack_metrics(np.zeros(4), np.array([1, 0, 1, 0]), predictions=np.zeros(3, dtype=bool))

@@ -1,0 +1,220 @@
+"""Device batch augmentation, the training loop and the default recipes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mia.data.augment import crop_flip
+from mia.data.base import Dataset
+from mia.errors import MiaError
+from mia.models import build_model
+from mia.train import (TrainConfig, TrainResult, default_config, predict_logits, seed_everything,
+                       train)
+from mia.train.loop import METRICS, SCHEDULES
+
+# ---------------------------------------------------------------- augmentation
+
+
+def distinct_images(n: int = 16, c: int = 3, h: int = 6, w: int = 7, dtype=torch.float32) -> torch.Tensor:
+    """Images whose pixel values are all different and non-zero, so a crop identifies its offset."""
+    return (torch.arange(n * c * h * w) % 250 + 1).view(n, c, h, w).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_crop_flip_keeps_shape_and_dtype(dtype):
+    x = distinct_images(dtype=dtype)
+    out = crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+
+
+def test_crop_is_a_translation_of_the_padded_image():
+    x = distinct_images()
+    p, (h, w) = 2, x.shape[2:]
+    out = crop_flip(x, padding=p, flip=False, generator=torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    offsets = []
+    for i in range(len(x)):
+        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                if torch.equal(out[i], padded[i, :, dy:dy + h, dx:dx + w])]
+        assert len(hits) == 1
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 1  # offsets are drawn per sample
+
+
+def test_flip_flips_about_half():
+    x = distinct_images(n=64)
+    out = crop_flip(x, padding=0, flip=True, generator=torch.Generator().manual_seed(2))
+    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+    assert bool((flipped ^ kept).all())
+    assert 16 < int(flipped.sum()) < 48
+
+
+def test_crop_flip_is_reproducible_with_a_seeded_generator():
+    x = distinct_images(dtype=torch.uint8)
+    a = crop_flip(x, generator=torch.Generator().manual_seed(3))
+    b = crop_flip(x, generator=torch.Generator().manual_seed(3))
+    c = crop_flip(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """sklearn digits as 1x8x8 uint8 images, with 1200 training and 597 validation rows."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    x = torch.tensor(np.round(raw.images * 255 / 16), dtype=torch.uint8).unsqueeze(1)
+    data = Dataset("digits", x, torch.tensor(raw.target), 10, "image")
+    perm = np.random.default_rng(0).permutation(len(data))
+    return data, perm[:1200], perm[1200:]
+
+
+def adam(**kw) -> TrainConfig:
+    return TrainConfig(**{"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant",
+                          "batch_size": 64, "epochs": 2, **kw})
+
+
+def fit(data, train_idx, val_idx, config, model_name="mlp", seed=0, **kw) -> tuple[nn.Module, TrainResult]:
+    seed_everything(seed)  # the caller seeds the initialization
+    model = build_model(model_name, data.input_shape, data.num_classes)
+    return model, train(model, data, train_idx, val_idx, config, progress=False, **kw)
+
+
+def accuracy(model, data, idx) -> float:
+    return int((predict_logits(model, data, idx).argmax(1) == data.y[idx]).sum()) / len(idx)
+
+
+def test_mlp_learns_digits(digits):
+    data, tr, va = digits
+    model, result = fit(data, tr, va, default_config("digits", "mlp", epochs=10))
+    assert result.best_val_accuracy > 0.9
+    assert len(result.history) == 10 and result.wall_time > 0
+    assert not model.training
+
+
+def test_same_seed_same_weights(digits):
+    data, tr, va = digits
+    cfg = adam(select_best=False)
+    a, ra = fit(data, tr[:300], va[:100], cfg)
+    b, rb = fit(data, tr[:300], va[:100], cfg)
+    c, _ = fit(data, tr[:300], va[:100], TrainConfig(**{**cfg.to_dict(), "seed": 1}))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [h["train_loss"] for h in ra.history] == [h["train_loss"] for h in rb.history]
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_select_best_keeps_the_best_validation_epoch(digits):
+    data, tr, va = digits
+    # a high learning rate on few rows: validation accuracy peaks before the last epoch
+    model, result = fit(data, tr[:400], va[:300], adam(lr=0.03, epochs=8))
+    vals = [h["val_accuracy"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(vals))
+    assert result.best_val_accuracy == vals[result.best_epoch]
+    assert vals[result.best_epoch] > vals[-1]  # the kept weights are not simply the last ones
+    assert accuracy(model, data, va[:300]) == pytest.approx(result.best_val_accuracy, abs=1e-9)
+
+
+def test_without_select_best_the_last_epoch_is_kept(digits):
+    data, tr, va = digits
+    model, result = fit(data, tr[:400], va[:300], adam(lr=0.03, epochs=4, select_best=False))
+    assert result.best_epoch == 3
+    assert accuracy(model, data, va[:300]) == pytest.approx(result.history[-1]["val_accuracy"], abs=1e-9)
+    _, no_val = fit(data, tr[:200], [], adam(epochs=1, select_best=False))
+    assert math.isnan(no_val.best_val_accuracy)
+
+
+def test_schedule_shapes():
+    assert SCHEDULES.get("cosine")(0.0) == 1.0 and SCHEDULES.get("cosine")(1.0) == pytest.approx(0.0)
+    assert [SCHEDULES.get("step")(t) for t in (0.0, 0.49, 0.5, 0.74, 0.75, 0.99)] == \
+        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert SCHEDULES.get("constant")(0.7) == 1.0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_learning_rate_per_epoch(digits, schedule):
+    data, tr, va = digits
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, schedule=schedule, epochs=4, batch_size=64, select_best=False)
+    _, result = fit(data, tr[:256], va[:10], cfg)
+    lrs = [h["lr"] for h in result.history]  # the rate of each epoch's last step
+    expected = {"cosine": None, "step": [0.1, 0.1, 0.01, 0.001], "constant": [0.1] * 4}[schedule]
+    if expected is None:
+        assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.01 * 0.1
+    else:
+        assert lrs == pytest.approx(expected)
+
+
+def test_on_epoch_gets_every_epoch_and_the_documented_keys(digits):
+    data, tr, va = digits
+    calls = []
+    _, result = fit(data, tr[:200], va[:50], adam(epochs=3), on_epoch=lambda e, m: calls.append((e, m)))
+    assert [e for e, _ in calls] == [0, 1, 2]
+    assert all(set(m) == set(METRICS) == {"train_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time"}
+               for _, m in calls)
+    assert [m for _, m in calls] == result.history
+
+
+def test_augmented_image_training_runs():
+    g = torch.Generator().manual_seed(0)
+    data = Dataset("tiny-rgb", torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 4, (96,), generator=g), 4, "image",
+                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=True)
+    cfg = default_config("image", "cnn-small", epochs=2, augment=True)
+    _, result = fit(data, np.arange(64), np.arange(64, 96), cfg, model_name="cnn-small")
+    assert len(result.history) == 2 and all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+def test_a_lone_final_row_is_not_a_batch_norm_batch(digits):
+    data, tr, va = digits
+    seed_everything(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    result = train(model, data, tr[:65], va[:20], adam(epochs=2), progress=False)  # 65 = 64 + 1
+    assert len(result.history) == 2
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+    ({"schedule": "linear"}, "unknown schedule 'linear'"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+])
+def test_bad_config_is_a_user_error(digits, change, match):
+    data, tr, va = digits
+    with pytest.raises(MiaError, match=match):
+        fit(data, tr[:64], va[:10], adam(**change))
+
+
+def test_select_best_needs_validation_rows(digits):
+    data, tr, _ = digits
+    with pytest.raises(MiaError, match="select_best needs validation rows"):
+        fit(data, tr[:64], np.array([], dtype=np.int64), adam())
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def test_default_recipes():
+    cnn = default_config("cifar10", "resnet18")
+    assert (cnn.optimizer, cnn.lr, cnn.momentum, cnn.weight_decay, cnn.schedule, cnn.batch_size) == \
+        ("sgd", 0.1, 0.9, 5e-4, "cosine", 128)
+    assert default_config("image", "wrn16-4").optimizer == "sgd"
+    tab = default_config("tabular", "fc")
+    assert (tab.optimizer, tab.lr, tab.weight_decay, tab.batch_size, tab.epochs) == ("adam", 1e-3, 0.0, 128, 30)
+    small = default_config("digits", "mlp")
+    assert (small.optimizer, small.lr, small.batch_size, small.epochs) == ("adam", 1e-3, 64, 30)
+    assert default_config("tabular", "mlp").batch_size == 128
+    assert default_config("digits", "cnn-small", epochs=3, seed=7).epochs == 3
+
+
+def test_default_config_rejects_unknown_names():
+    with pytest.raises(MiaError, match="unknown training option"):
+        default_config("digits", "mlp", epochz=3)
+    with pytest.raises(MiaError, match="unknown model"):
+        default_config("digits", "resnet19")
