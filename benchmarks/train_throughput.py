@@ -151,6 +151,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    load = os.getloadavg()[0]  # other jobs on the machine skew CPU figures: say so in the result
     cuda = device.type == "cuda"
     n = args.images or (EPOCH_IMAGES if cuda else 1024)
     epochs = args.epochs or (3 if cuda else 2)
@@ -176,10 +177,13 @@ def main() -> None:
              + ("" if cuda else "; CPU run on a small slice, so s per 50k-image epoch is extrapolated"))
     goal = (f"\nGoal: one 50k-image epoch in at most {GOAL_SECONDS} s on an H100 in bf16; best here "
             f"{EPOCH_IMAGES / best:.2f} s ({'met' if EPOCH_IMAGES / best <= GOAL_SECONDS else 'not met'}).\n"
-            if cuda else "")
+            if cuda else "\nOn a CPU both loops are mostly bound by the convolutions, and on a shared machine the "
+            "figures move with other jobs' load; what mia.train removes (host-side per-sample transforms, "
+            "per-step host syncs, fp32 NCHW) is what limits a GPU: see the CUDA section.\n")
     text = (f"- date: {dt.date.today().isoformat()}\n- device: {device_name(device)}\n"
             f"- torch {torch.__version__}, torchvision {torchvision.__version__}, numpy {np.__version__}\n"
-            f"- {scope}\n- command: `python benchmarks/train_throughput.py`\n\n{table}\n{goal}")
+            f"- {scope}\n- 1-minute load average at start: {load:.1f} (other processes share the machine)\n"
+            f"- command: `python benchmarks/train_throughput.py`\n\n{table}\n{goal}")
     print(text)
     if not args.no_write:
         write_section("CUDA" if cuda else "CPU", text)

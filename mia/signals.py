@@ -61,7 +61,8 @@ class Signals:
         """Read what :meth:`save` wrote (no pickles: the file may come from elsewhere)."""
         path = Path(path)
         if not path.is_file():
-            raise MiaError(f"no signals file at {path}; compute it with mia.signals.compute_signals")
+            raise MiaError(f"no signals file at {path}; compute it with "
+                           "mia.signals.compute_signals")
         with np.load(path, allow_pickle=False) as z:
             sens = z["sensitivity"] if "sensitivity" in z.files else None
             return cls(z["logits"], z["labels"], sens)

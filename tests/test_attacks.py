@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from mia.attacks import ATTACKS, AttackOutput, ShadowSignals, run_attack
 from mia.attacks.threshold import fit_thresholds
@@ -36,11 +37,22 @@ def concat(a: Signals, b: Signals) -> tuple[Signals, np.ndarray]:
 MEMBER_BOOST, NONMEMBER_BOOST = 4.0, 1.5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """SAMIA on CPU uses torch's threads; on a small shared test box two threads
+    stall each other at every op (100 s instead of 4 s here), so this module uses one."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def shadows() -> list[ShadowSignals]:
     out = []
     for k in range(2):
-        sig, member = concat(synth(1000, MEMBER_BOOST, 10 + k), synth(1000, NONMEMBER_BOOST, 20 + k))
+        sig, member = concat(synth(1000, MEMBER_BOOST, 10 + k),
+                             synth(1000, NONMEMBER_BOOST, 20 + k))
         out.append(ShadowSignals(sig, member))
     return out
 

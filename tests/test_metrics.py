@@ -96,3 +96,17 @@ def test_errors(scores, member, match):
 def test_prediction_length_mismatch():
     with pytest.raises(MiaError, match="predictions"):
         attack_metrics(np.zeros(4), np.array([1, 0, 1, 0]), predictions=np.zeros(3, dtype=bool))
+
+
+def test_plot_roc_writes_a_log_log_png(tmp_path):
+    from mia.report import plot_roc
+
+    rng = np.random.default_rng(1)
+    member = rng.random(400) < 0.5
+    curves = {}
+    for name, shift in [("weak", 0.2), ("strong", 2.0)]:
+        fpr, tpr, _ = roc(rng.normal(size=400) + shift * member, member)
+        curves[name] = (fpr, tpr)
+    path = plot_roc(curves, tmp_path / "plots" / "roc.png", title="toy")
+    assert path == tmp_path / "plots" / "roc.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

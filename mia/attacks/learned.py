@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mia.attacks._train import fit_binary, init_seeded, predict_logit, standardize
+from mia.attacks._train import (fit_binary, init_seeded, predict_logit, single_thread,
+                                standardize)
 from mia.attacks.base import Attack, AttackSpec, ShadowSignals, pool, register
 from mia.errors import MiaError
 from mia.registry import Param
@@ -62,19 +63,22 @@ class MLPAttack(Attack):
         """The attack model's input, one row per sample."""
 
     def _tensor(self, signals: Signals) -> torch.Tensor:
-        return torch.as_tensor(((self.features(signals) - self.mean_) / self.std_).astype(np.float32))
+        f = (self.features(signals) - self.mean_) / self.std_
+        return torch.as_tensor(f.astype(np.float32))
 
     def fit(self, shadows: list[ShadowSignals]) -> "MLPAttack":
         sig, member = pool(shadows)
         f = self.features(sig)
         self.mean_, self.std_ = standardize(f)
-        self.model_ = init_seeded(lambda: mlp(f.shape[1], self.hidden), self.seed)
-        fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
-                   seed=self.seed)
+        with single_thread():
+            self.model_ = init_seeded(lambda: mlp(f.shape[1], self.hidden), self.seed)
+            fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
+                       seed=self.seed)
         return self
 
     def decision_function(self, signals: Signals) -> np.ndarray:
-        return predict_logit(self.model_, self._tensor(signals)).astype(np.float64)
+        with single_thread():
+            return predict_logit(self.model_, self._tensor(signals)).astype(np.float64)
 
 
 class NNAttack(MLPAttack):

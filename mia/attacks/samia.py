@@ -9,10 +9,17 @@ gives one member logit.
 
 Differences from the source, on purpose: tokens are mean-pooled instead of
 flattened into a ``C * d`` layer, so the attack model has the same size for 10
-or 100 classes; inputs are standardized with shadow statistics (per class and
-feature) instead of a BatchNorm layer, which is the same map at inference;
-members and non-members are balanced by class weighting; decisions are
-``p(member) > 0.5`` on a model fitted on shadows only.
+or 100 classes; no dropout (the source's 0.2 on the C x C attention maps
+made training 2.6x slower on CPU, and a few epochs hardly overfit); inputs
+are standardized with shadow statistics (per class and feature) instead of a
+BatchNorm layer, which is the same map at inference; members and non-members
+are balanced by class weighting; decisions are ``p(member) > 0.5`` on a model
+fitted on shadows only.
+
+It trains on CUDA when there is one (C tokens per sample make it the one
+attack whose cost grows with the class count: 100 classes x a few thousand
+samples is about 6 s per epoch on one CPU core), else on the CPU; 5 epochs by
+default, which separates members well on the synthetic benchmark of the tests.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from mia.attacks.base import Attack, AttackSpec, ShadowSignals, pool, register
 from mia.errors import MiaError
 from mia.registry import Param
 from mia.signals import Signals, log_softmax
+from mia.train.predict import resolve_device
 
 
 def class_tokens(signals: Signals) -> np.ndarray:
@@ -38,7 +46,7 @@ def class_tokens(signals: Signals) -> np.ndarray:
 class SamiaNet(nn.Module):
     """Class tokens -> transformer encoder -> mean over tokens -> member logit."""
 
-    def __init__(self, dim: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.2):
+    def __init__(self, dim: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(3, dim), nn.GELU())
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
@@ -65,13 +73,15 @@ class SamiaAttack(Attack):
 
     def _tensor(self, signals: Signals) -> torch.Tensor:
         t = (class_tokens(signals) - self.mean_) / self.std_
-        return torch.as_tensor(t.astype(np.float32))
+        return torch.as_tensor(t.astype(np.float32), device=self.device_)
 
     def fit(self, shadows: list[ShadowSignals]) -> "SamiaAttack":
         sig, member = pool(shadows)
         tokens = class_tokens(sig)
         self.mean_, self.std_ = standardize(tokens)
-        self.model_ = init_seeded(lambda: SamiaNet(self.dim, self.layers, self.heads), self.seed)
+        self.device_ = resolve_device("auto")
+        self.model_ = init_seeded(lambda: SamiaNet(self.dim, self.layers, self.heads),
+                                  self.seed).to(self.device_)
         fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
                    seed=self.seed)
         return self
