@@ -153,8 +153,10 @@ def train_shadows(config: TargetConfig, data: Dataset, split: Split, count: int,
     if len(split.population) < 8:
         raise MiaError(f"the attacker's population has only {len(split.population)} samples; "
                        "lower the member/non-member/validation fractions")
+    from tqdm.auto import tqdm
+
     shadows = []
-    for k in range(count):
+    for k in tqdm(range(count), desc="shadow models", unit="model", disable=not progress, leave=False):
         shadow_seed = seed * 1000 + k + 1
         members, nonmembers, val = shadow_split(split.population, shadow_seed)
         trained = fit(config, data, members, val, nonmembers, seed=shadow_seed, progress=progress)

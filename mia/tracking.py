@@ -126,7 +126,22 @@ def _param(value: object) -> str:
 
 
 def log_params(params: dict[str, object]) -> None:
-    mlflow.log_params({k: _param(v) for k, v in params.items()})
+    """Log params; a key that ``mlflow run`` already logged from MLproject keeps its value.
+
+    MLflow forbids changing a param. Under ``mlflow run`` the project's
+    parameters (the user's input, e.g. ``model=''``) are logged first; where the
+    resolved value differs it is logged as ``resolved.<key>``.
+    """
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    out = {}
+    for key, value in params.items():
+        text = _param(value)
+        if key not in existing:
+            out[key] = text
+        elif existing[key] != text:
+            out[f"resolved.{key}"] = text
+    if out:
+        mlflow.log_params(out)
 
 
 def experiment_name(run) -> str:

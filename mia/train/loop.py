@@ -148,7 +148,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     if progress:
         from tqdm.auto import tqdm  # only here: the core must import without tqdm
 
-        epochs = bar = tqdm(epochs, desc="train", unit="epoch")
+        epochs = bar = tqdm(epochs, desc="train", unit="epoch", leave=False)
     for epoch in epochs:
         t0 = time.perf_counter()
         model.train()

@@ -1,0 +1,37 @@
+"""`mlflow run . -e main --env-manager local` on tiny settings, as the README shows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mlflow_run_main_entry_point(mlflow_store):
+    client = MlflowClient()
+    # Artifacts go under the test's folder, not the project's ./mlruns.
+    client.create_experiment("mlproject", artifact_location=(mlflow_store / "mlruns").as_uri())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_store / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local",
+         "--experiment-name", "mlproject", "-P", "epochs=2", "-P", "reference_models=1",
+         "-P", "attacks=loss,nn"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "attack run:" in result.stdout
+
+    runs = client.search_runs([client.get_experiment_by_name("mlproject").experiment_id])
+    by_kind = {r.data.tags.get("mia.kind"): r for r in runs}
+    assert set(by_kind) == {"train", "attack"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert by_kind["attack"].data.tags["mia.target_run_id"] == by_kind["train"].info.run_id
+    assert "loss.auc" in by_kind["attack"].data.metrics
+    assert by_kind["train"].data.params["train.epochs"] == "2"
