@@ -31,12 +31,16 @@ class Signals:
     """One model's outputs on one query set.
 
     ``logits``: float32 ``N x C``; ``labels``: int64 ``N``; ``sensitivity``:
-    float32 ``N x C`` or None (only SAMIA needs it).
+    float32 ``N x C`` or None (only SAMIA needs it); ``phi``: ``N x V`` or
+    None, the logit-scaled true-label confidence (:func:`logit_confidence`) on
+    each fixed query view of :func:`mia.data.augment.query_views` (view 0 is
+    the plain input), what LiRA and RMIA compare with reference models.
     """
 
     logits: np.ndarray
     labels: np.ndarray
     sensitivity: np.ndarray | None = None
+    phi: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,6 +56,8 @@ class Signals:
                   "labels": np.asarray(self.labels, dtype=np.int64)}
         if self.sensitivity is not None:
             arrays["sensitivity"] = np.asarray(self.sensitivity, dtype=np.float32)
+        if self.phi is not None:
+            arrays["phi"] = np.asarray(self.phi, dtype=np.float32)
         with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
             np.savez(f, **arrays)
         return path
@@ -65,16 +71,21 @@ class Signals:
                            "mia.signals.compute_signals")
         with np.load(path, allow_pickle=False) as z:
             sens = z["sensitivity"] if "sensitivity" in z.files else None
-            return cls(z["logits"], z["labels"], sens)
+            phi = z["phi"] if "phi" in z.files else None
+            return cls(z["logits"], z["labels"], sens, phi)
 
 
 # ---------------------------------------------------------------- computing
 
 
 def compute_signals(model: nn.Module, data: Dataset, idx, *, sensitivity: bool = False,
+                    views: list[tuple[int, int, bool]] | None = None,
                     draws: int = 10, eps: float = 1e-3, seed: int = 0, batch_size: int = 1024,
                     device: str | torch.device = "auto") -> Signals:
     """Query ``model`` once on rows ``idx`` of ``data``; optionally its SAMIA sensitivity.
+
+    ``views`` (from :func:`mia.data.augment.query_views`) adds ``phi``, the
+    logit-scaled confidence on each view.
 
     The sensitivity (Yuan & Zhang, USENIX Security 2022) is, per class c,
     ``mean_k |softmax(f(x + eps*u_k))_c - softmax(f(x))_c| / eps`` over ``draws``
@@ -89,7 +100,46 @@ def compute_signals(model: nn.Module, data: Dataset, idx, *, sensitivity: bool =
     if sensitivity:
         sens = output_sensitivity(model, data, idx, draws=draws, eps=eps, seed=seed,
                                   batch_size=batch_size, device=device)
-    return Signals(logits.numpy().astype(np.float32), labels.astype(np.int64), sens)
+    phi = None if views is None else view_phi(model, data, idx, views, batch_size=batch_size, device=device)
+    return Signals(logits.numpy().astype(np.float32), labels.astype(np.int64), sens, phi)
+
+
+@torch.no_grad()
+def view_phi(model: nn.Module, data: Dataset, idx, views: list[tuple[int, int, bool]], *,
+             batch_size: int = 1024, device: str | torch.device = "auto") -> np.ndarray:
+    """Float32 ``N x V``: :func:`logit_confidence` of ``model`` on each fixed view of rows ``idx``.
+
+    Views are shifts and flips of the raw rows (:func:`mia.data.augment.shift_flip`);
+    tabular data has the single identity view.
+    """
+    from mia.data.augment import shift_flip
+
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    out = []
+    for start in range(0, len(idx), batch_size):
+        rows = idx[start:start + batch_size].to(data.x.device)
+        raw, y = data.x[rows].to(device), data.y[rows].to(device)
+        cols = []
+        for dy, dx, flip in views:
+            xb = raw if (dy, dx, flip) == (0, 0, False) else shift_flip(raw, dy, dx, flip)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(data.inputs(xb)).float()
+            cols.append(_phi(logits, y))
+        out.append(torch.stack(cols, dim=1).cpu())
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, len(views)), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def _phi(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logit_y - logsumexp_{i != y} logit_i`` in float32 torch (see :func:`logit_confidence`)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
 
 
 @torch.no_grad()
@@ -136,6 +186,20 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def _true(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.take_along_axis(values, np.asarray(labels, dtype=np.int64)[:, None], axis=1)[:, 0]
+
+
+def logit_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """LiRA's ``phi = log(p_y / (1 - p_y))``, as ``logit_y - logsumexp_{i != y} logit_i``.
+
+    The second form is exact and stays finite where ``p_y`` rounds to 1.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    true = np.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    others = logits.copy()
+    np.put_along_axis(others, labels[:, None], -np.inf, axis=1)
+    top = others.max(axis=1)
+    return true - (top + np.log(np.exp(others - top[:, None]).sum(axis=1)))
 
 
 def loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

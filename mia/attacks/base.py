@@ -36,6 +36,31 @@ class ShadowSignals:
 
 
 @dataclass
+class ReferenceSignals:
+    """Reference models beside the target, on the same samples and views: what LiRA/RMIA compare.
+
+    ``phi`` arrays hold the logit-scaled true-label confidence
+    (:func:`mia.signals.logit_confidence`) per view (``V`` views; view 0 is
+    the plain input). The audited samples are the target's balanced query set
+    (``N``); the population samples (``Z``) are attacker data that RMIA uses
+    as its reference points ``z``. ``inclusion[m, n]`` says whether reference
+    model ``m`` trained on sample ``n``: in an offline pool no model trained on
+    an audited sample.
+    """
+
+    target_phi: np.ndarray  # N x V
+    phi: np.ndarray  # M x N x V
+    inclusion: np.ndarray  # M x N bool
+    population_target_phi: np.ndarray  # Z x V
+    population_phi: np.ndarray  # M x Z x V
+    population_inclusion: np.ndarray  # M x Z bool
+
+    @property
+    def num_models(self) -> int:
+        return int(self.phi.shape[0])
+
+
+@dataclass
 class AttackOutput:
     """Per-sample scores (larger = more likely a member) and boolean member decisions."""
 

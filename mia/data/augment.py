@@ -40,3 +40,28 @@ def crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True,
     cols = dx + cols  # N x W
     batch = torch.arange(n, device=dev).view(n, 1, 1)
     return pixels[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def shift_flip(x: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
+    """``x`` translated by (``dy``, ``dx``) pixels with zero fill, then flipped if ``flip``.
+
+    The deterministic counterpart of :func:`crop_flip`, for querying fixed
+    augmented views (LiRA averages its test over them).
+    """
+    h, w = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(x, (p,) * 4) if p else x
+    out = padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+    return out.flip(-1) if flip else out
+
+
+def query_views(augment: bool, shift: int = 4) -> list[tuple[int, int, bool]]:
+    """The fixed (dy, dx, flip) views a model is queried on; view 0 is the plain input.
+
+    Data trained with crop+flip is queried on 2 flips x 9 shifts in
+    {-shift, 0, shift}^2 = 18 views, as LiRA does; other data on the input alone.
+    """
+    if not augment:
+        return [(0, 0, False)]
+    shifts = [(dy, dx) for dy in (0, -shift, shift) for dx in (0, -shift, shift)]
+    return [(dy, dx, flip) for flip in (False, True) for dy, dx in shifts]
