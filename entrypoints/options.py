@@ -94,7 +94,11 @@ target_options = compose(
 attack_options = compose(
     click.option("--attacks", default="all", show_default=True, help="Comma-separated names or `all`."),
     click.option("--reference-models", type=click.IntRange(min=1), default=4, show_default=True,
-                 help="Shadow models trained on the attacker's population."),
+                 help="Reference (shadow) models with the target's recipe; cached and grown across runs."),
+    click.option("--pool", "pool_mode", type=click.Choice(["online", "offline"]), default="online",
+                 show_default=True,
+                 help="online: reference models also train on the audited samples (LiRA online); "
+                      "offline: on the attacker's population only."),
     click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE",
                  help="Attack parameter, e.g. loss.thresholds=global (repeatable)."),
 )

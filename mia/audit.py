@@ -8,10 +8,10 @@ The protocol (REFERENCE.md section 1):
 
 * the target trains on ``split.members``, picks its best epoch on
   ``split.validation`` and is queried on the balanced set ``split.query()``;
-* each shadow model imitates the target's recipe on the attacker's
-  ``split.population`` only: a seeded random half is its members, and the
-  other half, minus a slice it keeps for its own model selection, its
-  non-members;
+* reference (shadow) models imitate the target's recipe on random halves of
+  the attacker's data (:mod:`mia.pool`); threshold and learned attacks fit
+  on their outputs on the population, LiRA and RMIA compare the target with
+  them on the audited samples;
 * attacks see the target's signals and the shadows' signals with their
   membership, never the target's membership, which only the metrics read.
 """
@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mia.attacks import ATTACKS, AttackOutput, ShadowSignals, run_attack
+from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
 from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.datasets import DATASETS
 from mia.errors import MiaError
@@ -37,10 +37,6 @@ from mia.train.loop import seed_everything
 from mia.train.recipes import default_config
 
 EpochCallback = Callable[[int, dict], None]
-
-#: Fraction of a shadow's non-member half kept aside for its model selection.
-SHADOW_VALIDATION_FRACTION = 0.2
-
 
 @dataclass
 class TargetConfig:
@@ -125,49 +121,49 @@ def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str
 
 
 def query_signals(model: torch.nn.Module, data: Dataset, idx: np.ndarray, seed: int,
-                  device: str = "auto") -> Signals:
-    """The signals every attack needs (logits, and SAMIA's sensitivity), in one pass."""
-    return compute_signals(model, data, idx, sensitivity=True, seed=seed, device=device)
+                  device: str = "auto", augment: bool = False) -> Signals:
+    """The signals every attack needs: logits, SAMIA's sensitivity, LiRA's per-view phi."""
+    from mia.data.augment import query_views
+
+    return compute_signals(model, data, idx, sensitivity=True, views=query_views(augment), seed=seed,
+                           device=device)
 
 
-def shadow_split(population: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(members, non-members, validation) of one shadow model, drawn from the population."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(population)
-    half = len(perm) // 2
-    n_val = max(1, int(SHADOW_VALIDATION_FRACTION * (len(perm) - half)))
-    members, rest = perm[:half], perm[half:]
-    return members, rest[n_val:], rest[:n_val]
+def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: TargetConfig
+                   ) -> tuple[Signals, Signals]:
+    """The target on its audited query set and on the attacker's population (RMIA's z)."""
+    augment = config.train.augment and data.augment
+    query, _ = split.query()
+    return (query_signals(model, data, query, config.seed, config.train.device, augment),
+            query_signals(model, data, split.population, config.seed, config.train.device, augment))
 
 
-def train_shadows(config: TargetConfig, data: Dataset, split: Split, count: int,
-                  seed: int = 0, progress: bool = True,
-                  on_shadow: Callable[[int, TrainedModel], None] | None = None) -> list[ShadowSignals]:
-    """Train ``count`` shadow models on the attacker's population with the target's recipe.
+def pool_identity(config: TargetConfig) -> dict:
+    """What shapes a reference model besides its seed: the key of the pool cache."""
+    train = {k: v for k, v in config.train.to_dict().items() if k not in ("seed", "device", "compile")}
+    return {"dataset": config.dataset, "dataset_params": config.dataset_params, "model": config.model,
+            "norm": config.norm, "defense": config.defense, "train": train}
 
-    Each shadow is queried on a balanced set of its own members and non-members,
-    which is what threshold fitting and learned attacks train on.
+
+def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode: str = "online"):
+    """The :class:`mia.pool.PoolPlan` of reference models for this target's recipe and split."""
+    from mia.pool import plan_pool
+
+    return plan_pool(pool_identity(config), split, mode, augment=config.train.augment and data.augment)
+
+
+def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True):
+    """Grow the pool of ``plan`` in folder ``root`` to ``size`` models and load them.
+
+    Returns ``(pool, written)``: the stacked :class:`mia.pool.PoolSignals` and
+    the model files trained in this call (none when the pool was complete).
     """
-    if count < 1:
-        raise MiaError(f"--reference-models must be at least 1, got {count}")
-    if len(split.population) < 8:
-        raise MiaError(f"the attacker's population has only {len(split.population)} samples; "
-                       "lower the member/non-member/validation fractions")
-    from tqdm.auto import tqdm
+    from mia.pool import grow_pool, load_pool
 
-    shadows = []
-    for k in tqdm(range(count), desc="shadow models", unit="model", disable=not progress, leave=False):
-        shadow_seed = seed * 1000 + k + 1
-        members, nonmembers, val = shadow_split(split.population, shadow_seed)
-        trained = fit(config, data, members, val, nonmembers, seed=shadow_seed, progress=progress)
-        if on_shadow is not None:
-            on_shadow(k, trained)
-        n = min(len(members), len(nonmembers))
-        query = np.concatenate([members[:n], nonmembers[:n]])
-        is_member = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
-        signals = query_signals(trained.model, data, query, seed=shadow_seed, device=config.train.device)
-        shadows.append(ShadowSignals(signals, is_member))
-    return shadows
+    if size < 1:
+        raise MiaError(f"--reference-models must be at least 1, got {size}")
+    written = grow_pool(plan, root, size, config, data, progress=progress)
+    return load_pool(plan, root, size, data), written
 
 
 def resolve_attacks(names: str | list[str]) -> list[str]:
@@ -191,7 +187,8 @@ class AttackResult:
 
 def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
                 shadows: list[ShadowSignals], params: dict[str, dict] | None = None,
-                seed: int = 0, progress: bool = True) -> list[AttackResult]:
+                seed: int = 0, progress: bool = True,
+                reference: ReferenceSignals | None = None) -> list[AttackResult]:
     """Run each attack on stored signals and score it against the true membership."""
     from tqdm.auto import tqdm
 
@@ -199,7 +196,7 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
     results = []
     for name in tqdm(names, desc="attacks", disable=not progress, leave=False):
         start = time.perf_counter()
-        out = run_attack(name, target, shadows, params.get(name), seed=seed)
+        out = run_attack(name, target, shadows, params.get(name), seed=seed, reference=reference)
         results.append(AttackResult(name, out, attack_metrics(out.scores, is_member, out.predictions),
                                     time.perf_counter() - start))
     return results

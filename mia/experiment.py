@@ -19,6 +19,7 @@ from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.errors import MiaError
 from mia.models import build_model
+from mia.pool import pool_size
 from mia.report import plot_roc
 
 
@@ -59,10 +60,9 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
                                 on_epoch=lambda epoch, m: tracking.log_metrics(m, step=epoch))
         tracking.log_checkpoint(trained.model)
         with timer.stage("signals"):
-            query, _ = split.query()
-            signals = audit.query_signals(trained.model, data, query, seed=config.seed,
-                                          device=config.train.device)
-        tracking.log_signals(signals, tracking.TARGET_SIGNALS)
+            audited, population = audit.target_signals(trained.model, data, split, config)
+        tracking.log_signals(audited, tracking.TARGET_SIGNALS)
+        tracking.log_signals(population, tracking.TARGET_POPULATION_SIGNALS)
         tracking.log_metrics({"test_accuracy": trained.test_accuracy,
                               "train_accuracy": trained.train_accuracy,
                               "best_epoch": trained.best_epoch, **timer.seconds})
@@ -80,12 +80,14 @@ class AttackOutcome:
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
                attack_params: dict[str, dict] | None = None, seed: int = 0,
                experiment: str | None = None, progress: bool = True,
-               data: Dataset | None = None) -> AttackOutcome:
-    """Attack a training run: shadows on its population, every attack on its stored signals.
+               data: Dataset | None = None, pool_mode: str = "online") -> AttackOutcome:
+    """Attack a training run: a reference pool on its attacker data, every attack on stored signals.
 
-    ``data`` skips reloading the dataset when the caller (``mia audit``) has it.
+    The pool (:mod:`mia.pool`) is found in the tracking store when an earlier
+    attack trained it, and grown when more models are asked for. ``data``
+    skips reloading the dataset when the caller (``mia audit``) has it.
     """
-    names = audit.resolve_attacks(attacks)
+    names = _attacks_for_pool(audit.resolve_attacks(attacks), attacks, pool_mode)
     target = tracking.TargetRun(target_run_id)
     config = target.config
     experiment = experiment or tracking.experiment_name(target.run)
@@ -93,34 +95,56 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
     with tracking.run(f"attack-{config.dataset}-{config.model}", experiment, tags=tags) as active:
         tracking.log_params({"attacks": ",".join(names), "reference_models": reference_models,
-                             "seed": seed, "target_run_id": target_run_id,
+                             "pool": pool_mode, "seed": seed, "target_run_id": target_run_id,
                              **{f"{a}.{k}": v for a, p in (attack_params or {}).items() for k, v in p.items()}})
         with timer.stage("load_data"):
             data = data if data is not None else audit.load_data(config)
         target.split.check(len(data))
-        query, is_member = target.split.query()
+        _, is_member = target.split.query()
         with timer.stage("signals"):
-            signals = target.signals() or _recompute_signals(target, data, query)
-        with timer.stage("shadows"):
-            shadows = audit.train_shadows(config, data, target.split, reference_models, seed=seed,
-                                          progress=progress)
-        for k, shadow in enumerate(shadows):
-            tracking.log_signals(shadow.signals, f"signals/shadow_{k}.npz")
+            signals, population = _target_signals(target, data)
+        with timer.stage("reference_models"):
+            plan = audit.plan_reference_pool(config, data, target.split, pool_mode)
+            with tracking.pool_store(plan.key, experiment, tracking.run_tags(config)) as store:
+                pool, written = audit.reference_pool(plan, config, data, reference_models, store.folder,
+                                                     progress=progress)
+                store.save(written, pool_size(store.folder))
+        tracking.set_tags({"mia.pool_key": plan.key, "mia.pool_run_id": store.run_id})
         with timer.stage("attacks"):
-            results = audit.run_attacks(names, signals, is_member, shadows, attack_params, seed=seed,
-                                        progress=progress)
+            results = audit.run_attacks(names, signals, is_member, pool.shadows(), attack_params, seed=seed,
+                                        progress=progress, reference=pool.reference(signals, population, target.split.population))
         test_accuracy = target.metrics.get("test_accuracy", float("nan"))
-        metrics = {"test_accuracy": test_accuracy, **audit.leakage_summary(results), **timer.seconds}
+        metrics = {"test_accuracy": test_accuracy, "reference_models.trained": len(written),
+                   **audit.leakage_summary(results), **timer.seconds}
         for r in results:
             metrics.update({f"{r.name}.{k}": v for k, v in r.metrics.items()})
             metrics[f"time.attack.{r.name}"] = r.seconds
         tracking.log_metrics(metrics)
-        _log_attack_artifacts(results, query, signals.labels, is_member, config)
+        _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         return AttackOutcome(active.info.run_id, target_run_id, test_accuracy, results)
 
 
-def _recompute_signals(target: tracking.TargetRun, data, query: np.ndarray):
-    """Signals of a run that stored none: rebuild the model from its checkpoint and query it."""
+#: Attacks that need reference models trained on the audited samples.
+ONLINE_ONLY = ("lira-online",)
+
+
+def _attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -> list[str]:
+    """Drop online-only attacks from ``all`` under an offline pool; refuse them when named."""
+    if pool_mode == "online":
+        return names
+    named = [n for n in names if n in ONLINE_ONLY]
+    if named and asked != "all":
+        raise MiaError(f"{', '.join(named)} needs reference models trained on the audited samples; "
+                       "use --pool online")
+    return [n for n in names if n not in ONLINE_ONLY]
+
+
+def _target_signals(target: tracking.TargetRun, data: Dataset):
+    """The target's stored signals, or, for a run that stored none, rebuilt from its checkpoint."""
+    audited = target.signals()
+    population = target.signals(tracking.TARGET_POPULATION_SIGNALS)
+    if audited is not None and population is not None and audited.phi is not None:
+        return audited, population
     config = target.config
     model = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
     try:
@@ -129,7 +153,7 @@ def _recompute_signals(target: tracking.TargetRun, data, query: np.ndarray):
         raise MiaError(f"checkpoint of run {target.run_id} does not fit model {config.model!r}; "
                        "retrain with `mia train`") from None
     model.to(data.x.device)
-    return audit.query_signals(model, data, query, seed=config.seed, device=config.train.device)
+    return audit.target_signals(model, data, target.split, config)
 
 
 def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels: np.ndarray,
@@ -151,9 +175,9 @@ def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels
 
 def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,
               attack_params: dict[str, dict] | None = None, experiment: str | None = None,
-              progress: bool = True) -> AttackOutcome:
+              progress: bool = True, pool_mode: str = "online") -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
-    audit.resolve_attacks(attacks)  # fail before training on a misspelled attack
+    _attacks_for_pool(audit.resolve_attacks(attacks), attacks, pool_mode)  # fail before training
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
-                      experiment=experiment, progress=progress, data=trained.data)
+                      experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode)

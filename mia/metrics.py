@@ -15,11 +15,18 @@ Two choices differ from the source systems on purpose:
   no interpolation between points: an attacker can only run at operating
   points that exist, and interpolating would credit it with a TPR no
   threshold achieves (it matters at FPR 0.1% where there are few points).
+
+Uncertainty (:func:`interval_metrics`, logged as ``<attack>.<name>`` for the
+names in :data:`INTERVAL_METRICS`): stratified percentile-bootstrap
+intervals of the AUC and of each TPR at low FPR (:func:`bootstrap_intervals`),
+and an empirical lower bound on the differential-privacy epsilon that the
+attack's operating point at FPR 1% proves (:func:`epsilon_lower_bound`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import beta
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from mia.errors import MiaError
@@ -115,4 +122,139 @@ def attack_metrics(scores, is_member, predictions=None) -> dict[str, float]:
     out["advantage"] = advantage
     for a in FPR_TARGETS:
         out[tpr_metric(a)] = tpr_at_fpr(fpr, tpr, a)
+    return out
+
+
+# ---------------------------------------------------------------- uncertainty
+
+BOOTSTRAP_METRICS = ("auc", *(tpr_metric(a) for a in FPR_TARGETS))
+"""The metrics that get a bootstrap interval."""
+
+INTERVAL_METRICS = (*(f"{m}_ci_{end}" for m in BOOTSTRAP_METRICS for end in ("low", "high")),
+                    "epsilon_lb")
+"""The uncertainty metrics of one attack (suffixes of ``<attack>.``), in the order reported."""
+
+
+def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """``n_boot x n``: how often each of ``n`` items is drawn in each resample of size ``n``."""
+    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+
+
+def _cumulative(counts: np.ndarray) -> np.ndarray:
+    """Row-wise counts of the items before each position: ``n_boot x (n + 1)``, first column 0."""
+    out = np.zeros((counts.shape[0], counts.shape[1] + 1), dtype=np.int64)
+    np.cumsum(counts, axis=1, out=out[:, 1:])
+    return out
+
+
+def _weighted_metrics(s_in: np.ndarray, s_out: np.ndarray, w_in: np.ndarray,
+                      w_out: np.ndarray) -> dict[str, np.ndarray]:
+    """AUC and TPRs at :data:`FPR_TARGETS` of each row of draw counts (see :func:`bootstrap_intervals`).
+
+    ``s_in``, ``s_out``: sorted member and non-member scores; ``w_in``,
+    ``w_out``: ``n_boot x n`` draw counts (all ones give the plain metrics).
+    """
+    n_in, n_out = int(w_in[0].sum()), int(w_out[0].sum())
+    c_in, c_out = _cumulative(w_in), _cumulative(w_out)
+    below = np.searchsorted(s_out, s_in, side="left")
+    upto = np.searchsorted(s_out, s_in, side="right")
+    wins = c_out[:, below] + 0.5 * (c_out[:, upto] - c_out[:, below])  # n_boot x n_in
+    out = {"auc": (w_in * wins).sum(axis=1) / (n_in * n_out)}
+    at_or_above = n_out - c_out[:, :-1]  # drawn non-members scoring >= s_out[j]
+    rows = np.arange(len(w_in))
+    for a in FPR_TARGETS:
+        allowed = int(np.floor(a * n_out * (1 + 1e-9)))
+        over = (at_or_above > allowed).sum(axis=1)  # leading positions with too many FPs
+        cut = np.where(over > 0, s_out[np.maximum(over - 1, 0)], -np.inf)
+        out[tpr_metric(a)] = (n_in - c_in[rows, np.searchsorted(s_in, cut, side="right")]) / n_in
+    return out
+
+
+def bootstrap_intervals(scores, is_member, n_boot: int = 200, level: float = 0.95,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of the AUC and of every ``tpr_at_fpr_<a>``.
+
+    Members and non-members are resampled separately (stratified), so every
+    resample keeps the evaluation's class sizes, as a re-run of the audit
+    would. Each resample is a vector of draw counts, and both metrics are
+    computed from counts without materializing resampled score arrays: the
+    AUC from, per member, the resampled number of non-members below it (ties
+    count half), and the TPR at FPR ``a`` from the resampled non-member score
+    above which at most ``floor(a * n_out)`` non-members lie (the same
+    no-interpolation rule as :func:`tpr_at_fpr`). Cost ``O(n_boot * n)``.
+    """
+    if not 0 < level < 1:
+        raise MiaError(f"confidence level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise MiaError(f"n_boot must be at least 1, got {n_boot}")
+    scores, is_member = _check(scores, is_member)
+    s_in, s_out = np.sort(scores[is_member]), np.sort(scores[~is_member])
+    rng = np.random.default_rng(seed)
+    samples = _weighted_metrics(s_in, s_out, _resample_counts(rng, len(s_in), n_boot),
+                                _resample_counts(rng, len(s_out), n_boot))
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    return {k: (float(np.quantile(v, lo)), float(np.quantile(v, hi))) for k, v in samples.items()}
+
+
+def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """One-sided Clopper-Pearson bounds ``(lower, upper)`` on a binomial rate, each holding
+    with probability ``confidence``: ``Beta(1 - c; k, n - k + 1)`` and ``Beta(c; k + 1, n - k)``."""
+    lower = 0.0 if k == 0 else float(beta.ppf(1 - confidence, k, n - k + 1))
+    upper = 1.0 if k == n else float(beta.ppf(confidence, k + 1, n - k))
+    return lower, upper
+
+
+def epsilon_lower_bound(scores, is_member, fpr: float = 0.01, delta: float = 0.0,
+                        level: float = 0.95) -> float:
+    """An empirical lower bound on the epsilon of (epsilon, delta)-DP that this attack proves.
+
+    At the ROC point with empirical FPR ``<= fpr`` and the highest TPR (the
+    point closest to ``fpr`` from below; the lowest FPR among equal TPRs), with ``FP`` of ``n_out``
+    non-members and ``TP`` of ``n_in`` members flagged, one-sided
+    Clopper-Pearson bounds at confidence ``c = (1 + level) / 2`` each (so
+    that both hold together with probability ``>= level``):
+    ``FPR_hi = Beta^-1(c; FP + 1, n_out - FP)``,
+    ``TPR_lo = Beta^-1(1 - c; TP, n_in - TP + 1)``. Any (epsilon, delta)-DP
+    training gives ``TPR <= e^eps FPR + delta`` and
+    ``1 - FPR <= e^eps (1 - TPR) + delta`` (Kairouz et al. 2015), hence,
+    as in Jagielski et al. 2020 and Nasr et al. 2021::
+
+        eps_lb = max(0, log((TPR_lo - delta) / FPR_hi),
+                        log((1 - FPR_hi - delta) / (1 - TPR_lo)))
+
+    (a term whose numerator is not positive is dropped). The threshold is
+    read off the evaluation data, which is the usual practice for this
+    statistic; the bound is about the audited training run, not a proof for
+    the training algorithm.
+    """
+    if not 0 < fpr < 1:
+        raise MiaError(f"fpr must be in (0, 1), got {fpr}")
+    if not 0 < level < 1:
+        raise MiaError(f"confidence level must be in (0, 1), got {level}")
+    scores, is_member = _check(scores, is_member)
+    n_in, n_out = int(is_member.sum()), int((~is_member).sum())
+    f, t, _ = roc_curve(is_member, scores)
+    ok = np.flatnonzero(f <= fpr * (1 + 1e-9))
+    i = ok[np.argmax(t[ok])]
+    fp, tp = int(round(f[i] * n_out)), int(round(t[i] * n_in))
+    c = (1 + level) / 2
+    _, fpr_hi = clopper_pearson(fp, n_out, c)
+    tpr_lo, _ = clopper_pearson(tp, n_in, c)
+    terms = [0.0]
+    if tpr_lo - delta > 0 and fpr_hi > 0:
+        terms.append(float(np.log((tpr_lo - delta) / fpr_hi)))
+    if 1 - fpr_hi - delta > 0 and tpr_lo < 1:
+        terms.append(float(np.log((1 - fpr_hi - delta) / (1 - tpr_lo))))
+    return max(terms)
+
+
+def interval_metrics(scores, is_member, n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                     fpr: float = 0.01, delta: float = 0.0) -> dict[str, float]:
+    """The :data:`INTERVAL_METRICS` of one attack: bootstrap bounds and ``epsilon_lb``."""
+    ci = bootstrap_intervals(scores, is_member, n_boot=n_boot, level=level, seed=seed)
+    out = {}
+    for m in BOOTSTRAP_METRICS:
+        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = ci[m]
+    out["epsilon_lb"] = epsilon_lower_bound(scores, is_member, fpr=fpr, delta=delta, level=level)
     return out

@@ -41,6 +41,8 @@ CHECKPOINT = "model/checkpoint.pt"
 SPLIT = "split.npz"
 CONFIG = "config.json"
 TARGET_SIGNALS = "signals/target.npz"
+TARGET_POPULATION_SIGNALS = "signals/target_population.npz"
+POOL_DIR = "pool"
 TAGS = ("scenario", "dataset", "model", "defense")
 
 
@@ -149,6 +151,10 @@ def experiment_name(run) -> str:
     return MlflowClient().get_experiment(run.info.experiment_id).name
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
@@ -220,8 +226,9 @@ class TargetRun:
         self.split = Split.load(split_path)
         self.metrics = dict(self.run.data.metrics)
 
-    def signals(self) -> Signals | None:
-        path = _download(self.run_id, TARGET_SIGNALS, self._tmp.name)
+    def signals(self, artifact: str = TARGET_SIGNALS) -> Signals | None:
+        """Stored target signals (on the audited query set, or the population), if present."""
+        path = _download(self.run_id, artifact, self._tmp.name)
         return None if path is None else Signals.load(path)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -250,3 +257,52 @@ def scores_csv(names: list[str], scores: list[np.ndarray], indices: np.ndarray, 
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- reference-model pools
+
+
+@contextlib.contextmanager
+def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["PoolStore"]:
+    """The folder of pool ``key``, downloaded from its MLflow run (made on first use).
+
+    Pools live as runs tagged ``mia.pool_key`` in any experiment, so a later
+    attack on any target with the same recipe and data finds them.
+    """
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`mia.pool_key` = '{key}'",
+                              order_by=["metrics.`pool.size` DESC"], max_results=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if runs:
+            run_id = runs[0].info.run_id
+            folder = _download(run_id, POOL_DIR, tmp) or Path(tmp) / POOL_DIR
+        else:
+            run_id = client.create_run(_experiment_id(experiment), run_name=f"pool-{key[:8]}",
+                                       tags={**tags, "mia.kind": "pool", "mia.pool_key": key}).info.run_id
+            folder = Path(tmp) / POOL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        store = PoolStore(run_id, folder)
+        try:
+            yield store
+        except BaseException as exc:
+            client.set_tag(run_id, "mia.failure_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
+            raise
+        finally:
+            client.set_terminated(run_id)
+
+
+class PoolStore:
+    """A pool's local folder and the MLflow run that keeps it."""
+
+    def __init__(self, run_id: str, folder: Path):
+        self.run_id, self.folder = run_id, folder
+
+    def save(self, files: list[Path], size: int) -> None:
+        client = MlflowClient()
+        for path in files:
+            client.log_artifact(self.run_id, str(path), POOL_DIR)
+        identity = self.folder / "pool.json"
+        if files and identity.is_file():
+            client.log_artifact(self.run_id, str(identity), POOL_DIR)
+        client.log_metric(self.run_id, "pool.size", size)

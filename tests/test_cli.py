@@ -150,3 +150,22 @@ def test_corrupt_checkpoint_is_reported(mlflow_store):
     (run_dir / "signals" / "target.npz").unlink()  # forces the attack to rebuild the model
     result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
     assert_user_error(result, "corrupt", run_id)
+
+
+def test_reference_pool_is_cached_and_grown_across_attacks(mlflow_store):
+    run_id = run_id_of(invoke("train", *FAST).output)
+    client = MlflowClient()
+
+    def attack(models: str) -> dict:
+        result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", models, "--quiet")
+        assert result.exit_code == 0, result.output
+        return client.get_run(run_id_of(result.output, "attack run")).data
+
+    assert attack("2").metrics["reference_models.trained"] == 2
+    again = attack("2")
+    assert again.metrics["reference_models.trained"] == 0
+    assert attack("3").metrics["reference_models.trained"] == 1
+    pools = client.search_runs([client.get_experiment_by_name("mia").experiment_id],
+                               filter_string="tags.`mia.kind` = 'pool'")
+    assert len(pools) == 1 and pools[0].info.run_id == again.tags["mia.pool_run_id"]
+    assert pools[0].data.metrics["pool.size"] == 3

@@ -3,12 +3,13 @@
 ``run_attack(name, target, shadows)`` fits attack ``name`` on shadow models'
 signals and scores the target's; :data:`ATTACKS` lists them in the order
 loss, confidence, correctness, entropy, mentr, hconf, nn, nn-top3, nn-cls,
-samia.
+samia, then the reference-model attacks lira-online, lira-offline, rmia and
+global-threshold (``run_attack(..., reference=...)``).
 """
 
-from mia.attacks.base import (ATTACKS, Attack, AttackOutput, AttackSpec, ShadowSignals,
+from mia.attacks.base import (ATTACKS, Attack, AttackOutput, AttackSpec, ReferenceSignals, ShadowSignals,
                               resolve_params, run_attack)
-from mia.attacks import threshold, learned, samia  # noqa: F401  (registers the attacks)
+from mia.attacks import threshold, learned, samia, reference  # noqa: F401  (registers the attacks)
 
-__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackSpec", "ShadowSignals", "resolve_params",
-           "run_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackSpec", "ReferenceSignals", "ShadowSignals",
+           "resolve_params", "run_attack"]

@@ -7,6 +7,13 @@ target's signals. It never sees the target's membership: the evaluation
 (:mod:`mia.metrics`) does. Member decisions are ``score > threshold_``, with
 ``threshold_`` fitted on the shadows too, so the reported balanced accuracy is
 what the attacker would really reach.
+
+Reference-model attacks (family ``"reference"``: LiRA, RMIA, and LiRA's
+global-threshold baseline, :mod:`mia.attacks.reference`) compare the target
+with reference models on the audited samples themselves. Their spec lists
+``"reference"`` in ``needs``; :func:`run_attack` then calls
+``fit(shadows, reference)`` with a :class:`ReferenceSignals` (the only way
+they receive it), and every other attack keeps ``fit(shadows)``.
 """
 
 from __future__ import annotations
@@ -106,8 +113,8 @@ class AttackSpec:
     cls: type
     description: str
     params: dict[str, Param] = field(default_factory=dict)
-    needs: frozenset[str] = frozenset()  # extra signals beyond logits, e.g. {"sensitivity"}
-    family: str = "threshold"  # "threshold" | "learned"
+    needs: frozenset[str] = frozenset()  # extra inputs beyond logits: {"sensitivity"}, {"reference"}
+    family: str = "threshold"  # "threshold" | "learned" | "reference"
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
@@ -132,6 +139,13 @@ def resolve_params(spec: AttackSpec, params: dict | None) -> dict:
 
 
 def _check_inputs(spec: AttackSpec, target: Signals, shadows: list[ShadowSignals]) -> None:
+    if "reference" in spec.needs:
+        # reference attacks learn from the reference models; shadows, if given, must still match
+        for s in shadows:
+            if s.signals.logits.shape[1] != target.logits.shape[1]:
+                raise MiaError(f"shadow signals have {s.signals.logits.shape[1]} classes but the "
+                               f"target's have {target.logits.shape[1]}; use shadows of the same task")
+        return
     if not shadows:
         raise MiaError(f"attack {spec.name!r} needs at least one shadow model's signals; "
                        "train shadow models (--reference-models >= 1)")
@@ -149,12 +163,47 @@ def _check_inputs(spec: AttackSpec, target: Signals, shadows: list[ShadowSignals
                        "shadow models; compute signals with compute_signals(..., sensitivity=True)")
 
 
+def check_reference(name: str, target: Signals, reference: ReferenceSignals | None) -> None:
+    """One-line errors for a missing reference pool or arrays whose shapes do not line up."""
+    if reference is None:
+        raise MiaError(f"attack {name!r} needs reference models' signals on the audited samples; "
+                       "train a reference pool with --reference-models M")
+    r = reference
+    shapes = {k: np.shape(getattr(r, k)) for k in ("target_phi", "phi", "inclusion",
+                                                   "population_target_phi", "population_phi",
+                                                   "population_inclusion")}
+    if len(shapes["target_phi"]) != 2 or len(shapes["phi"]) != 3 or shapes["phi"][0] < 1:
+        raise MiaError(f"attack {name!r}: reference signals need target_phi N x V and phi M x N x V "
+                       f"with M >= 1, got {shapes['target_phi']} and {shapes['phi']}")
+    m, (n, v) = shapes["phi"][0], shapes["target_phi"]
+    z = shapes["population_target_phi"][0] if shapes["population_target_phi"] else 0
+    want = {"phi": (m, n, v), "inclusion": (m, n), "population_target_phi": (z, v),
+            "population_phi": (m, z, v), "population_inclusion": (m, z)}
+    for k, shape in want.items():
+        if shapes[k] != shape:
+            raise MiaError(f"attack {name!r}: reference signals' {k} has shape {shapes[k]}, expected "
+                           f"{shape} (M={m} models, N={n} audited, Z={z} population, V={v} views)")
+    if len(target) != n:
+        raise MiaError(f"attack {name!r}: the target has {len(target)} audited samples but the "
+                       f"reference signals hold {n}; build both from the same query set")
+
+
 def run_attack(name: str, target: Signals, shadows: list[ShadowSignals],
-               params: dict | None = None, seed: int = 0) -> AttackOutput:
-    """Fit attack ``name`` on ``shadows`` and score ``target`` (whose membership it never sees)."""
+               params: dict | None = None, seed: int = 0,
+               reference: ReferenceSignals | None = None) -> AttackOutput:
+    """Fit attack ``name`` on ``shadows`` and score ``target`` (whose membership it never sees).
+
+    Attacks whose spec needs ``"reference"`` are fitted with
+    ``fit(shadows, reference)``; the others ignore ``reference``.
+    """
     spec = ATTACKS.get(name)
     kwargs = resolve_params(spec, params)
     _check_inputs(spec, target, shadows)
-    attack = spec.cls(**kwargs, seed=seed).fit(shadows)
+    attack = spec.cls(**kwargs, seed=seed)
+    if "reference" in spec.needs:
+        check_reference(name, target, reference)
+        attack = attack.fit(shadows, reference)
+    else:
+        attack = attack.fit(shadows)
     scores = np.asarray(attack.decision_function(target), dtype=np.float64)
     return AttackOutput(scores=scores, predictions=scores > attack.threshold_)

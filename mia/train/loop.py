@@ -100,7 +100,8 @@ def seed_everything(seed: int) -> None:
 
 def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices | None,
           config: TrainConfig, on_epoch: EpochCallback | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True,
+          forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
     """Fit ``model`` in place on rows ``train_idx`` of ``data``, selecting on rows ``val_idx``.
 
     The model moves to ``config.device`` and keeps the weights of the best
@@ -108,6 +109,10 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     one; it is left in eval mode. ``on_epoch(epoch, metrics)`` is called after
     every epoch with the keys of :data:`METRICS` (``val_accuracy`` is NaN
     without a validation set); ``progress`` shows a tqdm bar over epochs.
+    ``forward`` is an already compiled ``model`` (``torch.compile(model)``,
+    built after moving it to the device) to reuse across calls, so that
+    training many models on one module compiles once; by default the model is
+    compiled per call when ``config.compile`` is set on CUDA.
     """
     start = time.perf_counter()
     make_optimizer = OPTIMIZERS.get(config.optimizer)
@@ -130,7 +135,8 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     model.to(device=device, memory_format=memory_format)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    forward = torch.compile(model, dynamic=False) if cuda and config.compile else model
+    if forward is None:
+        forward = torch.compile(model, dynamic=False) if cuda and config.compile else model
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config, cuda)
     steps = _steps_per_epoch(n, config.batch_size)
     total_steps = steps * config.epochs

@@ -1,0 +1,590 @@
+"""Reference-model attacks: LiRA (online, offline), RMIA, and LiRA's global-threshold baseline.
+
+These attacks compare the target with reference models on the audited
+samples themselves (:class:`mia.attacks.base.ReferenceSignals`): ``phi`` is
+the logit-scaled true-label confidence ``log(p_y / (1 - p_y))`` per query
+view, ``inclusion[m, n]`` whether reference model ``m`` trained on sample
+``n``.
+
+* ``lira-online`` (Carlini et al., S&P 2022): per sample and view, a Gaussian
+  fitted to the phi of the models that trained on the sample (IN) and one to
+  those that did not (OUT); the score is the log-likelihood ratio
+  ``log N(phi_t; mu_in, sd_in) - log N(phi_t; mu_out, sd_out)``, averaged over
+  views. The location is the **median** over models, the scale the standard
+  deviation (``ddof=0``), both as the official code (``plot.py``) does.
+* ``lira-offline``: the one-sided test of the paper (Algorithm 1, offline):
+  ``log Phi((phi_t - mu_out) / sd_out)``, larger phi = member. (The official
+  demo scores ``-log N(phi_t; mu_out, sd_out)``, a two-sided test that also
+  flags samples the target is unusually *unsure* of; the paper's test is the
+  one implemented.) In an online pool only the models where the sample is
+  OUT count.
+* ``rmia`` (Zarifzadeh et al., ICML 2024): ``r(x) = p(x|theta) / Pr(x)`` with
+  ``p = sigmoid(phi)`` averaged over views, ``Pr(x)`` the mean of ``p`` over
+  reference models (``mode="online"``: all; ``"offline"``: the OUT models and
+  ``Pr(x) = ((1 + a) p_OUT(x) + (1 - a)) / 2``). The score is the fraction of
+  population samples ``z`` with ``r(x) / r(z) > gamma``.
+* ``global-threshold`` (Yeom et al. 2018; LiRA's baseline): ``-loss`` of the
+  target, one threshold fitted on the reference models.
+
+Choices the papers leave open, and what is done here:
+
+* **Few models.** A sample with fewer than 2 IN (or OUT) models has no
+  per-sample spread: it gets the side's global scale (the pooled
+  within-sample standard deviation over samples with >= 2 models, the
+  "fixed variance" of LiRA; if no sample has 2, the other side's; if
+  neither, the marginal spread). A sample with **no** IN (or OUT) model gets
+  the side's marginal Gaussian (mean and spread of that side's phi over all
+  samples and models, per view): a prior, never the other side's models.
+* **Fixed variance** (``variance="fixed"``): one scale per side, pooled over
+  samples and views around each sample's own mean. The official code takes
+  ``np.std`` of all IN phi (between-sample spread included) and uses it for
+  OUT too, which is a typo; with equal scales the ranking does not depend on
+  the scale at all, so this only matters when the IN and OUT scales differ.
+* **Scales** are floored at :data:`SD_FLOOR` (phi is stored in float16, so
+  models can agree exactly and a zero spread would make the ratio infinite).
+* **RMIA's a and gamma**, when not given, are chosen on the reference models
+  only, as the RMIA authors tune ``a``: each of a few reference models in turn
+  plays the target on the population (its own inclusion is the truth), the
+  others are its references, and the ``(a, gamma)`` of :data:`A_GRID` x
+  :data:`GAMMA_GRID` with the best mean AUC wins. With one reference model
+  there is nothing to tune: ``a = 0.3`` (RMIA's suggestion for small offline
+  pools) and ``gamma = 1``.
+* **Decisions** (for balanced accuracy) are ``score > threshold_`` with the
+  threshold that maximizes balanced accuracy on the same pseudo-targets
+  (leave-one-model-out on the population, where membership is known), never
+  on the evaluation data. The pseudo-targets' statistics come from M - 1
+  models, the target's from M: the threshold is slightly conservative. When
+  no pseudo-target can be built (one model, or a population of one class),
+  the natural null thresholds are used: likelihood ratio 0 (LiRA online),
+  the OUT median (LiRA offline), half the population (RMIA), ``p_y = 0.5``
+  (global threshold).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_ndtr
+from scipy.stats import rankdata
+
+from mia.attacks.base import Attack, AttackSpec, ReferenceSignals, ShadowSignals, register
+from mia.attacks.threshold import fit_thresholds
+from mia.errors import MiaError
+from mia.registry import Param
+from mia.signals import Signals, loss
+
+VARIANCES = ("per-example", "fixed")
+RMIA_MODES = ("online", "offline")
+SD_FLOOR = 1e-3
+"""Smallest scale of a LiRA Gaussian, in logit units (float16 phi steps by ~1e-3 near 1)."""
+A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
+GAMMA_GRID = (1.0, 1.5, 2.0, 4.0)
+DEFAULT_A, DEFAULT_GAMMA = 0.3, 1.0
+CALIBRATION_MODELS = 4
+"""How many reference models play the target to fit thresholds and RMIA's a and gamma."""
+CALIBRATION_SAMPLES = 8192
+"""Population samples drawn per pseudo-target: half are audited, half serve as RMIA's z."""
+PHI_CLIP = 80.0
+"""|phi| is clipped here so that float32 ``exp(+-phi)`` stays finite and normal (RMIA only:
+beyond it the model is certain either way)."""
+
+
+# ---------------------------------------------------------------- LiRA statistics
+
+
+@dataclass
+class Gaussians:
+    """Per sample and view, the Gaussian of one side (IN or OUT): ``N x V`` float32, and
+    ``count`` (``N``), how many models the sample's own statistics came from."""
+
+    mu: np.ndarray
+    sd: np.ndarray
+    count: np.ndarray
+
+
+def _models_last(phi: np.ndarray) -> np.ndarray:
+    """``M x N x V`` (any float dtype) as float32 ``N x V x M``, C-contiguous: models on the
+    fast axis so that sorting and masked sums run over contiguous rows."""
+    return np.ascontiguousarray(np.asarray(phi).transpose(1, 2, 0), dtype=np.float32)
+
+
+def _value_at(sorted_rows: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``sorted_rows[n, v, position[n]]`` for every ``n, v``."""
+    m = sorted_rows.shape[-1]
+    pos = np.clip(position, 0, m - 1)[:, None, None]
+    pos = np.broadcast_to(pos, (*sorted_rows.shape[:2], 1))
+    return np.take_along_axis(sorted_rows, pos, axis=-1)[..., 0]
+
+
+def _median(sorted_rows: np.ndarray, start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Median of the ``count[n]`` sorted values from ``start[n]`` on (garbage where count is 0)."""
+    lo = _value_at(sorted_rows, start + (count - 1) // 2)
+    hi = _value_at(sorted_rows, start + count // 2)
+    return (lo + hi) / 2
+
+
+def lira_statistics(phi: np.ndarray, inclusion: np.ndarray, variance: str = "per-example",
+                    sides: tuple[str, ...] = ("in", "out")) -> dict[str, Gaussians | None]:
+    """IN and OUT Gaussians of every sample and view; ``None`` for a side no model holds.
+
+    Vectorized over samples, views and models: one sort of the ``N x V x M``
+    array, with every OUT entry shifted above every IN entry so that each row
+    holds its IN values then its OUT values in order (the medians then sit at
+    known positions), and masked moments as one batched matrix product each.
+    The OUT values come back within float32 rounding of the shift (~1e-5).
+    Fallbacks for samples with fewer than 2 or no models of a side: see the
+    module docstring.
+    """
+    if variance not in VARIANCES:
+        raise MiaError(f"LiRA variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+    x = _models_last(phi)
+    inc = np.ascontiguousarray(np.asarray(inclusion, dtype=bool).T)  # N x M
+    n, v, m = x.shape
+    if x.size == 0:
+        raise MiaError("reference signals hold no samples or no models")
+    lo, hi = float(x.min()), float(x.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise MiaError("reference models' phi holds NaN or infinite values; recompute the pool signals")
+    k_in = inc.sum(axis=1)
+    count = {"in": k_in, "out": m - k_in}
+    start = {"in": np.zeros(n, dtype=np.int64), "out": k_in}
+
+    shift = np.float32(hi - lo + 1.0)
+    key = x + np.where(inc, np.float32(0), shift)[:, None, :]
+    key.sort(axis=-1)
+    med = {s: _median(key, start[s], count[s]) for s in sides}
+    if "out" in med:
+        med["out"] -= shift
+    del key
+
+    # moments centred on each row's mean over all models, so that float32 does not cancel
+    centre = x.mean(axis=-1, keepdims=True)
+    x -= centre
+    w = inc.astype(np.float32)[:, :, None]  # N x M x 1
+    s1_all, s1_in = x.sum(axis=-1), np.matmul(x, w)[..., 0]
+    x *= x
+    s2_all, s2_in = x.sum(axis=-1), np.matmul(x, w)[..., 0]
+    del x
+    sums = {"in": (s1_in, s2_in), "out": (s1_all - s1_in, s2_all - s2_in)}
+    centre = centre[..., 0].astype(np.float64)
+
+    moments = {s: _side_moments(centre, *sums[s], count[s]) for s in ("in", "out")}
+    out: dict[str, Gaussians | None] = {}
+    for s in sides:
+        other = "out" if s == "in" else "in"
+        out[s] = _gaussians(med[s], moments[s], moments[other], count[s], variance)
+    return out
+
+
+@dataclass
+class _Moments:
+    """One side's per-sample spread and its population-level summaries."""
+
+    sd: np.ndarray  # N x V, per sample (meaningful where count >= 2)
+    pooled_sd: float | None  # within-sample spread pooled over samples with >= 2 models
+    marginal_mu: np.ndarray | None  # V: mean over all of the side's entries
+    marginal_sd: np.ndarray | None  # V
+
+
+def _side_moments(centre: np.ndarray, s1: np.ndarray, s2: np.ndarray, count: np.ndarray) -> _Moments:
+    """Per-sample and pooled spread of one side from centred sums (float64 where it adds up)."""
+    k = count.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_c = s1 / k
+        var = np.maximum(s2 / k - mean_c * mean_c, 0.0)
+    sd = np.sqrt(var).astype(np.float32)
+    several = count >= 2
+    pooled = None
+    if several.any():
+        ss = (var[several] * k[several]).sum(dtype=np.float64)
+        pooled = float(np.sqrt(ss / (k[several].sum() * var.shape[1])))
+    total = k.sum()
+    if total == 0:
+        return _Moments(sd, pooled, None, None)
+    # marginal moments of x = centre + c over all entries, from the per-row sums
+    s1 = s1.astype(np.float64)
+    sum_x = (k * centre + s1).sum(axis=0)
+    sum_x2 = (k * centre * centre + 2 * centre * s1 + s2.astype(np.float64)).sum(axis=0)
+    mu = sum_x / total
+    marginal_sd = np.sqrt(np.maximum(sum_x2 / total - mu * mu, 0.0))
+    return _Moments(sd, pooled, mu, marginal_sd)
+
+
+def _gaussians(median: np.ndarray, own: _Moments, other: _Moments, count: np.ndarray,
+               variance: str) -> Gaussians | None:
+    """One side's Gaussians with the fallbacks of the module docstring."""
+    if own.marginal_mu is None:
+        return None
+    if own.pooled_sd is not None:
+        global_sd = own.pooled_sd
+    elif other.pooled_sd is not None:
+        global_sd = other.pooled_sd
+    else:
+        global_sd = float(np.sqrt(np.mean(own.marginal_sd ** 2)))
+    none = (count == 0)[:, None]
+    mu = np.where(none, own.marginal_mu[None, :], median).astype(np.float32)
+    if variance == "per-example":
+        sd = np.where((count >= 2)[:, None], own.sd, np.float32(global_sd))
+    else:
+        sd = np.full_like(own.sd, global_sd)
+    sd = np.where(none, own.marginal_sd[None, :], sd)
+    sd = np.maximum(sd, SD_FLOOR).astype(np.float32)
+    return Gaussians(mu, sd, count)
+
+
+def _log_normal(t: np.ndarray, g: Gaussians) -> np.ndarray:
+    z = (t - g.mu) / g.sd
+    return -0.5 * z * z - np.log(g.sd) - np.float32(0.5 * np.log(2 * np.pi))
+
+
+def lira_online_scores(target_phi: np.ndarray, g_in: Gaussians, g_out: Gaussians) -> np.ndarray:
+    """Mean over views of ``log N(phi_t; IN) - log N(phi_t; OUT)`` (float64 ``N``)."""
+    t = np.asarray(target_phi, dtype=np.float32)
+    return (_log_normal(t, g_in) - _log_normal(t, g_out)).mean(axis=1, dtype=np.float64)
+
+
+def lira_offline_scores(target_phi: np.ndarray, g_out: Gaussians) -> np.ndarray:
+    """Mean over views of ``log Phi((phi_t - mu_out) / sd_out)`` (float64 ``N``)."""
+    t = np.asarray(target_phi, dtype=np.float64)
+    return log_ndtr((t - g_out.mu) / g_out.sd).mean(axis=1)
+
+
+# ---------------------------------------------------------------- RMIA
+
+
+def _view_means(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean_v sigmoid(phi), mean_v sigmoid(-phi))`` over the last axis, as float64.
+
+    Both tails are kept: ``p`` is exact where it is small and ``1 - p`` where
+    ``p`` is close to 1, so the log of either is exact (see :func:`_log_p`).
+    With ``e = exp(-phi)``, ``p = 1 / (1 + e)`` and ``1 - p = e * p``, both
+    without cancellation in float32 for ``|phi| <= 80``; the elementwise work
+    is float32 over chunks of rows, in place.
+    """
+    phi = np.asarray(phi)
+    lead, v = phi.shape[:-1], phi.shape[-1]
+    flat = phi.reshape(-1, v)
+    p_mean = np.empty(flat.shape[0], dtype=np.float64)
+    q_mean = np.empty(flat.shape[0], dtype=np.float64)
+    step = 1 << 16
+    for i in range(0, flat.shape[0], step):
+        f = flat[i:i + step].astype(np.float32)
+        np.clip(f, -PHI_CLIP, PHI_CLIP, out=f)
+        np.negative(f, out=f)
+        e = np.exp(f, out=f)
+        p = e + np.float32(1.0)
+        np.reciprocal(p, out=p)
+        e *= p
+        p_mean[i:i + step] = p.sum(axis=-1)
+        q_mean[i:i + step] = e.sum(axis=-1)
+    p_mean /= v
+    q_mean /= v
+    return p_mean.reshape(lead), q_mean.reshape(lead)
+
+
+def _log_p(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``log p`` from ``p`` and ``q = 1 - p``, each used where it is exact."""
+    with np.errstate(divide="ignore"):
+        return np.where(p < 0.5, np.log(np.maximum(p, 1e-300)), np.log1p(-np.minimum(q, 0.5)))
+
+
+@dataclass
+class ReferenceProbabilities:
+    """Per sample, the view-averaged ``p_y`` of the reference models: means over all models
+    and over the OUT models (``p`` and ``q = 1 - p`` both), and the OUT count."""
+
+    p_all: np.ndarray
+    q_all: np.ndarray
+    p_out: np.ndarray
+    q_out: np.ndarray
+    n_out: np.ndarray
+
+    @classmethod
+    def of(cls, phi: np.ndarray, inclusion: np.ndarray) -> "ReferenceProbabilities":
+        p, q = _view_means(phi)  # M x N
+        out = ~np.asarray(inclusion, dtype=bool)
+        n_out = out.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_out = (p * out).sum(axis=0) / n_out
+            q_out = (q * out).sum(axis=0) / n_out
+        return cls(p.mean(axis=0), q.mean(axis=0), p_out, q_out, n_out)
+
+    def log_prior(self, mode: str, a: float) -> np.ndarray:
+        """``log Pr(x)``. Offline, ``((1 + a) p_OUT + (1 - a)) / 2``, whose complement is
+        ``(1 + a) / 2 * q_OUT``; a sample with no OUT model falls back to the online mean."""
+        online = _log_p(self.p_all, self.q_all)
+        if mode == "online":
+            return online
+        p = ((1 + a) * self.p_out + (1 - a)) / 2
+        q = (1 + a) / 2 * self.q_out
+        return np.where(self.n_out > 0, _log_p(np.nan_to_num(p), np.nan_to_num(q)), online)
+
+
+@dataclass
+class RmiaInputs:
+    """What RMIA's score needs, computed once and reused over the a and gamma grids."""
+
+    log_p_x: np.ndarray  # N: log p(x | target)
+    ref_x: ReferenceProbabilities
+    log_p_z: np.ndarray  # Z
+    ref_z: ReferenceProbabilities
+
+    @classmethod
+    def of(cls, reference: ReferenceSignals) -> "RmiaInputs":
+        if reference.population_target_phi.shape[0] == 0:
+            raise MiaError("RMIA needs population samples (the z of its pairwise test); the "
+                           "reference signals hold none")
+        return cls(_log_p(*_view_means(reference.target_phi)),
+                   ReferenceProbabilities.of(reference.phi, reference.inclusion),
+                   _log_p(*_view_means(reference.population_target_phi)),
+                   ReferenceProbabilities.of(reference.population_phi, reference.population_inclusion))
+
+    def log_ratios(self, mode: str, a: float) -> tuple[np.ndarray, np.ndarray]:
+        return (self.log_p_x - self.ref_x.log_prior(mode, a),
+                self.log_p_z - self.ref_z.log_prior(mode, a))
+
+
+def rmia_scores(log_rx: np.ndarray, log_rz: np.ndarray, gammas) -> np.ndarray:
+    """Fraction of ``z`` with ``r(x) / r(z) > gamma``: ``len(gammas) x N`` (or ``N`` for a scalar).
+
+    ``r(z) < r(x) / gamma`` counted by one sort of the ``z`` and a binary
+    search per ``x``: ``O((N + Z) log Z)``, no ``N x Z`` matrix.
+    """
+    g = np.atleast_1d(np.asarray(gammas, dtype=np.float64))
+    rz = np.sort(log_rz)
+    counts = np.searchsorted(rz, log_rx[None, :] - np.log(g)[:, None], side="left")
+    scores = counts / len(rz)
+    return scores[0] if np.ndim(gammas) == 0 else scores
+
+
+def _auc_rows(scores: np.ndarray, is_member: np.ndarray) -> np.ndarray:
+    """Rank-based AUC (ties count half) of every row of ``scores``."""
+    ranks = rankdata(scores, axis=-1)
+    n_in = int(is_member.sum())
+    n_out = len(is_member) - n_in
+    return (ranks[:, is_member].sum(axis=1) - n_in * (n_in + 1) / 2) / (n_in * n_out)
+
+
+def select_rmia_params(calibration: list[tuple[RmiaInputs, np.ndarray]], mode: str,
+                       a: float | None, gamma: float | None) -> tuple[float, float]:
+    """The ``(a, gamma)`` with the best mean AUC over the pseudo-targets (grid order breaks ties).
+
+    Only reference data enters: the pseudo-targets are reference models on
+    population samples. Given values are kept; without pseudo-targets the
+    defaults are used.
+    """
+    a_grid = [a] if a is not None else (list(A_GRID) if mode == "offline" else [DEFAULT_A])
+    g_grid = [gamma] if gamma is not None else list(GAMMA_GRID)
+    if not calibration:
+        return (DEFAULT_A if a is None else a), (DEFAULT_GAMMA if gamma is None else gamma)
+    total = np.zeros((len(a_grid), len(g_grid)))
+    for inputs, member in calibration:
+        for i, a_value in enumerate(a_grid):
+            log_rx, log_rz = inputs.log_ratios(mode, a_value)
+            total[i] += _auc_rows(rmia_scores(log_rx, log_rz, g_grid), member)
+    i, j = np.unravel_index(np.argmax(total), total.shape)
+    return float(a_grid[i]), float(g_grid[j])
+
+
+# ---------------------------------------------------------------- pseudo-targets
+
+
+def pseudo_targets(reference: ReferenceSignals, seed: int, models: int = CALIBRATION_MODELS,
+                   samples: int = CALIBRATION_SAMPLES) -> list[tuple[ReferenceSignals, np.ndarray]]:
+    """Reference models playing the target on population samples, with their true membership.
+
+    For each of up to ``models`` (seeded) reference models ``m``: up to
+    ``samples`` population samples, split in half: audited ``x`` (membership
+    = ``m``'s inclusion) and RMIA's ``z`` (only those ``m`` did not train on,
+    as the real target never trained on the population); the other models
+    are the references. Models whose drawn ``x`` hold one class only are
+    skipped. Empty with a single reference model.
+    """
+    m_count = reference.num_models
+    z_count = reference.population_target_phi.shape[0]
+    if m_count < 2 or z_count < 4:
+        return []
+    rng = np.random.default_rng(seed)
+    pop_phi, pop_inc = reference.population_phi, np.asarray(reference.population_inclusion, bool)
+    out = []
+    for m in np.sort(rng.choice(m_count, size=min(models, m_count), replace=False)):
+        idx = rng.permutation(z_count)[:samples]
+        x_idx, z_idx = np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2:])
+        z_idx = z_idx[~pop_inc[m, z_idx]]
+        member = pop_inc[m, x_idx]
+        if member.all() or not member.any() or len(z_idx) == 0:
+            continue
+        others = np.delete(np.arange(m_count), m)[:, None]
+        out.append((ReferenceSignals(
+            target_phi=pop_phi[m, x_idx], phi=pop_phi[others, x_idx[None, :]],
+            inclusion=pop_inc[others, x_idx[None, :]],
+            population_target_phi=pop_phi[m, z_idx], population_phi=pop_phi[others, z_idx[None, :]],
+            population_inclusion=pop_inc[others, z_idx[None, :]]), member))
+    return out
+
+
+def calibrated_threshold(scores: list[np.ndarray], members: list[np.ndarray], fallback: float) -> float:
+    """The balanced-accuracy-optimal threshold on pooled pseudo-target scores (or ``fallback``)."""
+    if not scores:
+        return float(fallback)
+    s, mem = np.concatenate(scores), np.concatenate(members)
+    (tau,), (fitted,) = fit_thresholds(s, mem, np.zeros(len(s), dtype=np.int64), 1)
+    return float(tau) if fitted else float(fallback)
+
+
+# ---------------------------------------------------------------- attacks
+
+
+class ReferenceAttack(Attack):
+    """``fit(shadows, reference)`` keeps the reference signals and fits ``threshold_`` on
+    pseudo-targets; ``decision_function(target)`` scores the audited samples of ``reference``."""
+
+    name: str = ""
+    fallback_threshold: float = 0.0
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    @abstractmethod
+    def score(self, reference: ReferenceSignals) -> np.ndarray:
+        """Scores of ``reference.target_phi``'s samples (larger = member)."""
+
+    def fit(self, shadows: list[ShadowSignals], reference: ReferenceSignals) -> "ReferenceAttack":
+        self.reference_ = reference
+        calibration = pseudo_targets(reference, self.seed)
+        self.threshold_ = calibrated_threshold([self.score(r) for r, _ in calibration],
+                                               [mem for _, mem in calibration], self.fallback_threshold)
+        return self
+
+    def decision_function(self, signals: Signals) -> np.ndarray:
+        n = self.reference_.target_phi.shape[0]
+        if len(signals) != n:
+            raise MiaError(f"attack {self.name!r} was fitted on reference signals of {n} audited "
+                           f"samples but is asked to score {len(signals)}")
+        return self.target_scores(signals)
+
+    def target_scores(self, signals: Signals) -> np.ndarray:
+        """The target's scores: by default from ``reference.target_phi``, which holds the
+        target's phi aligned with the reference models' (``signals`` are the same samples)."""
+        return self.score(self.reference_)
+
+
+def _check_choice(attack: str, param: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise MiaError(f"attack {attack!r}: {param} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+class LiraOnline(ReferenceAttack):
+    """LiRA online: IN/OUT Gaussian likelihood ratio per sample (see the module docstring)."""
+
+    name = "lira-online"
+    fallback_threshold = 0.0  # likelihood ratio 1
+
+    def __init__(self, variance: str = "per-example", seed: int = 0):
+        super().__init__(seed)
+        self.variance = _check_choice(self.name, "variance", variance, VARIANCES)
+
+    def score(self, reference: ReferenceSignals) -> np.ndarray:
+        stats = lira_statistics(reference.phi, reference.inclusion, self.variance)
+        if stats["in"] is None:
+            raise MiaError("attack 'lira-online' needs reference models trained on the audited "
+                           "samples; build the pool with --pool online, or use lira-offline or rmia")
+        if stats["out"] is None:
+            raise MiaError("attack 'lira-online' needs reference models that did not train on the "
+                           "audited samples; every model trained on all of them")
+        return lira_online_scores(reference.target_phi, stats["in"], stats["out"])
+
+
+class LiraOffline(ReferenceAttack):
+    """LiRA offline: one-sided test against the OUT Gaussian (see the module docstring)."""
+
+    name = "lira-offline"
+    fallback_threshold = float(np.log(0.5))  # above the OUT median
+
+    def __init__(self, variance: str = "per-example", seed: int = 0):
+        super().__init__(seed)
+        self.variance = _check_choice(self.name, "variance", variance, VARIANCES)
+
+    def score(self, reference: ReferenceSignals) -> np.ndarray:
+        g_out = lira_statistics(reference.phi, reference.inclusion, self.variance, sides=("out",))["out"]
+        if g_out is None:
+            raise MiaError("attack 'lira-offline' needs reference models that did not train on the "
+                           "audited samples; every model trained on all of them")
+        return lira_offline_scores(reference.target_phi, g_out)
+
+
+class Rmia(ReferenceAttack):
+    """RMIA: pairwise likelihood ratio against population samples (see the module docstring)."""
+
+    name = "rmia"
+    fallback_threshold = 0.5
+
+    def __init__(self, mode: str = "online", a: float | None = None, gamma: float | None = None,
+                 seed: int = 0):
+        super().__init__(seed)
+        self.mode = _check_choice(self.name, "mode", mode, RMIA_MODES)
+        if a is not None and not 0.0 <= a <= 1.0:
+            raise MiaError(f"attack 'rmia': a must be in [0, 1], got {a}")
+        if gamma is not None and not gamma > 0:
+            raise MiaError(f"attack 'rmia': gamma must be positive, got {gamma}")
+        self.a, self.gamma = a, gamma
+
+    def fit(self, shadows: list[ShadowSignals], reference: ReferenceSignals) -> "Rmia":
+        self.reference_ = reference
+        calibration = [(RmiaInputs.of(r), mem) for r, mem in pseudo_targets(reference, self.seed)]
+        self.a_, self.gamma_ = select_rmia_params(calibration, self.mode, self.a, self.gamma)
+        scores = [rmia_scores(*inputs.log_ratios(self.mode, self.a_), self.gamma_)
+                  for inputs, _ in calibration]
+        self.threshold_ = calibrated_threshold(scores, [mem for _, mem in calibration],
+                                               self.fallback_threshold)
+        return self
+
+    def score(self, reference: ReferenceSignals) -> np.ndarray:
+        log_rx, log_rz = RmiaInputs.of(reference).log_ratios(self.mode, self.a_)
+        return rmia_scores(log_rx, log_rz, self.gamma_)
+
+
+class GlobalThreshold(ReferenceAttack):
+    """LiRA's global-threshold baseline: ``-loss`` of the target, one threshold.
+
+    The threshold is fitted on the reference models playing the target on the
+    population (their ``-loss`` is ``log sigmoid(phi)`` of view 0, exactly the
+    plain input's ``log p_y``); the target's own score comes from its logits.
+    """
+
+    name = "global-threshold"
+    fallback_threshold = float(np.log(0.5))  # p_y = 0.5
+
+    def score(self, reference: ReferenceSignals) -> np.ndarray:
+        phi0 = np.asarray(reference.target_phi[:, 0], dtype=np.float64)
+        return -np.logaddexp(0.0, -phi0)  # log sigmoid(phi) = -loss
+
+    def target_scores(self, signals: Signals) -> np.ndarray:
+        return -loss(signals.logits, signals.labels)
+
+
+_VARIANCE = Param(str, "per-example", "'per-example': each sample's own spread over models; "
+                                      "'fixed': one global spread per IN/OUT (better with few models)")
+_REFERENCE = frozenset({"reference"})
+
+register(AttackSpec("lira-online", LiraOnline,
+                    "LiRA online: per-sample IN/OUT Gaussian likelihood ratio (Carlini et al. 2022)",
+                    {"variance": _VARIANCE}, needs=_REFERENCE, family="reference"))
+register(AttackSpec("lira-offline", LiraOffline,
+                    "LiRA offline: one-sided test against the OUT Gaussian (Carlini et al. 2022)",
+                    {"variance": _VARIANCE}, needs=_REFERENCE, family="reference"))
+register(AttackSpec("rmia", Rmia,
+                    "RMIA: pairwise likelihood ratio against population samples (Zarifzadeh et al. 2024)",
+                    {"mode": Param(str, "online", "'online': Pr(x) over all reference models; "
+                                                  "'offline': OUT models only, corrected by a"),
+                     "a": Param(float, None, "offline correction Pr = ((1+a) p_OUT + 1 - a) / 2; "
+                                             "default: chosen on the reference models"),
+                     "gamma": Param(float, None, "pairwise threshold on r(x)/r(z); default: chosen "
+                                                 "on the reference models")},
+                    needs=_REFERENCE, family="reference"))
+register(AttackSpec("global-threshold", GlobalThreshold,
+                    "LiRA's baseline: -loss with one threshold fitted on the reference models (Yeom et al.)",
+                    {}, needs=_REFERENCE, family="reference"))

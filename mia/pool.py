@@ -1,0 +1,249 @@
+"""Reference-model pools: trained once, stored, reused and grown.
+
+LiRA and RMIA compare the target with reference models trained on random
+halves of the attacker's data; threshold and learned attacks fit on shadow
+models; pruning defenses need memorization scores. All of them are served by
+one mechanism: a *pool* of M models with the target's recipe.
+
+* **Identity.** A pool is named by a hash of everything that shapes its models
+  and signals (dataset and its parameters, the audited and population
+  indices, architecture, recipe, defense, mode, query views): the same audit
+  run twice finds the same pool.
+* **Layout.** Its samples are the target's audited query set (``N``) followed
+  by the attacker's population (``Z``, minus a slice the pool keeps for its
+  models' best-epoch selection). Model ``m`` trains on exactly half of its
+  candidates, drawn from its own seed: the population only (``offline``) or
+  the population and the audited samples (``online``, so that every audited
+  sample is IN for about half of the models). Because model ``m``'s draw
+  depends only on ``m``, a pool of 32 grows to 64 by training 32 more.
+* **Storage.** One ``.npz`` per model (its inclusion row, its float16 logits
+  and per-view ``phi`` on all pool samples, float16 SAMIA sensitivity on the
+  population) in a folder; :mod:`mia.tracking` keeps that folder as the
+  artifacts of an MLflow run, so the core runs without MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mia.attacks import ReferenceSignals, ShadowSignals
+from mia.data import Dataset, Split
+from mia.data.augment import query_views
+from mia.errors import MiaError
+from mia.signals import Signals, compute_signals
+
+MODES = ("online", "offline")
+#: Share of the population the pool keeps aside for its models' model selection.
+VALIDATION_FRACTION = 0.1
+IDENTITY_FILE = "pool.json"
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """What a pool is: its identity and the samples its models train on and are queried on."""
+
+    key: str
+    mode: str
+    audited: np.ndarray  # N dataset indices: the target's balanced query set
+    population: np.ndarray  # Z dataset indices: attacker data the models are queried on
+    validation: np.ndarray  # the pool models' shared selection set (never trained on or scored)
+    views: tuple[tuple[int, int, bool], ...]
+    identity: dict
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Every sample the pool's models are queried on: audited, then population."""
+        return np.concatenate([self.audited, self.population])
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Positions (into :attr:`samples`) of the samples a model may train on."""
+        n, z = len(self.audited), len(self.population)
+        start = 0 if self.mode == "online" else n
+        return np.arange(start, n + z)
+
+    def seed(self, m: int) -> int:
+        return (int(self.key[:8], 16) + m) % (2**31 - 1)
+
+    def inclusion(self, m: int) -> np.ndarray:
+        """Bool over :attr:`samples`: model ``m`` trains on exactly half of the candidates."""
+        candidates = self.candidates
+        chosen = np.random.default_rng(self.seed(m)).permutation(candidates)[: len(candidates) // 2]
+        mask = np.zeros(len(self.audited) + len(self.population), dtype=bool)
+        mask[chosen] = True
+        return mask
+
+
+def plan_pool(identity: dict, split: Split, mode: str = "online", augment: bool = False) -> PoolPlan:
+    """The pool for a target's recipe (``identity``: its config, without seeds) and split."""
+    if mode not in MODES:
+        raise MiaError(f"unknown pool mode {mode!r}; known: {', '.join(MODES)}")
+    audited, _ = split.query()
+    rng = np.random.default_rng(split.seed)
+    population = rng.permutation(split.population)
+    n_val = max(1, int(round(VALIDATION_FRACTION * len(population))))
+    validation, population = np.sort(population[:n_val]), np.sort(population[n_val:])
+    if len(population) < 4:
+        raise MiaError(f"the attacker's population has only {len(population)} samples left for reference "
+                       "models; lower --member-fraction/--nonmember-fraction/--validation-fraction")
+    views = tuple(query_views(augment))
+    full = {**identity, "mode": mode, "views": [list(v) for v in views],
+            "audited": _digest(audited), "population": _digest(population), "validation": _digest(validation)}
+    key = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return PoolPlan(key, mode, audited, population, validation, views, full)
+
+
+def _digest(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- storage
+
+
+def model_file(root: Path, m: int) -> Path:
+    return Path(root) / f"model_{m:05d}.npz"
+
+
+def pool_size(root: Path) -> int:
+    """How many consecutive models (0, 1, ...) the folder holds."""
+    m = 0
+    while model_file(root, m).is_file():
+        m += 1
+    return m
+
+
+def write_identity(plan: PoolPlan, root: Path) -> None:
+    path = Path(root) / IDENTITY_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text()).get("key")
+        if stored != plan.key:
+            raise MiaError(f"pool folder {root} holds pool {stored}, not {plan.key}; use another folder")
+        return
+    path.write_text(json.dumps({"key": plan.key, **plan.identity}, indent=1, sort_keys=True, default=str))
+
+
+def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
+    path = model_file(root, m)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, inclusion=inclusion, logits=queried.logits.astype(np.float16),
+                 phi=queried.phi.astype(np.float16), sensitivity=population.sensitivity.astype(np.float16))
+    tmp.rename(path)  # a killed run leaves no half-written model behind
+    return path
+
+
+# ---------------------------------------------------------------- training
+
+
+def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
+              progress: bool = True) -> list[Path]:
+    """Make sure ``root`` holds models ``0 .. size-1``; train only the missing ones.
+
+    ``config`` is the target's :class:`mia.audit.TargetConfig`. Returns the
+    files written (for the caller to store).
+    """
+    from mia.train.many import train_many
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_identity(plan, root)
+    have = pool_size(root)
+    missing = list(range(have, size))
+    if not missing:
+        return []
+    inclusions = np.stack([plan.inclusion(m) for m in missing])
+    samples = plan.samples
+    train_sets = np.stack([samples[row] for row in inclusions])
+    models = train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
+                        plan.validation, config.train, seeds=[plan.seed(m) for m in missing],
+                        progress=progress)
+    written = []
+    for m, model, inclusion in zip(missing, models, inclusions):
+        queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device)
+        population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
+                                     device=config.train.device)
+        written.append(_save_model(root, m, inclusion, queried, population))
+    return written
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class PoolSignals:
+    """The first M models of a pool, stacked: what attacks and mem-scores read."""
+
+    plan: PoolPlan
+    labels: np.ndarray  # over plan.samples
+    inclusion: np.ndarray  # M x (N + Z) bool
+    logits: np.ndarray  # M x (N + Z) x C float16
+    phi: np.ndarray  # M x (N + Z) x V float16
+    sensitivity: np.ndarray  # M x Z x C float16
+
+    @property
+    def num_models(self) -> int:
+        return len(self.inclusion)
+
+    def shadows(self) -> list[ShadowSignals]:
+        """Each model as a shadow: its signals on the population, members being what it trained on."""
+        n = len(self.plan.audited)
+        pop_labels = self.labels[n:]
+        return [ShadowSignals(Signals(self.logits[m, n:].astype(np.float32), pop_labels,
+                                      self.sensitivity[m].astype(np.float32), self.phi[m, n:].astype(np.float32)),
+                              self.inclusion[m, n:])
+                for m in range(self.num_models)]
+
+    def reference(self, target: Signals, target_population: Signals,
+                  population_index: np.ndarray) -> ReferenceSignals:
+        """LiRA/RMIA's view: the target and the pool on the audited samples and the population.
+
+        ``target`` holds the target's signals on ``plan.audited``;
+        ``target_population`` its signals on the dataset rows
+        ``population_index`` (the split's population, which contains the
+        pool's).
+        """
+        n = len(self.plan.audited)
+        if target.phi is None or target_population.phi is None:
+            raise MiaError("the target's signals have no per-view phi; retrain it with this version of mia")
+        order = np.argsort(population_index)
+        where = order[np.searchsorted(population_index, self.plan.population, sorter=order)]
+        if not np.array_equal(np.asarray(population_index)[where], self.plan.population):
+            raise MiaError("the target's population signals do not cover the pool's population; "
+                           "attack with the split the target was trained with")
+        return ReferenceSignals(
+            target_phi=target.phi, phi=self.phi[:, :n], inclusion=self.inclusion[:, :n],
+            population_target_phi=target_population.phi[where],
+            population_phi=self.phi[:, n:], population_inclusion=self.inclusion[:, n:])
+
+    def mem_scores(self) -> np.ndarray:
+        """Feldman & Zhang memorization per pool sample: P[correct | IN] - P[correct | OUT].
+
+        Estimated from the pool's own IN/OUT models; a sample no model trained
+        on (or none left out) scores 0, the estimator's value without evidence.
+        """
+        correct = self.logits.argmax(axis=2) == self.labels[None, :]
+        n_in = self.inclusion.sum(0)
+        n_out = (~self.inclusion).sum(0)
+        p_in = np.where(n_in > 0, (correct & self.inclusion).sum(0) / np.maximum(n_in, 1), 0.0)
+        p_out = np.where(n_out > 0, (correct & ~self.inclusion).sum(0) / np.maximum(n_out, 1), 0.0)
+        return np.where((n_in > 0) & (n_out > 0), p_in - p_out, 0.0)
+
+
+def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSignals:
+    """The first ``size`` models of the pool in ``root``, stacked."""
+    have = pool_size(root)
+    if have < size:
+        raise MiaError(f"pool {plan.key} holds {have} models, {size} asked; grow it first")
+    files = [np.load(model_file(root, m), allow_pickle=False) for m in range(size)]
+    labels = data.y.cpu().numpy()[plan.samples]
+    stacked = {k: np.stack([f[k] for f in files]) for k in ("inclusion", "logits", "phi", "sensitivity")}
+    for f in files:
+        f.close()
+    if stacked["inclusion"].shape[1] != len(plan.samples):
+        raise MiaError(f"pool {plan.key} in {root} does not match its plan; delete the folder and retrain")
+    return PoolSignals(plan, labels.astype(np.int64), **stacked)

@@ -1,0 +1,223 @@
+"""Many models at once (``mia.train.many``): stacked training under vmap, and the one-by-one fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mia.train.many as many
+from mia.data.augment import crop_flip
+from mia.data.base import Dataset
+from mia.errors import MiaError
+from mia.models import build_model
+from mia.train import TrainConfig, predict_logits, seed_everything, train
+from mia.train.many import default_max_stack, stackable, train_many
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """sklearn digits as 1x8x8 uint8 images: a pool of 1300 rows to draw train sets from, 497 validation rows."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    x = torch.tensor(np.round(raw.images * 255 / 16), dtype=torch.uint8).unsqueeze(1)
+    data = Dataset("digits", x, torch.tensor(raw.target), 10, "image")
+    perm = np.random.default_rng(0).permutation(len(data))
+    return data, perm[:1300], perm[1300:]
+
+
+def halves(pool: np.ndarray, m: int, n: int, seed: int = 1) -> np.ndarray:
+    """``m`` random train sets of ``n`` rows each from ``pool`` (as LiRA draws its reference models')."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(pool, n, replace=False) for _ in range(m)])
+
+
+def adam(**kw) -> TrainConfig:
+    return TrainConfig(**{"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant",
+                          "batch_size": 64, "epochs": 3, "augment": False, "device": "cpu", **kw})
+
+
+def sgd(**kw) -> TrainConfig:
+    """SGD with every elementwise option on: momentum, Nesterov, weight decay, a step schedule."""
+    return TrainConfig(**{"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
+                          "weight_decay": 5e-4, "schedule": "step", "batch_size": 64, "epochs": 3,
+                          "augment": False, "device": "cpu", **kw})
+
+
+def run(data, sets, val, config, seeds, model="mlp", norm="bn", **kw) -> list[nn.Module]:
+    return train_many(model, data.input_shape, data.num_classes, norm, data, sets, val, config, seeds,
+                      progress=False, **kw)
+
+
+def weights(model: nn.Module) -> list[torch.Tensor]:
+    return list(model.state_dict().values())
+
+
+def same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(weights(a), weights(b)))
+
+
+def accuracy(model: nn.Module, data: Dataset, idx: np.ndarray) -> float:
+    return int((predict_logits(model, data, idx, device="cpu").argmax(1) == data.y[idx]).sum()) / len(idx)
+
+
+# ---------------------------------------------------------------- which models stack
+
+
+def test_stackable_models():
+    assert all(stackable(name, "bn") for name in ("mlp", "fc", "cnn-small", "alexnet"))
+    assert not any(stackable(name, "bn") for name in ("resnet18", "wrn28-2", "vgg16", "densenet121"))
+    assert stackable("resnet18", "gn") and stackable("wrn16-2", "gn")  # GroupNorm keeps no running stats
+
+
+def test_stack_size_follows_the_memory_budget():
+    small = build_model("mlp", (1, 8, 8), 10)
+    large = build_model("cnn-small", (3, 32, 32), 10)
+    cpu = torch.device("cpu")
+    assert default_max_stack(small, (1, 8, 8), 64, cpu) == 256
+    assert 1 <= default_max_stack(large, (3, 32, 32), 128, cpu) < default_max_stack(large, (3, 32, 32), 8, cpu)
+
+
+# ---------------------------------------------------------------- stacked path
+
+
+def test_stacked_models_learn_and_differ(digits):
+    data, pool, val = digits
+    models = run(data, halves(pool, 4, 650), val, adam(epochs=8), seeds=[0, 1, 2, 3])
+    assert len(models) == 4 and len({id(m) for m in models}) == 4
+    assert all(isinstance(m, nn.Module) and not m.training for m in models)
+    assert all(accuracy(m, data, val) > 0.85 for m in models)
+    assert not any(same(a, b) for i, a in enumerate(models) for b in models[i + 1:])
+
+
+@pytest.mark.parametrize("config", [adam(), sgd()], ids=["adam", "sgd-nesterov-wd-step"])
+def test_a_model_does_not_depend_on_its_neighbours_or_the_chunking(digits, config):
+    """Model m's RNG streams and arithmetic are its own: alone, in a stack of 5, or in chunks of 2.
+
+    Exact equality on the CPU: vmap runs every slice through the same batched
+    kernels whatever M is, and the (non-fused) optimizer is elementwise.
+    """
+    data, pool, val = digits
+    sets, seeds = halves(pool, 5, 300), [10, 11, 12, 13, 14]
+    one_chunk = run(data, sets, val[:200], config, seeds)
+    chunked = run(data, sets, val[:200], config, seeds, max_stack=2)
+    alone = run(data, sets[2:3], val[:200], config, seeds[2:3])[0]
+    assert all(same(a, b) for a, b in zip(one_chunk, chunked))
+    assert same(alone, one_chunk[2])
+
+
+def test_stacked_model_matches_the_one_training_loop(digits):
+    """Same init, permutations and recipe as ``mia.train.train`` with that seed.
+
+    Not bit for bit: a vmapped linear layer is a batched matmul, the plain one
+    an ``addmm``, and their float32 roundings differ (~1e-7), so the weights
+    agree to a tight tolerance and the predictions agree.
+    """
+    data, pool, val = digits
+    sets = halves(pool, 2, 400)
+    config = adam(epochs=4)
+    stacked = run(data, sets, val, config, seeds=[5, 6])[1]
+    seed_everything(6)
+    alone = build_model("mlp", data.input_shape, data.num_classes)
+    train(alone, data, sets[1], val, TrainConfig(**{**config.to_dict(), "seed": 6}), progress=False)
+    for p, q in zip(weights(stacked), weights(alone)):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    same_predictions = predict_logits(stacked, data, val).argmax(1) == predict_logits(alone, data, val).argmax(1)
+    assert same_predictions.float().mean() > 0.99
+
+
+def test_each_model_keeps_its_own_best_epoch(digits):
+    """With a constant rate, an e-epoch run passes through epoch e of a longer one (same draws, same steps),
+
+    so the best-epoch run must return, per model, the weights of the epoch where
+    that model's validation accuracy peaked, not a common epoch.
+    """
+    data, pool, val = digits
+    sets, seeds, epochs = halves(pool, 3, 300), [20, 21, 22], 8
+    config = adam(lr=0.01, epochs=epochs)  # a high rate on few rows: validation accuracy jumps around
+    per_epoch = [run(data, sets, val, adam(lr=0.01, epochs=e, select_best=False), seeds)
+                 for e in range(1, epochs + 1)]
+    accs = np.array([[accuracy(m, data, val) for m in ms] for ms in per_epoch])  # epochs x models
+    best = run(data, sets, val, config, seeds)
+    best_epochs = accs.argmax(0)
+    for m, model in enumerate(best):
+        assert accuracy(model, data, val) == accs[:, m].max()
+        assert same(model, per_epoch[best_epochs[m]][m])
+    assert (best_epochs < epochs - 1).any()  # some model's best is not simply its last epoch
+    assert len(set(best_epochs)) > 1  # and the models peak at different epochs
+
+
+def test_augmented_conv_stack_is_chunking_independent():
+    """Each model's crop and flip draws are its own, so chunking changes no draw.
+
+    Not bit for bit: under vmap a convolution of M models is one grouped
+    convolution with M groups, and oneDNN picks its kernel by the group count,
+    so conv models in different stack sizes agree to float32 rounding only.
+    """
+    g = torch.Generator().manual_seed(0)
+    data = Dataset("tiny-rgb", torch.randint(0, 256, (80, 3, 8, 8), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 4, (80,), generator=g), 4, "image",
+                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=True)
+    sets = halves(np.arange(64), 2, 32)
+    config = adam(epochs=2, batch_size=16, augment=True, select_best=False)
+    together = run(data, sets, None, config, [3, 4], model="cnn-small")
+    apart = run(data, sets, None, config, [3, 4], model="cnn-small", max_stack=1)
+    for a, b in zip(together, apart):
+        for p, q in zip(weights(a), weights(b)):
+            torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)  # other draws: ~1e-2 apart
+    assert not same(*together)
+
+
+def test_crop_flip_at_is_crop_flip_with_given_draws():
+    x = torch.randint(0, 256, (12, 3, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(5)
+    dy, dx = (torch.randint(0, 2 * many.PADDING + 1, (12, 1), generator=g) for _ in range(2))
+    flipped = torch.randint(0, 2, (12, 1), generator=g).bool()
+    expected = crop_flip(x, padding=many.PADDING, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(many._crop_flip_at(x, dy[:, 0], dx[:, 0], flipped[:, 0]), expected)
+
+
+# ---------------------------------------------------------------- fallback path
+
+
+def test_batch_norm_models_train_one_by_one_on_one_module(digits, monkeypatch):
+    data, pool, val = digits
+    sets, config = halves(pool, 2, 32), sgd(epochs=2, batch_size=16, lr=0.01)
+    trained_on = []
+
+    def spy(model, *args, **kwargs):
+        trained_on.append(id(model))
+        return train(model, *args, **kwargs)
+
+    monkeypatch.setattr(many, "train", spy)
+    models = run(data, sets, val[:32], config, seeds=[7, 8], model="resnet18")
+    assert len(trained_on) == 2 and trained_on[0] == trained_on[1]  # one module object, reloaded
+    assert all(id(m) not in trained_on and not m.training for m in models)
+    seed_everything(8)
+    alone = build_model("resnet18", data.input_shape, data.num_classes)
+    train(alone, data, sets[1], val[:32], TrainConfig(**{**config.to_dict(), "seed": 8}), progress=False)
+    assert same(models[1], alone)  # exactly what the one loop gives with that seed
+    assert not same(models[0], models[1])
+
+
+# ---------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize("sets,seeds,kw,match", [
+    (np.zeros((2, 4), dtype=np.int64), [1], {}, "one seed per model"),
+    (np.zeros(4, dtype=np.int64), [1], {}, "M x n"),
+    (np.full((1, 4), 10_000), [1], {}, "outside"),
+    (np.zeros((1, 4), dtype=np.int64), [1], {"max_stack": 0}, "max_stack"),
+])
+def test_bad_arguments_are_user_errors(digits, sets, seeds, kw, match):
+    data, _, val = digits
+    with pytest.raises(MiaError, match=match):
+        run(data, sets, val, adam(), seeds, **kw)
+
+
+def test_select_best_needs_validation_rows(digits):
+    data, pool, _ = digits
+    with pytest.raises(MiaError, match="select_best needs validation rows"):
+        run(data, halves(pool, 1, 10), None, adam(), [0])

@@ -1,0 +1,101 @@
+"""Reference-model pools: layout, caching, growth, mem-scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mia import audit
+from mia.data import make_split
+from mia.errors import MiaError
+from mia.pool import model_file, plan_pool, pool_size
+
+
+@pytest.fixture(scope="module")
+def task():
+    config = audit.resolve_config("digits", seed=0, train_overrides={"epochs": 4})
+    data = audit.load_data(config)
+    return config, data, make_split(len(data), 0, config.split)
+
+
+def test_plan_layout_and_inclusion(task):
+    config, data, split = task
+    online = audit.plan_reference_pool(config, data, split, "online")
+    offline = audit.plan_reference_pool(config, data, split, "offline")
+    assert online.key != offline.key
+    audited, _ = split.query()
+    assert np.array_equal(online.audited, audited)
+    # the pool's population and validation partition the split's population
+    assert set(online.population) | set(online.validation) == set(split.population)
+    assert not set(online.population) & set(online.validation)
+    n = len(online.audited)
+    for m in range(3):
+        inc_on, inc_off = online.inclusion(m), offline.inclusion(m)
+        assert inc_on.sum() == len(online.candidates) // 2
+        assert not inc_off[:n].any() and inc_off[n:].sum() == len(offline.population) // 2
+    # a model's draw depends only on its index: growing a pool keeps the first models
+    assert np.array_equal(online.inclusion(1), audit.plan_reference_pool(config, data, split).inclusion(1))
+    # every audited sample is IN for some and OUT for other models of an online pool
+    inc = np.stack([online.inclusion(m) for m in range(32)])[:, :n]
+    assert 0.3 < inc.mean() < 0.7 and inc.any(0).mean() > 0.99 and (~inc).any(0).mean() > 0.99
+
+
+def test_key_depends_on_recipe_not_seed(task):
+    config, data, split = task
+    key = audit.plan_reference_pool(config, data, split).key
+    other_seed = audit.resolve_config("digits", seed=5, train_overrides={"epochs": 4})
+    assert audit.plan_reference_pool(other_seed, data, split).key == key
+    longer = audit.resolve_config("digits", seed=0, train_overrides={"epochs": 5})
+    assert audit.plan_reference_pool(longer, data, split).key != key
+
+
+def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
+    config, data, split = task
+    plan = audit.plan_reference_pool(config, data, split)
+    pool, written = audit.reference_pool(plan, config, data, 2, tmp_path, progress=False)
+    assert len(written) == 2 and pool_size(tmp_path) == 2
+    stamp = model_file(tmp_path, 0).stat().st_mtime_ns
+    again, written = audit.reference_pool(plan, config, data, 2, tmp_path, progress=False)
+    assert written == [] and model_file(tmp_path, 0).stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.phi, pool.phi)
+    grown, written = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
+    assert [p.name for p in written] == [model_file(tmp_path, 2).name]
+    np.testing.assert_array_equal(grown.phi[:2], pool.phi)
+    smaller, written = audit.reference_pool(plan, config, data, 1, tmp_path, progress=False)
+    assert written == [] and smaller.num_models == 1
+
+    # stored compactly, and shaped as the plan says
+    n, z = len(plan.audited), len(plan.population)
+    assert grown.phi.dtype == np.float16 and grown.logits.dtype == np.float16
+    assert grown.phi.shape == (3, n + z, 1) and grown.sensitivity.shape == (3, z, 10)
+    shadows = grown.shadows()
+    assert len(shadows) == 3 and len(shadows[0].signals) == z
+    assert 0.4 < shadows[0].is_member.mean() < 0.6
+
+
+def test_folder_of_another_pool_is_refused(task, tmp_path):
+    config, data, split = task
+    audit.reference_pool(audit.plan_reference_pool(config, data, split, "offline"), config, data, 1,
+                         tmp_path, progress=False)
+    with pytest.raises(MiaError, match="holds pool"):
+        audit.reference_pool(audit.plan_reference_pool(config, data, split, "online"), config, data, 1,
+                             tmp_path, progress=False)
+
+
+def test_mem_scores(task, tmp_path):
+    config, data, split = task
+    plan = audit.plan_reference_pool(config, data, split, "offline")
+    pool, _ = audit.reference_pool(plan, config, data, 4, tmp_path, progress=False)
+    mem = pool.mem_scores()
+    n = len(plan.audited)
+    assert mem.shape == (n + len(plan.population),)
+    assert np.all(mem[:n] == 0)  # no model of an offline pool ever trains on an audited sample
+    assert np.all((mem >= -1) & (mem <= 1))
+
+
+def test_bad_pool_requests(task, tmp_path):
+    config, data, split = task
+    with pytest.raises(MiaError, match="pool mode"):
+        plan_pool({}, split, "sideways")
+    with pytest.raises(MiaError, match="at least 1"):
+        audit.reference_pool(audit.plan_reference_pool(config, data, split), config, data, 0, tmp_path)
