@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mia import audit  # noqa: E402
 from mia.attacks import ATTACKS  # noqa: E402
 from mia.data import make_split  # noqa: E402
-from mia.metrics import interval_metrics  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Attacks by number of reference models"
@@ -55,7 +54,7 @@ def run(dataset: str, sizes: list[int], device: str, seed: int = 0) -> list[dict
             results = audit.run_attacks(ATTACKS.names(), audited, is_member, pool.shadows(), progress=False,
                                         reference=pool.reference(audited, population, split.population))
             for r in results:
-                ci = interval_metrics(r.output.scores, is_member, seed=seed)
+                ci = r.metrics
                 rows.append({"dataset": dataset, "M": m, "attack": r.name, "auc": r.metrics["auc"],
                              "auc_ci": (ci["auc_ci_low"], ci["auc_ci_high"]),
                              "tpr": r.metrics["tpr_at_fpr_0.001"],

@@ -29,7 +29,7 @@ from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, 
 from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.datasets import DATASETS
 from mia.errors import MiaError
-from mia.metrics import attack_metrics
+from mia.metrics import attack_metrics, interval_metrics
 from mia.models import build_model
 from mia.signals import Signals, compute_signals
 from mia.train import TrainConfig, resolve_device, train
@@ -197,8 +197,9 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
     for name in tqdm(names, desc="attacks", disable=not progress, leave=False):
         start = time.perf_counter()
         out = run_attack(name, target, shadows, params.get(name), seed=seed, reference=reference)
-        results.append(AttackResult(name, out, attack_metrics(out.scores, is_member, out.predictions),
-                                    time.perf_counter() - start))
+        metrics = {**attack_metrics(out.scores, is_member, out.predictions),
+                   **interval_metrics(out.scores, is_member, seed=seed)}
+        results.append(AttackResult(name, out, metrics, time.perf_counter() - start))
     return results
 
 

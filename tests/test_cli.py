@@ -84,7 +84,7 @@ def test_audit_logs_linked_runs(mlflow_store):
             assert 0.0 <= metrics[f"{name}.{key}"] <= 1.0
     assert metrics["test_accuracy"] == pytest.approx(target.data.metrics["test_accuracy"])
     assert metrics["leakage.max_auc"] == max(metrics[f"{n}.auc"] for n in ("loss", "mentr", "nn"))
-    assert "time.shadows" in metrics
+    assert "time.reference_models" in metrics
     artifacts = {a.path for a in client.list_artifacts(attack_id)} | {
         a.path for a in client.list_artifacts(attack_id, "plots")}
     assert {"scores.csv", "plots/roc.png"} <= artifacts

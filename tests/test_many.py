@@ -202,6 +202,35 @@ def test_batch_norm_models_train_one_by_one_on_one_module(digits, monkeypatch):
     assert not same(models[0], models[1])
 
 
+def test_stack_false_is_the_one_loop_exactly(digits):
+    data, pool, val = digits
+    sets, config = halves(pool, 2, 200), adam(epochs=2)
+    models = run(data, sets, val, config, seeds=[3, 4], stack=False)
+    seed_everything(4)
+    alone = build_model("mlp", data.input_shape, data.num_classes)
+    train(alone, data, sets[1], val, TrainConfig(**{**config.to_dict(), "seed": 4}), progress=False)
+    assert same(models[1], alone)
+
+
+def test_on_the_cpu_only_small_steps_stack(digits, monkeypatch):
+    cpu = torch.device("cpu")
+    assert many.stack_pays(build_model("mlp", (1, 8, 8), 10), cpu)
+    assert not many.stack_pays(build_model("fc", (600,), 100), cpu)  # 1.3M parameters
+    data, pool, val = digits
+    trained_one_by_one = []
+
+    def spy(*args, **kwargs):
+        trained_one_by_one.append(1)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(many, "train", spy)
+    run(data, halves(pool, 2, 100), val[:50], adam(epochs=1), seeds=[0, 1])
+    assert trained_one_by_one == []
+    monkeypatch.setattr(many, "CPU_STACK_MAX_PARAMS", 0)
+    run(data, halves(pool, 2, 100), val[:50], adam(epochs=1), seeds=[0, 1])
+    assert trained_one_by_one == [1, 1]
+
+
 # ---------------------------------------------------------------- user errors
 
 
@@ -215,6 +244,12 @@ def test_bad_arguments_are_user_errors(digits, sets, seeds, kw, match):
     data, _, val = digits
     with pytest.raises(MiaError, match=match):
         run(data, sets, val, adam(), seeds, **kw)
+
+
+def test_batch_norm_cannot_be_forced_to_stack(digits):
+    data, pool, val = digits
+    with pytest.raises(MiaError, match="cannot train stacked"):
+        run(data, halves(pool, 1, 10), val, adam(), [0], model="resnet18", stack=True)
 
 
 def test_select_best_needs_validation_rows(digits):

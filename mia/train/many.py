@@ -8,8 +8,9 @@ and per parameter; on a GPU almost all of it), paid M times over;
 (DESIGN.md, "Speed"):
 
 * **Stacked** (models without BatchNorm or other buffers: ``mlp``, ``fc``,
-  ``cnn-small``, ``alexnet``, any model built with ``norm="gn"``): the M
-  models' parameters are stacked along a leading model dimension
+  ``cnn-small``, ``alexnet``, any model built with ``norm="gn"``; on the
+  CPU only up to :data:`CPU_STACK_MAX_PARAMS` parameters, where it gains):
+  the M models' parameters are stacked along a leading model dimension
   (``torch.func.stack_module_state``) and one ``torch.vmap`` over
   ``torch.func.functional_call`` runs all of them in each step, in the style
   of the torch.func model-ensembling recipe. Each model draws its own batch
@@ -25,11 +26,11 @@ and per parameter; on a GPU almost all of it), paid M times over;
   default memory format (``config.compile`` and ``channels_last`` apply to
   the fallback path).
 * **Fallback** (BatchNorm CNNs: ``resnet18``, ``wrn*``, ``vgg16``,
-  ``densenet121``): running statistics do not stack, so the one loop
-  :func:`mia.train.train` trains the models in turn, on ONE module object
-  that is reloaded with each model's initialization. With ``config.compile``
-  on CUDA the compiled graph is built once and reused for all M models,
-  which is where the large-CNN path saves its time.
+  ``densenet121``; and large models on the CPU): running statistics do not
+  stack, so the one loop :func:`mia.train.train` trains the models in turn,
+  on ONE module object that is reloaded with each model's initialization.
+  With ``config.compile`` on CUDA the compiled graph is built once and
+  reused for all M models, which is where the large-CNN path saves its time.
 
 Reproducibility: model m's randomness comes from ``seeds[m]`` alone, never
 from M or from how the models are chunked. Its initialization is
@@ -74,10 +75,24 @@ from mia.train.config import TrainConfig
 from mia.train.loop import OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, train
 from mia.train.predict import resolve_device
 
-__all__ = ["CPU_STACK_BYTES", "CUDA_STACK_FRACTION", "default_max_stack", "stackable", "train_many"]
+__all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "stack_pays",
+           "stackable", "train_many"]
 
 CPU_STACK_BYTES = 2 << 30
 """Memory budget of one stack of models on the CPU (2 GiB): plenty for the small models that stack."""
+
+CPU_STACK_MAX_PARAMS = 500_000
+"""On the CPU, models with more parameters than this train one by one, not stacked.
+
+A CPU step is mostly arithmetic already, so stacking saves only the fixed
+cost per step; against that, the stacked gradients, optimizer state and its
+temporaries (parameters x M x 4 bytes each, tens of MB for large models)
+outgrow the caches, and glibc malloc page-faults them back in from the OS
+every step. Measured on 2 cores (``benchmarks/pool_throughput.py``,
+RESULTS.md), stacked against one after another: the digits ``mlp`` (50k
+parameters) about 2x, the Purchase ``mlp`` and ``cnn-small`` (about 200k)
+1.1-1.4x, the Purchase ``fc`` net (1.3M) 0.7x. On CUDA, where a small
+model's step is kernel-launch latency, stackable models always stack."""
 
 CUDA_STACK_FRACTION = 0.5
 """Share of the GPU memory free at the start that one stack of models may use."""
@@ -96,17 +111,20 @@ Params = dict[str, torch.Tensor]
 
 def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, norm: str, data: Dataset,
                train_sets: np.ndarray, val_idx: np.ndarray | None, config: TrainConfig,
-               seeds: Sequence[int], progress: bool = True, max_stack: int | None = None) -> list[nn.Module]:
+               seeds: Sequence[int], progress: bool = True, max_stack: int | None = None,
+               stack: bool | None = None) -> list[nn.Module]:
     """Train one ``model_name`` per row of ``train_sets``; model ``m`` is seeded with ``seeds[m]``.
 
     ``train_sets`` is ``M x n``: row ``m`` holds the dataset indices model
     ``m`` trains on (every model the same number of rows). ``val_idx`` is the
     shared validation set; with ``config.select_best`` each model keeps the
     weights of its own best validation epoch. ``config.seed`` is ignored in
-    favour of ``seeds``. Models without BatchNorm train stacked, at most
-    ``max_stack`` at a time (default: :func:`default_max_stack`); the others
-    train one after another on one reused module (see the module docstring).
-    Returns M ordinary modules in eval mode on ``config.device``.
+    favour of ``seeds``. With ``stack=None`` models train stacked where they
+    can (:func:`stackable`) and it pays on the device (:func:`stack_pays`),
+    at most ``max_stack`` at a time (default: :func:`default_max_stack`), and
+    one after another on one reused module otherwise (see the module
+    docstring); ``stack=True`` or ``False`` picks the path. Returns M
+    ordinary modules in eval mode on ``config.device``.
     """
     sets, seeds = _check_sets(data, train_sets, seeds)
     _check(config)
@@ -116,10 +134,10 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
         raise MiaError("select_best needs validation rows: pass val_idx, or set select_best=False")
     shape = tuple(int(s) for s in input_shape)
     first = _init_model(model_name, shape, num_classes, norm, seeds[0])
-    if not _module_stackable(first):
+    device = resolve_device(config.device)
+    if not _use_stack(first, model_name, norm, device, stack):
         return _train_one_by_one(first, model_name, shape, num_classes, norm, data, sets, val_idx, config,
                                  seeds, progress)
-    device = resolve_device(config.device)
     chunk = max_stack or default_max_stack(first, shape, config.batch_size, device)
     pool = _Pool.of(data, sets, val_idx, device)
     models = []
@@ -141,6 +159,14 @@ def stackable(model_name: str, norm: str) -> bool:
     needs no flag: with ``norm="gn"`` and vmap-safe layers it stacks.
     """
     return _stackable_cached(model_name, norm)
+
+
+def stack_pays(model: nn.Module, device: torch.device) -> bool:
+    """Whether stacking speeds ``model`` up on ``device``.
+
+    Always on CUDA; on the CPU up to :data:`CPU_STACK_MAX_PARAMS` parameters.
+    """
+    return device.type != "cpu" or sum(p.numel() for p in model.parameters()) <= CPU_STACK_MAX_PARAMS
 
 
 def default_max_stack(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
@@ -200,11 +226,23 @@ def _stackable_cached(model_name: str, norm: str) -> bool:
         return _module_stackable(build_model(model_name, shape, 10, norm))
 
 
-def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Elements output by all leaf modules of ``model`` (on the CPU) for one zero input.
+def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.device, stack: bool | None) -> bool:
+    """The path :func:`train_many` takes: the caller's ``stack``, or where it can and it pays."""
+    can = _module_stackable(model)
+    if stack and not can:
+        raise MiaError(f"model {model_name!r} with norm {norm!r} cannot train stacked (it has BatchNorm, "
+                       f"buffers or dropout); pass stack=None to train it one by one, or use norm='gn'")
+    if stack is None:
+        return can and stack_pays(model, device)
+    return stack
 
-    A real one-sample forward: cheap for the models that stack, and unlike a
-    meta-device forward it needs no decompositions imported (seconds, once).
+
+def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Elements output by the leaf modules of ``model`` (on the CPU) for one zero input.
+
+    Counted by hooks on a real one-sample forward: cheap for the models that
+    stack, and unlike a meta-device forward it needs no decompositions
+    imported (seconds, once per process).
     """
     total = 0
 
@@ -339,7 +377,7 @@ class _Stack:
         self.forward = torch.vmap(one)  # each model its own batch
         self.forward_shared = torch.vmap(one, in_dims=(0, None))  # every model on the same rows
         self.optimizer = OPTIMIZERS.get(config.optimizer)(list(self.params.values()), config,
-                                                          device.type == "cuda" or __import__("os").environ.get("FUSEDCPU") == "1")
+                                                          device.type == "cuda")
         schedule = SCHEDULES.get(config.schedule)
         total = _steps_per_epoch(n, config.batch_size) * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s / total))
