@@ -11,11 +11,14 @@ one mechanism: a *pool* of M models with the target's recipe.
   run twice finds the same pool.
 * **Layout.** Its samples are the target's audited query set (``N``) followed
   by the attacker's population (``Z``, minus a slice the pool keeps for its
-  models' best-epoch selection). Model ``m`` trains on exactly half of its
-  candidates, drawn from its own seed: the population only (``offline``) or
-  the population and the audited samples (``online``, so that every audited
-  sample is IN for about half of the models). Because model ``m``'s draw
-  depends only on ``m``, a pool of 32 grows to 64 by training 32 more.
+  models' best-epoch selection). Model ``m`` trains on as many samples as the
+  target did (at most half of its candidates), drawn from its own seed: the
+  population only (``offline``) or the population and the audited samples
+  (``online``, so that every audited sample is IN for a good share of the
+  models). Same-sized training sets keep the reference models' IN/OUT
+  behaviour calibrated to the target's (LiRA, section V). Because model
+  ``m``'s draw depends only on ``m``, a pool of 32 grows to 64 by training
+  32 more.
 * **Storage.** One ``.npz`` per model (its inclusion row, its float16 logits
   and per-view ``phi`` on all pool samples, float16 SAMIA sensitivity on the
   population) in a folder; :mod:`mia.tracking` keeps that folder as the
@@ -52,6 +55,7 @@ class PoolPlan:
     audited: np.ndarray  # N dataset indices: the target's balanced query set
     population: np.ndarray  # Z dataset indices: attacker data the models are queried on
     validation: np.ndarray  # the pool models' shared selection set (never trained on or scored)
+    train_size: int  # rows each model trains on: the target's member count, at most half the candidates
     views: tuple[tuple[int, int, bool], ...]
     identity: dict
 
@@ -71,9 +75,8 @@ class PoolPlan:
         return (int(self.key[:8], 16) + m) % (2**31 - 1)
 
     def inclusion(self, m: int) -> np.ndarray:
-        """Bool over :attr:`samples`: model ``m`` trains on exactly half of the candidates."""
-        candidates = self.candidates
-        chosen = np.random.default_rng(self.seed(m)).permutation(candidates)[: len(candidates) // 2]
+        """Bool over :attr:`samples`: the :attr:`train_size` candidates model ``m`` trains on."""
+        chosen = np.random.default_rng(self.seed(m)).permutation(self.candidates)[: self.train_size]
         mask = np.zeros(len(self.audited) + len(self.population), dtype=bool)
         mask[chosen] = True
         return mask
@@ -92,10 +95,12 @@ def plan_pool(identity: dict, split: Split, mode: str = "online", augment: bool 
         raise MiaError(f"the attacker's population has only {len(population)} samples left for reference "
                        "models; lower --member-fraction/--nonmember-fraction/--validation-fraction")
     views = tuple(query_views(augment))
-    full = {**identity, "mode": mode, "views": [list(v) for v in views],
+    n_candidates = len(population) + (len(audited) if mode == "online" else 0)
+    train_size = min(len(split.members), n_candidates // 2)
+    full = {**identity, "mode": mode, "views": [list(v) for v in views], "train_size": train_size,
             "audited": _digest(audited), "population": _digest(population), "validation": _digest(validation)}
     key = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    return PoolPlan(key, mode, audited, population, validation, views, full)
+    return PoolPlan(key, mode, audited, population, validation, train_size, views, full)
 
 
 def _digest(indices: np.ndarray) -> str:

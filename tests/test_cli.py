@@ -44,7 +44,8 @@ def test_listing_commands():
         assert re.search(rf"^{name}\s", datasets.output, re.M), name
     attacks = invoke("attacks")
     assert attacks.exit_code == 0
-    for name in ("loss", "confidence", "correctness", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "samia"):
+    for name in ("loss", "confidence", "correctness", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "samia",
+                 "lira-online", "lira-offline", "rmia", "global-threshold"):
         assert re.search(rf"^{name}\s", attacks.output, re.M), name
     assert "thresholds" in attacks.output  # parameters are listed
 
@@ -119,6 +120,7 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("audit", "--attack-param", "loss.colour=red", "--attacks", "loss", "--reference-models", "1", *FAST),
      ("colour",)),
     (("attack", "--run-id", "0123456789abcdef0123456789abcdef"), ("not found",)),
+    (("audit", "--pool", "offline", "--attacks", "lira-online"), ("--pool online",)),
 ])
 def test_user_errors_are_one_line(mlflow_store, args, fragments):
     assert_user_error(invoke(*args), *fragments)

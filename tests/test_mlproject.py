@@ -30,7 +30,7 @@ def test_mlflow_run_main_entry_point(mlflow_store):
 
     runs = client.search_runs([client.get_experiment_by_name("mlproject").experiment_id])
     by_kind = {r.data.tags.get("mia.kind"): r for r in runs}
-    assert set(by_kind) == {"train", "attack"}
+    assert set(by_kind) == {"train", "attack", "pool"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert by_kind["attack"].data.tags["mia.target_run_id"] == by_kind["train"].info.run_id
     assert "loss.auc" in by_kind["attack"].data.metrics

@@ -31,13 +31,14 @@ def test_plan_layout_and_inclusion(task):
     n = len(online.audited)
     for m in range(3):
         inc_on, inc_off = online.inclusion(m), offline.inclusion(m)
-        assert inc_on.sum() == len(online.candidates) // 2
-        assert not inc_off[:n].any() and inc_off[n:].sum() == len(offline.population) // 2
+        assert inc_on.sum() == online.train_size == len(split.members)  # the target's training-set size
+        assert not inc_off[:n].any() and inc_off[n:].sum() == offline.train_size
     # a model's draw depends only on its index: growing a pool keeps the first models
     assert np.array_equal(online.inclusion(1), audit.plan_reference_pool(config, data, split).inclusion(1))
     # every audited sample is IN for some and OUT for other models of an online pool
     inc = np.stack([online.inclusion(m) for m in range(32)])[:, :n]
-    assert 0.3 < inc.mean() < 0.7 and inc.any(0).mean() > 0.99 and (~inc).any(0).mean() > 0.99
+    share = len(split.members) / len(online.candidates)
+    assert abs(inc.mean() - share) < 0.05 and inc.any(0).mean() > 0.99 and (~inc).any(0).mean() > 0.99
 
 
 def test_key_depends_on_recipe_not_seed(task):
@@ -70,7 +71,7 @@ def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
     assert grown.phi.shape == (3, n + z, 1) and grown.sensitivity.shape == (3, z, 10)
     shadows = grown.shadows()
     assert len(shadows) == 3 and len(shadows[0].signals) == z
-    assert 0.4 < shadows[0].is_member.mean() < 0.6
+    assert 0.1 < shadows[0].is_member.mean() < 0.6
 
 
 def test_folder_of_another_pool_is_refused(task, tmp_path):

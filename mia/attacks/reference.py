@@ -76,6 +76,12 @@ from mia.registry import Param
 from mia.signals import Signals, loss
 
 VARIANCES = ("per-example", "fixed")
+PER_EXAMPLE_MIN_MODELS = 64
+"""``variance="auto"`` uses per-example scales from this many reference models on.
+
+The LiRA paper (section VI-B) finds per-example variances need about 64
+shadow models and a global one is better below; on our seeded purchase-synth
+audit, fixed variance gave TPR at 1% FPR 0.59 vs 0.02 with 8 models."""
 RMIA_MODES = ("online", "offline")
 SD_FLOOR = 1e-3
 """Smallest scale of a LiRA Gaussian, in logit units (float16 phi steps by ~1e-3 near 1)."""
@@ -477,18 +483,25 @@ def _check_choice(attack: str, param: str, value: str, choices: tuple[str, ...])
     return value
 
 
+def _variance(variance: str, reference: ReferenceSignals) -> str:
+    """``auto`` -> per-example from :data:`PER_EXAMPLE_MIN_MODELS` reference models on, else fixed."""
+    if variance != "auto":
+        return variance
+    return "per-example" if reference.num_models >= PER_EXAMPLE_MIN_MODELS else "fixed"
+
+
 class LiraOnline(ReferenceAttack):
     """LiRA online: IN/OUT Gaussian likelihood ratio per sample (see the module docstring)."""
 
     name = "lira-online"
     fallback_threshold = 0.0  # likelihood ratio 1
 
-    def __init__(self, variance: str = "per-example", seed: int = 0):
+    def __init__(self, variance: str = "auto", seed: int = 0):
         super().__init__(seed)
-        self.variance = _check_choice(self.name, "variance", variance, VARIANCES)
+        self.variance = _check_choice(self.name, "variance", variance, ("auto", *VARIANCES))
 
     def score(self, reference: ReferenceSignals) -> np.ndarray:
-        stats = lira_statistics(reference.phi, reference.inclusion, self.variance)
+        stats = lira_statistics(reference.phi, reference.inclusion, _variance(self.variance, reference))
         if stats["in"] is None:
             raise MiaError("attack 'lira-online' needs reference models trained on the audited "
                            "samples; build the pool with --pool online, or use lira-offline or rmia")
@@ -504,12 +517,13 @@ class LiraOffline(ReferenceAttack):
     name = "lira-offline"
     fallback_threshold = float(np.log(0.5))  # above the OUT median
 
-    def __init__(self, variance: str = "per-example", seed: int = 0):
+    def __init__(self, variance: str = "auto", seed: int = 0):
         super().__init__(seed)
-        self.variance = _check_choice(self.name, "variance", variance, VARIANCES)
+        self.variance = _check_choice(self.name, "variance", variance, ("auto", *VARIANCES))
 
     def score(self, reference: ReferenceSignals) -> np.ndarray:
-        g_out = lira_statistics(reference.phi, reference.inclusion, self.variance, sides=("out",))["out"]
+        g_out = lira_statistics(reference.phi, reference.inclusion, _variance(self.variance, reference),
+                                sides=("out",))["out"]
         if g_out is None:
             raise MiaError("attack 'lira-offline' needs reference models that did not train on the "
                            "audited samples; every model trained on all of them")
@@ -566,8 +580,9 @@ class GlobalThreshold(ReferenceAttack):
         return -loss(signals.logits, signals.labels)
 
 
-_VARIANCE = Param(str, "per-example", "'per-example': each sample's own spread over models; "
-                                      "'fixed': one global spread per IN/OUT (better with few models)")
+_VARIANCE = Param(str, "auto", "'per-example': each sample's own spread over models; "
+                               "'fixed': one global spread per IN/OUT (better with few models); "
+                               f"'auto': per-example from {PER_EXAMPLE_MIN_MODELS} models on")
 _REFERENCE = frozenset({"reference"})
 
 register(AttackSpec("lira-online", LiraOnline,
