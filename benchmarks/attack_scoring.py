@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,10 +38,11 @@ import scipy.stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import RESULTS, device_name, write_section  # noqa: E402
+
 from mia.attacks import ReferenceSignals, run_attack  # noqa: E402
 from mia.signals import Signals  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## Reference-attack scoring, LiRA and RMIA (CPU)"
 GOAL_SECONDS = 2.0
 CASES = [("lira-online", {"variance": "per-example"}), ("lira-online", {"variance": "fixed"}),
@@ -156,25 +156,6 @@ def time_mia(name: str, params: dict, target: Signals, ref: ReferenceSignals, re
 # ---------------------------------------------------------------- report
 
 
-def device_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {model}, {os.cpu_count()} cores visible"
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) this script's ``## ...`` section of RESULTS.md, keeping the others."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{HEADING}\n\n{text.strip()}\n\n"
-    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
-    RESULTS.write_text(new.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=50_000)
@@ -214,7 +195,7 @@ def main() -> None:
         f"| attack | mia s | baseline s | ratio | under {GOAL_SECONDS:g} s |\n"
         "| --- | ---: | ---: | ---: | :---: |\n" + table + "\n")
     if not args.no_write:
-        write_section(text)
+        write_section(HEADING, text)
         print(f"written to {RESULTS}")
     else:
         print(text)

@@ -40,8 +40,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -52,12 +50,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import RESULTS, device_name, sync, write_section  # noqa: E402
+
 from mia.data import Dataset, load_dataset  # noqa: E402
 from mia.models import build_model  # noqa: E402
 from mia.train import TrainConfig, predict_logits, resolve_device, seed_everything, train  # noqa: E402
 from mia.train.many import stack_pays, stackable, train_many  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 GOAL = 5.0  # many-at-a-time speed-up wanted for the MLPs
 
 
@@ -183,31 +182,6 @@ def run_case(case: Case) -> tuple[list[str], float]:
                     f"{t.val_accuracy:.3f} |")
     print("\n".join(rows), flush=True)
     return rows, seq.seconds / many.seconds
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {model}, {torch.get_num_threads()} threads"
-
-
-def write_section(heading: str, text: str) -> None:
-    """Replace (or append) the ``## heading`` section of RESULTS.md, keeping every other section."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{heading}\n\n{text.strip()}\n\n"
-    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
-    RESULTS.write_text(new.rstrip() + "\n")
 
 
 CASES = {"fc": fc_case, "mlp": mlp_case, "mlp-purchase": mlp_purchase_case, "cnn-digits": cnn_digits_case,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import sys
 import tempfile
 import time
@@ -22,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import device_name, write_section  # noqa: E402
+
 from mia import audit  # noqa: E402
 from mia.attacks import ATTACKS  # noqa: E402
 from mia.data import make_split  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Attacks by number of reference models"
 SETTINGS = {
     "digits": dict(dataset_params={}, epochs=30),
@@ -88,15 +88,6 @@ def table(rows: list[dict], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        text = head + (rest[nxt + 1:] if nxt >= 0 else "")
-    RESULTS.write_text(text.rstrip() + "\n\n" + SECTION + "\n\n" + body.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,purchase-synth")
@@ -109,8 +100,8 @@ def main() -> None:
     body = table(rows, sizes)
     print(body)
     if not args.no_write:
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
-        write_section(f"- date: {dt.date.today()}\n- device: {device}\n- torch {torch.__version__}\n"
+        device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        write_section(SECTION, f"- date: {dt.date.today()}\n- device: {device}\n- torch {torch.__version__}\n"
                       f"- command: `python benchmarks/reference_comparison.py --datasets {args.datasets} "
                       f"--models {args.models}`\n- online pool (each audited sample IN for about half of "
                       "the models); threshold and learned attacks fit on the same pool's models as shadows.\n\n"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,8 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import RESULTS, device_name, sync, write_section  # noqa: E402
+
 from mia.data.base import Dataset  # noqa: E402
 from mia.models import build_model  # noqa: E402
 from mia.train import TrainConfig, resolve_device, seed_everything, train  # noqa: E402
@@ -47,7 +47,6 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 EPOCH_IMAGES = 50_000
 GOAL_SECONDS = 0.6  # one 50k-image epoch on an H100 in bf16
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 class TransformedTensors(torch.utils.data.Dataset):
@@ -113,32 +112,6 @@ def mia_images_per_s(x_u8: torch.Tensor, y: torch.Tensor, device: torch.device, 
     return len(y) * len(timed) / sum(h["epoch_time"] for h in timed)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {model}, {torch.get_num_threads()} threads"
-
-
-def write_section(kind: str, text: str) -> None:
-    """Replace (or append) the ``## ...`` section for this device kind in RESULTS.md."""
-    heading = f"## Training throughput, ResNet-18 on CIFAR-shaped data ({kind})"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{heading}\n\n{text.strip()}\n\n"
-    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
-    RESULTS.write_text(new.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
@@ -186,7 +159,7 @@ def main() -> None:
             f"- command: `python benchmarks/train_throughput.py`\n\n{table}\n{goal}")
     print(text)
     if not args.no_write:
-        write_section("CUDA" if cuda else "CPU", text)
+        write_section(f"## Training throughput, ResNet-18 on CIFAR-shaped data ({'CUDA' if cuda else 'CPU'})", text)
         print(f"written to {RESULTS}")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
-from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
+from mia.data import Dataset, Split, SplitConfig, load_dataset
 from mia.data.datasets import DATASETS
 from mia.errors import MiaError
 from mia.metrics import attack_metrics, interval_metrics

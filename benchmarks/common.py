@@ -1,0 +1,39 @@
+"""What every benchmark script shares: the device's name, syncing, and its section of RESULTS.md."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that wall-clock timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """The GPU's name, or the CPU model and torch's thread count."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
+def write_section(heading: str, text: str) -> None:
+    """Replace (or append) the ``## heading`` section of RESULTS.md, keeping every other section."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{heading}\n\n{text.strip()}\n\n"
+    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
+    RESULTS.write_text(new.rstrip() + "\n")
