@@ -30,7 +30,7 @@ from mia.data import make_split  # noqa: E402
 SECTION = "## Attacks by number of reference models"
 SETTINGS = {
     "digits": dict(dataset_params={}, epochs=30),
-    "purchase-synth": dict(dataset_params={"n": 6000}, epochs=30),
+    "purchase-synth": dict(dataset_params={"n": 4000}, epochs=30),
 }
 
 

@@ -96,13 +96,23 @@ class Attack(ABC):
         return self.decision_function(signals) > self.threshold_
 
 
-def pool(shadows: list[ShadowSignals]) -> tuple[Signals, np.ndarray]:
-    """All shadows' signals stacked into one set, with their membership."""
+def pool(shadows: list[ShadowSignals], max_rows: int | None = None, seed: int = 0) -> tuple[Signals, np.ndarray]:
+    """All shadows' signals stacked into one set, with their membership.
+
+    ``max_rows`` caps the set with a seeded subsample: learned attacks gain
+    little from more rows than that, and a pool of 64 models on a large
+    population would otherwise cost minutes per attack.
+    """
     sens = [s.signals.sensitivity for s in shadows]
-    return (Signals(np.concatenate([s.signals.logits for s in shadows]),
-                    np.concatenate([s.signals.labels for s in shadows]),
-                    None if any(x is None for x in sens) else np.concatenate(sens)),
-            np.concatenate([s.is_member for s in shadows]))
+    signals = Signals(np.concatenate([s.signals.logits for s in shadows]),
+                      np.concatenate([s.signals.labels for s in shadows]),
+                      None if any(x is None for x in sens) else np.concatenate(sens))
+    member = np.concatenate([s.is_member for s in shadows])
+    if max_rows is None or len(member) <= max_rows:
+        return signals, member
+    keep = np.sort(np.random.default_rng(seed).choice(len(member), max_rows, replace=False))
+    return (Signals(signals.logits[keep], signals.labels[keep],
+                    None if signals.sensitivity is None else signals.sensitivity[keep]), member[keep])
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,12 @@ class MLPAttack(Attack):
 
     name: str = ""
 
-    def __init__(self, epochs: int = 30, hidden: int = 64, lr: float = 1e-3, seed: int = 0):
-        if epochs < 1 or hidden < 1 or lr <= 0:
-            raise MiaError(f"attack {self.name!r}: epochs and hidden must be >= 1 and lr > 0")
+    def __init__(self, epochs: int = 30, hidden: int = 64, lr: float = 1e-3, max_rows: int = 50000,
+                 seed: int = 0):
+        if epochs < 1 or hidden < 1 or lr <= 0 or max_rows < 2:
+            raise MiaError(f"attack {self.name!r}: epochs and hidden must be >= 1, lr > 0, max_rows >= 2")
         self.epochs, self.hidden, self.lr, self.seed = epochs, hidden, lr, seed
+        self.max_rows = max_rows
         self.threshold_ = 0.0
 
     @abstractmethod
@@ -67,7 +69,7 @@ class MLPAttack(Attack):
         return torch.as_tensor(f.astype(np.float32))
 
     def fit(self, shadows: list[ShadowSignals]) -> "MLPAttack":
-        sig, member = pool(shadows)
+        sig, member = pool(shadows, self.max_rows, self.seed)
         f = self.features(sig)
         self.mean_, self.std_ = standardize(f)
         with single_thread():
@@ -112,6 +114,7 @@ _PARAMS = {
     "epochs": Param(int, 30, "training epochs of the attack MLP"),
     "hidden": Param(int, 64, "width of the two hidden layers"),
     "lr": Param(float, 1e-3, "Adam learning rate"),
+    "max_rows": Param(int, 50000, "shadow rows it trains on at most (a seeded subsample)"),
 }
 
 register(AttackSpec("nn", NNAttack, "MLP on the descending-sorted softmax", dict(_PARAMS),

@@ -62,13 +62,13 @@ class SamiaAttack(Attack):
     """SAMIA; see the module docstring."""
 
     def __init__(self, epochs: int = 5, layers: int = 3, heads: int = 4, dim: int = 64,
-                 lr: float = 1e-3, seed: int = 0):
-        if min(epochs, layers, heads, dim) < 1 or lr <= 0:
-            raise MiaError("attack 'samia': epochs, layers, heads and dim must be >= 1 and lr > 0")
+                 lr: float = 1e-3, max_rows: int = 8192, seed: int = 0):
+        if min(epochs, layers, heads, dim) < 1 or lr <= 0 or max_rows < 2:
+            raise MiaError("attack 'samia': epochs, layers, heads and dim must be >= 1, lr > 0, max_rows >= 2")
         if dim % heads:
             raise MiaError(f"attack 'samia': dim ({dim}) must be a multiple of heads ({heads})")
         self.epochs, self.layers, self.heads, self.dim, self.lr = epochs, layers, heads, dim, lr
-        self.seed = seed
+        self.max_rows, self.seed = max_rows, seed
         self.threshold_ = 0.0
 
     def _tensor(self, signals: Signals) -> torch.Tensor:
@@ -76,7 +76,7 @@ class SamiaAttack(Attack):
         return torch.as_tensor(t.astype(np.float32), device=self.device_)
 
     def fit(self, shadows: list[ShadowSignals]) -> "SamiaAttack":
-        sig, member = pool(shadows)
+        sig, member = pool(shadows, self.max_rows, self.seed)
         tokens = class_tokens(sig)
         self.mean_, self.std_ = standardize(tokens)
         self.device_ = resolve_device("auto")
@@ -97,5 +97,6 @@ register(AttackSpec(
      "layers": Param(int, 3, "transformer encoder layers"),
      "heads": Param(int, 4, "attention heads"),
      "dim": Param(int, 64, "token width"),
-     "lr": Param(float, 1e-3, "Adam learning rate")},
+     "lr": Param(float, 1e-3, "Adam learning rate"),
+     "max_rows": Param(int, 8192, "shadow rows it trains on at most (a seeded subsample)")},
     needs=frozenset({"sensitivity"}), family="learned"))
