@@ -19,7 +19,8 @@ def attack(opts: dict) -> None:
 
     outcome = attack_run(opts["run_id"], opts["attacks"], opts["reference_models"],
                          attack_params(opts["attack_param"]), seed=opts["seed"],
-                         experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"])
+                         experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"],
+                         adaptive=opts["adaptive"])
     print_table(outcome)
 
 

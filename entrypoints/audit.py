@@ -20,5 +20,6 @@ def audit(opts: dict) -> None:
 
     config = target_config(opts)
     outcome = audit_run(config, opts["attacks"], opts["reference_models"], attack_params(opts["attack_param"]),
-                        experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"])
+                        experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"],
+                        adaptive=opts["adaptive"])
     print_table(outcome)

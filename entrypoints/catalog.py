@@ -37,6 +37,19 @@ def attacks() -> None:
             click.echo(f"    params: {_params(spec.params)}")
 
 
+@click.command("defenses")
+def defenses() -> None:
+    """List defenses, the scenarios they apply to, and their hyperparameters with search ranges."""
+    from mia.defenses import DEFENSES
+
+    for name, spec in DEFENSES.items():
+        click.echo(f"{name}  [{', '.join(spec.scenarios)}]  {spec.description}")
+        for key, p in spec.params.items():
+            space = (f"choices {', '.join(map(str, p.choices))}" if p.choices else
+                     f"search [{p.low}, {p.high}]{' log' if p.log else ''}" if p.low is not None else "")
+            click.echo(f"    {key}: {p.type.__name__} = {p.default!r}  {space}  ({p.help})")
+
+
 @click.command("info")
 def info() -> None:
     """Versions, devices and the tracking URI: the installation check."""

@@ -99,6 +99,8 @@ attack_options = compose(
                  show_default=True,
                  help="online: reference models also train on the audited samples (LiRA online); "
                       "offline: on the attacker's population only."),
+    click.option("--adaptive", is_flag=True,
+                 help="Train the reference models with the target's defense and hyperparameters."),
     click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE",
                  help="Attack parameter, e.g. loss.thresholds=global (repeatable)."),
 )

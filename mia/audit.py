@@ -19,7 +19,7 @@ The protocol (REFERENCE.md section 1):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
 from mia.data import Dataset, Split, SplitConfig, load_dataset
 from mia.data.datasets import DATASETS
+from mia.defenses import make_defense
 from mia.errors import MiaError
 from mia.metrics import attack_metrics, interval_metrics
 from mia.models import build_model
@@ -50,6 +51,7 @@ class TargetConfig:
     norm: str = "bn"
     scenario: str = "centralized"
     defense: str = "none"
+    defense_params: dict = field(default_factory=dict)
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -82,14 +84,20 @@ def resolve_config(dataset: str = "digits", model: str | None = None, seed: int 
 
 @dataclass
 class TrainedModel:
-    """A fitted model with the facts a run records about it."""
+    """A fitted model with the facts a run records about it.
+
+    ``model`` is what users query (the released outputs of an output defense);
+    ``network`` the trained network itself, which the checkpoint stores.
+    """
 
     model: torch.nn.Module
+    network: torch.nn.Module
     best_epoch: int
     history: list[dict]
     train_accuracy: float
     test_accuracy: float
     wall_time: float
+    defense_metrics: dict = field(default_factory=dict)
 
 
 def load_data(config: TargetConfig) -> Dataset:
@@ -101,15 +109,37 @@ def load_data(config: TargetConfig) -> Dataset:
 def fit(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
         test_idx: np.ndarray, seed: int, on_epoch: EpochCallback | None = None,
         progress: bool = True) -> TrainedModel:
-    """Build and train one model with the config's recipe, seeded by ``seed``."""
+    """Build and train one model with the config's recipe and defense, seeded by ``seed``."""
     seed_everything(seed)
-    model = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
+    defense = make_defense(config.defense, config.defense_params, seed=seed)
     recipe = TrainConfig(**{**config.train.to_dict(), "seed": seed})
-    result = train(model, data, train_idx, val_idx, recipe, on_epoch=on_epoch, progress=progress)
-    return TrainedModel(model, result.best_epoch, result.history,
+    network, result = defense.fit(
+        lambda: build_model(config.model, data.input_shape, data.num_classes, norm=config.norm),
+        data, train_idx, val_idx, recipe, on_epoch=on_epoch, progress=progress)
+    model = defense.release(network)
+    return TrainedModel(model, network, result.best_epoch, result.history,
                         train_accuracy=accuracy(model, data, train_idx, recipe.device),
                         test_accuracy=accuracy(model, data, test_idx, recipe.device),
-                        wall_time=result.wall_time)
+                        wall_time=result.wall_time, defense_metrics=defense.metrics())
+
+
+def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
+             seeds: list[int], progress: bool = True) -> list[torch.nn.Module]:
+    """Reference models: many at a time without a defense, else one by one through the defense."""
+    if config.defense == "none":
+        from mia.train.many import train_many
+
+        return train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
+                          val_idx, config.train, seeds=seeds, progress=progress)
+    return [fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
+            for rows, seed in zip(train_sets, seeds)]
+
+
+def attacker_config(config: TargetConfig, adaptive: bool = False) -> TargetConfig:
+    """The recipe of the attacker's reference models: the target's, with its defense only if ``adaptive``."""
+    if adaptive or config.defense == "none":
+        return config
+    return replace(config, defense="none", defense_params={})
 
 
 def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str = "auto") -> float:
@@ -142,7 +172,8 @@ def pool_identity(config: TargetConfig) -> dict:
     """What shapes a reference model besides its seed: the key of the pool cache."""
     train = {k: v for k, v in config.train.to_dict().items() if k not in ("seed", "device", "compile")}
     return {"dataset": config.dataset, "dataset_params": config.dataset_params, "model": config.model,
-            "norm": config.norm, "defense": config.defense, "train": train}
+            "norm": config.norm, "defense": config.defense, "defense_params": config.defense_params,
+            "train": train}
 
 
 def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode: str = "online"):

@@ -58,14 +58,14 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             trained = audit.fit(config, data, split.members, split.validation, split.nonmembers,
                                 seed=config.seed, progress=progress,
                                 on_epoch=lambda epoch, m: tracking.log_metrics(m, step=epoch))
-        tracking.log_checkpoint(trained.model)
+        tracking.log_checkpoint(trained.network)
         with timer.stage("signals"):
             audited, population = audit.target_signals(trained.model, data, split, config)
         tracking.log_signals(audited, tracking.TARGET_SIGNALS)
         tracking.log_signals(population, tracking.TARGET_POPULATION_SIGNALS)
         tracking.log_metrics({"test_accuracy": trained.test_accuracy,
                               "train_accuracy": trained.train_accuracy,
-                              "best_epoch": trained.best_epoch, **timer.seconds})
+                              "best_epoch": trained.best_epoch, **trained.defense_metrics, **timer.seconds})
         return TrainOutcome(active.info.run_id, trained.test_accuracy, trained.train_accuracy, data)
 
 
@@ -80,12 +80,13 @@ class AttackOutcome:
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
                attack_params: dict[str, dict] | None = None, seed: int = 0,
                experiment: str | None = None, progress: bool = True,
-               data: Dataset | None = None, pool_mode: str = "online") -> AttackOutcome:
+               data: Dataset | None = None, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """Attack a training run: a reference pool on its attacker data, every attack on stored signals.
 
     The pool (:mod:`mia.pool`) is found in the tracking store when an earlier
     attack trained it, and grown when more models are asked for. ``data``
     skips reloading the dataset when the caller (``mia audit``) has it.
+    ``adaptive`` trains the reference models with the target's defense.
     """
     names = _attacks_for_pool(audit.resolve_attacks(attacks), attacks, pool_mode)
     target = tracking.TargetRun(target_run_id)
@@ -95,7 +96,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
     with tracking.run(f"attack-{config.dataset}-{config.model}", experiment, tags=tags) as active:
         tracking.log_params({"attacks": ",".join(names), "reference_models": reference_models,
-                             "pool": pool_mode, "seed": seed, "target_run_id": target_run_id,
+                             "pool": pool_mode, "adaptive": adaptive, "seed": seed,
+                             "target_run_id": target_run_id,
                              **{f"{a}.{k}": v for a, p in (attack_params or {}).items() for k, v in p.items()}})
         with timer.stage("load_data"):
             data = data if data is not None else audit.load_data(config)
@@ -104,9 +106,10 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         with timer.stage("signals"):
             signals, population = _target_signals(target, data)
         with timer.stage("reference_models"):
-            plan = audit.plan_reference_pool(config, data, target.split, pool_mode)
-            with tracking.pool_store(plan.key, experiment, tracking.run_tags(config)) as store:
-                pool, written = audit.reference_pool(plan, config, data, reference_models, store.folder,
+            attacker = audit.attacker_config(config, adaptive)
+            plan = audit.plan_reference_pool(attacker, data, target.split, pool_mode)
+            with tracking.pool_store(plan.key, experiment, tracking.run_tags(attacker)) as store:
+                pool, written = audit.reference_pool(plan, attacker, data, reference_models, store.folder,
                                                      progress=progress)
                 store.save(written, pool_size(store.folder))
         tracking.set_tags({"mia.pool_key": plan.key, "mia.pool_run_id": store.run_id})
@@ -175,9 +178,10 @@ def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels
 
 def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,
               attack_params: dict[str, dict] | None = None, experiment: str | None = None,
-              progress: bool = True, pool_mode: str = "online") -> AttackOutcome:
+              progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
     _attacks_for_pool(audit.resolve_attacks(attacks), attacks, pool_mode)  # fail before training
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
-                      experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode)
+                      experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode,
+                      adaptive=adaptive)

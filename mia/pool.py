@@ -152,7 +152,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     ``config`` is the target's :class:`mia.audit.TargetConfig`. Returns the
     files written (for the caller to store).
     """
-    from mia.train.many import train_many
+    from mia.audit import fit_many
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -164,9 +164,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     inclusions = np.stack([plan.inclusion(m) for m in missing])
     samples = plan.samples
     train_sets = np.stack([samples[row] for row in inclusions])
-    models = train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
-                        plan.validation, config.train, seeds=[plan.seed(m) for m in missing],
-                        progress=progress)
+    models = fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in missing], progress)
     written = []
     for m, model, inclusion in zip(missing, models, inclusions):
         queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device)

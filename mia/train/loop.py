@@ -76,6 +76,26 @@ METRICS = ("train_loss", "train_accuracy", "val_accuracy", "lr", "epoch_time")
 """Keys of the per-epoch metrics dict passed to ``on_epoch`` and kept in the history."""
 
 
+class TrainHooks:
+    """Where a defense acts inside the loop; the defaults are plain training.
+
+    ``batch`` may transform the model inputs and return soft targets (mixup,
+    InstaHide); ``loss`` turns logits and targets into the loss to minimize
+    (label smoothing, RelaxLoss, HAMP); ``stop`` ends training early. The loop
+    knows these hook points, not the defenses (DESIGN.md, "Defenses").
+    """
+
+    def batch(self, inputs: torch.Tensor, labels: torch.Tensor,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return inputs, labels
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        return F.cross_entropy(logits, targets)
+
+    def stop(self, epoch: int, metrics: dict) -> bool:
+        return False
+
+
 @dataclass
 class TrainResult:
     """What a training run reports; the model itself was trained in place.
@@ -101,7 +121,8 @@ def seed_everything(seed: int) -> None:
 def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices | None,
           config: TrainConfig, on_epoch: EpochCallback | None = None,
           progress: bool = True,
-          forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
+          forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          hooks: "TrainHooks | None" = None) -> TrainResult:
     """Fit ``model`` in place on rows ``train_idx`` of ``data``, selecting on rows ``val_idx``.
 
     The model moves to ``config.device`` and keeps the weights of the best
@@ -166,8 +187,11 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
             rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
             yb = y_train[rows]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = forward(prepare(x_train[rows], True))
-                loss = F.cross_entropy(logits, yb)
+                inputs, targets = prepare(x_train[rows], True), yb
+                if hooks is not None:
+                    inputs, targets = hooks.batch(inputs, yb, generator)
+                logits = forward(inputs)
+                loss = F.cross_entropy(logits, yb) if hooks is None else hooks.loss(logits, targets, yb, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr = optimizer.param_groups[0]["lr"]
@@ -194,6 +218,8 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
                             val=f"{val_acc:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, dict(metrics))
+        if hooks is not None and hooks.stop(epoch, metrics):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:

@@ -1,0 +1,133 @@
+"""One small interface for every defense, and the registry ``--defense`` reads.
+
+A defense is a registered name with typed, documented hyperparameters (each
+with the range a search explores) and the scenarios it applies to. It acts at
+one or more hook points, and overrides only those:
+
+* inside the one training loop (:class:`mia.train.TrainHooks`): the batch
+  (mixup), the loss (label smoothing, RelaxLoss, HAMP), early stopping;
+* the whole training procedure (:meth:`Defense.fit`: DP-SGD, AdvReg, SELENA);
+* the released outputs (:meth:`Defense.release`: MemGuard, confidence
+  masking): every query of the target (signals, views, label-only attacks)
+  goes through the released model, so attacks see what a user would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mia.data.base import Dataset
+from mia.errors import MiaError
+from mia.registry import Param, Registry, coerce
+from mia.train import TrainConfig, TrainHooks, TrainResult, train
+
+
+@dataclass(frozen=True)
+class HyperParam(Param):
+    """A defense hyperparameter: type, default, help, and what a search explores.
+
+    ``low``/``high`` (with ``log`` for a log scale) bound numbers; ``choices``
+    lists categorical values. Validation rejects values outside ``[low, high]``.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+    def check(self, owner: str, name: str, value) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise MiaError(f"{owner} parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise MiaError(f"{owner} parameter {name}={value!r} must be in [{self.low}, {self.high}]")
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    name: str
+    cls: type["Defense"]
+    description: str
+    scenarios: tuple[str, ...] = ("centralized", "pruning")
+    params: dict[str, HyperParam] = field(default_factory=dict)
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense")
+
+ModelFactory = Callable[[], nn.Module]
+EpochCallback = Callable[[int, dict], None]
+
+
+class Defense(TrainHooks):
+    """Plain training and released outputs as they are; subclasses override their hook points.
+
+    Hyperparameters arrive as keyword arguments, already typed and checked
+    against the spec; ``seed`` seeds whatever randomness the defense adds.
+    """
+
+    def __init__(self, seed: int = 0, **params):
+        self.seed = seed
+        self.params = params
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    def fit(self, make_model: ModelFactory, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
+            config: TrainConfig, on_epoch: EpochCallback | None = None,
+            progress: bool = True) -> tuple[nn.Module, TrainResult]:
+        """Train a model on ``train_idx`` (select on ``val_idx``); the default is the one loop with these hooks."""
+        model = make_model()
+        result = train(model, data, train_idx, val_idx, config, on_epoch=on_epoch, progress=progress, hooks=self)
+        return model, result
+
+    def release(self, model: nn.Module) -> nn.Module:
+        """The model as users query it; the default releases its logits unchanged."""
+        return model
+
+    def metrics(self) -> dict[str, float]:
+        """What the defense reports after training (e.g. DP-SGD's epsilon)."""
+        return {}
+
+
+class ReleasedModel(nn.Module):
+    """A model whose outputs pass through ``transform`` (probabilities in, probabilities out).
+
+    Its forward returns log-probabilities, floored at ``log(1e-30)``, so every
+    signal (softmax, loss, LiRA's phi) reads the released probabilities.
+    """
+
+    def __init__(self, model: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model, self.transform = model, transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.transform(torch.softmax(self.model(x).float(), dim=-1))
+        return probs.clamp_min(1e-30).log()
+
+
+def register(spec: DefenseSpec) -> DefenseSpec:
+    return DEFENSES.register(spec.name, spec)
+
+
+def make_defense(name: str, params: dict | None = None, seed: int = 0) -> Defense:
+    """The defense ``name`` with ``params`` (strings from the CLI or typed values), checked."""
+    spec = DEFENSES.get(name)
+    given = coerce(spec.params, dict(params or {}), f"defense {name}")
+    for key, value in given.items():
+        spec.params[key].check(f"defense {name}", key, value)
+    values = {k: p.default for k, p in spec.params.items()}
+    values.update(given)
+    return spec.cls(seed=seed, **values)
+
+
+def check_scenario(name: str, scenario: str) -> None:
+    spec = DEFENSES.get(name)
+    if scenario not in spec.scenarios:
+        raise MiaError(f"defense {name} applies to {', '.join(spec.scenarios)}, not {scenario}")
+
+
+register(DefenseSpec("none", Defense, "no defense: plain training, outputs released as they are",
+                     scenarios=("centralized", "federated", "pruning")))
