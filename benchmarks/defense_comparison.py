@@ -1,0 +1,112 @@
+"""Defenses compared on equal terms: same data, split, reference pool and attacks.
+
+For each dataset: the undefended target and each defense, with the target's
+test accuracy beside the worst case over every attack (max AUC and max TPR at
+0.1% FPR). The reference pool is the attacker's and defense-free
+(non-adaptive), so it is trained once per dataset and shared by every row.
+Needs only the mia core (no MLflow); run again to reproduce.
+
+    python benchmarks/defense_comparison.py [--datasets purchase-synth,digits] [--reference-models 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import device_name, write_section  # noqa: E402
+
+from mia import audit  # noqa: E402
+from mia.attacks import ATTACKS  # noqa: E402
+from mia.data import make_split  # noqa: E402
+
+SECTION = "## Defenses compared (centralized)"
+SETTINGS = {
+    "purchase-synth": dict(dataset_params={"n": 4000}, epochs=30),
+    "digits": dict(dataset_params={}, epochs=30),
+}
+DEFENSES = [
+    ("none", {}),
+    ("dp-sgd", {"epsilon": 8.0}),
+    ("dp-sgd", {"epsilon": 1.0}),
+    ("advreg", {}),
+    ("memguard", {}),
+    ("selena", {}),
+    ("relaxloss", {}),
+]
+
+
+def run(dataset: str, models: int, device: str) -> list[str]:
+    setting = SETTINGS[dataset]
+    config = audit.resolve_config(dataset, seed=0, train_overrides={"epochs": setting["epochs"], "device": device},
+                                  dataset_params=setting["dataset_params"])
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+    _, is_member = split.query()
+    plan = audit.plan_reference_pool(config, data, split, "online")
+    names = [n for n in ATTACKS.names()]
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        pool, _ = audit.reference_pool(plan, config, data, models, root, progress=False)
+        shadows = pool.shadows()
+        for defense, params in DEFENSES:
+            start = time.perf_counter()
+            defended = replace(config, defense=defense, defense_params=params)
+            target = audit.fit(defended, data, split.members, split.validation, split.nonmembers, seed=0,
+                               progress=False)
+            audited, population = audit.target_signals(target.model, data, split, defended)
+            usable = [n for n in names if _usable(n, audited, shadows)]
+            results = audit.run_attacks(usable, audited, is_member, shadows, progress=False,
+                                        reference=pool.reference(audited, population, split.population))
+            best = max(results, key=lambda r: r.metrics["auc"])
+            label = defense + "".join(f" {k}={v}" for k, v in params.items())
+            eps = target.defense_metrics.get("dp.epsilon")
+            rows.append(f"| {label} | {target.test_accuracy:.3f} | {best.metrics['auc']:.3f} ({best.name}) | "
+                        f"{max(r.metrics['tpr_at_fpr_0.001'] for r in results):.3f} | "
+                        f"{'' if eps is None else f'{eps:.2f}'} | {time.perf_counter() - start:.0f} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _usable(name: str, target, shadows) -> bool:
+    """Label-only attacks run where their signals were computed (e.g. noise-flip only on binary data)."""
+    needs = [n.split(":", 1)[1] for n in ATTACKS.get(name).needs if n.startswith("label_only:")]
+    if not needs:
+        return True
+    have = getattr(target, "label_only", None) or {}
+    return all(have.get(k) is not None for k in needs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="purchase-synth,digits")
+    parser.add_argument("--reference-models", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    body = []
+    for dataset in args.datasets.split(","):
+        body += [f"### {dataset}", "",
+                 "| defense | test acc | max AUC (attack) | max TPR@0.1% FPR | epsilon | seconds |",
+                 "| --- | ---: | --- | ---: | ---: | ---: |", *run(dataset, args.reference_models, args.device), ""]
+    text = "\n".join(body)
+    print(text)
+    if not args.no_write:
+        device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        write_section(SECTION, f"- date: {dt.date.today()}\n- device: {device}\n- command: "
+                      f"`python benchmarks/defense_comparison.py --datasets {args.datasets} "
+                      f"--reference-models {args.reference_models}`\n- every attack of the tool against each "
+                      "target; reference pool non-adaptive (the attacker does not know the defense)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
