@@ -16,6 +16,16 @@ SCENARIOS = ("centralized",)
 _TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device")
 
 
+def label_only_kinds(text: str) -> list[str]:
+    from mia.signals import LABEL_ONLY_KINDS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in LABEL_ONLY_KINDS:
+            raise unknown("label-only signal", kind, LABEL_ONLY_KINDS)
+    return kinds
+
+
 def target_config(opts: dict) -> TargetConfig:
     if opts["scenario"] not in SCENARIOS:
         raise unknown("scenario", opts["scenario"], SCENARIOS)
@@ -32,4 +42,4 @@ def target_config(opts: dict) -> TargetConfig:
         train_overrides={k: opts[k] for k in _TRAIN_KEYS},
         data_dir=opts["data_dir"], download=opts["download"], dataset_params=dataset_params,
         norm=opts["norm"], scenario=opts["scenario"], defense=opts["defense"], defense_params=defense_params,
-        split=split)
+        split=split, label_only=label_only_kinds(opts["label_only"]))

@@ -87,6 +87,9 @@ target_options = compose(
                  default=0.25, show_default=True, help="Share held out as evaluation non-members."),
     click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                  default=0.1, show_default=True, help="Share used for model selection only."),
+    click.option("--label-only", default="aug,noise-flip", show_default=True,
+                 help="Label-only signals to compute: aug, noise-flip, boundary, boundary-wb "
+                      "(the boundary searches cost hundreds of queries per sample)."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
 )

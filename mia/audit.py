@@ -52,6 +52,9 @@ class TargetConfig:
     scenario: str = "centralized"
     defense: str = "none"
     defense_params: dict = field(default_factory=dict)
+    # label-only signals computed for the target and the first reference models; the boundary
+    # searches cost hundreds of queries per sample, so they are asked for, not default
+    label_only: list = field(default_factory=lambda: ["aug", "noise-flip"])
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -151,12 +154,18 @@ def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str
 
 
 def query_signals(model: torch.nn.Module, data: Dataset, idx: np.ndarray, seed: int,
-                  device: str = "auto", augment: bool = False) -> Signals:
-    """The signals every attack needs: logits, SAMIA's sensitivity, LiRA's per-view phi."""
+                  device: str = "auto", augment: bool = False, label_only: tuple | list = ()) -> Signals:
+    """The signals every attack needs: logits, SAMIA's sensitivity, LiRA's per-view phi,
+    and the ``label_only`` kinds that apply to the data."""
     from mia.data.augment import query_views
+    from mia.signals import label_only_signals
 
-    return compute_signals(model, data, idx, sensitivity=True, views=query_views(augment), seed=seed,
-                           device=device)
+    signals = compute_signals(model, data, idx, sensitivity=True, views=query_views(augment), seed=seed,
+                              device=device)
+    if label_only:
+        signals.label_only = label_only_signals(model, data, idx, kinds=tuple(label_only), seed=seed,
+                                                device=device) or None
+    return signals
 
 
 def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: TargetConfig
@@ -164,7 +173,7 @@ def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: 
     """The target on its audited query set and on the attacker's population (RMIA's z)."""
     augment = config.train.augment and data.augment
     query, _ = split.query()
-    return (query_signals(model, data, query, config.seed, config.train.device, augment),
+    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only),
             query_signals(model, data, split.population, config.seed, config.train.device, augment))
 
 
@@ -173,7 +182,7 @@ def pool_identity(config: TargetConfig) -> dict:
     train = {k: v for k, v in config.train.to_dict().items() if k not in ("seed", "device", "compile")}
     return {"dataset": config.dataset, "dataset_params": config.dataset_params, "model": config.model,
             "norm": config.norm, "defense": config.defense, "defense_params": config.defense_params,
-            "train": train}
+            "label_only": sorted(config.label_only), "train": train}
 
 
 def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode: str = "online"):
@@ -227,11 +236,26 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
     results = []
     for name in tqdm(names, desc="attacks", disable=not progress, leave=False):
         start = time.perf_counter()
-        out = run_attack(name, target, shadows, params.get(name), seed=seed, reference=reference)
+        fit_on = shadows
+        if ATTACKS.get(name).family == "label-only":  # only some reference models store these signals
+            fit_on = [s for s in shadows if s.signals.label_only] or shadows
+        out = run_attack(name, target, fit_on, params.get(name), seed=seed, reference=reference)
         metrics = {**attack_metrics(out.scores, is_member, out.predictions),
                    **interval_metrics(out.scores, is_member, seed=seed)}
         results.append(AttackResult(name, out, metrics, time.perf_counter() - start))
     return results
+
+
+def applicable(names: list[str], target: Signals) -> list[str]:
+    """``names`` without the label-only attacks whose signals do not apply to this data.
+
+    ``aug`` needs images and ``noise-flip`` binary features; under ``--attacks
+    all`` they are left out rather than failing (named explicitly, they fail
+    with a message saying why).
+    """
+    have = set(target.label_only or {})
+    needs = {n: {k.split(":", 1)[1] for k in ATTACKS.get(n).needs if k.startswith("label_only:")} for n in names}
+    return [n for n in names if needs[n] <= have]
 
 
 def leakage_summary(results: list[AttackResult]) -> dict[str, float]:

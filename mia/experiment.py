@@ -95,7 +95,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     timer = Timer()
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
     with tracking.run(f"attack-{config.dataset}-{config.model}", experiment, tags=tags) as active:
-        tracking.log_params({"attacks": ",".join(names), "reference_models": reference_models,
+        tracking.log_params({"attacks": attacks if isinstance(attacks, str) else ",".join(names),
+                             "reference_models": reference_models,
                              "pool": pool_mode, "adaptive": adaptive, "seed": seed,
                              "target_run_id": target_run_id,
                              **{f"{a}.{k}": v for a, p in (attack_params or {}).items() for k, v in p.items()}})
@@ -105,6 +106,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         _, is_member = target.split.query()
         with timer.stage("signals"):
             signals, population = _target_signals(target, data)
+        if attacks == "all":
+            names = audit.applicable(names, signals)
         with timer.stage("reference_models"):
             attacker = audit.attacker_config(config, adaptive)
             plan = audit.plan_reference_pool(attacker, data, target.split, pool_mode)

@@ -38,9 +38,12 @@ from mia.attacks import ReferenceSignals, ShadowSignals
 from mia.data import Dataset, Split
 from mia.data.augment import query_views
 from mia.errors import MiaError
-from mia.signals import Signals, compute_signals
+from mia.signals import Signals, compute_signals, label_only_signals
 
 MODES = ("online", "offline")
+#: Models of a pool that also store label-only signals on the population: they are what
+#: the label-only attacks fit thresholds on, and their queries (boundary searches) are costly.
+LABEL_ONLY_MODELS = 2
 #: Share of the population the pool keeps aside for its models' model selection.
 VALIDATION_FRACTION = 0.1
 IDENTITY_FILE = "pool.json"
@@ -135,9 +138,11 @@ def write_identity(plan: PoolPlan, root: Path) -> None:
 def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
     path = model_file(root, m)
     tmp = path.with_suffix(".tmp")
+    label_only = {f"label_only.{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
     with open(tmp, "wb") as f:
         np.savez(f, inclusion=inclusion, logits=queried.logits.astype(np.float16),
-                 phi=queried.phi.astype(np.float16), sensitivity=population.sensitivity.astype(np.float16))
+                 phi=queried.phi.astype(np.float16), sensitivity=population.sensitivity.astype(np.float16),
+                 **label_only)
     tmp.rename(path)  # a killed run leaves no half-written model behind
     return path
 
@@ -170,6 +175,9 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
         queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device)
         population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
                                      device=config.train.device)
+        if m < LABEL_ONLY_MODELS:
+            population.label_only = label_only_signals(model, data, plan.population, kinds=tuple(config.label_only),
+                                                       seed=plan.seed(m), device=config.train.device)
         written.append(_save_model(root, m, inclusion, queried, population))
     return written
 
@@ -187,6 +195,7 @@ class PoolSignals:
     logits: np.ndarray  # M x (N + Z) x C float16
     phi: np.ndarray  # M x (N + Z) x V float16
     sensitivity: np.ndarray  # M x Z x C float16
+    label_only: list[dict[str, np.ndarray]]  # per model: {kind: Z}, empty past LABEL_ONLY_MODELS
 
     @property
     def num_models(self) -> int:
@@ -197,7 +206,8 @@ class PoolSignals:
         n = len(self.plan.audited)
         pop_labels = self.labels[n:]
         return [ShadowSignals(Signals(self.logits[m, n:].astype(np.float32), pop_labels,
-                                      self.sensitivity[m].astype(np.float32), self.phi[m, n:].astype(np.float32)),
+                                      self.sensitivity[m].astype(np.float32), self.phi[m, n:].astype(np.float32),
+                                      self.label_only[m] or None),
                               self.inclusion[m, n:])
                 for m in range(self.num_models)]
 
@@ -245,8 +255,10 @@ def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSigna
     files = [np.load(model_file(root, m), allow_pickle=False) for m in range(size)]
     labels = data.y.cpu().numpy()[plan.samples]
     stacked = {k: np.stack([f[k] for f in files]) for k in ("inclusion", "logits", "phi", "sensitivity")}
+    label_only = [{k[len("label_only."):]: f[k].astype(np.float64) for k in f.files if k.startswith("label_only.")}
+                  for f in files]
     for f in files:
         f.close()
     if stacked["inclusion"].shape[1] != len(plan.samples):
         raise MiaError(f"pool {plan.key} in {root} does not match its plan; delete the folder and retrain")
-    return PoolSignals(plan, labels.astype(np.int64), **stacked)
+    return PoolSignals(plan, labels.astype(np.int64), label_only=label_only, **stacked)

@@ -49,7 +49,8 @@ def test_resolve_attacks():
     assert audit.resolve_attacks("nn, loss,nn") == ["nn", "loss"]
 
 
-def reference_metrics(dataset: str, params: dict, epochs: int, models: int, attacks: list[str], tmp_path):
+def reference_metrics(dataset: str, params: dict, epochs: int, models: int, attacks: list[str], tmp_path,
+                      attack_params: dict | None = None):
     config = audit.resolve_config(dataset, seed=0, train_overrides={"epochs": epochs}, dataset_params=params)
     data = audit.load_data(config)
     split = make_split(len(data), 0, config.split)
@@ -58,7 +59,7 @@ def reference_metrics(dataset: str, params: dict, epochs: int, models: int, atta
     plan = audit.plan_reference_pool(config, data, split)
     pool, _ = audit.reference_pool(plan, config, data, models, tmp_path, progress=False)
     _, is_member = split.query()
-    results = audit.run_attacks(attacks, audited, is_member, pool.shadows(), progress=False,
+    results = audit.run_attacks(attacks, audited, is_member, pool.shadows(), attack_params, progress=False,
                                 reference=pool.reference(audited, population, split.population))
     return {r.name: r.metrics for r in results}
 
@@ -67,8 +68,3 @@ def test_lira_online_beats_the_global_threshold_at_low_fpr(tmp_path):
     m = reference_metrics("purchase-synth", {"n": 3000}, 25, 16, ["lira-online", "global-threshold"], tmp_path)
     lira, base = m["lira-online"]["tpr_at_fpr_0.01"], m["global-threshold"]["tpr_at_fpr_0.01"]
     assert lira > base + 0.1, (lira, base)
-
-
-def test_rmia_with_two_reference_models_beats_lira_offline_with_two(tmp_path):
-    m = reference_metrics("digits", {}, 30, 2, ["rmia", "lira-offline"], tmp_path)
-    assert m["rmia"]["auc"] > m["lira-offline"]["auc"] + 0.01, (m["rmia"]["auc"], m["lira-offline"]["auc"])

@@ -5,3 +5,8 @@ from mia.defenses.base import (DEFENSES, Defense, DefenseSpec, HyperParam, Relea
 
 __all__ = ["DEFENSES", "Defense", "DefenseSpec", "HyperParam", "ReleasedModel", "check_scenario",
            "make_defense", "register"]
+
+# Each module registers its defense on import. Training-loop hooks, early stopping and AdvReg:
+from mia.defenses import advreg, early_stopping, hamp, label_smoothing, mixup, relaxloss  # noqa: E402,F401
+# Whole-procedure and released-output defenses:
+from mia.defenses import dpsgd, masking, memguard, selena  # noqa: E402,F401

@@ -1,0 +1,354 @@
+"""DP-SGD, confidence masking, MemGuard and SELENA on a small task where an undefended MLP leaks.
+
+One fixed setting for every test: Purchase-like data with 10 classes (2000
+rows, 500 members), the ``mlp`` recipe for 15 epochs, and one shadow model
+trained on the attacker's population so that shadow-trained attacks (``nn``)
+can run. Leakage is the AUC of an attack on the balanced query set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mia import audit
+from mia.attacks import ShadowSignals, run_attack
+from mia.data import Dataset, make_split
+from mia.defenses import make_defense
+from mia.defenses.dpsgd import DPSGD, _GhostStep, dp_model, sample_rate, steps_per_epoch
+from mia.defenses.masking import MaskedModel
+from mia.defenses.memguard import memguard_probs
+from mia.defenses.selena import (answering_models, assign_nonmembers, distill, identify_model,
+                                 split_ai_outputs, training_sets)
+from mia.errors import MiaError
+from mia.metrics import attack_metrics
+from mia.models import build_model
+from mia.signals import Signals
+from mia.train import predict_logits
+
+
+@dataclasses.dataclass
+class Setting:
+    config: audit.TargetConfig
+    data: object
+    split: object
+    query: np.ndarray
+    is_member: np.ndarray
+    shadows: list
+    baseline: audit.TrainedModel
+    baseline_aucs: dict
+
+
+def aucs(model: nn.Module | torch.Tensor, s: Setting, attacks=("loss", "nn")) -> dict[str, float]:
+    """Attack AUCs on the query set, from a model or from its logits on ``s.query``."""
+    logits = model if isinstance(model, torch.Tensor) else predict_logits(model, s.data, s.query)
+    signals = Signals(logits.numpy(), s.data.y[torch.as_tensor(s.query)].numpy())
+    return {a: attack_metrics(run_attack(a, signals, s.shadows).scores, s.is_member)["auc"] for a in attacks}
+
+
+def fit(s: Setting, defense: str, **params) -> audit.TrainedModel:
+    config = dataclasses.replace(s.config, defense=defense, defense_params=params)
+    return audit.fit(config, s.data, s.split.members, s.split.validation, s.split.nonmembers, seed=0,
+                     progress=False)
+
+
+@pytest.fixture(scope="module")
+def s() -> Setting:
+    config = audit.resolve_config("purchase-synth", model="mlp", dataset_params={"n": 2000, "classes": 10},
+                                  train_overrides={"epochs": 15})
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+    query, is_member = split.query()
+    pop = split.population
+    half = len(pop) // 2
+    shadow = audit.fit(config, data, pop[:half], split.validation, pop[half:], seed=5, progress=False)
+    shadows = [ShadowSignals(Signals(predict_logits(shadow.model, data, pop).numpy(),
+                                     data.y[torch.as_tensor(pop)].numpy()),
+                             np.arange(len(pop)) < half)]
+    setting = Setting(config, data, split, query, is_member, shadows, None, {})
+    setting.baseline = fit(setting, "none")
+    setting.baseline_aucs = aucs(setting.baseline.model, setting)
+    assert setting.baseline_aucs["loss"] > 0.7 and setting.baseline.test_accuracy > 0.85  # it leaks and learns
+    return setting
+
+
+# ---------------------------------------------------------------- DP-SGD
+
+
+@pytest.fixture(scope="module")
+def dp(s) -> audit.TrainedModel:
+    return fit(s, "dp-sgd", noise_multiplier=1.0, max_grad_norm=1.0)
+
+
+def test_dpsgd_reports_the_opacus_accountant_epsilon(s, dp):
+    from opacus.accountants import RDPAccountant
+
+    n, recipe = len(s.split.members), s.config.train
+    q, steps = recipe.batch_size / n, math.ceil(n / recipe.batch_size) * recipe.epochs
+    accountant = RDPAccountant()
+    accountant.history = [(1.0, q, steps)]
+    assert (sample_rate(n, recipe.batch_size), steps_per_epoch(n, recipe.batch_size)) == (q, steps // recipe.epochs)
+    assert dp.defense_metrics["dp.epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-5), rel=1e-9)
+    assert dp.defense_metrics["dp.delta"] == 1e-5 and dp.defense_metrics["dp.noise_multiplier"] == 1.0
+
+
+def test_dpsgd_lowers_leakage(s, dp):
+    leak = aucs(dp.model, s, ("loss",))["loss"]
+    assert leak < s.baseline_aucs["loss"] - 0.1, (leak, s.baseline_aucs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in dp.model.modules())
+    assert not any(hasattr(p, "grad_sample") for p in dp.model.parameters())  # a plain module is released
+
+
+def test_dpsgd_step_clips_each_sample_and_averages_over_the_expected_batch():
+    """One step is sum_i clip(g_i, C) / (q n), per-sample gradients from torch.func (float64, no noise).
+
+    Per sample, not per microbatch (the mia_prune bug), and divided by the expected batch size q n (32)
+    rather than the Poisson batch's actual size (16).
+    """
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    model = dp_model(build_model("cnn-small", (3, 16, 16), 10)).double()
+    x, y = torch.randn(16, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (16,))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def sample_loss(p, xi, yi):
+        return torch.nn.functional.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()], 1).norm(dim=1)
+    clip = float(norms.median())  # half the samples are clipped, half not
+    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+    assert (factor < 1).any() and (factor == 1).any()
+    recipe = audit.TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
+    _GhostStep(model, recipe, sigma=0.0, max_grad_norm=clip, expected_batch=32, total_steps=1, seed=0)(x, y)
+    for name, p in model.named_parameters():
+        expected = torch.einsum("i,i...->...", factor, grads[name]) / 32
+        assert torch.allclose(params[name] - p.detach(), expected, rtol=1e-9, atol=1e-12), name
+
+
+def test_dpsgd_target_epsilon_is_kept(s):
+    out = fit(s, "dp-sgd", epsilon=4.0)
+    assert 3.5 < out.defense_metrics["dp.epsilon"] <= 4.0
+    assert out.defense_metrics["dp.noise_multiplier"] > 1.0
+
+
+def test_dpsgd_converts_batchnorm_and_trains_images():
+    """A BatchNorm CNN with in-place ReLUs on 8x8 digits: GroupNorm, out-of-place, NCHW, finite training."""
+    config = audit.resolve_config("digits", model="cnn-small", train_overrides={"epochs": 2})
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+
+    def make() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+
+    defense = make_defense("dp-sgd", {"noise_multiplier": 0.5})
+    model, result = defense.fit(make, data, split.members, split.validation, config.train, progress=False)
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)
+    assert defense.metrics()["dp.epsilon"] > 0
+
+
+def test_dpsgd_unsupported_model_is_a_one_line_error(s):
+    class RunningScale(nn.Module):  # a trainable layer with a running statistic: Opacus refuses it
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(600))
+            self.register_buffer("running", torch.zeros(600))
+
+        def forward(self, x):
+            return x * self.weight
+
+    class Net(nn.Sequential):
+        pass
+
+    with pytest.raises(MiaError, match="dp-sgd cannot train model Net") as err:
+        dp_model(Net(RunningScale(), nn.Linear(600, 10)))
+    assert "\n" not in str(err.value)
+    for name in ("resnet18", "wrn28-2", "vgg16"):  # every registry BatchNorm model converts
+        model = dp_model(build_model(name, (3, 32, 32), 10, "bn"))
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), name
+
+
+def test_dpsgd_delta_must_be_below_one_over_n(s):
+    defense = DPSGD(seed=0, noise_multiplier=1.0, epsilon=0.0, max_grad_norm=1.0, delta=0.01, accountant="rdp")
+    with pytest.raises(MiaError, match="must be < 1/n"):
+        defense.fit(lambda: build_model("mlp", (600,), 10), s.data, s.split.members, s.split.validation,
+                    s.config.train, progress=False)
+
+
+# ---------------------------------------------------------------- confidence masking
+
+
+def test_confidence_masking_keeps_the_label_and_at_most_k_probabilities(s):
+    out = fit(s, "confidence-masking", top_k=3, decimals=2)
+    rows = np.concatenate([s.query, s.split.population])
+    released = predict_logits(out.model, s.data, rows)
+    raw = predict_logits(out.network, s.data, rows)
+    assert torch.equal(released.argmax(1), raw.argmax(1))
+    probs = released.exp()
+    assert int((probs > 1e-20).sum(1).max()) <= 3
+    kept = probs[probs > 1e-20]
+    assert torch.allclose(kept, (kept * 100).round() / 100, atol=1e-5)  # rounded to 2 decimals
+
+
+def test_confidence_masking_breaks_rounding_ties_for_the_label():
+    logits = torch.log(torch.tensor([[0.496, 0.504, 0.0], [0.3, 0.3, 0.4], [0.334, 0.333, 0.333]]))
+    logits = torch.cat([logits, torch.randn(500, 3) * 30])  # also saturated rows and near ties
+    for top_k, decimals in [(1, 0), (2, 1), (0, 1), (3, 4)]:
+        released = MaskedModel(nn.Identity(), top_k, decimals)(logits)
+        assert torch.equal(released.argmax(1), logits.argmax(1)), (top_k, decimals)
+
+
+# ---------------------------------------------------------------- MemGuard
+
+
+@pytest.fixture(scope="module")
+def memguard(s):
+    """The released model and its outputs (released and raw) on the query set plus 300 population rows.
+
+    MemGuard answers every query with an optimization, so the outputs are computed once here.
+    """
+    defense = make_defense("memguard", {"epsilon": 1.0}, seed=0)
+    network, _ = defense.fit(lambda: build_model("mlp", s.data.input_shape, s.data.num_classes), s.data,
+                             s.split.members, s.split.validation, s.config.train, progress=False)
+    release = defense.release(network)
+    rows = np.concatenate([s.query, s.split.population[:300]])
+    return release, predict_logits(release, s.data, rows), predict_logits(network, s.data, rows)
+
+
+def test_memguard_never_changes_the_label_and_keeps_the_budget(s, memguard):
+    release, released, raw = memguard
+    assert torch.equal(released.argmax(1), raw.argmax(1))  # label-only attacks see the undefended model
+    assert release.label_model is release.model
+    p, p0 = released.double().exp(), torch.softmax(raw.double(), 1)
+    assert torch.allclose(p.sum(1), torch.ones(len(p), dtype=torch.float64), atol=1e-4)
+    assert float((p - p0).abs().sum(1).max()) <= 1.0 + 1e-4
+    assert float((p - p0).abs().sum(1).median()) > 1e-2  # it does perturb
+
+
+def test_memguard_lowers_score_based_leakage(s, memguard):
+    _, released, raw = memguard
+    n = len(s.query)
+    leak, undefended = aucs(released[:n], s, ("loss", "nn")), aucs(raw[:n], s, ("loss", "nn"))
+    assert leak["loss"] < undefended["loss"] - 0.1, (leak, undefended)
+    assert leak["nn"] < undefended["nn"] - 0.1, (leak, undefended)
+
+
+def test_memguard_small_budget_is_respected(s, memguard):
+    release, _, raw = memguard
+    logits = raw[:200].double()
+    for eps in (0.1, 0.5):
+        p = memguard_probs(logits, release.defender, eps, 100)
+        assert float((p - torch.softmax(logits, 1)).abs().sum(1).max()) <= eps + 1e-9
+        assert torch.equal(p.argmax(1), logits.argmax(1))
+
+
+# ---------------------------------------------------------------- SELENA
+
+
+def test_selena_assignment_is_balanced_and_excludes_the_answering_models():
+    a = assign_nonmembers(103, 7, 3, seed=1)
+    assert (a.sum(1) == 3).all() and a.sum(0).max() - a.sum(0).min() <= 1
+    sets = training_sets(a, seed=1)
+    assert len({len(row) for row in sets}) == 1
+    for m, rows in enumerate(sets):
+        assert not a[rows, m].any()  # sub-model m trains on none of the rows it answers for
+    assert np.array_equal(assign_nonmembers(103, 7, 3, seed=1), a)
+    assert not np.array_equal(assign_nonmembers(103, 7, 3, seed=2), a)
+
+
+@pytest.fixture(scope="module")
+def selena(s):
+    defense = make_defense("selena", {"k": 10, "l": 4}, seed=0)
+    config = s.config.train
+    model, _ = defense.fit(lambda: build_model("mlp", s.data.input_shape, s.data.num_classes), s.data,
+                           s.split.members, s.split.validation, config, progress=False)
+    return defense, model
+
+
+def test_selena_never_answers_a_training_row_with_a_model_that_saw_it(s, selena):
+    defense, _ = selena
+    ai = defense.split_ai
+    members = s.split.members
+    answer = answering_models(ai.assignment, ai.train_idx, members, ai.seed)
+    for m in range(len(ai.models)):
+        trained_on = set(ai.train_idx[ai.train_sets[m]].tolist())
+        assert not trained_on & set(members[answer[:, m]].tolist())
+    assert (answer.sum(1) == 4).all()
+    others = answering_models(ai.assignment, ai.train_idx, s.split.nonmembers, ai.seed)
+    assert (others.sum(1) == 4).all()
+    # the answer is the mean softmax of exactly those sub-models
+    rows = members[:20]
+    out = split_ai_outputs(ai.models, ai.assignment, ai.train_idx, s.data, rows, ai.seed)
+    probs = torch.stack([torch.softmax(predict_logits(m, s.data, rows), 1) for m in ai.models], 1)
+    mask = torch.as_tensor(answer[:20], dtype=torch.float32)[:, :, None]
+    assert torch.allclose(out, (probs * mask).sum(1) / 4, atol=1e-6)
+
+
+def test_selena_lowers_leakage_with_a_small_utility_loss(s, selena):
+    _, model = selena
+    leak = aucs(model, s, ("loss", "nn"))
+    assert leak["loss"] < s.baseline_aucs["loss"] - 0.04, (leak, s.baseline_aucs)
+    assert leak["nn"] < s.baseline_aucs["nn"] - 0.04, (leak, s.baseline_aucs)
+    acc = audit.accuracy(model, s.data, s.split.nonmembers)
+    assert acc > s.baseline.test_accuracy - 0.06, (acc, s.baseline.test_accuracy)
+
+
+def test_selena_distillation_targets_follow_the_rows(s):
+    """The soft labels reach the loss with their own rows: shifted labels are learned as shifted."""
+    members, classes = s.split.members, s.data.num_classes
+    shifted = (s.data.y[torch.as_tensor(members)] + 1) % classes
+    model, _ = distill(lambda: build_model("mlp", s.data.input_shape, classes), s.data, members,
+                       s.split.validation, torch.nn.functional.one_hot(shifted, classes).float(),
+                       dataclasses.replace(s.config.train, select_best=False), seed=0, progress=False)
+    agree = (predict_logits(model, s.data, members).argmax(1) == shifted).float().mean()
+    assert agree > 0.9, agree
+
+
+def test_selena_runs_on_augmented_images():
+    """Image rows go through the recipe's crop+flip during distillation; sub-models train stacked."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(240) % 4
+    x = (torch.rand(240, 3, 12, 12, generator=gen) * 60 + y.view(-1, 1, 1, 1) * 50).to(torch.uint8)
+    data = Dataset("toy-images", x, y, 4, "image", mean=(0.5,) * 3, std=(0.25,) * 3, augment=True)
+    config = audit.resolve_config("digits", model="cnn-small", train_overrides={"epochs": 2, "augment": True})
+    defense = make_defense("selena", {"k": 5, "l": 2}, seed=0)
+    model, result = defense.fit(functools.partial(build_model, "cnn-small", (3, 12, 12), 4), data,
+                                np.arange(160), np.arange(160, 240), config.train, progress=False)
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)
+    assert len(defense.split_ai.models) == 5
+    assert torch.isfinite(predict_logits(model, data, np.arange(240))).all()
+
+
+def test_selena_recognizes_the_registry_model_to_train_many_at_once(s):
+    assert identify_model(lambda: build_model("mlp", s.data.input_shape, 10), s.data) == ("mlp", "bn")
+    assert identify_model(lambda: nn.Linear(600, 10), s.data) is None
+
+
+# ---------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("selena", {"k": 10, "l": 10}, "l < k"),
+    ("selena", {"k": 5, "l": 7}, "l < k"),
+    ("dp-sgd", {"epsilon": -1.0}, "epsilon"),
+    ("dp-sgd", {"noise_multiplier": -1.0}, "noise_multiplier"),
+    ("dp-sgd", {"max_grad_norm": 0.0}, "max_grad_norm"),
+    ("memguard", {"budget": 1.0}, "no parameter 'budget'"),
+    ("memguard", {"epsilon": 5.0}, "epsilon"),
+    ("confidence-masking", {"top_k": "two"}, "not a valid int"),
+    ("selena", {"K": 3}, "no parameter 'K'"),
+])
+def test_bad_parameters_are_one_line_errors(name, params, match):
+    with pytest.raises(MiaError, match=match) as err:
+        make_defense(name, params)
+    assert "\n" not in str(err.value)
