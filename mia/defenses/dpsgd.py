@@ -52,7 +52,7 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult
-from mia.train.loop import OPTIMIZERS, SCHEDULES, _accuracy, _check, _resident
+from mia.train.loop import OPTIMIZERS, SCHEDULES, _accuracy, _check, _resident_sets
 from mia.train.predict import resolve_device
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -134,13 +134,8 @@ class DPSGD(Defense):
         start = time.perf_counter()
         _check(config)
         device = resolve_device(config.device)
-        x_train, y_train = _resident(data, train_idx, device)
-        x_val, y_val = _resident(data, val_idx, device)
+        x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
         n = len(y_train)
-        if n == 0:
-            raise MiaError("no training rows: train_idx is empty; pass the indices of the members to train on")
-        if config.select_best and len(y_val) == 0:
-            raise MiaError("select_best needs validation rows: pass val_idx, or set select_best=False")
         sigma = self.resolve_noise(n, config)
         q = sample_rate(n, config.batch_size)
         steps = steps_per_epoch(n, config.batch_size)

@@ -141,13 +141,8 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     _check(config)
     device = resolve_device(config.device)
     cuda = device.type == "cuda"
-    x_train, y_train = _resident(data, train_idx, device)
-    x_val, y_val = _resident(data, val_idx, device)
+    x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
     n = len(y_train)
-    if n == 0:
-        raise MiaError("no training rows: train_idx is empty; pass the indices of the members to train on")
-    if config.select_best and len(y_val) == 0:
-        raise MiaError("select_best needs validation rows: pass val_idx, or set select_best=False")
 
     image = data.kind == "image" and x_train.dim() == 4
     augment = config.augment and data.augment and image
@@ -243,6 +238,19 @@ def _resident(data: Dataset, idx: Indices | None, device: torch.device) -> tuple
     """Rows ``idx`` of ``data`` (features as stored, labels) on ``device``, copied once."""
     rows = torch.as_tensor([] if idx is None else idx, dtype=torch.long).to(data.x.device)
     return data.x[rows].to(device), data.y[rows].to(device)
+
+
+def _resident_sets(data: Dataset, train_idx: Indices, val_idx: Indices | None, config: TrainConfig,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training and validation rows on ``device``, checked: no training rows, or selection without
+    validation rows, is a user error. Shared by every loop that trains on a member set."""
+    x_train, y_train = _resident(data, train_idx, device)
+    x_val, y_val = _resident(data, val_idx, device)
+    if len(y_train) == 0:
+        raise MiaError("no training rows: train_idx is empty; pass the indices of the members to train on")
+    if config.select_best and len(y_val) == 0:
+        raise MiaError("select_best needs validation rows: pass val_idx, or set select_best=False")
+    return x_train, y_train, x_val, y_val
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
