@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,11 +14,12 @@ from mia.data import make_split
 from mia.defenses import make_defense
 from mia.errors import MiaError
 from mia.fl.attacks import run_fl_attack
-from mia.fl.clients import flatten
+from mia.fl.clients import LoopClients, flatten
 from mia.fl.config import FLConfig
 from mia.fl.partition import partition
 from mia.fl.simulation import FLState, simulate
 from mia.metrics import attack_metrics
+from mia.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +159,21 @@ def test_stacked_and_looped_clients_give_the_same_federation(digits):
     for (name, a), b in zip(stacked.state_dict().items(), looped.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
     assert np.allclose(s1.signals.cos, s2.signals.cos, atol=1e-4, equal_nan=True)
+
+
+def test_looped_clients_reuse_one_optimizer_without_carrying_its_state(digits):
+    config, data, split = digits
+    model = build_model(config.model, data.input_shape, data.num_classes, config.norm)
+    recipe = replace(config.train, lr=0.1, momentum=0.9, batch_size=16, device="cpu")
+    clients = LoopClients(model, data, recipe)
+    optimizer = clients.optimizer
+    glob = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = [split.members[:40], split.members[40:90]]
+    first = clients.run(glob, rows, [3, 4], epochs=2)
+    assert clients.optimizer is optimizer and optimizer.state  # one object, used
+    again = clients.run(glob, rows, [3, 4], epochs=2)  # momentum from the last client must not leak in
+    assert torch.equal(first.updates, again.updates)
+    assert not torch.equal(first.updates[0], first.updates[1])
 
 
 def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(digits, tmp_path):

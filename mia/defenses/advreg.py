@@ -43,8 +43,8 @@ from mia.data.augment import crop_flip
 from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
-from mia.train import TrainConfig, TrainResult
-from mia.train.loop import OPTIMIZERS, SCHEDULES, _accuracy, _check, _resident, _steps_per_epoch
+from mia.train import TrainConfig, TrainResult, make_optimizer
+from mia.train.loop import SCHEDULES, _accuracy, _check, _resident, _steps_per_epoch
 from mia.train.predict import resolve_device
 
 _REFERENCE_STREAM = 0xADE  # keeps the reference draw independent of other uses of the seed
@@ -119,8 +119,7 @@ class AdvReg(Defense):
         amp = cuda and config.amp
         model = make_model().to(device=device, memory_format=memory_format)
         attack = InferenceModel(data.num_classes).to(device)
-        optimizer = OPTIMIZERS.get(config.optimizer)([p for p in model.parameters() if p.requires_grad], config,
-                                                     cuda)
+        optimizer = make_optimizer(model, config)
         attack_optimizer = torch.optim.Adam(attack.parameters(), lr=self.attack_lr)
         schedule = SCHEDULES.get(config.schedule)
         steps = _steps_per_epoch(n, config.batch_size)

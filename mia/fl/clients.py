@@ -16,8 +16,10 @@ round, as in McMahan et al. 2017). Two ways, one result:
   it equals ``torch.optim.SGD`` on each client.
 * :class:`LoopClients` (BatchNorm models, defenses with batch or loss hooks
   such as mixup and InstaHide, large models on the CPU): the one loop
-  :func:`mia.train.train` on ONE module object, reloaded with the global
-  weights for each client (no rebuild per client step).
+  :func:`mia.train.train` on ONE module object and ONE optimizer object,
+  built once for the federation; each client reloads the global weights into
+  the module and starts the optimizer from cleared state (no rebuild per
+  client step).
 
 Both draw client ``k``'s permutations from a generator seeded with
 ``seeds[k]`` (a function of the run seed, the round and the client), so a
@@ -37,7 +39,7 @@ from torch.func import functional_call
 
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
-from mia.train import TrainConfig, TrainHooks, train
+from mia.train import TrainConfig, TrainHooks, make_optimizer, resolve_device, train
 
 Params = dict[str, torch.Tensor]
 
@@ -164,21 +166,23 @@ class LoopClients:
     """Clients in turn on one module object and :func:`mia.train.train`; see the module docstring."""
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, hooks: TrainHooks | None = None):
-        self.model, self.data, self.config, self.hooks = model, data, config, hooks
+        self.model, self.data, self.hooks = model, data, hooks
+        self.recipe = replace(config, optimizer="sgd", schedule="constant", select_best=False, nesterov=False)
+        self.model.to(resolve_device(config.device))
+        self.optimizer = make_optimizer(self.model, self.recipe)  # reused by every client of every round
 
     def run(self, global_params: Params, client_rows: list[np.ndarray], seeds: list[int], epochs: int,
             global_buffers: Params | None = None, hooks: list[TrainHooks | None] | None = None) -> LocalResult:
         """``hooks[k]`` (if given) replaces the constructor's hooks for client ``k`` (defenses acting on some clients)."""
         glob, _ = flatten(global_params)
         updates, accuracy, buffers = [], [], []
-        recipe = replace(self.config, epochs=epochs, optimizer="sgd", schedule="constant", select_best=False,
-                         nesterov=False)
+        recipe = replace(self.recipe, epochs=epochs)
         for k, (rows, seed) in enumerate(zip(client_rows, seeds)):
             client_hooks = self.hooks if hooks is None else hooks[k]
             with torch.no_grad():
                 self.model.load_state_dict({**global_params, **(global_buffers or {})}, strict=False)
             result = train(self.model, self.data, rows, None, replace(recipe, seed=int(seed)), progress=False,
-                           hooks=client_hooks)
+                           hooks=client_hooks, optimizer=self.optimizer)
             named = dict(self.model.named_parameters())
             local, _ = flatten({n: named[n].detach() for n in global_params})
             updates.append(local - glob)

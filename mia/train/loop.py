@@ -118,6 +118,13 @@ class TrainResult:
     wall_time: float
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s trainable parameters (fused on CUDA); call after moving the model."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    cuda = bool(params) and params[0].device.type == "cuda"
+    return OPTIMIZERS.get(config.optimizer)(params, config, cuda)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices): call it before building a model."""
     random.seed(seed)
@@ -129,7 +136,8 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
           config: TrainConfig, on_epoch: EpochCallback | None = None,
           progress: bool = True,
           forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-          hooks: "TrainHooks | None" = None) -> TrainResult:
+          hooks: "TrainHooks | None" = None,
+          optimizer: torch.optim.Optimizer | None = None) -> TrainResult:
     """Fit ``model`` in place on rows ``train_idx`` of ``data``, selecting on rows ``val_idx``.
 
     The model moves to ``config.device`` and keeps the weights of the best
@@ -143,7 +151,6 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     compiled per call when ``config.compile`` is set on CUDA.
     """
     start = time.perf_counter()
-    make_optimizer = OPTIMIZERS.get(config.optimizer)
     schedule = SCHEDULES.get(config.schedule)
     _check(config)
     device = resolve_device(config.device)
@@ -160,7 +167,12 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     if forward is None:
         forward = torch.compile(model, dynamic=False) if cuda and config.compile else model
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config, cuda)
+    if optimizer is None:
+        optimizer = make_optimizer(model, config)
+    else:
+        optimizer.state.clear()
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = config.lr
     steps = _steps_per_epoch(n, config.batch_size)
     total_steps = steps * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s / total_steps))
