@@ -50,8 +50,9 @@ def defenses() -> None:
     for name, spec in DEFENSES.items():
         click.echo(f"{name}  [{', '.join(spec.scenarios)}]  {spec.description}")
         for key, p in spec.params.items():
-            space = (f"choices {', '.join(map(str, p.choices))}" if p.choices else
-                     f"search [{p.low}, {p.high}]{' log' if p.log else ''}" if p.low is not None else "")
+            word = "search" if p.search else "range"  # range: validated, not searched by `mia tune`
+            space = (f"{'choices' if p.search else 'one of'} {', '.join(map(str, p.choices))}" if p.choices else
+                     f"{word} [{p.low}, {p.high}]{' log' if p.log else ''}" if p.low is not None else "")
             click.echo(f"    {key}: {p.type.__name__} = {p.default!r}  {space}  ({p.help})")
 
 

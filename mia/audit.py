@@ -152,12 +152,16 @@ def dense_config(config: TargetConfig) -> TargetConfig:
 
 def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
                test_idx: np.ndarray, seed: int, dense: TrainedModel | None = None,
-               on_epoch: EpochCallback | None = None, progress: bool = True) -> TrainedModel:
+               on_epoch: EpochCallback | None = None, progress: bool = True,
+               mem_scores: np.ndarray | None = None) -> TrainedModel:
     """The dense model (trained here, or ``dense``), pruned along ``config.prune`` and fine-tuned with the defense.
 
     The defense fine-tunes through its own ``fit`` on the pruned model (loss
     and batch hooks, AdvReg's game, ...); the pruning masks hold throughout.
     A defense that builds new models instead (SELENA's sub-models) cannot.
+    ``mem_scores`` (one per row of ``train_idx``) are handed to a mem-score
+    driven defense (:mod:`mia.defenses.memorization`); see
+    :func:`pool_mem_score_models`.
     """
     from mia.prune import prune_and_finetune
     from mia.prune.layers import FixedMasks
@@ -169,6 +173,8 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     seed_everything(seed)
     defense = make_defense(config.defense, config.defense_params, seed=seed)
     defense.bind(data.num_classes)
+    if mem_scores is not None:
+        defense.set_mem_scores(train_idx, mem_scores)
     recipe = TrainConfig(**{**config.train.to_dict(), "seed": seed})
     model = copy.deepcopy(dense.network)
 
@@ -192,6 +198,20 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
                         train_accuracy=accuracy(released, data, train_idx, recipe.device),
                         test_accuracy=accuracy(released, data, test_idx, recipe.device),
                         wall_time=dense.wall_time + pruned.wall_time, defense_metrics=metrics, dense=dense)
+
+
+def pool_mem_score_models(config: TargetConfig) -> int:
+    """How many models of its dense reference pool a pruning run reads its defense's mem-scores from (0: none).
+
+    Non-zero for a mem-score driven defense (RSW, RMR, SWMR) with
+    ``mem_source=pool`` and no CSV: the run grows the online pool of
+    :func:`dense_config` on its split to that size, and the attack on the
+    dense original reuses it.
+    """
+    if config.scenario != "pruning":
+        return 0
+    defense = make_defense(config.defense, config.defense_params)
+    return defense.mem_models if getattr(defense, "wants_pool_scores", False) else 0
 
 
 def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,

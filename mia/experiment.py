@@ -52,7 +52,10 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
     A pruning run also stores its dense original (``model/dense_checkpoint.pt``,
     ``signals/dense_target*.npz``, ``dense.test_accuracy``), trained in the
     run or taken from ``from_run`` (a centralized run of the same dataset and
-    model, whose split it reuses), and logs the measured ``sparsity``.
+    model, whose split it reuses), and logs the measured ``sparsity``. A
+    mem-score driven defense reads its scores from the online reference pool
+    of the dense recipe (tags ``mia.mem_pool_key``/``mia.mem_pool_run_id``),
+    the pool that attacking the dense original then reuses.
     """
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
@@ -71,11 +74,18 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         else:
             split = make_split(len(data), config.seed, config.split)
         tracking.log_split(split)
+        mem_scores = None
+        if models := audit.pool_mem_score_models(config):  # from the pool the dense original's attack reuses
+            with timer.stage("mem_scores"):
+                pool, _, _ = _reference_pool(audit.dense_config(config), data, split, "online", models,
+                                             tracking.experiment_name(active), progress, prefix="mem_")
+                mem_scores = pool.mem_scores_of(split.members)
         with timer.stage("train"):
             if config.scenario == "pruning":
                 trained = audit.fit_pruned(config, data, split.members, split.validation, split.nonmembers,
                                            seed=config.seed, dense=dense, progress=progress,
-                                           on_epoch=lambda epoch, m: tracking.log_metrics(m, step=epoch))
+                                           on_epoch=lambda epoch, m: tracking.log_metrics(m, step=epoch),
+                                           mem_scores=mem_scores)
             else:
                 trained = audit.fit(config, data, split.members, split.validation, split.nonmembers,
                                     seed=config.seed, progress=progress,
@@ -270,13 +280,8 @@ def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, sig
     The pool's key and run are tagged ``mia.<prefix>pool_key`` / ``mia.<prefix>pool_run_id``.
     """
     with timer.stage("reference_models"):
-        attacker = audit.attacker_config(config, adaptive)
-        plan = audit.plan_reference_pool(attacker, data, split, pool_mode)
-        with tracking.pool_store(plan.key, experiment, tracking.run_tags(attacker)) as store:
-            pool, written = audit.reference_pool(plan, attacker, data, reference_models, store.folder,
-                                                 progress=progress)
-            store.save(written, pool_size(store.folder))
-    tracking.set_tags({f"mia.{prefix}pool_key": plan.key, f"mia.{prefix}pool_run_id": store.run_id})
+        pool, written, plan = _reference_pool(audit.attacker_config(config, adaptive), data, split, pool_mode,
+                                              reference_models, experiment, progress, prefix)
     split_ai = None
     if "selena-adaptive" in names:
         with timer.stage("split_ai"):
@@ -287,6 +292,21 @@ def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, sig
                                     progress=progress, split_ai=split_ai,
                                     reference=pool.reference(signals, population, split.population))
     return results, written, plan
+
+
+def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size: int, experiment: str,
+                    progress: bool, prefix: str = ""):
+    """The pool of ``config``'s recipe on ``split``, found in the tracking store or grown there to ``size``.
+
+    Tags the active run with ``mia.<prefix>pool_key`` / ``mia.<prefix>pool_run_id``.
+    Returns ``(pool, written, plan)``.
+    """
+    plan = audit.plan_reference_pool(config, data, split, mode)
+    with tracking.pool_store(plan.key, experiment, tracking.run_tags(config)) as store:
+        pool, written = audit.reference_pool(plan, config, data, size, store.folder, progress=progress)
+        store.save(written, pool_size(store.folder))
+    tracking.set_tags({f"mia.{prefix}pool_key": plan.key, f"mia.{prefix}pool_run_id": store.run_id})
+    return pool, written, plan
 
 
 def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dict | None, seed: int,

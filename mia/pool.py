@@ -185,6 +185,14 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
 # ---------------------------------------------------------------- reading
 
 
+def feldman_scores(correct: np.ndarray, inclusion: np.ndarray) -> np.ndarray:
+    """Per row: accuracy of the models that trained on it minus that of the others (0 without both)."""
+    n_in, n_out = inclusion.sum(0), (~inclusion).sum(0)
+    p_in = (correct & inclusion).sum(0) / np.maximum(n_in, 1)
+    p_out = (correct & ~inclusion).sum(0) / np.maximum(n_out, 1)
+    return np.where((n_in > 0) & (n_out > 0), p_in - p_out, 0.0)
+
+
 @dataclass
 class PoolSignals:
     """The first M models of a pool, stacked: what attacks and mem-scores read."""
@@ -239,12 +247,26 @@ class PoolSignals:
         Estimated from the pool's own IN/OUT models; a sample no model trained
         on (or none left out) scores 0, the estimator's value without evidence.
         """
-        correct = self.logits.argmax(axis=2) == self.labels[None, :]
-        n_in = self.inclusion.sum(0)
-        n_out = (~self.inclusion).sum(0)
-        p_in = np.where(n_in > 0, (correct & self.inclusion).sum(0) / np.maximum(n_in, 1), 0.0)
-        p_out = np.where(n_out > 0, (correct & ~self.inclusion).sum(0) / np.maximum(n_out, 1), 0.0)
-        return np.where((n_in > 0) & (n_out > 0), p_in - p_out, 0.0)
+        return feldman_scores(self.logits.argmax(axis=2) == self.labels[None, :], self.inclusion)
+
+    def mem_scores_of(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`mem_scores` of the dataset rows ``rows`` (aligned with it); each must be a pool sample.
+
+        An online pool's samples hold the target's audited members, so a
+        pruning run reads its training rows' mem-scores here (all of them when
+        the split has at least as many non-members as members).
+        """
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        samples = self.plan.samples
+        order = np.argsort(samples)
+        where = order[np.clip(np.searchsorted(samples, rows, sorter=order), 0, len(samples) - 1)]
+        missing = int((samples[where] != rows).sum())
+        if missing:
+            raise MiaError(f"{missing} of the {len(rows)} rows are not samples of reference pool "
+                           f"{self.plan.key[:8]} ({self.plan.mode}); mem-scores from a pool need an online pool "
+                           "over a split with at least as many non-members as members, else use "
+                           "mem_source=halves")
+        return self.mem_scores()[where]
 
 
 def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSignals:

@@ -269,6 +269,20 @@ def test_pruning_audit_attacks_the_pruned_model_and_its_dense_original(mlflow_st
     assert attack.data.tags["mia.pool_key"] != attack.data.tags["mia.dense_pool_key"]
 
 
+def test_pruning_defense_reads_mem_scores_from_the_pool_the_dense_attack_reuses(mlflow_store):
+    result = invoke("audit", *PRUNING, "--defense", "rsw", "--defense-param", "mem_models=3", "--attacks", "loss",
+                    "--reference-models", "2")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    target = client.get_run(run_id_of(result.output, "target run"))
+    attack = client.get_run(run_id_of(result.output, "attack run"))
+    key = target.data.tags["mia.mem_pool_key"]
+    assert attack.data.tags["mia.dense_pool_key"] == key  # one pool: mem-scores, then the dense original's attack
+    assert client.get_run(target.data.tags["mia.mem_pool_run_id"]).data.metrics["pool.size"] == 3
+    assert attack.data.metrics["reference_models.trained"] == 2  # the pruned shadows only
+    assert "time.mem_scores" in target.data.metrics
+
+
 def test_pruning_from_a_dense_run_reuses_its_model_and_split(mlflow_store):
     import mlflow
     import torch

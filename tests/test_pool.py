@@ -94,6 +94,24 @@ def test_mem_scores(task, tmp_path):
     assert np.all((mem >= -1) & (mem <= 1))
 
 
+def test_mem_scores_of_training_rows_come_from_an_online_pool(task, tmp_path):
+    config, data, split = task
+    online = audit.plan_reference_pool(config, data, split, "online")
+    pool, _ = audit.reference_pool(online, config, data, 4, tmp_path / "online", progress=False)
+    rows = split.members[::-1]  # any order, aligned with the rows asked
+    scores = pool.mem_scores_of(rows)
+    position = {int(i): k for k, i in enumerate(online.samples)}
+    np.testing.assert_array_equal(scores, pool.mem_scores()[[position[int(i)] for i in rows]])
+    inclusion = pool.inclusion[:, [position[int(i)] for i in rows]]
+    evidence = inclusion.any(0) & (~inclusion).any(0)
+    assert evidence.mean() > 0.6  # most members are IN for some of the 4 models and OUT for others
+    assert np.all(scores[~evidence] == 0) and scores[evidence].mean() > 0  # right more often on rows seen
+    offline = audit.plan_reference_pool(config, data, split, "offline")
+    pool, _ = audit.reference_pool(offline, config, data, 2, tmp_path / "offline", progress=False)
+    with pytest.raises(MiaError, match="not samples of reference pool"):
+        pool.mem_scores_of(split.validation)  # never a pool sample
+
+
 def test_bad_pool_requests(task, tmp_path):
     config, data, split = task
     with pytest.raises(MiaError, match="pool mode"):

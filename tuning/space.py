@@ -70,7 +70,9 @@ class SearchSpace:
 
 
 def _declared(name: str, param: HyperParam) -> Dimension | None:
-    """The dimension a hyperparameter declares, or ``None`` when it declares no range."""
+    """The dimension a hyperparameter declares, or ``None`` when it declares no range or no search."""
+    if not param.search:
+        return None
     if param.choices is not None:
         return Dimension(name, param.type, choices=tuple(param.choices))
     if param.type is bool:

@@ -36,12 +36,16 @@ class HyperParam(Param):
 
     ``low``/``high`` (with ``log`` for a log scale) bound numbers; ``choices``
     lists categorical values. Validation rejects values outside ``[low, high]``.
+    ``search=False`` keeps a validated setting out of the default search
+    space: one that changes how a quantity is estimated (mem-score models),
+    not where the defense sits between privacy and utility.
     """
 
     low: float | None = None
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+    search: bool = True
 
     def check(self, owner: str, name: str, value) -> None:
         if self.choices is not None and value not in self.choices:

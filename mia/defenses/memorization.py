@@ -35,14 +35,29 @@ Choices where the paper and the code leave room:
   rows, so under a window a decaying schedule (cosine, step) ends before its
   end; the tabular recipes' constant schedule is unaffected.
 * Where the mem-scores come from, in order: :meth:`MemScored.set_mem_scores`
-  (the caller's, e.g. from :meth:`mia.pool.PoolSignals.mem_scores`), then
-  ``mem_scores_csv``, then :func:`mia.prune.memscores.estimate_mem_scores`
-  with ``mem_models`` models of the target's architecture (found with
-  :func:`mia.prune.memscores.architecture_of`) and the recipe ``fit`` gets,
-  with ``mem_epochs`` epochs when set: a pruning run passes its fine-tuning
-  recipe, so set ``mem_epochs`` to the dense training's epochs. Once set, the
-  scores stay for every later ``fit`` (one per pruning step) and are
-  realigned to its ``train_idx``.
+  (the caller's), then ``mem_scores_csv``, then the estimator that
+  ``mem_source`` names:
+
+  - ``pool`` (default): the reference-model pool (:mod:`mia.pool`). A
+    pruning run (:func:`mia.experiment.train_run`) grows the online pool of
+    its dense recipe on its split to ``mem_models`` models and sets the
+    scores of its members from :meth:`mia.pool.PoolSignals.mem_scores_of`:
+    the same pool, stored in MLflow, then serves the attack on the dense
+    original (``dense.`` metrics) and any later run of that recipe and
+    split, so the models are trained once. Each row is IN for a random
+    share of the pool's models (a row with no IN or no OUT model scores 0).
+    Where no run supplies pool scores (a shadow model of an adaptive audit,
+    a caller of ``fit``), the ``halves`` estimator stands in.
+  - ``halves``: :func:`mia.prune.memscores.estimate_mem_scores`, ``mem_models``
+    models of the target's architecture (found with
+    :func:`mia.prune.memscores.architecture_of`) on complementary halves of
+    the training rows, so that every row is IN for exactly half of them,
+    with the recipe ``fit`` gets and ``mem_epochs`` epochs when set (a
+    pruning run passes its fine-tuning recipe, so set ``mem_epochs`` to the
+    dense training's epochs), cached on disk.
+
+  Once set, the scores stay for every later ``fit`` (one per pruning step)
+  and are realigned to its ``train_idx``.
 * RMR needs the model's parameters in its loss: ``fit`` binds the model it
   trains; a caller that fine-tunes through :func:`mia.prune.prune_and_finetune`
   with this defense as ``hooks`` (not through ``fit``) calls
@@ -65,6 +80,7 @@ from mia.prune.memscores import architecture_of, estimate_mem_scores, read_mem_s
 from mia.train import TrainConfig, TrainResult
 
 ORDERS = ("high-to-low", "low-to-high")
+MEM_SOURCES = ("pool", "halves")
 
 
 class MemScored(Defense):
@@ -76,8 +92,14 @@ class MemScored(Defense):
 
     name = "mem-scored"
     mem_scores_csv: str
+    mem_source: str
     mem_models: int
     mem_epochs: int
+
+    @property
+    def wants_pool_scores(self) -> bool:
+        """Whether a run should set this defense's mem-scores from its reference pool (see the module docstring)."""
+        return self.mem_source == "pool" and not self.mem_scores_csv and self._scores is None
 
     def __init__(self, seed: int = 0, **params):
         super().__init__(seed, **params)
@@ -275,10 +297,14 @@ class SWMR(RSW, RMR):
 _MEM_PARAMS = {
     "mem_scores_csv": HyperParam(str, "", "CSV of mem-scores: column mem_score (train_idx order) or "
                                           "index,mem_score (dataset indices); empty: estimate them"),
-    "mem_models": HyperParam(int, 8, "models on random halves of the training rows that estimate the "
-                                     "mem-scores (without a CSV)", low=2, high=256, log=True),
-    "mem_epochs": HyperParam(int, 0, "epochs of those models (0: the recipe fit gets; pruning passes the "
-                                     "fine-tuning recipe, so set the dense epochs)", low=0, high=1000),
+    "mem_source": HyperParam(str, "pool", "estimator without a CSV: pool (a run's reference pool of the dense "
+                                          "recipe, shared with the attack) or halves (own models on complementary "
+                                          "halves)", choices=MEM_SOURCES, search=False),
+    "mem_models": HyperParam(int, 8, "models that estimate the mem-scores (without a CSV)", low=2, high=256,
+                             log=True, search=False),
+    "mem_epochs": HyperParam(int, 0, "epochs of the halves models (0: the recipe fit gets; pruning passes the "
+                                     "fine-tuning recipe, so set the dense epochs)", low=0, high=1000,
+                             search=False),
 }
 _WINDOW_PARAMS = {
     "step": HyperParam(int, 50, "rows per class the window slides each epoch (the paper's s)",

@@ -49,10 +49,11 @@ from torch import nn
 from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.models import MODELS, NORMS, build_model
+from mia.pool import feldman_scores
 from mia.train import TrainConfig, predict_logits
 from mia.train.many import train_many
 
-__all__ = ["architecture_of", "default_cache_dir", "estimate_mem_scores", "feldman_scores", "mem_splits",
+__all__ = ["architecture_of", "default_cache_dir", "estimate_mem_scores", "mem_splits",
            "read_mem_scores_csv"]
 
 CACHE_VERSION = 1
@@ -81,14 +82,6 @@ def mem_splits(n: int, models: int, seed: int = 0) -> np.ndarray:
         if m + 1 < models:
             inclusion[m + 1, perm[half:2 * half]] = True  # odd n: perm[-1] sits out of this pair
     return inclusion
-
-
-def feldman_scores(correct: np.ndarray, inclusion: np.ndarray) -> np.ndarray:
-    """Per row: accuracy of the models that trained on it minus that of the others (0 without both)."""
-    n_in, n_out = inclusion.sum(0), (~inclusion).sum(0)
-    p_in = (correct & inclusion).sum(0) / np.maximum(n_in, 1)
-    p_out = (correct & ~inclusion).sum(0) / np.maximum(n_out, 1)
-    return np.where((n_in > 0) & (n_out > 0), p_in - p_out, 0.0)
 
 
 def estimate_mem_scores(model_name: str, norm: str, data: Dataset, train_idx: np.ndarray, config: TrainConfig,
