@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import optuna
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+import tuning.study
 from entrypoints.cli import main
 from tuning.study import storage_from_uri
 
@@ -71,3 +73,42 @@ def test_two_workers_share_a_postgres_study_and_run_each_trial_once(mlflow_store
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 4
+
+
+def test_a_killed_workers_trial_is_found_by_its_heartbeat_and_retried(mlflow_store, postgres, monkeypatch):
+    """A worker killed mid-trial on PostgreSQL: its heartbeat stops, the next run fails and retries the trial."""
+    args = ["tune", "--defense", "label-smoothing", "--epochs", "80", "--reference-models", "1", "--label-only", "",
+            "--quiet", "--trials", "1", "--storage", postgres, "--study-name", "hb"]
+    fast = "import sys, tuning.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; from entrypoints.cli import main; "
+    worker = subprocess.Popen([sys.executable, "-c", fast + "main(sys.argv[1:])", *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    plain = optuna.storages.RDBStorage(postgres)
+    deadline = time.monotonic() + 180
+    try:
+        while not any(t.state == TrialState.RUNNING for t in _trials(plain, "hb")):
+            assert worker.poll() is None, "the worker ended before its trial started"
+            assert time.monotonic() < deadline, "the worker never started a trial"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a heartbeat or two recorded
+        assert worker.poll() is None, "the trial ended before the worker could be killed"
+    finally:
+        worker.kill()
+        worker.wait()
+    monkeypatch.setattr(tuning.study, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning.study, "GRACE_S", 2)
+    time.sleep(2.5)  # past the grace period: the killed trial's heartbeat is stale
+    result = CliRunner().invoke(main, args, catch_exceptions=False)  # the same command, run again
+    assert result.exit_code == 0, result.output
+    killed, retry = _trials(plain, "hb")
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params == killed.params and retry.system_attrs["failed_trial"] == killed.number
+    run = MlflowClient().get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "stopped during the trial" in run.data.tags["mia.failure_reason"]
+    assert MlflowClient().get_run(retry.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def _trials(storage, name: str) -> list:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except KeyError:  # the worker has not created the study yet
+        return []
