@@ -44,7 +44,7 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult, make_optimizer
-from mia.train.loop import SCHEDULES, _accuracy, _check, _resident, _steps_per_epoch
+from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _check, _resident, _steps_per_epoch
 from mia.train.predict import resolve_device
 
 _REFERENCE_STREAM = 0xADE  # keeps the reference draw independent of other uses of the seed
@@ -153,14 +153,8 @@ class AdvReg(Defense):
             correct += ((logits.detach() > 0) == is_member.bool()).sum()
             self.attack_steps += 1
 
-        history: list[dict] = []
-        best_epoch, best_acc, best_state = -1, -math.inf, None
-        epochs, bar = range(config.epochs), None
-        if progress:
-            from tqdm.auto import tqdm
-
-            epochs = bar = tqdm(epochs, desc="advreg", unit="epoch", leave=False)
-        for epoch in epochs:
+        log = EpochLog(model, config, "advreg", on_epoch, progress, start)
+        for epoch in log.epochs:
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=generator, device=device)
             loss_sum = torch.zeros((), device=device)
@@ -205,20 +199,8 @@ class AdvReg(Defense):
             metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / seen, "val_accuracy": val_acc,
                        "lr": lr, "epoch_time": time.perf_counter() - t0,
                        "attack_accuracy": self.attack_accuracy, "attack_gain": gain_sum.item() / seen}
-            history.append(metrics)
-            if config.select_best and val_acc > best_acc:
-                best_epoch, best_acc = epoch, val_acc
-                best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
-            if bar is not None:
-                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.3f}", attack=f"{self.attack_accuracy:.3f}")
-            if on_epoch is not None:
-                on_epoch(epoch, dict(metrics))
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        else:
-            best_epoch, best_acc = len(history) - 1, history[-1]["val_accuracy"]
-        model.eval()
-        return model, TrainResult(best_epoch, best_acc, history, time.perf_counter() - start)
+            log.end(epoch, metrics, attack=self.attack_accuracy)
+        return model, log.result()
 
     def metrics(self) -> dict[str, float]:
         return {"advreg.attack_steps": float(self.attack_steps),

@@ -59,7 +59,7 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult
-from mia.train.loop import OPTIMIZERS, SCHEDULES, _accuracy, _check, _resident_sets
+from mia.train.loop import OPTIMIZERS, SCHEDULES, EpochLog, _accuracy, _check, _resident_sets
 from mia.train.predict import resolve_device
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -183,16 +183,9 @@ class DPSGD(Defense):
                 xb = crop_flip(xb, generator=sampler)
             return data.inputs(xb).contiguous()  # NCHW: Opacus' conv grad samplers are wrong on channels-last
 
-        history: list[dict] = []
-        best_epoch, best_acc, best_state = -1, -math.inf, None
-        epochs = range(config.epochs)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm  # only here: the core must import without tqdm
-
-            epochs = bar = tqdm(epochs, desc="dp-sgd", unit="epoch", leave=False)
+        log = EpochLog(model, config, "dp-sgd", on_epoch, progress, start)
         try:
-            for epoch in epochs:
+            for epoch in log.epochs:
                 t0 = time.perf_counter()
                 model.train()
                 loss_sum = torch.zeros((), device=device)
@@ -219,27 +212,16 @@ class DPSGD(Defense):
                                      max(1024, config.batch_size)) if len(y_val) else math.nan)
                 metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                            "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
-                history.append(metrics)
-                if config.select_best and val_acc > best_acc:
-                    best_epoch, best_acc = epoch, val_acc
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if bar is not None:
-                    bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.3f}")
-                if on_epoch is not None:
-                    on_epoch(epoch, dict(metrics))
+                log.end(epoch, metrics)
                 if self.stop(epoch, metrics):
                     break
         finally:
             step.close()  # hooks and Opacus attributes off: a plain module is released
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        else:
-            best_epoch, best_acc = len(history) - 1, history[-1]["val_accuracy"]
-        model.eval()
+        result = log.result()
         self._history = list(accountant.history)
         self._metrics = {"dp.epsilon": float(accountant.get_epsilon(delta=self.delta)),
                          "dp.delta": float(self.delta), "dp.noise_multiplier": sigma}
-        return model, TrainResult(best_epoch, best_acc, history, time.perf_counter() - start)
+        return model, result
 
     def metrics(self) -> dict[str, float]:
         return dict(self._metrics)

@@ -118,6 +118,51 @@ class TrainResult:
     wall_time: float
 
 
+class EpochLog:
+    """The end of every epoch, shared by the training loops: history, best-epoch weights, progress, callback.
+
+    One per fit. Iterate :attr:`epochs` (a tqdm bar named ``desc`` when
+    ``progress``), call :meth:`end` with each epoch's :data:`METRICS` (plus
+    any extra keys), and :meth:`result` at the end (wall time counted from
+    ``start``, the fit's own start): it restores the best
+    validation epoch's weights (``config.select_best``; else the model keeps
+    its last epoch) and leaves the model in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, desc: str, on_epoch: EpochCallback | None,
+                 progress: bool, start: float | None = None):
+        self.model, self.select_best, self.on_epoch = model, config.select_best, on_epoch
+        self.history: list[dict] = []
+        self.best_epoch, self.best_acc, self._best_state = -1, -math.inf, None
+        self.start = time.perf_counter() if start is None else start  # the fit's start, for its wall time
+        self.epochs, self._bar = range(config.epochs), None
+        if progress:
+            from tqdm.auto import tqdm  # only here: the core must import without tqdm
+
+            self.epochs = self._bar = tqdm(self.epochs, desc=desc, unit="epoch", leave=False)
+
+    def end(self, epoch: int, metrics: dict, **shown: float) -> None:
+        """Record ``epoch``; ``shown`` are extra values for the progress bar."""
+        self.history.append(metrics)
+        val_acc = metrics["val_accuracy"]
+        if self.select_best and val_acc > self.best_acc:
+            self.best_epoch, self.best_acc = epoch, val_acc
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val=f"{val_acc:.3f}",
+                                  **{k: f"{v:.3f}" for k, v in shown.items()})
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, dict(metrics))
+
+    def result(self) -> TrainResult:
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        else:
+            self.best_epoch, self.best_acc = len(self.history) - 1, self.history[-1]["val_accuracy"]
+        self.model.eval()
+        return TrainResult(self.best_epoch, self.best_acc, self.history, time.perf_counter() - self.start)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The recipe's optimizer over ``model``'s trainable parameters (fused on CUDA); call after moving the model."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -183,14 +228,8 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
             xb = crop_flip(xb, generator=generator)
         return data.inputs(xb).contiguous(memory_format=memory_format)
 
-    history: list[dict] = []
-    best_epoch, best_acc, best_state = -1, -math.inf, None
-    epochs, bar = range(config.epochs), None
-    if progress:
-        from tqdm.auto import tqdm  # only here: the core must import without tqdm
-
-        epochs = bar = tqdm(epochs, desc="train", unit="epoch", leave=False)
-    for epoch in epochs:
+    log = EpochLog(model, config, "train", on_epoch, progress, start)
+    for epoch in log.epochs:
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=generator, device=device)
@@ -230,23 +269,10 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
                             max(1024, config.batch_size)) if len(y_val) else math.nan
         metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                    "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
-        history.append(metrics)
-        if config.select_best and val_acc > best_acc:
-            best_epoch, best_acc = epoch, val_acc
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{metrics['train_accuracy']:.3f}",
-                            val=f"{val_acc:.3f}")
-        if on_epoch is not None:
-            on_epoch(epoch, dict(metrics))
+        log.end(epoch, metrics, acc=metrics["train_accuracy"])
         if hooks is not None and hooks.stop(epoch, metrics):
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch, best_acc = len(history) - 1, history[-1]["val_accuracy"]
-    model.eval()
-    return TrainResult(best_epoch, best_acc, history, time.perf_counter() - start)
+    return log.result()
 
 
 def _check(config: TrainConfig) -> None:
