@@ -41,7 +41,8 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
                    "or postgresql://user:password@host/db (many machines).")
 @click.option("--study-name", default=None, help="Default: mia-<dataset>-<defense>; an existing study resumes.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes on this machine (needs a journal file or PostgreSQL storage).")
+              help="Worker processes on this machine (needs a journal file or PostgreSQL storage); "
+                   "with GPUs and --device auto|cuda, one GPU per worker, round-robin.")
 @common_options
 @pass_options
 def tune(opts: dict) -> None:

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,9 +27,12 @@ from optuna.trial import TrialState
 import tuning.objective
 import tuning.study
 from entrypoints.cli import main
+from mia.audit import resolve_config
 from mia.errors import MiaError
+from tuning.objective import Objective
 from tuning.space import defense_space, load_space
-from tuning.study import fail_dead_workers, open_study, storage_from_uri, storage_kind
+from tuning.study import (StudySettings, fail_dead_workers, open_study, storage_from_uri, storage_kind,
+                          worker_devices)
 
 TINY = ["--defense", "label-smoothing", "--epochs", "2", "--reference-models", "1", "--label-only", "", "--quiet"]
 
@@ -249,6 +253,24 @@ def test_a_killed_workers_trial_is_failed_and_retried(mlflow_store):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED" and "stopped during the trial" in run.data.tags["mia.failure_reason"]
     assert fail_dead_workers(study, storage) == []  # once only
+
+
+def test_workers_get_one_gpu_each_round_robin(monkeypatch):
+    assert worker_devices(3, "auto", 2) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices(2, "cuda", 4) == ["cuda:0", "cuda:1"]
+    assert worker_devices(2, "auto", 0) == ["auto", "auto"]  # no GPU: the CPU, as auto resolves
+    assert worker_devices(2, "cuda:1", 4) == ["cuda:1", "cuda:1"]  # a named device is kept
+    assert worker_devices(2, "cpu", 4) == ["cpu", "cpu"]
+    # the spawned jobs carry those devices, and nothing else of the study changes
+    captured = []
+    monkeypatch.setattr(tuning.study, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(tuning.study, "_spawn", lambda jobs: captured.extend(jobs) or [])
+    objective = Objective(resolve_config("digits"), defense_space("relaxloss"))
+    settings = StudySettings("gpus", storage="study.log", trials=5, jobs=3)
+    assert tuning.study._run(objective, settings, None, 0) == []
+    assert [j.objective.config.train.device for j in captured] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert [j.trials for j in captured] == [2, 2, 1]
+    assert all(replace(j.objective.config, train=objective.config.train) == objective.config for j in captured)
 
 
 def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):

@@ -348,11 +348,36 @@ def _run(objective: Objective, settings: StudySettings, storage, existing: int) 
     if jobs == 1:
         _work(_Job(seed=sampler_seed(settings.seed, existing, 0), trials=settings.trials, **common), storage)
         return []
-    common["objective"] = replace(objective, progress=False)  # one progress bar per worker would interleave
+    quiet = replace(objective, progress=False)  # one progress bar per worker would interleave
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    return _spawn([_Job(seed=sampler_seed(settings.seed, existing, i), threads=threads,
-                        trials=settings.trials // jobs + (i < settings.trials % jobs), **common)
-                   for i in range(jobs)])
+    devices = worker_devices(jobs, objective.config.train.device, _gpu_count())
+    return _spawn([_Job(**{**common, "objective": _on_device(quiet, device)},
+                        seed=sampler_seed(settings.seed, existing, i), threads=threads,
+                        trials=settings.trials // jobs + (i < settings.trials % jobs))
+                   for i, device in enumerate(devices)])
+
+
+def worker_devices(jobs: int, device: str, gpus: int) -> list[str]:
+    """The training device of each of ``jobs`` workers: one GPU each (round-robin) where there are GPUs.
+
+    ``device`` is the study's (``auto``, ``cuda``, ``cuda:1``, ``cpu``): ``auto``
+    and ``cuda`` spread the workers over the ``gpus`` GPUs; a named device
+    (``cuda:1``, ``cpu``) is kept for every worker, as asked.
+    """
+    if device in ("auto", "cuda") and gpus > 0:
+        return [f"cuda:{i % gpus}" for i in range(jobs)]
+    return [device] * jobs
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _on_device(objective: Objective, device: str) -> Objective:
+    config = objective.config
+    return replace(objective, config=replace(config, train=replace(config.train, device=device)))
 
 
 def _log_front(result: TuneResult, objective: Objective) -> None:
