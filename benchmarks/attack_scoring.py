@@ -47,7 +47,8 @@ HEADING = "## Reference-attack scoring, LiRA and RMIA (CPU)"
 GOAL_SECONDS = 2.0
 CASES = [("lira-online", {"variance": "per-example"}), ("lira-online", {"variance": "fixed"}),
          ("lira-offline", {"variance": "per-example"}), ("lira-offline", {"variance": "fixed"}),
-         ("rmia", {"mode": "online"}), ("rmia", {"mode": "offline"})]
+         ("rmia", {"mode": "online"}), ("rmia", {"mode": "offline"}),
+         ("rmia", {"mode": "auto"})]  # the default: mode, temperature, a and gamma chosen on the references
 
 
 def synthetic_pool(n: int, z: int, m: int, v: int, seed: int = 0) -> tuple[Signals, ReferenceSignals]:

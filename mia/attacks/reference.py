@@ -19,10 +19,16 @@ view, ``inclusion[m, n]`` whether reference model ``m`` trained on sample
   one implemented.) In an online pool only the models where the sample is
   OUT count.
 * ``rmia`` (Zarifzadeh et al., ICML 2024): ``r(x) = p(x|theta) / Pr(x)`` with
-  ``p = sigmoid(phi)`` averaged over views, ``Pr(x)`` the mean of ``p`` over
+  ``p = sigmoid(phi / T)`` averaged over views, ``Pr(x)`` the mean of ``p`` over
   reference models (``mode="online"``: all; ``"offline"``: the OUT models and
   ``Pr(x) = ((1 + a) p_OUT(x) + (1 - a)) / 2``). The score is the fraction of
-  population samples ``z`` with ``r(x) / r(z) > gamma``.
+  population samples ``z`` with ``r(x) / r(z) > gamma``. The temperature
+  ``T`` is the softmax temperature of LeakPro's RMIA, applied to the
+  true-label margin ``phi`` (the only per-view signal stored): at ``T = 1``
+  the probabilities of a memorizing model saturate at 1 and the ratios of
+  its members and confident non-members become indistinguishable; a larger
+  ``T`` keeps them apart (purchase-synth, 2 reference models: AUC 0.983 ->
+  0.996, TPR at 0.1% FPR 0.43 -> 0.57 at ``T = 4``, offline).
 * ``global-threshold`` (Yeom et al. 2018; LiRA's baseline): ``-loss`` of the
   target, one threshold fitted on the reference models.
 
@@ -42,13 +48,18 @@ Choices the papers leave open, and what is done here:
   the scale at all, so this only matters when the IN and OUT scales differ.
 * **Scales** are floored at :data:`SD_FLOOR` (phi is stored in float16, so
   models can agree exactly and a zero spread would make the ratio infinite).
-* **RMIA's a and gamma**, when not given, are chosen on the reference models
-  only, as the RMIA authors tune ``a``: each of a few reference models in turn
-  plays the target on the population (its own inclusion is the truth), the
-  others are its references, and the ``(a, gamma)`` of :data:`A_GRID` x
-  :data:`GAMMA_GRID` with the best mean AUC wins. With one reference model
-  there is nothing to tune: ``a = 0.3`` (RMIA's suggestion for small offline
-  pools) and ``gamma = 1``.
+* **RMIA's mode, T, a and gamma**, when not given (``mode="auto"``, the
+  default, and no value), are chosen on the reference models only, as the
+  RMIA authors tune ``a``: each of a few reference models in turn plays the
+  target on the population (its own inclusion is the truth), the others are
+  its references, and the combination of mode, :data:`TEMPERATURE_GRID`,
+  :data:`A_GRID` (offline) and :data:`GAMMA_GRID` with the best mean AUC
+  wins (earlier grid entries win ties). Online is not always better: in our
+  pools a sample is IN for about a third of the models, so with few models
+  the online ``Pr(x)`` leans on the OUT side, and offline with ``a`` wins
+  (purchase-synth, 2 models: 0.983 vs 0.892). With one reference model there
+  is nothing to tune: offline, ``T = 1``, ``a = 0.3`` (RMIA's suggestion for
+  small offline pools) and ``gamma = 1``.
 * **Decisions** (for balanced accuracy) are ``score > threshold_`` with the
   threshold that maximizes balanced accuracy on the same pseudo-targets
   (leave-one-model-out on the population, where membership is known), never
@@ -82,12 +93,13 @@ PER_EXAMPLE_MIN_MODELS = 64
 The LiRA paper (section VI-B) finds per-example variances need about 64
 shadow models and a global one is better below; on our seeded purchase-synth
 audit, fixed variance gave TPR at 1% FPR 0.59 vs 0.02 with 8 models."""
-RMIA_MODES = ("online", "offline")
+RMIA_MODES = ("auto", "online", "offline")
 SD_FLOOR = 1e-3
 """Smallest scale of a LiRA Gaussian, in logit units (float16 phi steps by ~1e-3 near 1)."""
 A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
 GAMMA_GRID = (1.0, 1.5, 2.0, 4.0)
-DEFAULT_A, DEFAULT_GAMMA = 0.3, 1.0
+TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0)
+DEFAULT_A, DEFAULT_GAMMA, DEFAULT_TEMPERATURE, DEFAULT_MODE = 0.3, 1.0, 1.0, "offline"
 CALIBRATION_MODELS = 4
 """How many reference models play the target to fit thresholds and RMIA's a and gamma."""
 CALIBRATION_SAMPLES = 8192
@@ -260,8 +272,8 @@ def lira_offline_scores(target_phi: np.ndarray, g_out: Gaussians) -> np.ndarray:
 # ---------------------------------------------------------------- RMIA
 
 
-def _view_means(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean_v sigmoid(phi), mean_v sigmoid(-phi))`` over the last axis, as float64.
+def _view_means(phi: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean_v sigmoid(phi / T), mean_v sigmoid(-phi / T))`` over the last axis, as float64.
 
     Both tails are kept: ``p`` is exact where it is small and ``1 - p`` where
     ``p`` is close to 1, so the log of either is exact (see :func:`_log_p`).
@@ -277,8 +289,8 @@ def _view_means(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     step = 1 << 16
     for i in range(0, flat.shape[0], step):
         f = flat[i:i + step].astype(np.float32)
+        f *= np.float32(-1.0 / temperature)
         np.clip(f, -PHI_CLIP, PHI_CLIP, out=f)
-        np.negative(f, out=f)
         e = np.exp(f, out=f)
         p = e + np.float32(1.0)
         np.reciprocal(p, out=p)
@@ -308,8 +320,8 @@ class ReferenceProbabilities:
     n_out: np.ndarray
 
     @classmethod
-    def of(cls, phi: np.ndarray, inclusion: np.ndarray) -> "ReferenceProbabilities":
-        p, q = _view_means(phi)  # M x N
+    def of(cls, phi: np.ndarray, inclusion: np.ndarray, temperature: float = 1.0) -> "ReferenceProbabilities":
+        p, q = _view_means(phi, temperature)  # M x N
         out = ~np.asarray(inclusion, dtype=bool)
         n_out = out.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -330,7 +342,7 @@ class ReferenceProbabilities:
 
 @dataclass
 class RmiaInputs:
-    """What RMIA's score needs, computed once and reused over the a and gamma grids."""
+    """What RMIA's score needs at one temperature, computed once and reused over the mode, a and gamma grids."""
 
     log_p_x: np.ndarray  # N: log p(x | target)
     ref_x: ReferenceProbabilities
@@ -338,14 +350,15 @@ class RmiaInputs:
     ref_z: ReferenceProbabilities
 
     @classmethod
-    def of(cls, reference: ReferenceSignals) -> "RmiaInputs":
+    def of(cls, reference: ReferenceSignals, temperature: float = 1.0) -> "RmiaInputs":
         if reference.population_target_phi.shape[0] == 0:
             raise MiaError("RMIA needs population samples (the z of its pairwise test); the "
                            "reference signals hold none")
-        return cls(_log_p(*_view_means(reference.target_phi)),
-                   ReferenceProbabilities.of(reference.phi, reference.inclusion),
-                   _log_p(*_view_means(reference.population_target_phi)),
-                   ReferenceProbabilities.of(reference.population_phi, reference.population_inclusion))
+        t = temperature
+        return cls(_log_p(*_view_means(reference.target_phi, t)),
+                   ReferenceProbabilities.of(reference.phi, reference.inclusion, t),
+                   _log_p(*_view_means(reference.population_target_phi, t)),
+                   ReferenceProbabilities.of(reference.population_phi, reference.population_inclusion, t))
 
     def log_ratios(self, mode: str, a: float) -> tuple[np.ndarray, np.ndarray]:
         return (self.log_p_x - self.ref_x.log_prior(mode, a),
@@ -373,25 +386,42 @@ def _auc_rows(scores: np.ndarray, is_member: np.ndarray) -> np.ndarray:
     return (ranks[:, is_member].sum(axis=1) - n_in * (n_in + 1) / 2) / (n_in * n_out)
 
 
-def select_rmia_params(calibration: list[tuple[RmiaInputs, np.ndarray]], mode: str,
-                       a: float | None, gamma: float | None) -> tuple[float, float]:
-    """The ``(a, gamma)`` with the best mean AUC over the pseudo-targets (grid order breaks ties).
+@dataclass(frozen=True)
+class RmiaParams:
+    """RMIA's settings: how ``Pr(x)`` is formed (mode, a), the temperature, the pairwise threshold."""
+
+    mode: str
+    temperature: float
+    a: float
+    gamma: float
+
+
+def select_rmia_params(calibration: list[tuple[ReferenceSignals, np.ndarray]], mode: str,
+                       temperature: float | None, a: float | None, gamma: float | None) -> RmiaParams:
+    """The settings with the best mean AUC over the pseudo-targets (earlier grid entries win ties).
 
     Only reference data enters: the pseudo-targets are reference models on
-    population samples. Given values are kept; without pseudo-targets the
-    defaults are used.
+    population samples. Given values are kept (``mode="auto"``: both modes
+    are tried); without pseudo-targets the defaults are used.
     """
-    a_grid = [a] if a is not None else (list(A_GRID) if mode == "offline" else [DEFAULT_A])
-    g_grid = [gamma] if gamma is not None else list(GAMMA_GRID)
     if not calibration:
-        return (DEFAULT_A if a is None else a), (DEFAULT_GAMMA if gamma is None else gamma)
-    total = np.zeros((len(a_grid), len(g_grid)))
-    for inputs, member in calibration:
-        for i, a_value in enumerate(a_grid):
-            log_rx, log_rz = inputs.log_ratios(mode, a_value)
-            total[i] += _auc_rows(rmia_scores(log_rx, log_rz, g_grid), member)
-    i, j = np.unravel_index(np.argmax(total), total.shape)
-    return float(a_grid[i]), float(g_grid[j])
+        return RmiaParams(DEFAULT_MODE if mode == "auto" else mode,
+                          DEFAULT_TEMPERATURE if temperature is None else temperature,
+                          DEFAULT_A if a is None else a, DEFAULT_GAMMA if gamma is None else gamma)
+    modes = ["online", "offline"] if mode == "auto" else [mode]
+    temperatures = list(TEMPERATURE_GRID) if temperature is None else [temperature]
+    g_grid = list(GAMMA_GRID) if gamma is None else [gamma]
+    best, best_auc = None, -np.inf
+    for t in temperatures:
+        inputs = [(RmiaInputs.of(r, t), member) for r, member in calibration]
+        for m in modes:
+            for a_value in ([a] if a is not None else (list(A_GRID) if m == "offline" else [DEFAULT_A])):
+                total = sum(_auc_rows(rmia_scores(*x.log_ratios(m, a_value), g_grid), member)
+                            for x, member in inputs)
+                j = int(np.argmax(total))
+                if total[j] > best_auc:
+                    best, best_auc = RmiaParams(m, float(t), float(a_value), float(g_grid[j])), total[j]
+    return best
 
 
 # ---------------------------------------------------------------- pseudo-targets
@@ -536,29 +566,34 @@ class Rmia(ReferenceAttack):
     name = "rmia"
     fallback_threshold = 0.5
 
-    def __init__(self, mode: str = "online", a: float | None = None, gamma: float | None = None,
-                 seed: int = 0):
+    def __init__(self, mode: str = "auto", a: float | None = None, gamma: float | None = None,
+                 temperature: float | None = None, seed: int = 0):
         super().__init__(seed)
         self.mode = _check_choice(self.name, "mode", mode, RMIA_MODES)
         if a is not None and not 0.0 <= a <= 1.0:
             raise MiaError(f"attack 'rmia': a must be in [0, 1], got {a}")
         if gamma is not None and not gamma > 0:
             raise MiaError(f"attack 'rmia': gamma must be positive, got {gamma}")
-        self.a, self.gamma = a, gamma
+        if temperature is not None and not temperature > 0:
+            raise MiaError(f"attack 'rmia': temperature must be positive, got {temperature}")
+        self.a, self.gamma, self.temperature = a, gamma, temperature
 
     def fit(self, shadows: list[ShadowSignals], reference: ReferenceSignals) -> "Rmia":
         self.reference_ = reference
-        calibration = [(RmiaInputs.of(r), mem) for r, mem in pseudo_targets(reference, self.seed)]
-        self.a_, self.gamma_ = select_rmia_params(calibration, self.mode, self.a, self.gamma)
-        scores = [rmia_scores(*inputs.log_ratios(self.mode, self.a_), self.gamma_)
-                  for inputs, _ in calibration]
+        calibration = pseudo_targets(reference, self.seed)
+        self.params_ = select_rmia_params(calibration, self.mode, self.temperature, self.a, self.gamma)
+        self.mode_, self.temperature_ = self.params_.mode, self.params_.temperature
+        self.a_, self.gamma_ = self.params_.a, self.params_.gamma
+        scores = [self._scores(RmiaInputs.of(r, self.temperature_)) for r, _ in calibration]
         self.threshold_ = calibrated_threshold(scores, [mem for _, mem in calibration],
                                                self.fallback_threshold)
         return self
 
+    def _scores(self, inputs: RmiaInputs) -> np.ndarray:
+        return rmia_scores(*inputs.log_ratios(self.mode_, self.a_), self.gamma_)
+
     def score(self, reference: ReferenceSignals) -> np.ndarray:
-        log_rx, log_rz = RmiaInputs.of(reference).log_ratios(self.mode, self.a_)
-        return rmia_scores(log_rx, log_rz, self.gamma_)
+        return self._scores(RmiaInputs.of(reference, self.temperature_))
 
 
 class GlobalThreshold(ReferenceAttack):
@@ -593,8 +628,12 @@ register(AttackSpec("lira-offline", LiraOffline,
                     {"variance": _VARIANCE}, needs=_REFERENCE, family="reference"))
 register(AttackSpec("rmia", Rmia,
                     "RMIA: pairwise likelihood ratio against population samples (Zarifzadeh et al. 2024)",
-                    {"mode": Param(str, "online", "'online': Pr(x) over all reference models; "
-                                                  "'offline': OUT models only, corrected by a"),
+                    {"mode": Param(str, "auto", "'online': Pr(x) over all reference models; "
+                                                "'offline': OUT models only, corrected by a; "
+                                                "'auto': the better of the two on the reference models"),
+                     "temperature": Param(float, None, "p = sigmoid(phi / T), the softmax temperature of the "
+                                                       "true-label margin; default: chosen on the reference "
+                                                       "models"),
                      "a": Param(float, None, "offline correction Pr = ((1+a) p_OUT + 1 - a) / 2; "
                                              "default: chosen on the reference models"),
                      "gamma": Param(float, None, "pairwise threshold on r(x)/r(z); default: chosen "
