@@ -266,6 +266,10 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             metrics.update({f"dense.{k}": v for k, v in audit.leakage_summary(dense_results).items()})
             metrics["dense.test_accuracy"] = target.metrics.get("dense.test_accuracy", float("nan"))
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
+        chosen = {f"{prefix}{r.name}.chosen.{k}": v for prefix, rs in (("", results), ("dense.", dense_results))
+                  for r in rs for k, v in r.output.chosen.items()}  # what attacks picked on reference models
+        if chosen:
+            tracking.log_params(chosen)
         if results:
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         return AttackOutcome(active.info.run_id, target_run_id, test_accuracy, fl_results + results, dense_results,

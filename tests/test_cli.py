@@ -160,15 +160,20 @@ def test_reference_pool_is_cached_and_grown_across_attacks(mlflow_store):
     run_id = run_id_of(invoke("train", *FAST).output)
     client = MlflowClient()
 
-    def attack(models: str) -> dict:
-        result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", models, "--quiet")
+    def attack(models: str, attacks: str = "loss") -> dict:
+        result = invoke("attack", "--run-id", run_id, "--attacks", attacks, "--reference-models", models, "--quiet")
         assert result.exit_code == 0, result.output
         return client.get_run(run_id_of(result.output, "attack run")).data
 
     assert attack("2").metrics["reference_models.trained"] == 2
     again = attack("2")
     assert again.metrics["reference_models.trained"] == 0
-    assert attack("3").metrics["reference_models.trained"] == 1
+    grown = attack("3", "loss,rmia,lira-offline")
+    assert grown.metrics["reference_models.trained"] == 1
+    # what the attacks chose on the reference models is on record
+    assert grown.params["rmia.chosen.mode"] in ("online", "offline")
+    assert float(grown.params["rmia.chosen.temperature"]) in (1.0, 2.0, 4.0, 8.0)
+    assert grown.params["lira-offline.chosen.variance"] == "fixed"
     pools = client.search_runs([client.get_experiment_by_name("mia").experiment_id],
                                filter_string="tags.`mia.kind` = 'pool'")
     assert len(pools) == 1 and pools[0].info.run_id == again.tags["mia.pool_run_id"]

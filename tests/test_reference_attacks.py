@@ -310,6 +310,10 @@ def test_seeds_and_params(online16):
     np.testing.assert_array_equal(a.predictions, b.predictions)
     c = run_attack("rmia", target, [], {"a": "0.5", "gamma": "2"}, reference=ref)  # CLI strings
     assert c.scores.shape == a.scores.shape
+    assert set(c.chosen) == {"mode", "temperature"}  # what it chose itself, not what it was given
+    assert set(a.chosen) == {"temperature", "a", "gamma"}
+    assert run_attack("lira-online", target, [], reference=ref).chosen == {"variance": "fixed"}  # 16 < 64 models
+    assert run_attack("lira-online", target, [], {"variance": "fixed"}, reference=ref).chosen == {}
 
 
 def test_errors(online16):

@@ -73,6 +73,7 @@ class AttackOutput:
 
     scores: np.ndarray
     predictions: np.ndarray
+    chosen: dict = field(default_factory=dict)  # settings the attack chose itself (e.g. RMIA's temperature)
 
 
 class Attack(ABC):
@@ -94,6 +95,10 @@ class Attack(ABC):
 
     def predict(self, signals: Signals) -> np.ndarray:
         return self.decision_function(signals) > self.threshold_
+
+    def chosen(self) -> dict:
+        """Settings the fitted attack chose for itself (left to it by the user), for the record."""
+        return {}
 
 
 def pool(shadows: list[ShadowSignals], max_rows: int | None = None, seed: int = 0) -> tuple[Signals, np.ndarray]:
@@ -227,4 +232,4 @@ def run_attack(name: str, target: Signals, shadows: list[ShadowSignals],
     else:
         attack = attack.fit(shadows)
     scores = np.asarray(attack.decision_function(target), dtype=np.float64)
-    return AttackOutput(scores=scores, predictions=scores > attack.threshold_)
+    return AttackOutput(scores=scores, predictions=scores > attack.threshold_, chosen=attack.chosen())

@@ -520,15 +520,22 @@ def _variance(variance: str, reference: ReferenceSignals) -> str:
     return "per-example" if reference.num_models >= PER_EXAMPLE_MIN_MODELS else "fixed"
 
 
-class LiraOnline(ReferenceAttack):
-    """LiRA online: IN/OUT Gaussian likelihood ratio per sample (see the module docstring)."""
-
-    name = "lira-online"
-    fallback_threshold = 0.0  # likelihood ratio 1
+class _Lira(ReferenceAttack):
+    """What both LiRA tests share: the variance setting, resolved against the pool."""
 
     def __init__(self, variance: str = "auto", seed: int = 0):
         super().__init__(seed)
         self.variance = _check_choice(self.name, "variance", variance, ("auto", *VARIANCES))
+
+    def chosen(self) -> dict:
+        return {"variance": _variance(self.variance, self.reference_)} if self.variance == "auto" else {}
+
+
+class LiraOnline(_Lira):
+    """LiRA online: IN/OUT Gaussian likelihood ratio per sample (see the module docstring)."""
+
+    name = "lira-online"
+    fallback_threshold = 0.0  # likelihood ratio 1
 
     def score(self, reference: ReferenceSignals) -> np.ndarray:
         stats = lira_statistics(reference.phi, reference.inclusion, _variance(self.variance, reference))
@@ -541,15 +548,11 @@ class LiraOnline(ReferenceAttack):
         return lira_online_scores(reference.target_phi, stats["in"], stats["out"])
 
 
-class LiraOffline(ReferenceAttack):
+class LiraOffline(_Lira):
     """LiRA offline: one-sided test against the OUT Gaussian (see the module docstring)."""
 
     name = "lira-offline"
     fallback_threshold = float(np.log(0.5))  # above the OUT median
-
-    def __init__(self, variance: str = "auto", seed: int = 0):
-        super().__init__(seed)
-        self.variance = _check_choice(self.name, "variance", variance, ("auto", *VARIANCES))
 
     def score(self, reference: ReferenceSignals) -> np.ndarray:
         g_out = lira_statistics(reference.phi, reference.inclusion, _variance(self.variance, reference),
@@ -588,6 +591,11 @@ class Rmia(ReferenceAttack):
         self.threshold_ = calibrated_threshold(scores, [mem for _, mem in calibration],
                                                self.fallback_threshold)
         return self
+
+    def chosen(self) -> dict:
+        given = {"mode": self.mode if self.mode != "auto" else None, "temperature": self.temperature,
+                 "a": self.a, "gamma": self.gamma}
+        return {k: v for k, v in vars(self.params_).items() if given[k] is None}
 
     def _scores(self, inputs: RmiaInputs) -> np.ndarray:
         return rmia_scores(*inputs.log_ratios(self.mode_, self.a_), self.gamma_)
