@@ -76,6 +76,11 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         tracking.log_split(split)
         mem_scores = None
         if models := audit.pool_mem_score_models(config):  # from the pool the dense original's attack reuses
+            if len(split.members) > len(split.nonmembers):
+                raise MiaError(f"{config.defense} reads mem-scores from the reference pool, whose samples hold "
+                               f"every member only when there are at least as many non-members "
+                               f"({len(split.nonmembers)}) as members ({len(split.members)}); raise "
+                               "--nonmember-fraction, or pass --defense-param mem_source=halves")
             with timer.stage("mem_scores"):
                 pool, _, _ = _reference_pool(audit.dense_config(config), data, split, "online", models,
                                              tracking.experiment_name(active), progress, prefix="mem_")

@@ -314,6 +314,7 @@ def test_pruning_from_a_dense_run_reuses_its_model_and_split(mlflow_store):
     (("--sparsity", "0"), "sparsity must be in (0, 1)"),
     (("--pruner", "random"), "unknown pruner"),
     (("--pruner", "slimming", "--model", "mlp"), "BatchNorm"),
+    (("--defense", "rsw", "--member-fraction", "0.4", "--nonmember-fraction", "0.2"), "mem_source=halves"),
 ])
 def test_bad_pruning_input_is_one_line(mlflow_store, args, fragment):
     result = invoke("train", "--scenario", "pruning", "--epochs", "1", "--quiet", *args)
