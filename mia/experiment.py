@@ -75,16 +75,10 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             split = make_split(len(data), config.seed, config.split)
         tracking.log_split(split)
         mem_scores = None
-        if models := audit.pool_mem_score_models(config):  # from the pool the dense original's attack reuses
-            if len(split.members) > len(split.nonmembers):
-                raise MiaError(f"{config.defense} reads mem-scores from the reference pool, whose samples hold "
-                               f"every member only when there are at least as many non-members "
-                               f"({len(split.nonmembers)}) as members ({len(split.members)}); raise "
-                               "--nonmember-fraction, or pass --defense-param mem_source=halves")
+        if models := audit.pool_mem_score_models(config):
             with timer.stage("mem_scores"):
-                pool, _, _ = _reference_pool(audit.dense_config(config), data, split, "online", models,
-                                             tracking.experiment_name(active), progress, prefix="mem_")
-                mem_scores = pool.mem_scores_of(split.members)
+                mem_scores = _pool_mem_scores(config, data, split, models, tracking.experiment_name(active),
+                                              progress)
         with timer.stage("train"):
             if config.scenario == "pruning":
                 trained = audit.fit_pruned(config, data, split.members, split.validation, split.nonmembers,
@@ -112,6 +106,22 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
                               "train_accuracy": trained.train_accuracy, **dense_metrics,
                               "best_epoch": trained.best_epoch, **trained.defense_metrics, **timer.seconds})
         return TrainOutcome(active.info.run_id, trained.test_accuracy, trained.train_accuracy, data)
+
+
+def _pool_mem_scores(config: TargetConfig, data: Dataset, split, models: int, experiment: str,
+                     progress: bool) -> np.ndarray:
+    """The members' mem-scores from the online pool of the dense recipe, grown to ``models``.
+
+    The same pool then serves the attack on the dense original (``mia.dense_pool_key``).
+    """
+    if len(split.members) > len(split.nonmembers):
+        raise MiaError(f"{config.defense} reads mem-scores from the reference pool, whose samples hold "
+                       f"every member only when there are at least as many non-members "
+                       f"({len(split.nonmembers)}) as members ({len(split.members)}); raise "
+                       "--nonmember-fraction, or pass --defense-param mem_source=halves")
+    pool, _, _ = _reference_pool(audit.dense_config(config), data, split, "online", models, experiment,
+                                 progress, prefix="mem_")
+    return pool.mem_scores_of(split.members)
 
 
 def _dense_from_run(run_id: str, config: TargetConfig, data: Dataset):
