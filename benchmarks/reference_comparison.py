@@ -51,7 +51,8 @@ def run(dataset: str, sizes: list[int], device: str, seed: int = 0) -> list[dict
         pool_seconds = time.perf_counter() - start
         for m in sizes:
             pool, _ = audit.reference_pool(plan, config, data, m, root, progress=False)
-            results = audit.run_attacks(ATTACKS.names(), audited, is_member, pool.shadows(), progress=False,
+            results = audit.run_attacks(audit.applicable(ATTACKS.names(), audited), audited, is_member,
+                                        pool.shadows(), progress=False,
                                         reference=pool.reference(audited, population, split.population))
             for r in results:
                 ci = r.metrics
