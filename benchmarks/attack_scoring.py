@@ -187,7 +187,7 @@ def main() -> None:
         f"- data: synthetic float16 phi, M={args.models} reference models (online pool), "
         f"N={args.samples} audited samples, Z={args.population} population samples, V={args.views} views\n"
         f"- mia: median of {args.repeats} end-to-end `run_attack` calls (checks, pseudo-target "
-        "calibration of the threshold and of RMIA's a/gamma, scoring)\n"
+        "calibration of the threshold and of RMIA's mode/temperature/a/gamma, scoring)\n"
         f"- baseline: per-sample loop in the official LiRA code's style (np.median, np.std, "
         f"scipy.stats.norm) / per-sample RMIA with the pairwise comparison against every z, on "
         f"{args.naive_samples} samples extrapolated to N (no calibration)\n"

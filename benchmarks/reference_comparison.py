@@ -104,8 +104,10 @@ def main() -> None:
         device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         write_section(SECTION, f"- date: {dt.date.today()}\n- device: {device}\n- torch {torch.__version__}\n"
                       f"- command: `python benchmarks/reference_comparison.py --datasets {args.datasets} "
-                      f"--models {args.models}`\n- online pool (each audited sample IN for about half of "
-                      "the models); threshold and learned attacks fit on the same pool's models as shadows.\n\n"
+                      f"--models {args.models}`\n- online pool (each model trains on as many samples as the target, so "
+                      "an audited sample is IN for about 30 % of the models); threshold and learned attacks fit on "
+                      "the same pool's models as shadows; RMIA chooses its mode, temperature, a and gamma on the "
+                      "reference models\n\n"
                       + body)
 
 
