@@ -77,10 +77,12 @@ def test_two_workers_share_a_postgres_study_and_run_each_trial_once(mlflow_store
 
 def test_a_killed_workers_trial_is_found_by_its_heartbeat_and_retried(mlflow_store, postgres, monkeypatch):
     """A worker killed mid-trial on PostgreSQL: its heartbeat stops, the next run fails and retries the trial."""
-    args = ["tune", "--defense", "label-smoothing", "--epochs", "80", "--reference-models", "1", "--label-only", "",
+    args = ["tune", "--defense", "label-smoothing", "--epochs", "2", "--reference-models", "1", "--label-only", "",
             "--quiet", "--trials", "1", "--storage", postgres, "--study-name", "hb"]
-    fast = "import sys, tuning.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; from entrypoints.cli import main; "
-    worker = subprocess.Popen([sys.executable, "-c", fast + "main(sys.argv[1:])", *args],
+    # the worker's training hangs, so it is surely killed mid-trial; heartbeats every second, stale after 2
+    hang = ("import sys, time, mia.audit, tuning.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; "
+            "mia.audit.fit = lambda *a, **k: time.sleep(600); from entrypoints.cli import main; ")
+    worker = subprocess.Popen([sys.executable, "-c", hang + "main(sys.argv[1:])", *args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     plain = optuna.storages.RDBStorage(postgres)
     deadline = time.monotonic() + 180
