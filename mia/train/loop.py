@@ -123,10 +123,10 @@ class EpochLog:
 
     One per fit. Iterate :attr:`epochs` (a tqdm bar named ``desc`` when
     ``progress``), call :meth:`end` with each epoch's :data:`METRICS` (plus
-    any extra keys), and :meth:`result` at the end (wall time counted from
-    ``start``, the fit's own start): it restores the best
+    any extra keys), and :meth:`result` at the end: it restores the best
     validation epoch's weights (``config.select_best``; else the model keeps
-    its last epoch) and leaves the model in eval mode.
+    its last epoch), leaves the model in eval mode and reports the wall time
+    since ``start`` (the fit's own start; default: now).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, desc: str, on_epoch: EpochCallback | None,
