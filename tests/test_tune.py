@@ -279,6 +279,8 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     assert "accountant" not in dims and dims["noise_multiplier"].log
     assert (dims["batch_size"].low, dims["batch_size"].high) == (0, 4096)  # 0 = default: searched as declared
     assert defense_space("hamp").describe()["modify_output"] == "bool {False, True}"
+    # estimator settings (search=False) are validated but not searched
+    assert set(defense_space("rsw").describe()) == {"step", "window"}
     with pytest.raises(MiaError, match="no hyperparameter left to search"):
         defense_space("none")
 
