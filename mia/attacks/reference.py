@@ -396,24 +396,24 @@ class RmiaParams:
     gamma: float
 
 
-def select_rmia_params(calibration: list[tuple[ReferenceSignals, np.ndarray]], mode: str,
+def select_rmia_params(calibration: dict[float, list[tuple[RmiaInputs, np.ndarray]]], mode: str,
                        temperature: float | None, a: float | None, gamma: float | None) -> RmiaParams:
     """The settings with the best mean AUC over the pseudo-targets (earlier grid entries win ties).
 
-    Only reference data enters: the pseudo-targets are reference models on
-    population samples. Given values are kept (``mode="auto"``: both modes
-    are tried); without pseudo-targets the defaults are used.
+    ``calibration`` maps each temperature to try to the pseudo-targets' inputs
+    at that temperature. Only reference data enters: the pseudo-targets are
+    reference models on population samples. Given values are kept
+    (``mode="auto"``: both modes are tried); without pseudo-targets the
+    defaults are used.
     """
-    if not calibration:
+    if not any(calibration.values()):
         return RmiaParams(DEFAULT_MODE if mode == "auto" else mode,
                           DEFAULT_TEMPERATURE if temperature is None else temperature,
                           DEFAULT_A if a is None else a, DEFAULT_GAMMA if gamma is None else gamma)
     modes = ["online", "offline"] if mode == "auto" else [mode]
-    temperatures = list(TEMPERATURE_GRID) if temperature is None else [temperature]
     g_grid = list(GAMMA_GRID) if gamma is None else [gamma]
     best, best_auc = None, -np.inf
-    for t in temperatures:
-        inputs = [(RmiaInputs.of(r, t), member) for r, member in calibration]
+    for t, inputs in calibration.items():
         for m in modes:
             for a_value in ([a] if a is not None else (list(A_GRID) if m == "offline" else [DEFAULT_A])):
                 total = sum(_auc_rows(rmia_scores(*x.log_ratios(m, a_value), g_grid), member)
@@ -583,12 +583,14 @@ class Rmia(ReferenceAttack):
 
     def fit(self, shadows: list[ShadowSignals], reference: ReferenceSignals) -> "Rmia":
         self.reference_ = reference
-        calibration = pseudo_targets(reference, self.seed)
+        pseudo = pseudo_targets(reference, self.seed)
+        temperatures = TEMPERATURE_GRID if self.temperature is None else (self.temperature,)
+        calibration = {t: [(RmiaInputs.of(r, t), member) for r, member in pseudo] for t in temperatures}
         self.params_ = select_rmia_params(calibration, self.mode, self.temperature, self.a, self.gamma)
         self.mode_, self.temperature_ = self.params_.mode, self.params_.temperature
         self.a_, self.gamma_ = self.params_.a, self.params_.gamma
-        scores = [self._scores(RmiaInputs.of(r, self.temperature_)) for r, _ in calibration]
-        self.threshold_ = calibrated_threshold(scores, [mem for _, mem in calibration],
+        chosen = calibration.get(self.temperature_, [])
+        self.threshold_ = calibrated_threshold([self._scores(x) for x, _ in chosen], [m for _, m in chosen],
                                                self.fallback_threshold)
         return self
 
