@@ -272,34 +272,35 @@ def lira_offline_scores(target_phi: np.ndarray, g_out: Gaussians) -> np.ndarray:
 # ---------------------------------------------------------------- RMIA
 
 
-def _view_means(phi: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean_v sigmoid(phi / T), mean_v sigmoid(-phi / T))`` over the last axis, as float64.
+def _view_means(phi: np.ndarray, temperatures: tuple[float, ...] = (1.0,)
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per temperature ``T``: ``(mean_v sigmoid(phi / T), mean_v sigmoid(-phi / T))`` over the last axis.
 
     Both tails are kept: ``p`` is exact where it is small and ``1 - p`` where
     ``p`` is close to 1, so the log of either is exact (see :func:`_log_p`).
-    With ``e = exp(-phi)``, ``p = 1 / (1 + e)`` and ``1 - p = e * p``, both
-    without cancellation in float32 for ``|phi| <= 80``; the elementwise work
-    is float32 over chunks of rows, in place.
+    With ``e = exp(-phi / T)``, ``p = 1 / (1 + e)`` and ``1 - p = e * p``,
+    both without cancellation in float32 for ``|phi / T| <= 80``; the
+    elementwise work is float32 over chunks of rows, each chunk read and
+    converted once for all temperatures. Results are float64.
     """
     phi = np.asarray(phi)
     lead, v = phi.shape[:-1], phi.shape[-1]
     flat = phi.reshape(-1, v)
-    p_mean = np.empty(flat.shape[0], dtype=np.float64)
-    q_mean = np.empty(flat.shape[0], dtype=np.float64)
+    means = [(np.empty(flat.shape[0], dtype=np.float64), np.empty(flat.shape[0], dtype=np.float64))
+             for _ in temperatures]
     step = 1 << 16
     for i in range(0, flat.shape[0], step):
-        f = flat[i:i + step].astype(np.float32)
-        f *= np.float32(-1.0 / temperature)
-        np.clip(f, -PHI_CLIP, PHI_CLIP, out=f)
-        e = np.exp(f, out=f)
-        p = e + np.float32(1.0)
-        np.reciprocal(p, out=p)
-        e *= p
-        p_mean[i:i + step] = p.sum(axis=-1)
-        q_mean[i:i + step] = e.sum(axis=-1)
-    p_mean /= v
-    q_mean /= v
-    return p_mean.reshape(lead), q_mean.reshape(lead)
+        raw = flat[i:i + step].astype(np.float32)
+        for (p_mean, q_mean), t in zip(means, temperatures):
+            f = np.multiply(raw, np.float32(-1.0 / t))
+            np.clip(f, -PHI_CLIP, PHI_CLIP, out=f)
+            e = np.exp(f, out=f)
+            p = e + np.float32(1.0)
+            np.reciprocal(p, out=p)
+            e *= p
+            p_mean[i:i + step] = p.sum(axis=-1)
+            q_mean[i:i + step] = e.sum(axis=-1)
+    return [((p_mean / v).reshape(lead), (q_mean / v).reshape(lead)) for p_mean, q_mean in means]
 
 
 def _log_p(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -321,7 +322,12 @@ class ReferenceProbabilities:
 
     @classmethod
     def of(cls, phi: np.ndarray, inclusion: np.ndarray, temperature: float = 1.0) -> "ReferenceProbabilities":
-        p, q = _view_means(phi, temperature)  # M x N
+        (means,) = _view_means(phi, (temperature,))
+        return cls.from_means(*means, inclusion)
+
+    @classmethod
+    def from_means(cls, p: np.ndarray, q: np.ndarray, inclusion: np.ndarray) -> "ReferenceProbabilities":
+        """From the models' view-averaged ``p`` and ``q = 1 - p`` (``M x N`` each)."""
         out = ~np.asarray(inclusion, dtype=bool)
         n_out = out.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -351,14 +357,19 @@ class RmiaInputs:
 
     @classmethod
     def of(cls, reference: ReferenceSignals, temperature: float = 1.0) -> "RmiaInputs":
+        return cls.at(reference, (temperature,))[temperature]
+
+    @classmethod
+    def at(cls, reference: ReferenceSignals, temperatures: tuple[float, ...]) -> dict[float, "RmiaInputs"]:
+        """The inputs at each temperature, reading the reference signals once."""
         if reference.population_target_phi.shape[0] == 0:
             raise MiaError("RMIA needs population samples (the z of its pairwise test); the "
                            "reference signals hold none")
-        t = temperature
-        return cls(_log_p(*_view_means(reference.target_phi, t)),
-                   ReferenceProbabilities.of(reference.phi, reference.inclusion, t),
-                   _log_p(*_view_means(reference.population_target_phi, t)),
-                   ReferenceProbabilities.of(reference.population_phi, reference.population_inclusion, t))
+        x, refs_x, z, refs_z = (_view_means(a, temperatures) for a in (
+            reference.target_phi, reference.phi, reference.population_target_phi, reference.population_phi))
+        return {t: cls(_log_p(*x[k]), ReferenceProbabilities.from_means(*refs_x[k], reference.inclusion),
+                       _log_p(*z[k]), ReferenceProbabilities.from_means(*refs_z[k], reference.population_inclusion))
+                for k, t in enumerate(temperatures)}
 
     def log_ratios(self, mode: str, a: float) -> tuple[np.ndarray, np.ndarray]:
         return (self.log_p_x - self.ref_x.log_prior(mode, a),
@@ -585,7 +596,8 @@ class Rmia(ReferenceAttack):
         self.reference_ = reference
         pseudo = pseudo_targets(reference, self.seed)
         temperatures = TEMPERATURE_GRID if self.temperature is None else (self.temperature,)
-        calibration = {t: [(RmiaInputs.of(r, t), member) for r, member in pseudo] for t in temperatures}
+        per_target = [(RmiaInputs.at(r, temperatures), member) for r, member in pseudo]
+        calibration = {t: [(inputs[t], member) for inputs, member in per_target] for t in temperatures}
         self.params_ = select_rmia_params(calibration, self.mode, self.temperature, self.a, self.gamma)
         self.mode_, self.temperature_ = self.params_.mode, self.params_.temperature
         self.a_, self.gamma_ = self.params_.a, self.params_.gamma
