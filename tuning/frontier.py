@@ -15,6 +15,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mia.report.figure import save_figure
+
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """The study's Pareto front, most accurate first."""
@@ -75,10 +77,7 @@ def plot(study: optuna.Study, front: list[FrozenTrial], path: Path, leakage_labe
     ax.set_title(study.study_name, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def table(front: list[FrozenTrial]) -> str:

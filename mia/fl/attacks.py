@@ -326,6 +326,8 @@ def plot_round_curves(curves: dict[str, list[dict]], path, title: str = "") -> P
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from mia.report.figure import save_figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -346,7 +348,4 @@ def plot_round_curves(curves: dict[str, list[dict]], path, title: str = "") -> P
     axes[0].legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mia.report.figure import save_figure  # noqa: E402
+
 
 def pareto_mask(utility, leakage) -> np.ndarray:
     """Bool mask of the non-dominated points (maximize ``utility``, minimize ``leakage``); NaN rows are off."""
@@ -78,10 +80,7 @@ def plot_frontiers(rows: pd.DataFrame, leakage: str, path, utility: str = "test_
            title=title or "privacy-utility frontiers")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write_html(path, title: str, images: dict[str, Path], tables: dict[str, pd.DataFrame]) -> Path:

@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mia.report.figure import save_figure  # noqa: E402
+
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "",
              n_nonmembers: int | None = None) -> Path:
@@ -41,7 +43,4 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str 
            xlabel="false positive rate", ylabel="true positive rate", title=title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
