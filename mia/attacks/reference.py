@@ -321,11 +321,6 @@ class ReferenceProbabilities:
     n_out: np.ndarray
 
     @classmethod
-    def of(cls, phi: np.ndarray, inclusion: np.ndarray, temperature: float = 1.0) -> "ReferenceProbabilities":
-        (means,) = _view_means(phi, (temperature,))
-        return cls.from_means(*means, inclusion)
-
-    @classmethod
     def from_means(cls, p: np.ndarray, q: np.ndarray, inclusion: np.ndarray) -> "ReferenceProbabilities":
         """From the models' view-averaged ``p`` and ``q = 1 - p`` (``M x N`` each)."""
         out = ~np.asarray(inclusion, dtype=bool)
