@@ -59,6 +59,11 @@ def same(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(weights(a), weights(b)))
 
 
+def close(a: nn.Module, b: nn.Module, atol: float) -> bool:
+    """Equal weights, up to ``atol`` (0: bit for bit)."""
+    return all(torch.allclose(p, q, rtol=0.0, atol=atol) for p, q in zip(weights(a), weights(b)))
+
+
 def accuracy(model: nn.Module, data: Dataset, idx: np.ndarray) -> float:
     return int((predict_logits(model, data, idx, device="cpu").argmax(1) == data.y[idx]).sum()) / len(idx)
 
@@ -96,16 +101,18 @@ def test_stacked_models_learn_and_differ(digits):
 def test_a_model_does_not_depend_on_its_neighbours_or_the_chunking(digits, config):
     """Model m's RNG streams and arithmetic are its own: alone, in a stack of 5, or in chunks of 2.
 
-    Exact equality on the CPU: vmap runs every slice through the same batched
-    kernels whatever M is, and the (non-fused) optimizer is elementwise.
+    On the CPU vmap runs every slice through the same batched kernels whatever
+    M is and the optimizers are elementwise, but the fused optimizer kernels
+    round an element differently on their vector and scalar paths, so models
+    agree to float32 rounding (at most 4e-8 after these 3 epochs), not bit for bit.
     """
     data, pool, val = digits
     sets, seeds = halves(pool, 5, 300), [10, 11, 12, 13, 14]
     one_chunk = run(data, sets, val[:200], config, seeds)
     chunked = run(data, sets, val[:200], config, seeds, max_stack=2)
     alone = run(data, sets[2:3], val[:200], config, seeds[2:3])[0]
-    assert all(same(a, b) for a, b in zip(one_chunk, chunked))
-    assert same(alone, one_chunk[2])
+    assert all(close(a, b, 1e-6) for a, b in zip(one_chunk, chunked))
+    assert close(alone, one_chunk[2], 1e-6)
 
 
 def test_stacked_model_matches_the_one_training_loop(digits):

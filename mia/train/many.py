@@ -39,11 +39,13 @@ from M or from how the models are chunked. Its initialization is
 caller's global RNG), and its permutations and augmentation draw from its own
 ``torch.Generator`` seeded with ``seeds[m]``. So model m of an M=3 run is the
 same model as when trained alone, and ``max_stack`` changes speed, not
-results. On the CPU, fully connected models are equal bit for bit (vmap runs
-every slice through the same batched matmul whatever M is, and the non-fused
-optimizer is elementwise); convolutions under vmap become one grouped
-convolution with M groups whose kernel depends on M, so conv models agree to
-float32 rounding; CUDA kernels are fast rather than bit-exact.
+results. On the CPU, fully connected models agree to float32 rounding (vmap
+runs every slice through the same batched matmul whatever M is, and the
+optimizers are elementwise, but their fused kernels take the vector or the
+scalar path for an element depending on where it falls in the stacked tensor,
+and the two paths round differently: 4e-8 apart after 3 epochs); convolutions under vmap become one
+grouped convolution with M groups whose kernel depends on M, so conv models
+agree to float32 rounding; CUDA kernels are fast rather than bit-exact.
 
 Relation to :func:`mia.train.train`: the fallback path calls it with
 ``config.seed = seeds[m]``, so it gives exactly what that loop gives; the
@@ -72,7 +74,7 @@ from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.models import build_model, model_spec
 from mia.train.config import TrainConfig
-from mia.train.loop import OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, train
+from mia.train.loop import OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, fused_on, train
 from mia.train.predict import resolve_device
 
 __all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "stack_pays",
@@ -360,9 +362,9 @@ class _Stack:
 
     ``params[name]`` is ``M x *shape``; ``functional_call`` runs the module
     (kept on the meta device: structure only) with slice m of every tensor
-    under ``torch.vmap``. The optimizer is the registry's, fused on CUDA as in
-    :func:`mia.train.train`; on the CPU its single-tensor kernels keep model
-    m's update bit for bit independent of the other models in the stack.
+    under ``torch.vmap``. The optimizer is the registry's, fused as in
+    :func:`mia.train.train` (one kernel over the stacked state: on 2 CPU cores a
+    step of 32 digits ``mlp`` models costs 8.9 ms against 12.0 ms unfused).
     """
 
     def __init__(self, models: list[nn.Module], config: TrainConfig, n: int, device: torch.device):
@@ -377,7 +379,7 @@ class _Stack:
         self.forward = torch.vmap(one)  # each model its own batch
         self.forward_shared = torch.vmap(one, in_dims=(0, None))  # every model on the same rows
         self.optimizer = OPTIMIZERS.get(config.optimizer)(list(self.params.values()), config,
-                                                          device.type == "cuda")
+                                                          fused_on(device))
         schedule = SCHEDULES.get(config.schedule)
         total = _steps_per_epoch(n, config.batch_size) * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s / total))
