@@ -8,6 +8,10 @@ from pathlib import Path
 
 import torch
 
+from mia.allocator import keep_freed_memory
+
+keep_freed_memory()  # as the ``mia`` command does, so the figures are what users get
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 

@@ -15,6 +15,7 @@ from entrypoints.catalog import attacks, datasets, defenses, info  # noqa: E402
 from entrypoints.report import report  # noqa: E402
 from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
+from mia.allocator import keep_freed_memory  # noqa: E402
 from mia.errors import MiaError  # noqa: E402
 
 
@@ -31,6 +32,7 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """mia: membership inference attacks and defenses, tracked in MLflow."""
+    keep_freed_memory()  # CPU steps stop page-faulting their tensors in again (mia/allocator.py)
 
 
 for command in (train, attack, audit, tune, report, datasets, attacks, defenses, info):

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from mia import tracking
+from mia.allocator import keep_freed_memory
 from mia.errors import MiaError
 from tuning import frontier, runs
 from tuning.objective import DIRECTIONS, LEAKAGE, Objective
@@ -196,6 +197,7 @@ class _Job:
 
 def _work(job: _Job, storage: optuna.storages.BaseStorage | None = None) -> None:
     """Run ``job.trials`` trials of the study; a trial that raises is recorded FAILED and the next one runs."""
+    keep_freed_memory()  # as the ``mia`` command does: a spawned worker is a fresh process
     if job.threads:
         import torch
 

@@ -87,14 +87,13 @@ CPU_STACK_MAX_PARAMS = 500_000
 """On the CPU, models with more parameters than this train one by one, not stacked.
 
 A CPU step is mostly arithmetic already, so stacking saves only the fixed
-cost per step; against that, the stacked gradients, optimizer state and its
-temporaries (parameters x M x 4 bytes each, tens of MB for large models)
-outgrow the caches, and glibc malloc page-faults them back in from the OS
-every step. Measured on 2 cores (``benchmarks/pool_throughput.py``,
-RESULTS.md), stacked against one after another: the digits ``mlp`` (50k
-parameters) about 2x, the Purchase ``mlp`` and ``cnn-small`` (about 200k)
-1.1-1.4x, the Purchase ``fc`` net (1.3M) 0.7x. On CUDA, where a small
-model's step is kernel-launch latency, stackable models always stack."""
+cost per step, and a large model's step is large matmuls either way; its
+stacked state costs memory (parameters x M x 4 bytes, five times over).
+Measured on 2 cores (``benchmarks/pool_throughput.py``, RESULTS.md), stacked
+against one after another: the digits ``mlp`` (50k parameters) about 2.3x,
+the Purchase ``mlp`` and ``cnn-small`` (about 200k) 1.05-1.3x, the Purchase
+``fc`` net (1.3M) 0.8-1.0x. On CUDA, where a small model's step is
+kernel-launch latency, stackable models always stack."""
 
 CUDA_STACK_FRACTION = 0.5
 """Share of the GPU memory free at the start that one stack of models may use."""
