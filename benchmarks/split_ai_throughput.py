@@ -47,6 +47,15 @@ from mia.train.many import train_many  # noqa: E402
 
 K, L = 25, 10
 GOAL = 5.0  # wanted speed-up of many at a time for the fc net
+CPU_READING = """
+Reading: a CPU step of the 1.3M-parameter `fc` net is large matmuls whichever way the sub-models
+are trained, so many at a time (one reused module by default here, or stacked) saves only the
+fixed cost per step: about 1.1x. Both ways got faster with the fused optimizers and the kept
+memory of `mia.allocator` (`benchmarks/cpu_step.py`): on 2026-11-22, before them, one after
+another took 127 s and the default way 65 s (1.9x, with a background job sharing the CPU).
+The small digits `mlp` gains from stacking (2.4x). 5x is the GPU's regime, where a small
+model's step is kernel-launch latency: `python benchmarks/split_ai_throughput.py --device cuda`.
+"""
 
 
 @dataclass
@@ -153,7 +162,7 @@ def main() -> None:
             f"- torch {torch.__version__}; 1-minute load average at start: {load:.1f}\n"
             f"- command: `python benchmarks/split_ai_throughput.py{' --device cuda' if device.type == 'cuda' else ''}`\n"
             f"- speed-up: wall time one after another / wall time of the way; samples/s counts training rows x "
-            f"epochs over all K sub-models\n\n{table}\n{goal}")
+            f"epochs over all K sub-models\n\n{table}\n{goal}{'' if device.type == 'cuda' else CPU_READING}")
     print(text)
     if not args.no_write:
         write_section(f"## SELENA Split-AI sub-models, many at once ({'CUDA' if device.type == 'cuda' else 'CPU'})",
