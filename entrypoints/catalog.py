@@ -62,6 +62,7 @@ def info() -> None:
     import torch
 
     from mia import __version__, tracking
+    from mia.allocator import keep_freed_memory
 
     click.echo(f"mia {__version__}, python {platform.python_version()} on {platform.platform()}")
     for package in ("torch", "torchvision", "numpy", "scikit-learn", "mlflow", "optuna", "opacus", "pandas"):
@@ -70,7 +71,9 @@ def info() -> None:
         except importlib.metadata.PackageNotFoundError:
             version = "not installed"
         click.echo(f"  {package:<13} {version}")
-    click.echo(f"cpu threads: {torch.get_num_threads()}")
+    kept = keep_freed_memory()  # what the mia command set at its start; setting it again changes nothing
+    click.echo(f"cpu threads: {torch.get_num_threads()}; freed memory "
+               f"{'kept (glibc mallopt)' if kept else 'returned to the OS (not glibc, or MALLOC_*/LD_PRELOAD set)'}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             click.echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
