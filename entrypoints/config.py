@@ -13,7 +13,8 @@ from entrypoints.options import key_values
 #: Scenarios this version trains; each later one registers here.
 SCENARIOS = ("centralized", "federated", "pruning")
 
-_TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device")
+_TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device",
+               "cpu_bf16")
 
 
 def label_only_kinds(text: str) -> list[str]:

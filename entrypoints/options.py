@@ -93,6 +93,9 @@ target_options = compose(
                       "(the boundary searches cost hundreds of queries per sample)."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    click.option("--cpu-bf16", is_flag=True, default=None,
+                 help="Train under bf16 autocast on the CPU too (as on CUDA): about 2x faster steps for fc nets "
+                      "and CNNs on CPUs with native bf16 (AVX512-BF16, AMX); CPU runs are float32 by default."),
 )
 
 federated_options = compose(

@@ -191,6 +191,26 @@ def test_bad_config_is_a_user_error(digits, change, match):
         fit(data, tr[:64], va[:10], adam(**change))
 
 
+def test_cpu_bf16_trains_under_autocast_where_the_cpu_has_it(digits, monkeypatch):
+    """``--cpu-bf16``: bf16 steps on the CPU (different weights, same skill); refused without native bf16."""
+    import mia.train.loop as loop
+
+    data, tr, va = digits
+    if not loop.cpu_has_bf16():  # a CPU without AVX512-BF16/AMX: the one-line refusal is all there is
+        with pytest.raises(MiaError, match="no native bf16"):
+            fit(data, tr, va, adam(epochs=4, cpu_bf16=True, device="cpu"))
+        return
+    fp32, r32 = fit(data, tr, va, adam(epochs=4, device="cpu", select_best=False))
+    bf16, r16 = fit(data, tr, va, adam(epochs=4, cpu_bf16=True, device="cpu", select_best=False))
+    assert not all(torch.equal(p, q) for p, q in zip(fp32.state_dict().values(), bf16.state_dict().values()))
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # autocast: float32 master weights
+    assert r16.history[-1]["val_accuracy"] > 0.9
+    assert abs(r16.history[-1]["val_accuracy"] - r32.history[-1]["val_accuracy"]) < 0.03
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    with pytest.raises(MiaError, match="--cpu-bf16: this CPU has no native bf16"):
+        fit(data, tr[:64], va[:10], adam(cpu_bf16=True, device="cpu"))
+
+
 def test_select_best_needs_validation_rows(digits):
     data, tr, _ = digits
     with pytest.raises(MiaError, match="select_best needs validation rows"):

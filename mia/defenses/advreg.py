@@ -44,7 +44,7 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult, make_optimizer
-from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _check, _resident, _steps_per_epoch
+from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _check, _resident, _steps_per_epoch, autocast_on
 from mia.train.predict import resolve_device
 
 _REFERENCE_STREAM = 0xADE  # keeps the reference draw independent of other uses of the seed
@@ -116,7 +116,7 @@ class AdvReg(Defense):
         image = data.kind == "image" and x_train.dim() == 4
         augment = config.augment and data.augment and image
         memory_format = torch.channels_last if cuda and image and config.channels_last else torch.contiguous_format
-        amp = cuda and config.amp
+        amp = autocast_on(device, config)
         model = make_model().to(device=device, memory_format=memory_format)
         attack = InferenceModel(data.num_classes).to(device)
         optimizer = make_optimizer(model, config)

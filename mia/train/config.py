@@ -20,7 +20,8 @@ class TrainConfig:
     augment: bool = True  # crop+flip on the device; only used where the dataset allows it
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda when present
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast in training on CUDA (on the CPU only with cpu_bf16)
+    cpu_bf16: bool = False  # bf16 autocast in training on the CPU too: needs native bf16 (AVX512-BF16, AMX)
     channels_last: bool = True  # on CUDA for image models
     select_best: bool = True  # keep the epoch with the best validation accuracy
     compile: bool = False  # torch.compile the model on CUDA (pays off for long runs)

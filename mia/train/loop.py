@@ -5,7 +5,8 @@ once (uint8 for images, 4x smaller than float); each epoch draws one
 permutation on the device and slices batches out of it; crop+flip runs on the
 whole batch on the device; loss and accuracy accumulate as device tensors and
 are read once per epoch, so no step waits for the host. On CUDA the forward
-runs under bf16 autocast and image models use channels-last memory.
+runs under bf16 autocast and image models use channels-last memory; on the
+CPU only with ``cpu_bf16`` (:func:`autocast_on`).
 
 Reproducibility: the permutation and augmentation draw from a local generator
 seeded with ``config.seed``, so they do not depend on (or disturb) the global
@@ -54,6 +55,25 @@ On the CPU too (torch >= 2.5): measured on 2 cores, a step of the Purchase
 Nesterov momentum) with the per-parameter loop, and a stacked step of 32 digits
 ``mlp`` models 8.9 ms against 12.0 ms: the loop makes ten passes over
 the optimizer state, the fused kernel one."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_on(device: torch.device, config: TrainConfig) -> bool:
+    """Whether training steps run under bf16 autocast on ``device``.
+
+    On CUDA with ``config.amp`` (the default). On the CPU only when asked
+    (``config.cpu_bf16``, ``--cpu-bf16``): on a CPU with native bf16 it about
+    halves a step of the ``fc`` net and of CNNs (``benchmarks/cpu_step.py``),
+    but CPU runs stay float32 by default, so that their results are the exact,
+    reproducible reference. Queries (signals, predictions) run in float32 on the CPU either way.
+    """
+    if device.type == "cuda":
+        return config.amp
+    return device.type == "cpu" and config.amp and config.cpu_bf16
 
 
 def fused_on(device: torch.device) -> bool:
@@ -219,7 +239,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     image = data.kind == "image" and x_train.dim() == 4
     augment = config.augment and data.augment and image
     memory_format = torch.channels_last if cuda and image and config.channels_last else torch.contiguous_format
-    amp = cuda and config.amp
+    amp = autocast_on(device, config)
     model.to(device=device, memory_format=memory_format)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
@@ -297,6 +317,9 @@ def _check(config: TrainConfig) -> None:
         raise MiaError(f"lr must be > 0, got {config.lr}")
     if config.nesterov and (config.optimizer != "sgd" or config.momentum <= 0):
         raise MiaError("nesterov needs optimizer='sgd' with momentum > 0")
+    if config.cpu_bf16 and resolve_device(config.device).type == "cpu" and not cpu_has_bf16():
+        raise MiaError("--cpu-bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is slower than "
+                       "float32; drop --cpu-bf16")
 
 
 def _resident(data: Dataset, idx: Indices | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

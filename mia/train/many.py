@@ -74,7 +74,8 @@ from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.models import build_model, model_spec
 from mia.train.config import TrainConfig
-from mia.train.loop import OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, fused_on, train
+from mia.train.loop import (OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, autocast_on, fused_on,
+                            train)
 from mia.train.predict import resolve_device
 
 __all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "stack_pays",
@@ -367,7 +368,7 @@ class _Stack:
     """
 
     def __init__(self, models: list[nn.Module], config: TrainConfig, n: int, device: torch.device):
-        self.amp = device.type == "cuda" and config.amp
+        self.amp = autocast_on(device, config)
         stacked = stack_module_state(models)[0]
         self.params: Params = {name: p.detach().to(device).requires_grad_() for name, p in stacked.items()}
         base = copy.deepcopy(models[0]).to("meta")
