@@ -47,10 +47,9 @@ CPU_STACK_PARAMS = 2_000_000
 """On the CPU, a round's clients train stacked only if their parameters together stay below this.
 
 Measured on 2 cores (``benchmarks/fl_round.py``, RESULTS.md): 20 digits
-``mlp`` clients (1.0M stacked parameters) 1.6x faster stacked than in turn;
-50 purchase ``mlp`` clients (10M) 0.6x: past the caches, the stacked
-weights, gradients and momentum cost more memory traffic than the per-step
-overhead they save. On CUDA every stackable federation stacks."""
+``mlp`` clients (1.0M stacked parameters) 1.5-2.4x faster stacked than in
+turn; 50 purchase ``mlp`` clients (10M) 0.7-1.05x, each client's step being
+matmul work either way. On CUDA every stackable federation stacks."""
 
 
 @dataclass
