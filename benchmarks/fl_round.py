@@ -40,6 +40,19 @@ from mia.fl.config import FLConfig  # noqa: E402
 from mia.fl.simulation import simulate  # noqa: E402
 from mia.train import TrainConfig, resolve_device  # noqa: E402
 
+CPU_READING = """\
+Reading: 20 digits `mlp` clients (1.0M stacked parameters) train 1.5-2.4x faster stacked than
+one after another; 50 purchase `mlp` clients (10M stacked) 0.7-1.05x over the runs of 2026-11-23:
+at that size each client's step is matmul work either way, so stacking saves little, and the
+per-client loop got faster too (one fused SGD kernel, memory kept by `mia.allocator`; on
+2026-11-22, before them, the loop took 0.25 s a round and the stack 0.44 s). So on the CPU a
+round stacks only below 2M stacked parameters (`mia.fl.clients.CPU_STACK_PARAMS`); on CUDA every
+stackable federation stacks. Recording the server's view (per-sample gradients of the query
+set) costs about half a round's training here. The H100 goal (100 ResNet-18 GroupNorm clients x
+500 images in at most 1 s per round, recording included) is
+`python benchmarks/fl_round.py --device cuda --cases resnet`; it was not run: no GPU was lent.
+"""
+
 
 @dataclass
 class Case:
@@ -50,19 +63,6 @@ class Case:
     clients: int
     batch_size: int
     augment: bool = False
-
-CPU_READING = """\
-Reading: 20 digits `mlp` clients (1.0M stacked parameters) train 1.5-2.4x faster stacked than
-one after another; 50 purchase `mlp` clients (10M stacked) 0.7-1.05x over this session's runs:
-at that size each client's step is matmul work either way, so stacking saves little, and the
-per-client loop got faster too (one fused SGD kernel, memory kept by `mia.allocator`; on
-2026-11-22, before them, the loop took 0.25 s a round and the stack 0.44 s). So on the CPU a
-round stacks only below 2M stacked parameters (`mia.fl.clients.CPU_STACK_PARAMS`); on CUDA every
-stackable federation stacks. Recording the server's view (per-sample gradients of the query
-set) costs about half a round's training here. The H100 goal (100 ResNet-18 GroupNorm clients x
-500 images in at most 1 s per round, recording included) is
-`python benchmarks/fl_round.py --device cuda --cases resnet`; it was not run: no GPU was lent.
-"""
 
 
 def purchase_case() -> Case:
