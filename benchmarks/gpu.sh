@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU benchmarks, in parts that each fit one 10-minute call on a lent GPU machine.
+#
+# The device image has torch, torchvision, numpy, scikit-learn and tqdm but not
+# mlflow, optuna or opacus; these scripts need only the first ones (the `mia`
+# core runs without the others: tests/test_core_without_extras.py). Each part
+# rewrites its CUDA sections of benchmarks/RESULTS.md and, where $OUT is set,
+# copies the file there; take its CUDA sections back into the checkout before
+# the next part, which starts from the checkout's copy.
+#
+#   bash benchmarks/gpu.sh 1   # the training loop: ResNet-18, 50k images, bf16, eager and compiled
+#   bash benchmarks/gpu.sh 2   # reference-model pools, many at a time (incl. WRN-28-2, compiled)
+#   bash benchmarks/gpu.sh 3   # SELENA Split-AI K=25; one FedAvg round of 100 ResNet-18 (GN) clients
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: these are the GPU benchmarks')"
+
+case "${1:-}" in
+  1) $PY benchmarks/train_throughput.py --device cuda ;;
+  2) $PY benchmarks/pool_throughput.py --device cuda ;;
+  3) $PY benchmarks/split_ai_throughput.py --device cuda
+     $PY benchmarks/fl_round.py --device cuda ;;
+  *) echo "usage: bash benchmarks/gpu.sh 1|2|3" >&2; exit 2 ;;
+esac
+if [ -n "${OUT:-}" ]; then cp benchmarks/RESULTS.md "$OUT/"; fi
