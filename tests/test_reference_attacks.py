@@ -25,16 +25,18 @@ from mia.signals import Signals, loss
 REFERENCE_ATTACKS = ["lira-online", "lira-offline", "rmia", "global-threshold"]
 
 
-def _samples(rng, k: int, v: int) -> dict:
+def _samples(rng, k: int, v: int, hetero: bool = False) -> dict:
+    """``hetero``: the model-to-model spread differs between samples (x0.25 to x4), as it does in real pools."""
     return {"mu": rng.normal(1.0, 2.0, k), "keep": rng.uniform(0.2, 0.9, k),
-            "view": rng.normal(0.0, 0.3, (k, v))}
+            "view": rng.normal(0.0, 0.3, (k, v)),
+            "spread": np.exp(rng.uniform(np.log(0.25), np.log(4.0), k)) if hetero else np.ones(k)}
 
 
 def _phi(rng, s: dict, inc: np.ndarray) -> np.ndarray:
     """float16 ``M x K x V`` phi of ``M`` models, ``inc[m, k]``: model m trained on sample k."""
     m, k = inc.shape
     v = s["view"].shape[1]
-    noise = 0.8 * rng.normal(size=(m, k, 1)) + 0.6 * rng.normal(size=(m, k, v))
+    noise = (0.8 * rng.normal(size=(m, k, 1)) + 0.6 * rng.normal(size=(m, k, v))) * s["spread"][None, :, None]
     out = s["mu"][None, :, None] + s["view"][None] + noise
     p_in = s["keep"][None, :, None] / (1 + np.exp(-out)) + (1 - s["keep"])[None, :, None]
     phi_in = np.log(p_in) - np.log1p(-np.minimum(p_in, 1 - 1e-12))
@@ -42,7 +44,7 @@ def _phi(rng, s: dict, inc: np.ndarray) -> np.ndarray:
 
 
 def synth(n: int = 2000, z: int = 2000, m: int = 16, v: int = 4, seed: int = 0,
-          online: bool = True, leak: bool = True):
+          online: bool = True, leak: bool = True, hetero: bool = False):
     """``(target, is_member, reference)``: a balanced audited set and a reference pool.
 
     ``online``: every audited sample is IN for a random half of the models;
@@ -50,7 +52,7 @@ def synth(n: int = 2000, z: int = 2000, m: int = 16, v: int = 4, seed: int = 0,
     target's phi does not depend on its membership (nothing to find).
     """
     rng = np.random.default_rng(seed)
-    audited, population = _samples(rng, n, v), _samples(rng, z, v)
+    audited, population = _samples(rng, n, v, hetero), _samples(rng, z, v, hetero)
     member = np.zeros(n, bool)
     member[rng.permutation(n)[: n // 2]] = True
     inc = rng.random((m, n)) < 0.5 if online else np.zeros((m, n), bool)
@@ -312,8 +314,22 @@ def test_seeds_and_params(online16):
     assert c.scores.shape == a.scores.shape
     assert set(c.chosen) == {"mode", "temperature"}  # what it chose itself, not what it was given
     assert set(a.chosen) == {"temperature", "a", "gamma"}
-    assert run_attack("lira-online", target, [], reference=ref).chosen == {"variance": "fixed"}  # 16 < 64 models
+    assert set(run_attack("lira-online", target, [], reference=ref).chosen) == {"variance"}
     assert run_attack("lira-online", target, [], {"variance": "fixed"}, reference=ref).chosen == {}
+
+
+@pytest.mark.parametrize("models,hetero,want", [(4, False, "fixed"), (64, True, "per-example")])
+def test_lira_auto_variance_takes_the_scale_the_pseudo_targets_favour(models, hetero, want):
+    """4 models and one spread for every sample: per-sample scales are noise, the pooled one is right;
+    64 models and spreads 16x apart between samples: only per-sample scales see which samples vary."""
+    target, member, ref = synth(m=models, seed=1, hetero=hetero)
+    other = {"fixed": "per-example", "per-example": "fixed"}[want]
+    for name in ("lira-online", "lira-offline"):
+        auto = run_attack(name, target, [], reference=ref)
+        assert auto.chosen == {"variance": want}, name
+        tpr = attack_metrics(auto.scores, member)["tpr_at_fpr_0.01"]
+        alternative = run_attack(name, target, [], {"variance": other}, reference=ref)
+        assert tpr > attack_metrics(alternative.scores, member)["tpr_at_fpr_0.01"], name  # and it was right
 
 
 def test_errors(online16):
