@@ -234,10 +234,22 @@ def test_rmia_score_matches_the_pairwise_definition():
     rng = np.random.default_rng(5)
     log_rx, log_rz = rng.normal(size=50), rng.normal(size=80)
     for gamma in (1.0, 2.0):
-        want = (np.exp(log_rx)[:, None] / np.exp(log_rz)[None, :] > gamma).mean(axis=1)
-        np.testing.assert_allclose(rmia_scores(log_rx, log_rz, gamma), want)
+        share = (np.exp(log_rx)[:, None] / np.exp(log_rz)[None, :] > gamma).mean(axis=1)
+        scores = rmia_scores(log_rx, log_rz, gamma)
+        # the share of dominated z, to within the tie-break's less-than-one step
+        assert np.all(np.abs(scores * 81 / 80 - share) < 1 / 80)
+        assert np.all(np.diff(scores[np.lexsort((log_rx, share))]) > 0)  # ordered by share, then by r(x)
     both = rmia_scores(log_rx, log_rz, [1.0, 2.0])
     assert both.shape == (2, 50)
+
+
+def test_rmia_ties_in_the_share_are_ordered_by_the_ratio():
+    """Samples that dominate every z (a memorizing target, few models) keep their own ratios' order."""
+    log_rz = np.linspace(-2.0, 2.0, 100)
+    log_rx = np.array([3.0, 30.0, 10.0, 5.0, -5.0])  # the first four dominate every z
+    scores = rmia_scores(log_rx, log_rz, 1.0)
+    assert list(np.argsort(-scores)) == [1, 2, 3, 0, 4]
+    assert scores[4] < 1 / 101 < scores[0]  # a different count is never overtaken
 
 
 def test_rmia_prior_by_hand():

@@ -382,15 +382,24 @@ class RmiaInputs:
 
 
 def rmia_scores(log_rx: np.ndarray, log_rz: np.ndarray, gammas) -> np.ndarray:
-    """Fraction of ``z`` with ``r(x) / r(z) > gamma``: ``len(gammas) x N`` (or ``N`` for a scalar).
+    """RMIA's score, the share of ``z`` with ``r(x) / r(z) > gamma``, ties broken by ``r(x)``.
 
-    ``r(z) < r(x) / gamma`` counted by one sort of the ``z`` and a binary
-    search per ``x``: ``O((N + Z) log Z)``, no ``N x Z`` matrix.
+    ``len(gammas) x N`` (or ``N`` for a scalar). ``r(z) < r(x) / gamma`` is
+    counted by one sort of the ``z`` and a binary search per ``x``:
+    ``O((N + Z) log Z)``, no ``N x Z`` matrix. The score is
+    ``(count + u) / (Z + 1)`` with ``u = 1/2 + arctan(log r(x)) / pi`` in
+    (0, 1): a lexicographic refinement that orders samples with the same
+    count by their own ratio and never reorders different counts. Why: on a
+    memorizing target with few reference models many members, and a few
+    non-members, dominate every ``z``; as one tie they make the ROC jump past
+    the lowest false-positive rates (purchase-synth, 2 models: TPR at 0.1%
+    FPR 0.00 as a tie, 0.31 ordered; 16 models 0.73 -> 0.76; AUC unchanged).
     """
     g = np.atleast_1d(np.asarray(gammas, dtype=np.float64))
     rz = np.sort(log_rz)
+    log_rx = np.asarray(log_rx, dtype=np.float64)
     counts = np.searchsorted(rz, log_rx[None, :] - np.log(g)[:, None], side="left")
-    scores = counts / len(rz)
+    scores = (counts + (0.5 + np.arctan(log_rx) / np.pi)[None, :]) / (len(rz) + 1)
     return scores[0] if np.ndim(gammas) == 0 else scores
 
 
