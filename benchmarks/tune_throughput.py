@@ -54,7 +54,11 @@ def main() -> None:
             "(digits, 15 epochs, 2 reference models, attacks loss/mentr/nn, journal storage, every trial a full "
             "tracked audit, including process start-up)\n\n"
             "| workers | trials per hour | ratio |\n| ---: | ---: | ---: |\n"
-            f"| 1 | {one:.0f} | 1.00x |\n| 2 | {two:.0f} | {two / one:.2f}x |\n")
+            f"| 1 | {one:.0f} | 1.00x |\n| 2 | {two:.0f} | {two / one:.2f}x |\n"
+            "\nReading: where each trial already uses every core (torch threads), more workers on one machine "
+            "only add contention and process start-up; workers pay off with more cores than a trial uses, "
+            "with one GPU per worker, and across machines on PostgreSQL storage "
+            "(`tests/test_tune_postgres.py`).\n")
     print(text)
     if not args.no_write:
         write_section("## Optuna trials per hour (CPU)", text)
