@@ -50,11 +50,10 @@ OptimizerFactory = Callable[[list[nn.Parameter], TrainConfig, bool], torch.optim
 FUSED_DEVICES = ("cuda", "cpu")
 """Devices where the optimizers run as one fused kernel over all parameters.
 
-On the CPU too (torch >= 2.5): measured on 2 cores, a step of the Purchase
-``fc`` net costs 7.5 ms fused against 9.5 ms (Adam) and 11.2 ms (SGD with
-Nesterov momentum) with the per-parameter loop, and a stacked step of 32 digits
-``mlp`` models 8.9 ms against 12.0 ms: the loop makes ten passes over
-the optimizer state, the fused kernel one."""
+On the CPU too (torch >= 2.5): the per-parameter loop makes about ten passes
+over the optimizer state, the fused kernel one. Measured on 2 cores
+(``benchmarks/cpu_step.py``): a step of the Purchase ``fc`` net 1.3-1.6x
+faster (Adam and SGD with Nesterov momentum), 16 of them stacked 1.4x."""
 
 
 def cpu_has_bf16() -> bool:

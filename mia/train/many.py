@@ -38,13 +38,14 @@ from M or from how the models are chunked. Its initialization is
 ``seed_everything(seed)`` then ``build_model`` gives, without touching the
 caller's global RNG), and its permutations and augmentation draw from its own
 ``torch.Generator`` seeded with ``seeds[m]``. So model m of an M=3 run is the
-same model as when trained alone, and ``max_stack`` changes speed, not
-results. On the CPU, fully connected models agree to float32 rounding (vmap
-runs every slice through the same batched matmul whatever M is, and the
-optimizers are elementwise, but their fused kernels take the vector or the
-scalar path for an element depending on where it falls in the stacked tensor,
-and the two paths round differently: 4e-8 apart after 3 epochs); convolutions under vmap become one
-grouped convolution with M groups whose kernel depends on M, so conv models
+same model as when trained alone, to float32 rounding, and ``max_stack``
+changes speed, not results. On the CPU, fully connected models agree to
+float32 rounding (vmap runs every slice through the same batched matmul
+whatever M is, and the optimizers are elementwise, but their fused kernels
+take the vector or the scalar path for an element depending on where it
+falls in the stacked tensor, and the two paths round differently: 4e-8 apart
+after 3 epochs); convolutions under vmap become one grouped convolution with
+M groups whose kernel depends on M, so conv models
 agree to float32 rounding; CUDA kernels are fast rather than bit-exact.
 
 Relation to :func:`mia.train.train`: the fallback path calls it with
