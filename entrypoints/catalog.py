@@ -63,6 +63,7 @@ def info() -> None:
 
     from mia import __version__, tracking
     from mia.allocator import keep_freed_memory
+    from mia.train.loop import cpu_has_bf16
 
     click.echo(f"mia {__version__}, python {platform.python_version()} on {platform.platform()}")
     for package in ("torch", "torchvision", "numpy", "scikit-learn", "mlflow", "optuna", "opacus", "pandas"):
@@ -74,6 +75,7 @@ def info() -> None:
     kept = keep_freed_memory()  # what the mia command set at its start; setting it again changes nothing
     click.echo(f"cpu threads: {torch.get_num_threads()}; freed memory "
                f"{'kept (glibc mallopt)' if kept else 'returned to the OS (not glibc, or MALLOC_*/LD_PRELOAD set)'}")
+    click.echo(f"cpu bf16: {'native, so --cpu-bf16 is available' if cpu_has_bf16() else 'not native (--cpu-bf16 is refused)'}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             click.echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}")

@@ -58,6 +58,9 @@ def test_info_reports_versions_devices_and_store(mlflow_store):
     assert "torch" in result.output and "mlflow" in result.output
     assert "cuda" in result.output
     assert "freed memory kept" in result.output  # mia/allocator.py applied on this glibc machine
+    from mia.train.loop import cpu_has_bf16
+
+    assert ("cpu bf16: native" if cpu_has_bf16() else "cpu bf16: not native") in result.output
     assert f"sqlite:///{mlflow_store}" in result.output
 
 
