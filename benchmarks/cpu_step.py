@@ -149,7 +149,7 @@ def main() -> None:
             "threshold already. bf16 autocast, where the CPU has native bf16, halves the matmuls' cost again.\n")
     print(text)
     if not args.no_write:
-        write_section("## One CPU training step: fused optimizers and kept memory", text)
+        write_section("## One CPU training step: fused optimizers, kept memory, bf16", text)
 
 
 if __name__ == "__main__":
