@@ -512,14 +512,15 @@ class ReferenceAttack(Attack):
     def score(self, reference: ReferenceSignals) -> np.ndarray:
         """Scores of ``reference.target_phi``'s samples (larger = member)."""
 
-    def choose(self, calibration: list[tuple[ReferenceSignals, np.ndarray]]) -> None:
-        """Settings the attack picks on the pseudo-targets before its threshold is fitted (none here)."""
+    def calibration_scores(self, calibration: list[tuple[ReferenceSignals, np.ndarray]]) -> list[np.ndarray]:
+        """The pseudo-targets' scores the threshold is fitted on; an attack that chooses settings
+        on the pseudo-targets chooses them here, from the same scores."""
+        return [self.score(r) for r, _ in calibration]
 
     def fit(self, shadows: list[ShadowSignals], reference: ReferenceSignals) -> "ReferenceAttack":
         self.reference_ = reference
         calibration = pseudo_targets(reference, self.seed)
-        self.choose(calibration)
-        self.threshold_ = calibrated_threshold([self.score(r) for r, _ in calibration],
+        self.threshold_ = calibrated_threshold(self.calibration_scores(calibration),
                                                [mem for _, mem in calibration], self.fallback_threshold)
         return self
 
@@ -548,17 +549,17 @@ class _Lira(ReferenceAttack):
     def __init__(self, variance: str = "auto", seed: int = 0):
         super().__init__(seed)
         self.variance = _check_choice(self.name, "variance", variance, ("auto", *VARIANCES))
-        self.variance_ = VARIANCES[0] if variance == "auto" else variance
 
-    def choose(self, calibration: list[tuple[ReferenceSignals, np.ndarray]]) -> None:
-        if self.variance != "auto" or not calibration:
-            return
-        best = -1.0
-        for variance in VARIANCES:
-            tpr = sum(tpr_at_fpr(*roc(self.scores(r, variance), member)[:2], VARIANCE_FPR)
-                      for r, member in calibration)
-            if tpr > best:
-                self.variance_, best = variance, tpr
+    def calibration_scores(self, calibration: list[tuple[ReferenceSignals, np.ndarray]]) -> list[np.ndarray]:
+        """With ``variance="auto"``, the scale whose pseudo-target scores reach the higher TPR at
+        :data:`VARIANCE_FPR` (the first on ties, and without pseudo-targets); its scores."""
+        best_tpr, best_scores = -1.0, []
+        for variance in VARIANCES if self.variance == "auto" else (self.variance,):
+            scores = [self.scores(r, variance) for r, _ in calibration]
+            tpr = sum(tpr_at_fpr(*roc(s, member)[:2], VARIANCE_FPR) for s, (_, member) in zip(scores, calibration))
+            if tpr > best_tpr:
+                self.variance_, best_tpr, best_scores = variance, tpr, scores
+        return best_scores
 
     def chosen(self) -> dict:
         return {"variance": self.variance_} if self.variance == "auto" else {}
