@@ -34,6 +34,14 @@ def device_name(device: torch.device | None = None) -> str:
     return f"CPU: {model}, {torch.get_num_threads()} threads"
 
 
+def publish(heading: str, text: str, write: bool = True) -> None:
+    """Print a benchmark's section and, unless ``write`` is False (``--no-write``), record it in RESULTS.md."""
+    print(text)
+    if write:
+        write_section(heading, text)
+        print(f"written to {RESULTS}")
+
+
 def write_section(heading: str, text: str) -> None:
     """Replace (or append) the ``## heading`` section of RESULTS.md, keeping every other section."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"

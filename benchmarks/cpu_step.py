@@ -119,7 +119,7 @@ def main() -> None:
         print(json.dumps(child(fused, keep, bf16, args.steps)))
         return
 
-    from common import device_name, write_section
+    from common import device_name, publish
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
     results: dict[str, dict[str, float]] = {}
@@ -147,9 +147,7 @@ def main() -> None:
             "the first layer) are above the largest block glibc keeps by default (32 MB), so without it each "
             "step maps them afresh and faults every page in; a single fc net's blocks are mostly below that "
             "threshold already. bf16 autocast, where the CPU has native bf16, halves the matmuls' cost again.\n")
-    print(text)
-    if not args.no_write:
-        write_section("## One CPU training step: fused optimizers, kept memory, bf16", text)
+    publish("## One CPU training step: fused optimizers, kept memory, bf16", text, not args.no_write)
 
 
 if __name__ == "__main__":

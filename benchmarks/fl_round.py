@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import device_name, sync, write_section  # noqa: E402
+from common import device_name, publish, sync  # noqa: E402
 
 from mia.data import Dataset, SplitConfig, load_dataset, make_split  # noqa: E402
 from mia.defenses import make_defense  # noqa: E402
@@ -132,9 +132,7 @@ def main() -> None:
             "- seconds per FedAvg round (local training of every client, aggregation, global test accuracy, and "
             "the server's FedMIA view where recorded), mean over the timed rounds after a warm-up\n\n"
             + "\n".join(rows) + "\n" + ("" if cuda else "\n" + CPU_READING))
-    print(text)
-    if not args.no_write:
-        write_section(f"## Federated rounds, all clients at once ({'CUDA' if cuda else 'CPU'})", text)
+    publish(f"## Federated rounds, all clients at once ({'CUDA' if cuda else 'CPU'})", text, not args.no_write)
 
 
 if __name__ == "__main__":

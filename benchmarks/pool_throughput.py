@@ -50,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, device_name, sync, write_section  # noqa: E402
+from common import device_name, publish, sync  # noqa: E402
 
 from mia.data import Dataset, load_dataset  # noqa: E402
 from mia.models import build_model  # noqa: E402
@@ -233,10 +233,7 @@ def main() -> None:
             f"- command: `python benchmarks/pool_throughput.py{' --device cuda' if cuda else ''}`\n"
             f"- speed-up: wall time one after another / wall time of this way, same process, same seeds and "
             f"train sets; samples/s counts training rows x epochs\n\n{table}\n{note}")
-    print(text)
-    if not args.no_write:
-        write_section(f"## Many models at once, reference-model pools ({'CUDA' if cuda else 'CPU'})", text)
-        print(f"written to {RESULTS}")
+    publish(f"## Many models at once, reference-model pools ({'CUDA' if cuda else 'CPU'})", text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import device_name, sync, write_section  # noqa: E402
+from common import device_name, publish, sync  # noqa: E402
 
 from mia.data import Dataset, load_dataset, make_split  # noqa: E402
 from mia.defenses.selena import assign_nonmembers, training_sets  # noqa: E402
@@ -163,10 +163,8 @@ def main() -> None:
             f"- command: `python benchmarks/split_ai_throughput.py{' --device cuda' if device.type == 'cuda' else ''}`\n"
             f"- speed-up: wall time one after another / wall time of the way; samples/s counts training rows x "
             f"epochs over all K sub-models\n\n{table}\n{goal}{'' if device.type == 'cuda' else CPU_READING}")
-    print(text)
-    if not args.no_write:
-        write_section(f"## SELENA Split-AI sub-models, many at once ({'CUDA' if device.type == 'cuda' else 'CPU'})",
-                      text)
+    publish(f"## SELENA Split-AI sub-models, many at once ({'CUDA' if device.type == 'cuda' else 'CPU'})",
+            text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, device_name, sync, write_section  # noqa: E402
+from common import device_name, publish, sync  # noqa: E402
 
 from mia.data.base import Dataset  # noqa: E402
 from mia.models import build_model  # noqa: E402
@@ -162,10 +162,8 @@ def main() -> None:
             f"- torch {torch.__version__}, torchvision {torchvision.__version__}, numpy {np.__version__}\n"
             f"- {scope}\n- 1-minute load average at start: {load:.1f} (other processes share the machine)\n"
             f"- command: `python benchmarks/train_throughput.py`\n\n{table}\n{goal}")
-    print(text)
-    if not args.no_write:
-        write_section(f"## Training throughput, ResNet-18 on CIFAR-shaped data ({'CUDA' if cuda else 'CPU'})", text)
-        print(f"written to {RESULTS}")
+    publish(f"## Training throughput, ResNet-18 on CIFAR-shaped data ({'CUDA' if cuda else 'CPU'})", text,
+            not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import device_name, write_section  # noqa: E402
+from common import device_name, publish  # noqa: E402
 
 MIA = [sys.executable, "-c", "from entrypoints.cli import main; main()"]
 
@@ -59,9 +59,7 @@ def main() -> None:
             "only add contention and process start-up; workers pay off with more cores than a trial uses, "
             "with one GPU per worker, and across machines on PostgreSQL storage "
             "(`tests/test_tune_postgres.py`).\n")
-    print(text)
-    if not args.no_write:
-        write_section("## Optuna trials per hour (CPU)", text)
+    publish("## Optuna trials per hour (CPU)", text, not args.no_write)
 
 
 if __name__ == "__main__":
