@@ -8,8 +8,9 @@
 # copies the file there; take its CUDA sections back into the checkout before
 # the next part, which starts from the checkout's copy.
 #
-#   bash benchmarks/gpu.sh 1   # the training loop: ResNet-18, 50k images, bf16, eager and compiled
-#   bash benchmarks/gpu.sh 2   # reference-model pools, many at a time (incl. WRN-28-2, compiled)
+#   bash benchmarks/gpu.sh 0   # smoke: every CUDA path at a tiny size, nothing written (about a minute)
+#   bash benchmarks/gpu.sh 1   # the training loop: ResNet-18, 50k images, bf16, eager and compiled; one bare step by mode
+#   bash benchmarks/gpu.sh 2   # reference-model pools, many at a time; WRN-28-2 at full size (the 64-model goal)
 #   bash benchmarks/gpu.sh 3   # SELENA Split-AI K=25; one FedAvg round of 100 ResNet-18 (GN) clients
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +19,17 @@ PY=${PYTHON:-python3}
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: these are the GPU benchmarks')"
 
 case "${1:-}" in
-  1) $PY benchmarks/train_throughput.py --device cuda ;;
-  2) $PY benchmarks/pool_throughput.py --device cuda ;;
+  0) $PY benchmarks/train_throughput.py --device cuda --images 1024 --epochs 2 --workers 2 --no-compile --no-write || echo 'SMOKE FAILED'
+     $PY benchmarks/pool_throughput.py --device cuda --cases fc,mlp,cnn-digits --models 2 --no-write || echo 'SMOKE FAILED'
+     $PY benchmarks/split_ai_throughput.py --device cuda --cases mlp --no-write || echo 'SMOKE FAILED'
+     $PY benchmarks/fl_round.py --device cuda --cases digits --rounds 1 --no-write || echo 'SMOKE FAILED'
+     exit 0 ;;
+  1) $PY benchmarks/train_throughput.py --device cuda
+     $PY benchmarks/cuda_step.py ;;
+  2) $PY benchmarks/pool_throughput.py --device cuda
+     $PY benchmarks/wrn_pool.py ;;
   3) $PY benchmarks/split_ai_throughput.py --device cuda
      $PY benchmarks/fl_round.py --device cuda ;;
-  *) echo "usage: bash benchmarks/gpu.sh 1|2|3" >&2; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu.sh 0|1|2|3" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then cp benchmarks/RESULTS.md "$OUT/"; fi

@@ -9,7 +9,8 @@ crop(32, padding 4) + horizontal flip.
   sample, fp32, NCHW, ``loss.item()`` every step (the classic loop);
 * ``mia.train``: uint8 data resident on the device, batch crop+flip on the
   device, no per-step host sync; on CUDA bf16 autocast and channels-last, and
-  a second row with ``torch.compile``.
+  rows with ``torch.compile`` (CUDA graphs: :func:`mia.train.loop.compile_for_cuda`) at the
+  recipe's batch and at ``--large-batch``.
 
 Images/s exclude warm-up (the first epoch of ``mia.train``, the first batches
 of the baseline). On CUDA the default is the full 50k images; on CPU a small
@@ -120,7 +121,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=None, help="mia.train epochs, the first is warm-up (default: 3 on CUDA, 2 on CPU)")
     parser.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: 8 on CUDA, 0 on CPU)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row on CUDA")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows on CUDA")
+    parser.add_argument("--large-batch", type=int, default=512, help="batch of the last compiled row on CUDA")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
@@ -141,6 +143,8 @@ def main() -> None:
     rows.append((label, mia_images_per_s(x, y, device, args.batch_size, epochs, compile=False)))
     if cuda and not args.no_compile:
         rows.append((label + ", torch.compile", mia_images_per_s(x, y, device, args.batch_size, epochs, True)))
+        rows.append((label + f", torch.compile, batch {args.large_batch}",
+                     mia_images_per_s(x, y, device, args.large_batch, epochs, True)))
     if not cuda and cpu_has_bf16():
         rows.append(("mia.train --cpu-bf16: the same under bf16 autocast",
                      mia_images_per_s(x, y, device, args.batch_size, epochs, False, cpu_bf16=True)))

@@ -14,7 +14,7 @@ from mia.data import make_split
 from mia.defenses import make_defense
 from mia.errors import MiaError
 from mia.fl.attacks import run_fl_attack
-from mia.fl.clients import LoopClients, flatten
+from mia.fl.clients import LoopClients, StackedClients, flatten
 from mia.fl.config import FLConfig
 from mia.fl.partition import partition
 from mia.fl.simulation import FLState, simulate
@@ -159,6 +159,22 @@ def test_stacked_and_looped_clients_give_the_same_federation(digits):
     for (name, a), b in zip(stacked.state_dict().items(), looped.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
     assert np.allclose(s1.signals.cos, s2.signals.cos, atol=1e-4, equal_nan=True)
+
+
+def test_stacked_clients_in_chunks_equal_all_at_once(digits):
+    """The memory bound: a round split into chunks of clients gives every client the same local model."""
+    config, data, split = digits
+    model = build_model(config.model, data.input_shape, data.num_classes, config.norm)
+    recipe = replace(config.train, lr=0.1, momentum=0.9, batch_size=16, device="cpu")
+    clients = StackedClients(model, data, recipe)
+    glob = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = [split.members[:40], split.members[40:90], split.members[90:110], split.members[110:170]]
+    whole = clients.run(glob, rows, [3, 4, 5, 6], epochs=2)
+    per_client = sum(p.numel() for p in glob.values())
+    chunked = clients.run(glob, rows, [3, 4, 5, 6], epochs=2, max_params=3 * per_client)  # chunks of 3 and 1
+    assert torch.allclose(whole.updates, chunked.updates, atol=1e-6)
+    assert np.array_equal(whole.train_accuracy, chunked.train_accuracy)
+    assert not torch.equal(whole.updates[0], whole.updates[3])
 
 
 def test_looped_clients_reuse_one_optimizer_without_carrying_its_state(digits):

@@ -25,7 +25,7 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA for image models
     select_best: bool = True  # keep the epoch with the best validation accuracy
     stop_epoch: int | None = None  # stop after this many epochs of the ``epochs``-long schedule (None: all)
-    compile: bool = False  # torch.compile the model on CUDA (pays off for long runs)
+    compile: bool = False  # on CUDA, torch.compile with CUDA graphs (loop.compile_for_cuda; pays off for long runs)
 
     @property
     def epochs_run(self) -> int:

@@ -75,8 +75,8 @@ from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.models import build_model, model_spec
 from mia.train.config import TrainConfig
-from mia.train.loop import (OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, autocast_on, fused_on,
-                            train)
+from mia.train.loop import (OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, autocast_on,
+                            compile_for_cuda, fused_on, train)
 from mia.train.predict import resolve_device
 
 __all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "stack_pays",
@@ -281,7 +281,7 @@ def _train_one_by_one(model: nn.Module, model_name: str, shape: tuple[int, ...],
     image = data.kind == "image" and data.x.dim() == 4
     memory_format = torch.channels_last if cuda and image and config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-    forward = torch.compile(model, dynamic=False) if cuda and config.compile else None
+    forward = compile_for_cuda(model) if cuda and config.compile else None
     models = []
     for m in _bar(range(len(seeds)), progress, "train one by one", "model"):
         fresh = _init_model(model_name, shape, num_classes, norm, seeds[m])
