@@ -14,7 +14,7 @@ from entrypoints.options import key_values
 SCENARIOS = ("centralized", "federated", "pruning")
 
 _TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device",
-               "cpu_bf16")
+               "cpu_bf16", "compile")
 
 
 def label_only_kinds(text: str) -> list[str]:

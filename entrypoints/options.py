@@ -96,6 +96,10 @@ target_options = compose(
     click.option("--cpu-bf16", is_flag=True, default=None,
                  help="Train under bf16 autocast on the CPU too (as on CUDA): about 2x faster steps for fc nets "
                       "and CNNs on CPUs with native bf16 (AVX512-BF16, AMX); CPU runs are float32 by default."),
+    click.option("--compile", "compile", is_flag=True, default=None,
+                 help="On CUDA, torch.compile the model with CUDA graphs: about 2x faster CNN training where "
+                      "kernel launches bound the step (an H100 in benchmarks/RESULTS.md), after a minute or so "
+                      "of compiling; for long runs. No effect on the CPU."),
 )
 
 federated_options = compose(

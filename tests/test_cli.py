@@ -103,10 +103,11 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     from mia.train.loop import cpu_has_bf16
 
     bf16 = cpu_has_bf16()  # --cpu-bf16 where the CPU has it: the recipe, pool included, trains in bf16
-    trained = invoke("train", *FAST, *(["--cpu-bf16"] if bf16 else []))
+    trained = invoke("train", *FAST, "--compile", *(["--cpu-bf16"] if bf16 else []))  # --compile: CUDA only
     assert trained.exit_code == 0, trained.output
     run_id = run_id_of(trained.output)
-    assert MlflowClient().get_run(run_id).data.params["train.cpu_bf16"] == str(bf16)
+    params = MlflowClient().get_run(run_id).data.params
+    assert params["train.cpu_bf16"] == str(bf16) and params["train.compile"] == "True"
     attacked = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
     assert attacked.exit_code == 0, attacked.output
     attack_id = run_id_of(attacked.output, "attack run")
