@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu.sh 1   # the training loop: ResNet-18, 50k images, bf16, eager and compiled; one bare step by mode
 #   bash benchmarks/gpu.sh 2   # reference-model pools, many at a time; WRN-28-2 at full size (the 64-model goal)
 #   bash benchmarks/gpu.sh 3   # SELENA Split-AI K=25; one FedAvg round of 100 ResNet-18 (GN) clients
+#   bash benchmarks/gpu.sh 4   # a check: --compile (CUDA graphs) through every training defense, not run yet
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -30,6 +31,8 @@ case "${1:-}" in
      $PY benchmarks/wrn_pool.py ;;
   3) $PY benchmarks/split_ai_throughput.py --device cuda
      $PY benchmarks/fl_round.py --device cuda ;;
-  *) echo "usage: bash benchmarks/gpu.sh 0|1|2|3" >&2; exit 2 ;;
+  4) $PY benchmarks/cuda_compile_smoke.py
+     exit 0 ;;
+  *) echo "usage: bash benchmarks/gpu.sh 0|1|2|3|4" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then cp benchmarks/RESULTS.md "$OUT/"; fi
