@@ -13,7 +13,8 @@ round, as in McMahan et al. 2017). Two ways, one result:
   finished its epoch idles (its weights and momentum untouched) while larger
   clients finish theirs. Each client's gradient is that of its own mean loss.
   SGD with momentum and weight decay is written out (elementwise, masked), so
-  it equals ``torch.optim.SGD`` on each client.
+  it equals ``torch.optim.SGD`` on each client. Large rounds run in chunks of
+  clients (:data:`STACK_CHUNK_PARAMS`), so memory stays bounded.
 * :class:`LoopClients` (BatchNorm models, defenses with batch or loss hooks
   such as mixup and InstaHide, large models on the CPU): the one loop
   :func:`mia.train.train` on ONE module object and ONE optimizer object,
