@@ -41,7 +41,7 @@ from torch.func import functional_call
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
 from mia.train import TrainConfig, TrainHooks, make_optimizer, resolve_device, train
-from mia.train.loop import autocast_on
+from mia.train.loop import autocast_on, compile_for_cuda
 
 Params = dict[str, torch.Tensor]
 
@@ -191,8 +191,11 @@ class LoopClients:
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, hooks: TrainHooks | None = None):
         self.model, self.data, self.hooks = model, data, hooks
         self.recipe = replace(config, optimizer="sgd", schedule="constant", select_best=False, nesterov=False)
-        self.model.to(resolve_device(config.device))
+        device = resolve_device(config.device)
+        self.model.to(device)
         self.optimizer = make_optimizer(self.model, self.recipe)  # reused by every client of every round
+        # one compiled module for the federation (weights are reloaded in place), not one per client
+        self.forward = compile_for_cuda(self.model) if device.type == "cuda" and config.compile else None
 
     def run(self, global_params: Params, client_rows: list[np.ndarray], seeds: list[int], epochs: int,
             global_buffers: Params | None = None, hooks: list[TrainHooks | None] | None = None) -> LocalResult:
@@ -205,7 +208,7 @@ class LoopClients:
             with torch.no_grad():
                 self.model.load_state_dict({**global_params, **(global_buffers or {})}, strict=False)
             result = train(self.model, self.data, rows, None, replace(recipe, seed=int(seed)), progress=False,
-                           hooks=client_hooks, optimizer=self.optimizer)
+                           forward=self.forward, hooks=client_hooks, optimizer=self.optimizer)
             named = dict(self.model.named_parameters())
             local, _ = flatten({n: named[n].detach() for n in global_params})
             updates.append(local - glob)
