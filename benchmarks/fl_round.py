@@ -15,7 +15,7 @@ CUDA also (c) the issue's GPU case: ResNet-18 with GroupNorm, 100 clients x
 per round including recording, on an H100). Writes this device type's
 section of ``benchmarks/RESULTS.md``.
 
-    python benchmarks/fl_round.py [--device auto] [--cases purchase,digits[,resnet]] [--rounds 3] [--no-write]
+    python benchmarks/fl_round.py [--device auto] [--cases purchase,digits[,resnet]] [--rounds 3] [--compile] [--no-write]
 """
 
 from __future__ import annotations
@@ -88,10 +88,11 @@ def resnet_case() -> Case:
 CASES = {"purchase": purchase_case, "digits": digits_case, "resnet": resnet_case}
 
 
-def seconds_per_round(case: Case, device: torch.device, stack: bool, rounds: int, record: bool) -> float:
+def seconds_per_round(case: Case, device: torch.device, stack: bool, rounds: int, record: bool,
+                      compile: bool = False) -> float:
     data = case.data.to(device)
     split = make_split(len(data), 0, SplitConfig(member_fraction=0.25, nonmember_fraction=0.25))
-    train = TrainConfig(augment=case.augment, weight_decay=5e-4, device=str(device))
+    train = TrainConfig(augment=case.augment, weight_decay=5e-4, device=str(device), compile=compile)
 
     def run(n_rounds: int) -> float:
         fl = FLConfig(clients=case.clients, rounds=n_rounds, lr=0.05, batch_size=case.batch_size, max_query=200,
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cases", default=None)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="the per-client loop under torch.compile with CUDA graphs (CUDA only)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -124,7 +127,7 @@ def main() -> None:
     for name in names:
         case = CASES[name]()
         for record in (False, True):
-            loop = seconds_per_round(case, device, False, args.rounds, record)
+            loop = seconds_per_round(case, device, False, args.rounds, record, args.compile)
             stacked = seconds_per_round(case, device, True, args.rounds, record)
             if record:
                 best[name] = min(loop, stacked)
@@ -137,7 +140,8 @@ def main() -> None:
                 f"H100; best here {best['resnet']:.2f} s ({'met' if best['resnet'] <= GOAL_SECONDS else 'not met'}).\n")
     text = (f"- date: {dt.date.today().isoformat()}\n- device: {device_name(device)}\n"
             f"- torch {torch.__version__}; 1-minute load average at start: {load:.1f}\n"
-            f"- command: `python benchmarks/fl_round.py{' --device cuda' if cuda else ''} --rounds {args.rounds}`\n"
+            f"- command: `python benchmarks/fl_round.py{' --device cuda' if cuda else ''} --rounds {args.rounds}"
+            f"{' --compile' if args.compile else ''}`\n"
             "- seconds per FedAvg round (local training of every client, aggregation, global test accuracy, and "
             "the server's FedMIA view where recorded), mean over the timed rounds after a warm-up\n\n"
             + "\n".join(rows) + "\n" + (goal if cuda else "\n" + CPU_READING))
