@@ -266,10 +266,28 @@ def test_bad_arguments_are_user_errors(digits, sets, seeds, kw, match):
         run(data, sets, val, adam(), seeds, **kw)
 
 
-def test_batch_norm_cannot_be_forced_to_stack(digits):
+def test_batch_norm_models_stack_when_asked_and_match_the_one_training_loop(digits):
+    """stack=True stacks BatchNorm too: each model's running statistics are its own slice, as if trained alone."""
     data, pool, val = digits
-    with pytest.raises(MiaError, match="cannot train stacked"):
-        run(data, halves(pool, 1, 10), val, adam(), [0], model="resnet18", stack=True)
+    sets, config = halves(pool, 2, 200), sgd(batch_size=32)
+    assert not stackable("wrn10-1", "bn")  # not by default: see _module_stackable
+    stacked = run(data, sets, val, config, seeds=[5, 6], model="wrn10-1", stack=True)
+    seed_everything(6)
+    alone = build_model("wrn10-1", data.input_shape, data.num_classes)
+    train(alone, data, sets[1], val, TrainConfig(**{**config.to_dict(), "seed": 6}), progress=False)
+    for (name, p), q in zip(stacked[1].state_dict().items(), alone.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4, msg=name)  # running statistics included
+    assert not torch.equal(stacked[0].state_dict()["blocks.0.bn1.running_mean"],
+                           stacked[1].state_dict()["blocks.0.bn1.running_mean"])
+    assert (predict_logits(stacked[1], data, val).argmax(1) == predict_logits(alone, data, val).argmax(1)).all()
+
+
+def test_dropout_and_foreign_buffers_never_stack():
+    assert not many._module_stackable(nn.Sequential(nn.Linear(2, 2), nn.Dropout()), batchnorm=True)
+    odd = nn.Linear(2, 2)
+    odd.register_buffer("count", torch.zeros(()))
+    assert not many._module_stackable(odd, batchnorm=True)
+    assert many._module_stackable(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), batchnorm=True)
 
 
 def test_select_best_needs_validation_rows(digits):

@@ -26,11 +26,15 @@ and per parameter; on a GPU almost all of it), paid M times over;
   default memory format (``config.compile`` and ``channels_last`` apply to
   the fallback path).
 * **Fallback** (BatchNorm CNNs: ``resnet18``, ``wrn*``, ``vgg16``,
-  ``densenet121``; and large models on the CPU): running statistics do not
-  stack, so the one loop :func:`mia.train.train` trains the models in turn,
+  ``densenet121``; and large models on the CPU): by default the one loop
+  :func:`mia.train.train` trains the models in turn,
   on ONE module object that is reloaded with each model's initialization.
   With ``config.compile`` on CUDA the compiled graph is built once and
   reused for all M models, which is where the large-CNN path saves its time.
+  ``stack=True`` stacks BatchNorm models too (their running statistics
+  stacked like the weights, each model's slice updated by its own batches,
+  as when trained alone); not the default until measured on a GPU
+  against the compiled fallback (``benchmarks/wrn_pool.py``).
 
 Reproducibility: model m's randomness comes from ``seeds[m]`` alone, never
 from M or from how the models are chunked. Its initialization is
@@ -103,8 +107,11 @@ CUDA_STACK_FRACTION = 0.5
 PADDING = 4
 """Crop padding, as in :func:`mia.data.augment.crop_flip`'s default that :func:`mia.train.train` uses."""
 
-_UNSTACKABLE = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
-"""Module types that cannot run stacked: running statistics, or randomness vmap would share or refuse."""
+_NORMS_WITH_STATS = (nn.modules.batchnorm._NormBase,)
+"""Normalization layers with running statistics: they stack only when asked (``stack=True``), see below."""
+
+_DROPOUT = (nn.modules.dropout._DropoutNd,)
+"""Randomness vmap would share across models or refuse: never stacked."""
 
 _PROBE_SHAPES = {"image": (3, 32, 32), "tabular": (600,)}
 """Input shapes used to build a model only to look at its modules (on the meta device: no memory)."""
@@ -126,7 +133,8 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     can (:func:`stackable`) and it pays on the device (:func:`stack_pays`),
     at most ``max_stack`` at a time (default: :func:`default_max_stack`), and
     one after another on one reused module otherwise (see the module
-    docstring); ``stack=True`` or ``False`` picks the path. Returns M
+    docstring); ``stack=True`` (BatchNorm models included) or ``False``
+    picks the path. Returns M
     ordinary modules in eval mode on ``config.device``.
     """
     sets, seeds = _check_sets(data, train_sets, seeds)
@@ -217,8 +225,22 @@ def _init_model(model_name: str, shape: tuple[int, ...], num_classes: int, norm:
         return build_model(model_name, shape, num_classes, norm)
 
 
-def _module_stackable(model: nn.Module) -> bool:
-    return next(model.buffers(), None) is None and not any(isinstance(m, _UNSTACKABLE) for m in model.modules())
+def _module_stackable(model: nn.Module, batchnorm: bool = False) -> bool:
+    """No dropout, and no buffers, except BatchNorm's running statistics where ``batchnorm`` allows them.
+
+    Stacked BatchNorm (each model's running statistics a slice of a stacked
+    buffer, updated in place under vmap) gives each model what it gets alone;
+    it is not the default because on a GPU it has not been measured against
+    the compiled one-by-one path yet (``benchmarks/wrn_pool.py``).
+    """
+    modules = list(model.modules())
+    if any(isinstance(m, _DROPOUT) for m in modules):
+        return False
+    norms = [m for m in modules if isinstance(m, _NORMS_WITH_STATS)]
+    if norms and not batchnorm:
+        return False
+    allowed = {id(b) for m in norms for b in m.buffers(recurse=False)}
+    return all(id(b) in allowed for b in model.buffers())
 
 
 @lru_cache(maxsize=None)
@@ -231,12 +253,11 @@ def _stackable_cached(model_name: str, norm: str) -> bool:
 
 def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.device, stack: bool | None) -> bool:
     """The path :func:`train_many` takes: the caller's ``stack``, or where it can and it pays."""
-    can = _module_stackable(model)
-    if stack and not can:
-        raise MiaError(f"model {model_name!r} with norm {norm!r} cannot train stacked (it has BatchNorm, "
-                       f"buffers or dropout); pass stack=None to train it one by one, or use norm='gn'")
     if stack is None:
-        return can and stack_pays(model, device)
+        return _module_stackable(model) and stack_pays(model, device)
+    if stack and not _module_stackable(model, batchnorm=True):
+        raise MiaError(f"model {model_name!r} with norm {norm!r} cannot train stacked (it has dropout or "
+                       f"buffers other than BatchNorm's); pass stack=None to train it one by one")
     return stack
 
 
@@ -370,15 +391,17 @@ class _Stack:
 
     def __init__(self, models: list[nn.Module], config: TrainConfig, n: int, device: torch.device):
         self.amp = autocast_on(device, config)
-        stacked = stack_module_state(models)[0]
-        self.params: Params = {name: p.detach().to(device).requires_grad_() for name, p in stacked.items()}
-        base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state(models)
+        self.params: Params = {name: p.detach().to(device).requires_grad_() for name, p in params.items()}
+        # BatchNorm's running statistics (stack=True only): updated in place, slice m by model m's batches
+        self.buffers: Params = {name: b.to(device) for name, b in buffers.items()}
+        self.base = base = copy.deepcopy(models[0]).to("meta")
 
-        def one(p: Params, xb: torch.Tensor) -> torch.Tensor:
-            return functional_call(base, p, (xb,))
+        def one(p: Params, b: Params, xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(base, (p, b), (xb,))
 
         self.forward = torch.vmap(one)  # each model its own batch
-        self.forward_shared = torch.vmap(one, in_dims=(0, None))  # every model on the same rows
+        self.forward_shared = torch.vmap(one, in_dims=(0, 0, None))  # every model on the same rows
         self.optimizer = OPTIMIZERS.get(config.optimizer)(list(self.params.values()), config,
                                                           fused_on(device))
         schedule = SCHEDULES.get(config.schedule)
@@ -390,8 +413,9 @@ class _Stack:
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One optimizer step of every model on its batch (``xb``: ``M x B x ...``); the M losses, detached."""
         k, b = yb.shape
+        self.base.train()
         with torch.autocast(yb.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.forward(self.params, xb)
+            logits = self.forward(self.params, self.buffers, xb)
             losses = F.cross_entropy(logits.flatten(0, 1), yb.reshape(-1), reduction="none").view(k, b).mean(1)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # model m's gradient is that of its own mean loss: the others do not touch it
@@ -408,10 +432,11 @@ class _Stack:
         :func:`default_max_stack` budgets for training.
         """
         correct = torch.zeros_like(self.best_correct)
+        self.base.eval()  # BatchNorm on its running statistics, which stay as they are
         for s in range(0, len(pool.y_val), batch_size):
             xb = data.inputs(pool.x_val[s:s + batch_size])
             with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.forward_shared(self.params, xb)
+                logits = self.forward_shared(self.params, self.buffers, xb)
             correct += (logits.argmax(-1) == pool.y_val[s:s + batch_size]).sum(1)
         return correct
 
@@ -423,7 +448,7 @@ class _Stack:
         """
         better = correct > self.best_correct
         self.best_correct = torch.where(better, correct, self.best_correct)
-        for name, p in self.params.items():
+        for name, p in {**self.params, **self.buffers}.items():
             mask = better.view(-1, *[1] * (p.dim() - 1))
             self.best[name] = torch.where(mask, p, self.best[name]) if name in self.best else p.clone()
 
@@ -432,7 +457,7 @@ class _Stack:
 
         The kept weights are the best epoch's when :meth:`keep_best` ran, else the last.
         """
-        source = self.best or self.params
+        source = self.best or {**self.params, **self.buffers}
         model.to(next(iter(source.values())).device)
         model.load_state_dict({name: t[i].detach() for name, t in source.items()})
         return model.eval()
