@@ -24,6 +24,7 @@ case "${1:-}" in
      $PY benchmarks/pool_throughput.py --device cuda --cases fc,mlp,cnn-digits --models 2 --no-write || echo 'SMOKE FAILED'
      $PY benchmarks/split_ai_throughput.py --device cuda --cases mlp --no-write || echo 'SMOKE FAILED'
      $PY benchmarks/fl_round.py --device cuda --cases digits --rounds 1 --no-write || echo 'SMOKE FAILED'
+     $PY -m pytest -q -p no:cacheprovider tests/test_core_without_extras.py || echo 'SMOKE FAILED'  # the audit core on CUDA
      exit 0 ;;
   1) $PY benchmarks/train_throughput.py --device cuda
      $PY benchmarks/cuda_step.py ;;
