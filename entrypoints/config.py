@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import click
+
 from mia.audit import TargetConfig, resolve_config
 from mia.data import SplitConfig
 from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
 from mia.errors import unknown
 from mia.registry import coerce
+from mia.train import resolve_device
 from entrypoints.options import key_values
 
 #: Scenarios this version trains; each later one registers here.
@@ -51,6 +54,8 @@ def target_config(opts: dict) -> TargetConfig:
 
         prune = PruneConfig(pruner=opts["pruner"], sparsity=opts["sparsity"], iterations=opts["prune_iterations"],
                             finetune_epochs=opts["finetune_epochs"])
+    if opts["compile"] and resolve_device(opts["device"]).type != "cuda":
+        click.echo("note: --compile acts on CUDA only; here training runs as without it", err=True)
     split = SplitConfig(member_fraction=opts["member_fraction"], nonmember_fraction=opts["nonmember_fraction"],
                         validation_fraction=opts["validation_fraction"])
     return resolve_config(

@@ -108,6 +108,7 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     run_id = run_id_of(trained.output)
     params = MlflowClient().get_run(run_id).data.params
     assert params["train.cpu_bf16"] == str(bf16) and params["train.compile"] == "True"
+    assert "--compile acts on CUDA only" in trained.output  # this machine has no GPU: said, not refused
     attacked = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
     assert attacked.exit_code == 0, attacked.output
     attack_id = run_id_of(attacked.output, "attack run")
