@@ -78,7 +78,9 @@ def info() -> None:
     click.echo(f"cpu bf16: {'native, so --cpu-bf16 is available' if cpu_has_bf16() else 'not native (--cpu-bf16 is refused)'}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
-            click.echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
+            gib = torch.cuda.get_device_properties(i).total_memory / 2**30
+            click.echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}, {gib:.0f} GiB")
+        click.echo("cuda: pass --compile for long runs (torch.compile with CUDA graphs)")
     else:
         click.echo("cuda: not available (training runs on the CPU)")
     click.echo(f"tracking URI: {tracking.tracking_uri()}")
