@@ -276,10 +276,13 @@ def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
             total += output.numel()
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if next(m.children(), None) is None]
+    training = model.training
+    model.eval()  # a training-mode forward would move BatchNorm's running statistics of this model
     try:
         with torch.no_grad():
             model(torch.zeros((1, *shape)))
     finally:
+        model.train(training)
         for h in hooks:
             h.remove()
     return max(total, 1)
