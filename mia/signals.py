@@ -245,7 +245,11 @@ def label_only_signals(model: nn.Module, data: Dataset, idx, *,
     computed once per model and query set, like the other signals, and stored
     in :attr:`Signals.label_only`. Every query goes through
     ``model(data.inputs(x))`` (the boundary searches perturb ``data.inputs(x)``),
-    so a defended model is attacked as its users query it. Kinds that do not
+    so a defended model is attacked as its users query it. A release whose
+    labels are its network's by construction (MemGuard, confidence masking)
+    names that network ``label_model``; it is queried instead, giving the same
+    labels without the release's output transform (MemGuard's search made
+    these queries most of a MemGuard audit's time). Kinds that do not
     apply to the data (``aug`` on tabular data, ``noise-flip`` on images or
     non-binary features) are left out of the result. ``options`` are those
     of :data:`LABEL_ONLY_PARAMS`. Randomness comes from one generator seeded
@@ -262,6 +266,7 @@ def label_only_signals(model: nn.Module, data: Dataset, idx, *,
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
     todo = [k for k in dict.fromkeys(kinds) if _applies(k, data, idx)]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in todo}
+    model = getattr(model, "label_model", model)
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)

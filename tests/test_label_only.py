@@ -166,6 +166,32 @@ def test_kinds_that_do_not_apply_are_left_out_and_options_are_checked():
         label_only_signals(net, binary, np.arange(3), flip_draws="0")
 
 
+def test_a_release_that_keeps_its_labels_is_queried_through_its_label_model():
+    """MemGuard and confidence masking keep the network's labels by construction: label-only
+    signals read them from ``label_model`` and never run the release's costly transform."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    class Release(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        @property
+        def label_model(self):
+            return self.model
+
+        def forward(self, x):
+            raise AssertionError("label-only queries must not run the output transform")
+
+    data = _tabular(True)
+    kinds = ("boundary", "noise-flip")
+    direct = label_only_signals(net, data, np.arange(20), kinds=kinds, hsj_steps=1, seed=1)
+    routed = label_only_signals(Release(net), data, np.arange(20), kinds=kinds, hsj_steps=1, seed=1)
+    for kind in kinds:
+        np.testing.assert_array_equal(direct[kind], routed[kind])
+
+
 def test_white_box_boundary_needs_gradients():
     class LabelsOnly(nn.Module):
         def __init__(self, inner):
