@@ -132,8 +132,6 @@ class StackedClients:
         size = max(1, max_params // per_client)
         parts = [self._run_chunk(global_params, client_rows[i:i + size], seeds[i:i + size], epochs)
                  for i in range(0, len(client_rows), size)]
-        if len(parts) == 1:
-            return parts[0]
         return LocalResult(torch.cat([r.updates for r in parts]), np.concatenate([r.train_accuracy for r in parts]))
 
     def _run_chunk(self, global_params: Params, client_rows: list[np.ndarray], seeds: list[int], epochs: int
