@@ -120,18 +120,63 @@ def test_stopped_reference_models_are_calibrated_to_the_target(seed, tmp_path):
     split = make_split(len(data), seed, config.split)
     target = audit.fit(config, data, split.members, split.validation, split.nonmembers, seed=seed, progress=False)
     audited, population = audit.target_signals(target.model, data, split, config)
-    member = split.query()[1].astype(bool)
 
-    def offsets(recipe, folder) -> tuple[float, float]:
-        pool, _ = audit.reference_pool(audit.plan_reference_pool(recipe, data, split), recipe, data, 16, folder,
-                                       progress=False)
-        ref = pool.reference(audited, population, split.population)
-        g = lira_statistics(ref.phi, ref.inclusion, "fixed")
-        t = ref.target_phi.astype(np.float64).mean(1)
-        z = {side: (t - g[side].mu.mean(1)) / g[side].sd.mean(1) for side in ("in", "out")}
-        return float(z["in"][member].mean()), float(z["out"][~member].mean())
+    def offsets(recipe, folder):
+        return reference_offsets(recipe, data, split, audited, population, folder, 16)
 
     selected = offsets(config, tmp_path / "selected")
     stopped = offsets(audit.attacker_config(config, released_epoch=target.best_epoch), tmp_path / "stopped")
     assert max(abs(v) for v in stopped) < 0.25, stopped
     assert selected[1] > 0.3 and selected[1] > abs(stopped[1]) + 0.2, (selected, stopped)
+
+
+def reference_offsets(recipe, data, split, audited, population, folder, models: int) -> tuple[float, float]:
+    """Where the target sits in its reference models' Gaussians: the mean z-score of its members under
+    the IN Gaussians and of its non-members under the OUT ones (0, 0 when they imitate it well)."""
+    member = split.query()[1].astype(bool)
+    pool, _ = audit.reference_pool(audit.plan_reference_pool(recipe, data, split), recipe, data, models, folder,
+                                   progress=False)
+    ref = pool.reference(audited, population, split.population)
+    g = lira_statistics(ref.phi, ref.inclusion, "fixed")
+    t = ref.target_phi.astype(np.float64).mean(1)
+    z = {side: (t - g[side].mu.mean(1)) / g[side].sd.mean(1) for side in ("in", "out")}
+    return float(z["in"][member].mean()), float(z["out"][~member].mean())
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_reference_models_of_a_federated_target_are_federations_like_it(seed, tmp_path):
+    """Trained centrally on the same rows, reference models were far more confident than FedAvg's
+    global model (its members and non-members 4-6 standard deviations below their Gaussians' means
+    here); each a federation with the target's clients and rounds, they imitate it."""
+    from dataclasses import replace
+
+    from mia.defenses import make_defense
+    from mia.fl.config import FLConfig
+    from mia.fl.simulation import simulate
+
+    config = audit.resolve_config("digits", seed=seed, scenario="federated", fl=FLConfig(clients=10, rounds=10))
+    data = audit.load_data(config)
+    split = make_split(len(data), seed, config.split)
+    model, _, _ = simulate(config.model, config.norm, data, split, config.fl, config.train, make_defense("none"),
+                           seed, progress=False)
+    audited, population = audit.target_signals(model, data, split, config)
+    recipe = audit.attacker_config(config, released_epoch=5)
+    assert recipe.scenario == "federated" and recipe.train.select_best == config.train.select_best
+    federations = reference_offsets(recipe, data, split, audited, population, tmp_path / "fed", 8)
+    central = replace(config, scenario="centralized", fl=None)
+    centralized = reference_offsets(central, data, split, audited, population, tmp_path / "central", 8)
+    assert max(abs(v) for v in federations) < 1.0, federations
+    assert max(centralized) < -3.0, centralized
+
+
+def test_a_federated_pool_is_keyed_by_what_shapes_the_global_model():
+    from dataclasses import replace
+
+    from mia.fl.config import FLConfig
+
+    base = audit.resolve_config("digits", scenario="federated", fl=FLConfig(clients=10, rounds=10))
+    key = audit.pool_identity
+    assert key(replace(base, fl=FLConfig(clients=10, rounds=10, target_client=3, record_every=5))) == key(base)
+    assert key(replace(base, fl=FLConfig(clients=10, rounds=20))) != key(base)
+    assert key(replace(base, fl=FLConfig(clients=5, rounds=10))) != key(base)
+    assert key(replace(base, scenario="centralized", fl=None)) != key(base)

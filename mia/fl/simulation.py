@@ -116,12 +116,13 @@ def _seed(*parts: int) -> int:
 def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FLConfig, train: TrainConfig,
              defense: Defense, seed: int, state: FLState | None = None, on_round: RoundCallback | None = None,
              on_record: RecordCallback | None = None, progress: bool = True,
-             stack: bool | None = None) -> tuple[torch.nn.Module, FLState, Federation]:
+             stack: bool | None = None, record: bool = True) -> tuple[torch.nn.Module, FLState, Federation]:
     """Run (or, from ``state``, resume) FedAvg; returns the final global model, the last state, the federation.
 
     Local SGD takes ``config``'s lr, momentum and batch size and ``train``'s
     weight decay, augmentation and device. ``stack`` forces the local-training
-    path (None: the rule of :mod:`mia.fl.clients`).
+    path (None: the rule of :mod:`mia.fl.clients`). ``record=False`` records
+    no server view (a reference federation, :func:`mia.audit.fit_many`).
     """
     device = resolve_device(train.device)
     fed = Federation.of(data, split, config, seed)
@@ -175,7 +176,7 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
         weights = torch.as_tensor(sizes[clients] / sizes[clients].sum(), dtype=torch.float32, device=device)
         _, layers = flatten(state.params)
         uploads = defense.upload(result.updates, clients, weights, r, layers)
-        if r in recorded:
+        if record and r in recorded:
             i = int(np.flatnonzero(recorded == r)[0])
             view = record_round(model, state.params, state.buffers, uploads, xq, yq)
             for key in ("loss", "cos", "grad_diff"):
