@@ -143,6 +143,18 @@ def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_
     np.testing.assert_array_equal(out.predictions[cls0], glob.predictions[cls0])
 
 
+@pytest.mark.parametrize("name", ["nn-cls", "samia"])
+def test_a_class_the_shadows_lack_does_not_blow_up_learned_attacks(name, shadows, leaky_target):
+    target, _ = leaky_target
+    keep = [s.signals.labels != 4 for s in shadows]
+    without_4 = [ShadowSignals(Signals(s.signals.logits[k], s.signals.labels[k], s.signals.sensitivity[k]),
+                               s.is_member[k]) for s, k in zip(shadows, keep)]
+    scores = run_attack(name, target, without_4, {"epochs": 3}, seed=0).scores
+    seen, unseen = scores[target.labels != 4], scores[target.labels == 4]
+    spread = seen.max() - seen.min()
+    assert seen.min() - spread <= unseen.min() and unseen.max() <= seen.max() + spread, (unseen.min(), unseen.max())
+
+
 def test_learned_attacks_are_seeded(shadows, leaky_target):
     target, _ = leaky_target
     a = run_attack("nn", target, shadows, {"epochs": 3}, seed=7)

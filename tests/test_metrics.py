@@ -57,6 +57,23 @@ def test_no_interpolation_between_roc_points():
     assert tpr_at_fpr(fpr, tpr, 0.1) == 0.3  # linear interpolation would say 0.6
 
 
+def test_tied_operating_points_are_kept_for_tpr_at_fpr():
+    """Three tied top scores, each 5 non-members and 10 members (1000 of each): the threshold at the
+    second level has FPR 0.01 and TPR 0.02; scikit-learn's default ROC drops it (it lies on the line
+    between its neighbours) and read 0.01."""
+    member = np.r_[np.ones(1000, bool), np.zeros(1000, bool)]
+    scores = np.zeros(2000)
+    for level in (3, 2, 1):
+        scores[np.flatnonzero(member)[(3 - level) * 10:(4 - level) * 10]] = level
+        scores[1000 + np.arange((3 - level) * 5, (4 - level) * 5)] = level
+    m = attack_metrics(scores, member)
+    assert m["tpr_at_fpr_0.01"] == pytest.approx(0.02)
+    assert m["tpr_at_fpr_0.001"] == 0.0  # the top level already costs 5 false positives
+    brute = max(((scores >= t) & member).sum() / 1000 for t in np.unique(scores)
+                if ((scores >= t) & ~member).sum() <= 10)
+    assert m["tpr_at_fpr_0.01"] == pytest.approx(brute)
+
+
 def test_balanced_accuracy_from_predictions():
     member = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
     pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], dtype=bool)

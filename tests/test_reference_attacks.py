@@ -77,6 +77,14 @@ def metrics(name, data, params=None, seed=0):
     return attack_metrics(out.scores, member, out.predictions)
 
 
+def test_lira_statistics_leave_the_callers_signals_alone():
+    """With one float32 model the models-last transpose was a view, and the moments overwrote phi."""
+    phi = np.random.default_rng(0).normal(size=(1, 5, 1)).astype(np.float32)
+    before = phi.copy()
+    lira_statistics(phi, np.zeros((1, 5), dtype=bool))
+    np.testing.assert_array_equal(phi, before)
+
+
 def test_registry():
     assert [n for n in ATTACKS.names() if ATTACKS.get(n).family == "reference"] == REFERENCE_ATTACKS
     for name in REFERENCE_ATTACKS:

@@ -134,8 +134,9 @@ class Gaussians:
 
 def _models_last(phi: np.ndarray) -> np.ndarray:
     """``M x N x V`` (any float dtype) as float32 ``N x V x M``, C-contiguous: models on the
-    fast axis so that sorting and masked sums run over contiguous rows."""
-    return np.ascontiguousarray(np.asarray(phi).transpose(1, 2, 0), dtype=np.float32)
+    fast axis so that sorting and masked sums run over contiguous rows. Always a copy: callers
+    work on it in place (with one float32 model the transpose alone would be a view of ``phi``)."""
+    return np.array(np.asarray(phi).transpose(1, 2, 0), dtype=np.float32, order="C", copy=True)
 
 
 def _value_at(sorted_rows: np.ndarray, position: np.ndarray) -> np.ndarray:
