@@ -288,13 +288,22 @@ def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch
     there too, and each step's fine-tuning after the target's released
     fine-tuning epoch (``finetune_epochs``, one per pruning step; without them
     they keep their selection). A defense's own procedure (adaptive pools)
-    keeps its selection; federated references run the target's rounds
-    (:func:`fit_federations`), which select nothing.
+    keeps its selection, and so do the plain references of a target whose
+    defense trains by a schedule of its own (:meth:`Defense.schedule`: DP-SGD's
+    epoch is one of its larger batches, SELENA's one of its distillation);
+    federated references run the target's rounds (:func:`fit_federations`),
+    which select nothing.
     """
+    from mia.defenses import make_defense
+
     cfg = config if adaptive or config.defense == "none" else replace(config, defense="none", defense_params={})
     if (released_epoch is None or released_epoch < 0 or cfg.defense != "none" or not cfg.train.select_best
             or cfg.scenario not in ("centralized", "pruning")):
         return cfg
+    if config.defense != "none":
+        defense = make_defense(config.defense, config.defense_params)
+        if defense.schedule(config.train) != config.train:
+            return cfg  # its epochs (a pruning run's fine-tuning epochs) are not the references
     stopped = replace(cfg.train, select_best=False, stop_epoch=released_epoch + 1)
     if cfg.scenario == "centralized":
         return replace(cfg, train=stopped)

@@ -130,6 +130,21 @@ def test_stopped_reference_models_are_calibrated_to_the_target(seed, tmp_path):
     assert selected[1] > 0.3 and selected[1] > abs(stopped[1]) + 0.2, (selected, stopped)
 
 
+@pytest.mark.parametrize("defense, params, stops", [
+    ("dp-sgd", {"epochs": 60}, False), ("dp-sgd", {}, False),  # epochs of 4x larger batches
+    ("selena", {"distill_epochs": 40}, False), ("relaxloss", {}, True)])
+def test_plain_references_stop_at_the_targets_epoch_only_on_its_schedule(defense, params, stops):
+    """A DP-SGD target trained 60 epochs released epoch 45: stopping 30-epoch references there failed
+    the pool ("stop_epoch must be in [1, epochs=30]"), and an epoch of another schedule means nothing."""
+    config = audit.resolve_config("digits", train_overrides={"epochs": 30}, defense=defense, defense_params=params)
+    recipe = audit.attacker_config(config, released_epoch=45 if not stops else 12)
+    assert recipe.defense == "none"
+    if stops:
+        assert recipe.train.stop_epoch == 13 and not recipe.train.select_best
+    else:
+        assert recipe.train == config.train
+
+
 def reference_offsets(recipe, data, split, audited, population, folder, models: int) -> tuple[float, float]:
     """Where the target sits in its reference models' Gaussians: the mean z-score of its members under
     the IN Gaussians and of its non-members under the OUT ones (0, 0 when they imitate it well)."""

@@ -95,6 +95,12 @@ class Defense(TrainHooks):
         """The model as users query it; the default releases its logits unchanged."""
         return model
 
+    def schedule(self, config: TrainConfig) -> TrainConfig:
+        """The recipe whose epochs the released model's best epoch counts: ``config``, unless :meth:`fit`
+        trains by its own (DP-SGD's batch, rate and epochs; SELENA's distillation epochs). Plain
+        reference models stop at the target's epoch only where they share its schedule."""
+        return config
+
     def upload(self, updates: torch.Tensor, clients: np.ndarray, weights: torch.Tensor, round: int,
                layers: list[slice]) -> torch.Tensor:
         """Federated: what the server receives from this round's sampled clients; the default sends them as they are.

@@ -142,6 +142,9 @@ class DPSGD(Defense):
                        batch_size=self.batch_size or config.batch_size * DP_SCALE,
                        epochs=self.epochs or config.epochs)
 
+    def schedule(self, config: TrainConfig) -> TrainConfig:
+        return self.recipe(config)
+
     def resolve_noise(self, n: int, config: TrainConfig) -> float:
         """The noise multiplier: the given one, or the smallest that keeps the target epsilon."""
         if self.delta >= 1.0 / n:

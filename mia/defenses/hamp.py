@@ -94,6 +94,13 @@ class OutputModifiedModel(nn.Module):
         super().__init__()
         self.model, self.sample, self.seed = model, sample, seed
 
+    @property
+    def label_model(self) -> nn.Module:
+        """A model with exactly the released labels (the modification keeps the ranking): what
+        label-only signals query. The released scores depend on the input only through a ranking,
+        which has no gradient for the white-box boundary search."""
+        return self.model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)

@@ -268,6 +268,9 @@ class Selena(Defense):
             raise MiaError(f"selena distill_epochs must be >= 0 (0 = the recipe's), got {self.distill_epochs}")
         self.split_ai: SplitAI | None = None
 
+    def schedule(self, config: TrainConfig) -> TrainConfig:
+        return replace(config, epochs=self.distill_epochs or config.epochs)  # the distillation's
+
     def fit(self, make_model: ModelFactory, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
             config: TrainConfig, on_epoch: EpochCallback | None = None,
             progress: bool = True) -> tuple[nn.Module, TrainResult]:
@@ -278,7 +281,7 @@ class Selena(Defense):
         self.split_ai = train_split_ai(make_model, data, train_idx, val_idx, config, self.k, self.l, self.seed,
                                        progress)
         soft = self.split_ai.outputs(data, train_idx, config.device)
-        recipe = replace(config, epochs=self.distill_epochs or config.epochs)
+        recipe = self.schedule(config)
         model, result = distill(make_model, data, train_idx, val_idx, soft, recipe, self.seed, on_epoch, progress)
         return model, replace(result, wall_time=time.perf_counter() - start)
 
