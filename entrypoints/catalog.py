@@ -51,8 +51,11 @@ def defenses() -> None:
         click.echo(f"{name}  [{', '.join(spec.scenarios)}]  {spec.description}")
         for key, p in spec.params.items():
             word = "search" if p.search else "range"  # range: validated, not searched by `mia tune`
+            scale = " log" if p.log else ""
             space = (f"{'choices' if p.search else 'one of'} {', '.join(map(str, p.choices))}" if p.choices else
-                     f"{word} [{p.low}, {p.high}]{' log' if p.log else ''}" if p.low is not None else "")
+                     f"range [{p.low}, {p.high}], search [{p.search_range[0]}, {p.search_range[1]}]{scale}"
+                     if p.search and p.search_range else
+                     f"{word} [{p.low}, {p.high}]{scale}" if p.low is not None else "")
             click.echo(f"    {key}: {p.type.__name__} = {p.default!r}  {space}  ({p.help})")
 
 

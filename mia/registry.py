@@ -7,6 +7,8 @@ the same tables.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -85,17 +87,35 @@ def coerce(params: dict[str, Param], given: dict[str, object], owner: str) -> di
         if name not in params:
             known = ", ".join(sorted(params)) or "none"
             raise MiaError(f"{owner} has no parameter {name!r}; known: {known}")
-        kind = params[name].type
-        if not isinstance(value, str) or kind is str:
-            out[name] = value
-            continue
         try:
-            if kind is bool:
-                if value.lower() not in _TRUE | _FALSE:
-                    raise ValueError(value)
-                out[name] = value.lower() in _TRUE
-            else:
-                out[name] = kind(value)
-        except ValueError:
-            raise MiaError(f"{owner} parameter {name}={value!r} is not a valid {kind.__name__}") from None
+            out[name] = _typed(params[name].type, value)
+        except (TypeError, ValueError):
+            raise MiaError(f"{owner} parameter {name}={value!r} is not a valid "
+                           f"{_KIND_NAMES.get(params[name].type, params[name].type.__name__)}") from None
     return out
+
+
+_KIND_NAMES = {float: "float (a finite number)", int: "int (a whole number)"}
+
+
+def _typed(kind: type, value):
+    """``value`` as ``kind``: strings parsed; numbers must be finite, and whole for an int
+    (NaN passed every range check, ``k=25.0`` failed much later); other types pass as given."""
+    if kind is str:
+        return value
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() not in _TRUE | _FALSE:
+                raise ValueError(value)
+            return value.lower() in _TRUE
+        return value
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(value)
+        number = float(value)  # "25", 25, 25.0 and numpy scalars alike
+        if kind is float and math.isfinite(number):
+            return number
+        if kind is int and number.is_integer():
+            return int(number)
+        raise ValueError(value)
+    return kind(value) if isinstance(value, str) else value

@@ -197,6 +197,10 @@ def test_advreg_reference_set_comes_from_validation():
     ("mixup", {"alpha": "lots"}),
     ("label-smoothing", {"smoothing": 0.9}),
     ("hamp", {"entropy_percentile": 1.5}),
+    ("hamp", {"entropy_percentile": float("nan")}),  # NaN passed every range check
+    ("memguard", {"epsilon": "nan"}),
+    ("dp-sgd", {"epsilon": "inf"}),
+    ("selena", {"k": 25.5}),
     ("hamp", {"gamma": 0.5}),
     ("early-stopping", {"patience": 0}),
     ("advreg", {"alpha": -3}),
@@ -206,6 +210,11 @@ def test_advreg_reference_set_comes_from_validation():
 def test_bad_hyperparameters_raise(name, params):
     with pytest.raises(MiaError):
         make_defense(name, params)
+
+
+def test_whole_numbers_given_as_floats_become_ints():
+    defense = make_defense("selena", {"k": 25.0, "l": "10"})
+    assert (defense.k, defense.l) == (25, 10) and type(defense.k) is int
 
 
 def test_defaults_and_search_ranges():

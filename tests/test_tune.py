@@ -274,10 +274,12 @@ def test_workers_get_one_gpu_each_round_robin(monkeypatch):
 
 
 def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
-    space = defense_space("dp-sgd", fixed={"accountant"})
+    space = defense_space("dp-sgd", fixed={"max_grad_norm"})
     dims = {d.name: d for d in space.dimensions}
-    assert "accountant" not in dims and dims["noise_multiplier"].log
-    assert (dims["batch_size"].low, dims["batch_size"].high) == (0, 4096)  # 0 = default: searched as declared
+    # epsilon over its search range (its valid range starts at 0 = "use sigma"); sigma, the recipe's
+    # knobs, delta and the accountant are validated but not searched (sigma is dead once epsilon > 0)
+    assert set(dims) == {"epsilon"}
+    assert (dims["epsilon"].low, dims["epsilon"].high, dims["epsilon"].log) == (0.5, 50.0, True)
     assert defense_space("hamp").describe()["modify_output"] == "bool {False, True}"
     # estimator settings (search=False) are validated but not searched
     assert set(defense_space("rsw").describe()) == {"step", "window"}

@@ -10,9 +10,9 @@ with a small YAML (or JSON) file read by :func:`load_space`::
     modify_output: {choices: [true, false]}
 
 Every name and range is checked against the defense before any trial runs, so
-a typo costs a one-line error, not a study of failed trials. Ranges whose
-bounds include a "0 = the recipe's default" sentinel (DP-SGD's ``lr``,
-``batch_size``) are searched as declared: the sentinel is one more point.
+a typo costs a one-line error, not a study of failed trials. A declared
+``search_range`` is searched instead of the valid range (DP-SGD's
+``epsilon``, whose valid range holds 0 = "use the noise multiplier").
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def _declared(name: str, param: HyperParam) -> Dimension | None:
         return Dimension(name, param.type, choices=tuple(param.choices))
     if param.type is bool:
         return Dimension(name, bool, choices=(False, True))
-    if param.low is not None and param.high is not None and param.type in (int, float):
-        return Dimension(name, param.type, param.low, param.high, param.log)
+    low, high = param.search_range or (param.low, param.high)
+    if low is not None and high is not None and param.type in (int, float):
+        return Dimension(name, param.type, low, high, param.log)
     return None
 
 

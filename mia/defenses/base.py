@@ -38,7 +38,10 @@ class HyperParam(Param):
     lists categorical values. Validation rejects values outside ``[low, high]``.
     ``search=False`` keeps a validated setting out of the default search
     space: one that changes how a quantity is estimated (mem-score models),
-    not where the defense sits between privacy and utility.
+    not where the defense sits between privacy and utility. ``search_range``
+    narrows the searched ``[low, high]`` where the valid one holds an "off"
+    value a log scale cannot reach (DP-SGD's ``epsilon``: 0 = use the noise
+    multiplier; searched over 0.5 to 50).
     """
 
     low: float | None = None
@@ -46,6 +49,7 @@ class HyperParam(Param):
     log: bool = False
     choices: tuple | None = None
     search: bool = True
+    search_range: tuple[float, float] | None = None
 
     def check(self, owner: str, name: str, value) -> None:
         if self.choices is not None and value not in self.choices:
