@@ -49,7 +49,8 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
             row = rows[rows["run_id"] == run_id]
             attacks = [c for c in scores.columns if c not in ("index", "label", "is_member")]
             best = max(attacks, key=lambda a: float(row[f"{a}.auc"].iloc[0]) if f"{a}.auc" in row else 0.0)
-            fpr, tpr, _ = roc_curve(scores[best].to_numpy(), scores["is_member"].to_numpy().astype(bool))
+            scored = scores[scores[best].notna()]  # empty: rows the attack knew (selena-adaptive's known members)
+            fpr, tpr, _ = roc_curve(scored[best].to_numpy(), scored["is_member"].to_numpy().astype(bool))
             label = f"{row['defense'].iloc[0] if len(row) else '?'} {run_id[:6]} {best}"
             curves[label] = (fpr, tpr)
         images["ROC of the chosen runs' strongest attacks"] = plot_roc(curves, folder / "roc.png")

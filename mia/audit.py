@@ -432,7 +432,8 @@ def split_ai_reference(config: TargetConfig, data: Dataset, split: Split, target
         calibration_target_logits=np.concatenate([target.logits[known_pos], population.logits[fill_pos[:n_known]]]),
         calibration_logits=log_answers(calibration),
         calibration_labels=data.y[torch.as_tensor(calibration, device=data.y.device)].cpu().numpy(),
-        calibration_member=np.arange(len(calibration)) < n_known)
+        calibration_member=np.arange(len(calibration)) < n_known,
+        query_known=np.isin(np.arange(len(query)), known_pos))
 
 
 def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> list[str]:
@@ -496,8 +497,8 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
         if ATTACKS.get(name).family == "label-only":  # only some reference models store these signals
             fit_on = [s for s in shadows if s.signals.label_only] or shadows
         out = run_attack(name, target, fit_on, params.get(name), seed=seed, reference=reference, split_ai=split_ai)
-        metrics = {**attack_metrics(out.scores, is_member, out.predictions),
-                   **interval_metrics(out.scores, is_member, seed=seed)}
+        scores, predictions, member = out.restricted(is_member)
+        metrics = {**attack_metrics(scores, member, predictions), **interval_metrics(scores, member, seed=seed)}
         results.append(AttackResult(name, out, metrics, time.perf_counter() - start))
     return results
 

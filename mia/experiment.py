@@ -416,14 +416,19 @@ def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels
     with tempfile.TemporaryDirectory() as tmp:
         curves = {}
         for r in results:
-            fpr, tpr, _ = roc(r.output.scores, is_member)
+            scores, _, member = r.output.restricted(is_member)
+            fpr, tpr, _ = roc(scores, member)
             curves[r.name] = (fpr, tpr)
         plot = plot_roc(curves, Path(tmp) / "roc.png", title=f"{config.dataset} / {config.model}")
         tracking.log_file(plot, "plots")
-        csv = Path(tmp) / "scores.csv"
-        csv.write_text(tracking.scores_csv([r.name for r in results], [r.output.scores for r in results],
+        csv = Path(tmp) / "scores.csv"  # empty where an attack is not scored (rows it knew)
+        csv.write_text(tracking.scores_csv([r.name for r in results], [_scored(r.output) for r in results],
                                            query, labels, is_member))
         tracking.log_file(csv)
+
+
+def _scored(output) -> np.ndarray:
+    return output.scores if output.evaluated is None else np.where(output.evaluated, output.scores, np.nan)
 
 
 def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,

@@ -381,8 +381,12 @@ def adaptive_auc(s: Setting, model: nn.Module, config: audit.TargetConfig) -> fl
                          for rows in (s.query, s.split.population))
     params = {"k": 10, "l": 4}
     split_ai = audit.split_ai_reference(config, s.data, s.split, query, population, params, seed=3, progress=False)
-    return attack_metrics(run_attack("selena-adaptive", query, [], params, split_ai=split_ai).scores,
-                          s.is_member)["auc"]
+    out = run_attack("selena-adaptive", query, [], params, split_ai=split_ai)
+    # scored on the members it does not know (half of them, by default) and every non-member
+    assert out.evaluated.sum() == len(s.is_member) - round(0.5 * s.is_member.sum())
+    assert out.evaluated[~s.is_member].all()
+    scores, predictions, member = out.restricted(s.is_member)
+    return attack_metrics(scores, member, predictions)["auc"]
 
 
 def test_selena_adaptive_finds_a_memorizing_target(s):

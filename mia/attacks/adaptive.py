@@ -52,9 +52,15 @@ class SplitAISignals:
     calibration_logits: np.ndarray  # R x C: shadow Split-AI on the calibration rows
     calibration_labels: np.ndarray  # R
     calibration_member: np.ndarray  # R bool: a known member of the target
+    query_known: np.ndarray | None = None  # N bool: audited rows the attacker knows (not scored); None: none
 
     def __post_init__(self):
         self.calibration_member = np.asarray(self.calibration_member, dtype=bool)
+        if self.query_known is not None:
+            self.query_known = np.asarray(self.query_known, dtype=bool)
+            if len(self.query_known) != len(self.query_logits):
+                raise MiaError(f"split-ai signals: query_known holds {len(self.query_known)} rows, query_logits "
+                               f"{len(self.query_logits)}")
         r = len(self.calibration_member)
         for name in ("calibration_target_logits", "calibration_logits", "calibration_labels"):
             if len(getattr(self, name)) != r:
@@ -94,6 +100,9 @@ class SelenaAdaptive(Attack):
         self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=1000))
         self.model_.fit(np.nan_to_num(x), s.calibration_member)
         self.split_ai_ = s
+        # the known members trained the shadow Split-AI and the regression: scored on them, the attack
+        # would be graded on what it was told
+        self.evaluated_ = None if s.query_known is None else ~s.query_known
         return self
 
     def decision_function(self, signals: Signals) -> np.ndarray:

@@ -74,6 +74,13 @@ class AttackOutput:
     scores: np.ndarray
     predictions: np.ndarray
     chosen: dict = field(default_factory=dict)  # settings the attack chose itself (e.g. RMIA's temperature)
+    evaluated: np.ndarray | None = None  # boolean mask of the rows its metrics count (None: all)
+
+    def restricted(self, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores, predictions, is_member)`` on the rows that count: an attack that knew some
+        audited rows (``selena-adaptive``'s known members) is not scored on them."""
+        keep = slice(None) if self.evaluated is None else self.evaluated
+        return self.scores[keep], self.predictions[keep], np.asarray(is_member)[keep]
 
 
 class Attack(ABC):
@@ -232,4 +239,5 @@ def run_attack(name: str, target: Signals, shadows: list[ShadowSignals],
     else:
         attack = attack.fit(shadows)
     scores = np.asarray(attack.decision_function(target), dtype=np.float64)
-    return AttackOutput(scores=scores, predictions=scores > attack.threshold_, chosen=attack.chosen())
+    return AttackOutput(scores=scores, predictions=scores > attack.threshold_, chosen=attack.chosen(),
+                        evaluated=getattr(attack, "evaluated_", None))
