@@ -145,6 +145,36 @@ def test_recorded_signals_follow_their_definitions(digits):
     assert state.signals.loss[0, 1, q] == pytest.approx(float(upload_loss), rel=1e-4)
 
 
+def test_an_uploads_loss_uses_the_batchnorm_statistics_its_client_sent(digits):
+    from mia.fl.record import record_round
+
+    config, data, _ = digits
+    torch.manual_seed(0)
+    model = build_model("wrn10-1", data.input_shape, data.num_classes, norm="bn").eval()
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    sent = {n: (b + 0.5 if n.endswith("running_mean") else b.clone()) for n, b in buffers.items()}
+    uploads = 0.01 * torch.randn(2, sum(p.numel() for p in params.values()))
+    x, y = data.inputs(data.x[:16]), data.y[:16]
+    view = record_round(model, params, buffers, uploads, x, y, client_buffers=[buffers, sent])
+    glob, _ = flatten(params)
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(glob + uploads[1], model.parameters())
+        for n, b in model.named_buffers():
+            b.copy_(sent[n])
+        expected = F.cross_entropy(model(x), y, reduction="none")
+    np.testing.assert_allclose(view["loss"][1], expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(view["loss"][0], view["loss"][1])
+
+
+@pytest.mark.parametrize("defense", ["client-dp", "quantization", "sparsification", "cofedmid"])
+def test_upload_defenses_refuse_batchnorm_statistics_they_would_not_cover(digits, defense):
+    config, data, split = digits
+    with pytest.raises(MiaError, match="--norm gn"):
+        simulate("wrn10-1", "bn", data, split, FLConfig(clients=2, rounds=1), config.train, make_defense(defense),
+                 0, progress=False)
+
+
 def test_clients_not_sampled_are_nan(digits):
     _, state, _ = run(digits, FLConfig(clients=5, rounds=3, fraction=0.4))
     sampled = ~np.isnan(state.signals.loss[:, :, 0])

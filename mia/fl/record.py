@@ -30,13 +30,14 @@ CHUNK = 64  # queries per per-sample-gradient batch
 
 @torch.no_grad()
 def upload_losses(model: nn.Module, global_params: Params, buffers: Params, uploads: torch.Tensor,
-                  x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``K x Q`` cross-entropy of each uploaded model ``w + u_k`` on the queries."""
+                  x: torch.Tensor, y: torch.Tensor, client_buffers: list[Params] | None = None) -> torch.Tensor:
+    """``K x Q`` cross-entropy of each uploaded model ``w + u_k`` on the queries, with the BatchNorm
+    statistics client ``k`` uploaded (``client_buffers``) where there are any."""
     glob = torch.cat([p.reshape(-1) for p in global_params.values()])
     out = []
-    for u in uploads:
+    for k, u in enumerate(uploads):
         params = unflatten(glob + u, global_params)
-        logits = functional_call(model, {**params, **buffers}, (x,))
+        logits = functional_call(model, {**params, **(client_buffers[k] if client_buffers else buffers)}, (x,))
         out.append(F.cross_entropy(logits.float(), y, reduction="none"))
     return torch.stack(out)
 
@@ -65,12 +66,16 @@ def gradient_signals(model: nn.Module, global_params: Params, buffers: Params, u
 
 
 def record_round(model: nn.Module, global_params: Params, buffers: Params, uploads: torch.Tensor,
-                 x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-    """All signals of one round for the sampled clients' ``uploads`` (``K x P``), as float32 numpy."""
+                 x: torch.Tensor, y: torch.Tensor, client_buffers: list[Params] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """All signals of one round for the sampled clients' ``uploads`` (``K x P``), as float32 numpy.
+
+    ``buffers`` are the round's global BatchNorm statistics (the gradients are the global model's);
+    ``client_buffers``, one per upload, those each client sent (its upload's loss)."""
     was_training = model.training
     model.eval()
     try:
-        loss = upload_losses(model, global_params, buffers, uploads, x, y)
+        loss = upload_losses(model, global_params, buffers, uploads, x, y, client_buffers)
         cos, grad_diff, grad_norm = gradient_signals(model, global_params, buffers, uploads, x, y)
     finally:
         model.train(was_training)

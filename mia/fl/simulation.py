@@ -130,6 +130,9 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
     model = build_model(model_name, data.input_shape, data.num_classes, norm=norm).to(device)
     local = replace(train, lr=config.lr, momentum=config.momentum, batch_size=config.batch_size, nesterov=False,
                     device=str(device))
+    if type(defense).upload is not Defense.upload and any(b.is_floating_point() for b in model.buffers()):
+        raise MiaError("this defense protects the uploaded weights, but a BatchNorm model also uploads its "
+                       "running statistics, which it would not cover; use --norm gn")
     can_stack = stackable(model_name, norm) and not _uses_hooks(defense)
     if stack and not can_stack:
         raise MiaError(f"model {model_name!r} with defense hooks or buffers cannot train stacked")
@@ -178,7 +181,7 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
         uploads = defense.upload(result.updates, clients, weights, r, layers)
         if record and r in recorded:
             i = int(np.flatnonzero(recorded == r)[0])
-            view = record_round(model, state.params, state.buffers, uploads, xq, yq)
+            view = record_round(model, state.params, state.buffers, uploads, xq, yq, result.buffers or None)
             for key in ("loss", "cos", "grad_diff"):
                 getattr(state.signals, key)[i, clients] = view[key]
             state.signals.grad_norm[i] = view["grad_norm"]
