@@ -275,7 +275,13 @@ def test_fixed_masks_keep_pruned_entries_at_zero_and_restore_the_reparametrizati
             torch.nn.functional.cross_entropy(plain(x), y).backward()
             optimizer.step()
         assert measured_sparsity(plain) == pytest.approx(before)  # gradient masking alone holds the zeros
-        with torch.no_grad():  # a procedure that adds noise beyond the gradient (DP-SGD)
+        # an optimizer that writes the gradient after the backward hooks (Opacus adds DP-SGD's noise so)
+        noisy = torch.optim.SGD(plain.parameters(), lr=0.1)
+        for p in plain.parameters():
+            p.grad = torch.randn_like(p)
+        noisy.step()
+        assert measured_sparsity(plain) == pytest.approx(before)  # re-masked after the step
+        with torch.no_grad():  # a procedure that changes the weights outside any optimizer
             for p in plain.parameters():
                 p.add_(0.01)
     assert measured_sparsity(model) == pytest.approx(before)  # re-applied on exit
@@ -300,3 +306,28 @@ def test_dp_sgd_fine_tunes_a_pruned_model_and_keeps_its_sparsity():
     # two fine-tuning steps at a target epsilon of 8 each: the reported epsilon is their composition
     assert 8.0 < pruned.defense_metrics["dp.epsilon"] < 16.0
     assert pruned.test_accuracy > 0.5
+
+
+def test_dp_sgd_noise_never_reaches_pruned_entries_during_fine_tuning(digits):
+    """Opacus adds the noise to every coordinate after the gradient hooks ran: without re-masking after
+    each step, all 8192 pruned entries of the first layer were nonzero from epoch 0, and validation
+    selected among dense networks."""
+    from mia.data import make_split
+    from mia.defenses import make_defense
+    from mia.prune.layers import FixedMasks
+    from mia.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("mlp", digits.input_shape, digits.num_classes, norm="gn")
+    PRUNERS.get("l1-unstructured")(model, 0.5)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    pruned = first.weight_mask == 0
+    split = make_split(len(digits), 0)
+    seen = []
+    model.train()
+    with FixedMasks(model):
+        make_defense("dp-sgd").fit(lambda: model, digits, split.members, split.validation,
+                                   TrainConfig(device="cpu", epochs=2, lr=0.1, batch_size=64, select_best=False),
+                                   on_epoch=lambda epoch, _: seen.append(int((first.weight[pruned] != 0).sum())),
+                                   progress=False)
+    assert seen == [0, 0]

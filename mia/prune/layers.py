@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mia.errors import MiaError
 
@@ -94,11 +95,13 @@ class FixedMasks:
     reparametrization (Opacus refuses layers with buffers, and the masks are
     buffers). Inside ``with FixedMasks(model):`` the model has plain
     parameters with the pruned entries at zero; each masked parameter's
-    gradient is multiplied by its mask, so SGD and Adam (weight decay
-    included) keep those entries at exactly zero; on exit the masks are
-    multiplied in again (for procedures that change the weights beyond the
-    gradient, such as DP-SGD's noise: post-processing) and the
-    reparametrization is restored, so pruning can go on.
+    gradient is multiplied by its mask, and after every optimizer step the
+    masks are multiplied in again: an optimizer that writes the gradient
+    itself (Opacus adds DP-SGD's noise to every coordinate after the backward
+    hooks ran) would otherwise move the pruned entries, and validation and
+    best-epoch selection would see a dense network. On exit the masks are
+    applied once more and the reparametrization is restored, so pruning can
+    go on.
     """
 
     def __init__(self, model: nn.Module):
@@ -113,16 +116,23 @@ class FixedMasks:
         make_permanent(self.model)
         for module, name, mask in self.masks:
             self.hooks.append(getattr(module, name).register_hook(lambda g, m=mask: g * m.to(g.dtype)))
+        # every optimizer in the process (a defense may build its own, or wrap one): re-masking is idempotent
+        self.hooks.append(register_optimizer_step_post_hook(lambda *_: self._apply()))
         return self.model
+
+    @torch.no_grad()
+    def _apply(self) -> None:
+        for module, name, mask in self.masks:
+            weight = getattr(module, name)
+            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
 
     def __exit__(self, *exc) -> None:
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
-        with torch.no_grad():
-            for module, name, mask in self.masks:
-                getattr(module, name).mul_(mask.to(getattr(module, name).dtype))
-                prune.custom_from_mask(module, name, mask)
+        self._apply()
+        for module, name, mask in self.masks:
+            prune.custom_from_mask(module, name, mask)
 
 
 def mask_of(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
