@@ -186,6 +186,20 @@ def test_rsw_window_is_what_the_training_loop_trains_on(digits):
         assert len(defense.seen[epoch]) <= 4 * 10
 
 
+def test_a_decaying_schedule_ends_under_the_window():
+    """The schedule counted every epoch as all 90 rows (12 steps) while the window runs 40 (5 steps):
+    cosine stopped at 65% of its rate instead of near 0."""
+    from mia.data import load_dataset
+
+    digits = load_dataset("digits")
+    train_idx = np.arange(90)
+    defense = make_defense("rsw", {"step": 2, "window": 4})
+    defense.set_mem_scores(train_idx, np.random.default_rng(1).uniform(-1, 1, 90), digits.y[train_idx].numpy())
+    result = train(mlp(), digits, train_idx, None, quick(epochs=4, batch_size=8, schedule="cosine"), progress=False,
+                   hooks=defense)
+    assert result.history[-1]["lr"] < 0.05 * 1e-3
+
+
 # ---------------------------------------------------------------- RMR
 
 

@@ -31,9 +31,9 @@ Choices where the paper and the code leave room:
 * ``epoch`` counts from 0 in every call of the training loop. Iterative
   pruning fine-tunes once per pruning step, so each step slides its own
   window from the top again: every step revisits the rows in the same order.
-  The loop's learning-rate schedule counts steps as if every epoch saw all
-  rows, so under a window a decaying schedule (cosine, step) ends before its
-  end; the tabular recipes' constant schedule is unaffected.
+  The loop's learning-rate schedule spans the steps the windows make, so a
+  decaying schedule (cosine, step) reaches its end as WeMeM's per-epoch
+  MultiStepLR does.
 * Where the mem-scores come from, in order: :meth:`MemScored.set_mem_scores`
   (the caller's), then ``mem_scores_csv``, then the estimator that
   ``mem_source`` names:

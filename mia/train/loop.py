@@ -270,6 +270,8 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
             group["lr"] = group["initial_lr"] = config.lr
     steps = _steps_per_epoch(n, config.batch_size)
     total_steps = steps * config.epochs
+    if hooks is not None and hooks.epoch_rows(0) is not None:  # a window: the schedule spans the steps it runs
+        total_steps = sum(_steps_per_epoch(len(hooks.epoch_rows(e)), config.batch_size) for e in range(config.epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s / total_steps))
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
