@@ -16,7 +16,9 @@ The unit depends on the pruner:
 * ``filter`` (``l1-filter``, ``l2-filter``): output filters/units (dim 0) of
   every Conv and hidden Linear layer, each layer to the target (Li et al.
   2017); the pruned filters' biases are masked too, so a pruned filter outputs
-  exactly zero;
+  exactly zero before any normalization (a BatchNorm after it still adds its
+  shift, ``beta - gamma * mean / std``, as in mia_prune's ``ln_structured``;
+  ``slimming`` masks BatchNorm channels themselves);
 * ``channel`` (``slimming``): BatchNorm channels ranked globally by ``|gamma|``
   (Liu et al. 2017); a pruned channel's scale and shift are masked, and so is
   the filter of the Conv/Linear layer that feeds that BatchNorm directly
