@@ -43,6 +43,10 @@ def tpr_metric(alpha: float) -> str:
 METRICS = ("auc", "balanced_accuracy", "advantage", *(tpr_metric(a) for a in FPR_TARGETS))
 """The metrics of one attack, in the order they are reported."""
 
+LOW_FPR = 1e-4
+"""Also reported (``tpr_at_fpr_0.0001``) where at least ``1 / LOW_FPR`` non-members make it an
+operating point rather than the ROC's first step (REFERENCE.md section 1: "when there are enough")."""
+
 
 def metric_names(attack: str | None = None) -> list[str]:
     """The metric names, prefixed ``<attack>.`` when an attack is given (the MLflow keys)."""
@@ -113,7 +117,8 @@ def balanced_accuracy(predictions, is_member) -> float:
 
 
 def attack_metrics(scores, is_member, predictions=None) -> dict[str, float]:
-    """The six metrics of :data:`METRICS` for one attack on one evaluation set.
+    """The six metrics of :data:`METRICS` for one attack on one evaluation set (and TPR at
+    :data:`LOW_FPR` where there are enough non-members).
 
     ``predictions`` are the attacker's own member decisions (threshold fitted
     on shadow data); without them ``balanced_accuracy`` is the ROC-optimal
@@ -129,6 +134,8 @@ def attack_metrics(scores, is_member, predictions=None) -> dict[str, float]:
     out["advantage"] = advantage
     for a in FPR_TARGETS:
         out[tpr_metric(a)] = tpr_at_fpr(fpr, tpr, a)
+    if (~is_member).sum() >= round(1 / LOW_FPR):
+        out[tpr_metric(LOW_FPR)] = tpr_at_fpr(fpr, tpr, LOW_FPR)
     return out
 
 

@@ -74,6 +74,18 @@ def test_tied_operating_points_are_kept_for_tpr_at_fpr():
     assert m["tpr_at_fpr_0.01"] == pytest.approx(brute)
 
 
+def test_tpr_at_a_hundredth_of_a_percent_only_with_enough_nonmembers():
+    rng = np.random.default_rng(0)
+    member = np.r_[np.ones(10_000, bool), np.zeros(10_000, bool)]
+    scores = rng.normal(size=20_000) + 2.0 * member
+    m = attack_metrics(scores, member)
+    top = np.sort(scores[~member])[-1]  # FPR 1e-4 = one false positive: members above the second-highest
+    second = np.sort(scores[~member])[-2]
+    assert m["tpr_at_fpr_0.0001"] == pytest.approx((scores[member] > second).mean()) and top > second
+    assert "tpr_at_fpr_0.0001" not in attack_metrics(scores[:9_000].tolist() + scores[10_000:19_000].tolist(),
+                                                     np.r_[np.ones(9_000, bool), np.zeros(9_000, bool)])
+
+
 def test_balanced_accuracy_from_predictions():
     member = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
     pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
