@@ -361,11 +361,25 @@ def federation_identity(fl) -> dict:
     return {k: v for k, v in fl.to_dict().items() if k not in ("target_client", "record_every", "max_query")}
 
 
+POOL_FORMAT = 2
+"""Part of every pool key; bumped when what a pool's models are changes (their training, their
+signals), so that pools of an older tool are not reused or grown with models of a newer one.
+2: federated references are federations; the data's fingerprint and the CUDA precision joined the key."""
+
+
 def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode: str = "online"):
-    """The :class:`mia.pool.PoolPlan` of reference models for this target's recipe and split."""
+    """The :class:`mia.pool.PoolPlan` of reference models for this target's recipe, data and split.
+
+    Besides the recipe (:func:`pool_identity`) the key holds the data's contents
+    (:meth:`Dataset.fingerprint`: two folders read by one loader share a name),
+    whether training ran under CUDA's bf16 autocast (a pool grown on a GPU and
+    on a CPU would mix precisions) and :data:`POOL_FORMAT`.
+    """
     from mia.pool import plan_pool
 
-    return plan_pool(pool_identity(config), split, mode, augment=config.train.augment and data.augment)
+    identity = {**pool_identity(config), "format": POOL_FORMAT, "data": data.fingerprint(),
+                "cuda_bf16": data.x.device.type == "cuda" and config.train.amp}
+    return plan_pool(identity, split, mode, augment=config.train.augment and data.augment)
 
 
 def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True):
@@ -457,6 +471,20 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
         if name not in known:
             raise unknown("attack", name, known)
     return list(dict.fromkeys(names))
+
+
+def check_attack_params(params: dict[str, dict] | None, names: list[str]) -> None:
+    """Every ``--attack-param`` names an attack among ``names`` and parameters it has: checked before
+    anything trains (a misspelt parameter used to fail after the reference pool; a parameter of an
+    attack not run was logged as if applied)."""
+    from mia.attacks import resolve_params
+    from mia.fl.attacks import FL_ATTACKS
+
+    for name, given in (params or {}).items():
+        if name not in names:
+            raise MiaError(f"--attack-param sets {name}.{next(iter(given), '')}, but attack {name!r} is not among "
+                           f"the attacks run ({', '.join(names)})")
+        resolve_params(ATTACKS.get(name) if name in ATTACKS else FL_ATTACKS.get(name), given)
 
 
 def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.ndarray,

@@ -74,7 +74,12 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         else:
             split = make_split(len(data), config.seed, config.split)
         tracking.log_split(split)
-        log_epoch = lambda epoch, m: tracking.log_metrics(m, step=epoch)  # noqa: E731
+        steps = [-1]
+
+        def log_epoch(epoch: int, metrics: dict) -> None:
+            steps.append(epoch)
+            tracking.log_metrics(metrics, step=epoch)
+
         if config.scenario == "pruning" and dense is None:
             with timer.stage("train_dense"):
                 dense = audit.fit(audit.dense_config(config), data, split.members, split.validation,
@@ -107,9 +112,12 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             "dense.test_accuracy": trained.dense.test_accuracy, "dense.train_accuracy": trained.dense.train_accuracy}
         if trained.finetune_epochs:  # what reference models of this pruned target copy (attacker_config)
             tracking.log_params({"finetune_best_epochs": ",".join(map(str, trained.finetune_epochs))})
+        # after the last epoch's step: MLflow shows a metric's value at its highest step, and the
+        # per-epoch train_accuracy (of augmented batches, as they ran) is not the released model's
         tracking.log_metrics({"test_accuracy": trained.test_accuracy,
                               "train_accuracy": trained.train_accuracy, **dense_metrics,
-                              "best_epoch": trained.best_epoch, **trained.defense_metrics, **timer.seconds})
+                              "best_epoch": trained.best_epoch, **trained.defense_metrics, **timer.seconds},
+                             step=max(steps) + 1)
         return TrainOutcome(active.info.run_id, trained.test_accuracy, trained.train_accuracy, data)
 
 
@@ -237,6 +245,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     target = tracking.TargetRun(target_run_id)
     config = target.config
     everything = audit.resolve_attacks(attacks, config.scenario)
+    audit.check_attack_params(attack_params, everything)
     fl_names = [n for n in everything if n not in ATTACKS]
     names = _attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
     experiment = experiment or tracking.experiment_name(target.run)
@@ -435,8 +444,9 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
               attack_params: dict[str, dict] | None = None, experiment: str | None = None,
               progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
-    _attacks_for_pool([n for n in audit.resolve_attacks(attacks, config.scenario) if n in ATTACKS], attacks,
-                      pool_mode)  # fail before training
+    names = audit.resolve_attacks(attacks, config.scenario)  # fail before training
+    audit.check_attack_params(attack_params, names)
+    _attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
                       experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode,

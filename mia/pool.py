@@ -28,6 +28,7 @@ one mechanism: a *pool* of M models with the target's recipe.
 from __future__ import annotations
 
 import hashlib
+import warnings
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,29 @@ def pool_size(root: Path) -> int:
     return m
 
 
+def drop_unreadable(root: Path) -> int:
+    """Delete the first model file that cannot be opened and every one after it; returns how many.
+
+    A copy killed midway (an artifact store's upload or download is no atomic
+    rename) leaves a truncated ``.npz`` that :func:`pool_size` would count and
+    every later load would fail on; the models from there on are retrained.
+    """
+    import zipfile
+
+    have = pool_size(root)
+    for m in range(have):
+        try:
+            with np.load(model_file(root, m), allow_pickle=False) as f:
+                if not {"inclusion", "logits", "phi", "sensitivity"} <= set(f.files):
+                    raise ValueError("missing arrays")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            for later in range(m, have):
+                model_file(root, later).unlink()
+            warnings.warn(f"pool model {m} in {root} could not be read; retraining models {m}..{have - 1}")
+            return have - m
+    return 0
+
+
 def write_identity(plan: PoolPlan, root: Path) -> None:
     path = Path(root) / IDENTITY_FILE
     if path.is_file():
@@ -162,6 +186,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_identity(plan, root)
+    drop_unreadable(root)
     have = pool_size(root)
     missing = list(range(have, size))
     if not missing:

@@ -387,7 +387,14 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
     with tempfile.TemporaryDirectory() as tmp:
         if runs:
             run_id = runs[0].info.run_id
-            folder = _download(run_id, POOL_DIR, tmp) or Path(tmp) / POOL_DIR
+            folder = Path(tmp) / POOL_DIR
+            if client.list_artifacts(run_id, POOL_DIR):  # stored models that must come down, or nothing is reused
+                try:
+                    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=POOL_DIR,
+                                                                      dst_path=tmp))
+                except (MlflowException, OSError) as e:
+                    raise MiaError(f"pool run {run_id} could not be downloaded from the artifact store "
+                                   f"({type(e).__name__}: {str(e)[:200]}); check the store and retry") from None
         else:
             run_id = client.create_run(experiment_id(experiment), run_name=f"pool-{key[:8]}",
                                        tags={**tags, "mia.kind": "pool", "mia.pool_key": key}).info.run_id
@@ -398,9 +405,11 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
             yield store
         except BaseException as exc:
             client.set_tag(run_id, "mia.failure_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
+            client.set_terminated(run_id, "FAILED")  # what it holds stays usable: the next attack grows it
             raise
-        finally:
-            client.set_terminated(run_id)
+        if "mia.failure_reason" in client.get_run(run_id).data.tags:  # an earlier failure, since mended
+            client.delete_tag(run_id, "mia.failure_reason")
+        client.set_terminated(run_id)
 
 
 class PoolStore:

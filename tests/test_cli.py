@@ -78,6 +78,9 @@ def test_audit_logs_linked_runs(mlflow_store):
     assert target.data.params["dataset"] == "digits" and target.data.params["train.epochs"] == "3"
     assert len(client.get_metric_history(target_id, "val_accuracy")) == 3
     assert {"test_accuracy", "train_accuracy", "time.train", "time.signals"} <= set(target.data.metrics)
+    # the released model's train accuracy is logged after the epochs' (MLflow shows the highest step)
+    final = max(client.get_metric_history(target_id, "train_accuracy"), key=lambda m: m.step)
+    assert final.step == 3 and target.data.metrics["train_accuracy"] == final.value
     stored = {a.path for a in client.list_artifacts(target_id)} | {
         a.path for d in ("model", "signals") for a in client.list_artifacts(target_id, d)}
     assert {"config.json", "split.npz", "model/checkpoint.pt", "signals/target.npz"} <= stored
@@ -139,9 +142,14 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("attack", "--run-id", "0123456789abcdef0123456789abcdef", "--attacks", "lira-onlin"),
      ("unknown attack 'lira-onlin'", "lira-online")),
     (("audit", "--pool", "offline", "--attacks", "lira-online"), ("--pool online",)),
+    (("audit", "--attacks", "loss", "--attack-param", "lira.variance=fixed"), ("'lira' is not among", "loss")),
+    (("audit", "--attacks", "lira-online", "--attack-param", "lira-online.varaince=fixed"), ("varaince",)),
 ])
 def test_user_errors_are_one_line(mlflow_store, args, fragments):
     assert_user_error(invoke(*args), *fragments)
+    if args[0] == "audit":  # refused before anything trained
+        experiment = MlflowClient().get_experiment_by_name("mia")
+        assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])
 
 
 def test_bad_option_value_is_rejected(mlflow_store):

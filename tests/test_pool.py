@@ -74,6 +74,30 @@ def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
     assert 0.1 < shadows[0].is_member.mean() < 0.6
 
 
+def test_key_depends_on_the_data_contents_not_only_its_name(task):
+    """Two folders read by one loader (imagefolder, a local Purchase100) share a name and maybe a size."""
+    from dataclasses import replace
+
+    config, data, split = task
+    key = audit.plan_reference_pool(config, data, split).key
+    assert audit.plan_reference_pool(config, replace(data, x=data.x.clone()), split).key == key
+    other = data.x.clone()
+    other[0] = 16 - other[0]
+    assert audit.plan_reference_pool(config, replace(data, x=other), split).key != key
+
+
+def test_a_truncated_model_file_is_retrained_with_those_after_it(task, tmp_path):
+    config, data, split = task
+    plan = audit.plan_reference_pool(config, data, split)
+    pool, _ = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
+    damaged = model_file(tmp_path, 1)
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a copy killed midway
+    with pytest.warns(UserWarning, match="model 1 .* could not be read"):
+        again, written = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
+    assert [p.name for p in written] == [model_file(tmp_path, m).name for m in (1, 2)]
+    np.testing.assert_array_equal(again.phi, pool.phi)  # the same seeds: the same models
+
+
 def test_folder_of_another_pool_is_refused(task, tmp_path):
     config, data, split = task
     audit.reference_pool(audit.plan_reference_pool(config, data, split, "offline"), config, data, 1,

@@ -43,6 +43,18 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    def fingerprint(self, rows: int = 1024) -> str:
+        """A digest of the contents (every label, the features of ``rows`` evenly spaced rows, the
+        normalization): what a cache keys on besides a dataset's name, since two folders read by the
+        same loader (``imagefolder``, a local Purchase100 copy) share a name and maybe a size."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{len(self)} {tuple(self.x.shape)} {self.x.dtype} {self.mean} {self.std}".encode())
+        digest.update(self.y.cpu().numpy().tobytes())
+        picked = torch.linspace(0, len(self) - 1, min(rows, len(self))).long().to(self.x.device)
+        digest.update(self.x[picked].contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
     def to(self, device: torch.device | str) -> "Dataset":
         """The same dataset with both tensors on ``device`` (no copy if already there)."""
         return Dataset(self.name, self.x.to(device), self.y.to(device), self.num_classes,

@@ -181,9 +181,8 @@ def architecture_of(model: nn.Module, input_shape: tuple[int, ...], num_classes:
 
 def _cache_key(model_name: str, norm: str, data: Dataset, train_idx: np.ndarray, config: TrainConfig,
                models: int, seed: int) -> str:
-    labels = data.y.cpu().numpy().astype(np.int64)
     identity = {"version": CACHE_VERSION, "model": model_name, "norm": norm, "dataset": data.name,
-                "rows": len(data), "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
+                "data": data.fingerprint(), "cuda_bf16": data.x.device.type == "cuda" and config.amp,
                 "train_idx": hashlib.sha256(train_idx.tobytes()).hexdigest(),
                 "config": {k: v for k, v in config.to_dict().items() if k != "device"},
                 "models": models, "seed": seed}
