@@ -75,11 +75,16 @@ class FLState:
     defense: dict = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> None:
+        """``state.pt``, everything a resume needs in one file (the server's view included: two files
+        copied one after the other could be caught half-way, a new state beside an old view), and
+        ``signals.npz``, the view the attacks read."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        signals = {k: torch.from_numpy(np.ascontiguousarray(getattr(self.signals, k)))
+                   for k in ("rounds", "loss", "cos", "grad_diff", "grad_norm")}
         torch.save({"round": self.round, "params": {k: v.cpu() for k, v in self.params.items()},
                     "buffers": {k: v.cpu() for k, v in self.buffers.items()}, "history": self.history,
-                    "defense": self.defense}, folder / "state.pt")
+                    "defense": self.defense, "signals": signals}, folder / "state.pt")
         self.signals.save(folder / "signals.npz")
 
     @classmethod
@@ -87,7 +92,8 @@ class FLState:
         folder = Path(folder)
         try:
             blob = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-            signals = FLSignals.load(folder / "signals.npz")
+            signals = (FLSignals(**{k: v.numpy() for k, v in blob["signals"].items()}) if "signals" in blob
+                       else FLSignals.load(folder / "signals.npz"))  # a checkpoint from before the view moved in
         except FileNotFoundError:
             raise MiaError(f"no federated checkpoint in {folder}: the run recorded no round yet; start it again") \
                 from None
