@@ -86,6 +86,16 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_restricted_unpickler_reads_arrays_at_every_protocol(tmp_path, protocol):
+    batch = {b"data": np.arange(12, dtype=np.uint8).reshape(2, 6), b"labels": [3, 1]}
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    loaded = load_pickle(path)
+    np.testing.assert_array_equal(loaded[b"data"], batch[b"data"])
+    assert loaded[b"labels"] == [3, 1]
+
+
 def test_restricted_unpickler_refuses_corrupt_file(tmp_path):
     path = tmp_path / "batch"
     path.write_bytes(b"\x80\x02}q\x00(")  # truncated
