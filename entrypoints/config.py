@@ -10,7 +10,7 @@ from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
 from mia.errors import unknown
 from mia.registry import coerce
-from mia.train import resolve_device
+from mia.train.predict import check_device
 from entrypoints.options import key_values
 
 #: Scenarios this version trains; each later one registers here.
@@ -33,6 +33,7 @@ def label_only_kinds(text: str) -> list[str]:
 def target_config(opts: dict) -> TargetConfig:
     if opts["scenario"] not in SCENARIOS:
         raise unknown("scenario", opts["scenario"], SCENARIOS)
+    check_device(opts["device"])
     check_scenario(opts["defense"], opts["scenario"])
     # typed and checked here, so unknown names and bad values fail before any run starts
     defense_params = make_defense(opts["defense"], key_values(opts["defense_param"], "--defense-param")).params
@@ -54,7 +55,7 @@ def target_config(opts: dict) -> TargetConfig:
 
         prune = PruneConfig(pruner=opts["pruner"], sparsity=opts["sparsity"], iterations=opts["prune_iterations"],
                             finetune_epochs=opts["finetune_epochs"])
-    if opts["compile"] and resolve_device(opts["device"]).type != "cuda":
+    if opts["compile"] and check_device(opts["device"]).type != "cuda":
         click.echo("note: --compile acts on CUDA only; here training runs as without it", err=True)
     split = SplitConfig(member_fraction=opts["member_fraction"], nonmember_fraction=opts["nonmember_fraction"],
                         validation_fraction=opts["validation_fraction"])

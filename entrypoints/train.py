@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from entrypoints.config import target_config
+from mia.errors import MiaError
 from entrypoints.options import common_options, federated_options, pass_options, pruning_options, target_options
 
 
@@ -23,6 +24,11 @@ def train(opts: dict) -> None:
     from mia.experiment import federated_run, train_run
 
     if opts["resume"]:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in opts if name not in ("resume", "experiment", "quiet")
+                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise MiaError(f"--resume continues run {opts['resume']} with its own options; drop {', '.join(given)}")
         outcome = federated_run(None, opts["experiment"], progress=not opts["quiet"], resume=opts["resume"])
     else:
         outcome = train_run(target_config(opts), opts["experiment"], progress=not opts["quiet"],

@@ -473,6 +473,27 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
     return list(dict.fromkeys(names))
 
 
+def check_label_only(names: list[str], config: TargetConfig) -> None:
+    """Named label-only attacks need their signals computed in training (``--label-only``) on data
+    they apply to: checked before anything trains (under ``all`` they are left out instead,
+    :func:`applicable`)."""
+    from mia.data.datasets import DATASETS
+
+    data_kind = DATASETS.get(config.dataset).kind
+    for name in names:
+        for need in (ATTACKS.get(name).needs if name in ATTACKS else ()):
+            if not need.startswith("label_only:"):
+                continue
+            kind = need.split(":", 1)[1]
+            if kind == "aug" and data_kind != "image" or kind == "noise-flip" and data_kind != "tabular":
+                what = "image data" if kind == "aug" else "binary tabular data"
+                raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
+                               f"{config.dataset} is {data_kind}")
+            if kind not in config.label_only:
+                raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed in training: "
+                               f"add {kind} to --label-only (this target has: {','.join(config.label_only) or 'none'})")
+
+
 def check_attack_params(params: dict[str, dict] | None, names: list[str]) -> None:
     """Every ``--attack-param`` names an attack among ``names`` and parameters it has: checked before
     anything trains (a misspelt parameter used to fail after the reference pool; a parameter of an
@@ -484,7 +505,11 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str]) -> Non
         if name not in names:
             raise MiaError(f"--attack-param sets {name}.{next(iter(given), '')}, but attack {name!r} is not among "
                            f"the attacks run ({', '.join(names)})")
-        resolve_params(ATTACKS.get(name) if name in ATTACKS else FL_ATTACKS.get(name), given)
+        if name in ATTACKS:
+            spec = ATTACKS.get(name)
+            spec.cls(**resolve_params(spec, given), seed=0)  # constructors check values (thresholds=bogus)
+        else:
+            resolve_params(FL_ATTACKS.get(name), given)
 
 
 def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.ndarray,

@@ -246,6 +246,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     config = target.config
     everything = audit.resolve_attacks(attacks, config.scenario)
     audit.check_attack_params(attack_params, everything)
+    if attacks != "all":
+        audit.check_label_only(everything, config)
     fl_names = [n for n in everything if n not in ATTACKS]
     names = _attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
     experiment = experiment or tracking.experiment_name(target.run)
@@ -446,6 +448,8 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
     """``mia audit``: a training run, then an attack run linked to it."""
     names = audit.resolve_attacks(attacks, config.scenario)  # fail before training
     audit.check_attack_params(attack_params, names)
+    if attacks != "all":
+        audit.check_label_only(names, config)
     _attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,

@@ -263,21 +263,33 @@ class TargetRun:
         split_path = _download(run_id, SPLIT, self._tmp.name)
         if split_path is None:
             raise MiaError(f"run {run_id} has no {SPLIT}; retrain with `mia train`")
-        self.split = Split.load(split_path)
+        self.split = self._read(SPLIT, Split.load, split_path)
         self.metrics = dict(self.run.data.metrics)
+
+    def _read(self, artifact: str, load, path: Path):
+        """``load(path)``, or a one-line error naming the run and the artifact (not a temporary path)."""
+        try:
+            return load(path)
+        except Exception as exc:  # a damaged file: not a zip, truncated, object arrays, ...
+            raise MiaError(f"{artifact} of run {self.run_id} is corrupt ({type(exc).__name__}); "
+                           "retrain with `mia train`") from None
 
     def signals(self, artifact: str = TARGET_SIGNALS) -> Signals | None:
         """Stored target signals (on the audited query set, or the population), if present."""
         path = _download(self.run_id, artifact, self._tmp.name)
-        return None if path is None else Signals.load(path)
+        return None if path is None else self._read(artifact, Signals.load, path)
 
     def arrays(self, artifact: str) -> dict[str, np.ndarray]:
         """A stored ``.npz`` artifact as arrays (no pickles)."""
         path = _download(self.run_id, artifact, self._tmp.name)
         if path is None:
             raise MiaError(f"run {self.run_id} has no {artifact}; retrain with `mia train`")
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+
+        def load(p: Path) -> dict[str, np.ndarray]:
+            with np.load(p, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+
+        return self._read(artifact, load, path)
 
     def fl_state(self):
         """The last federated checkpoint (:class:`mia.fl.simulation.FLState`) of this run."""

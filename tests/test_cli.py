@@ -144,6 +144,13 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("audit", "--pool", "offline", "--attacks", "lira-online"), ("--pool online",)),
     (("audit", "--attacks", "loss", "--attack-param", "lira.variance=fixed"), ("'lira' is not among", "loss")),
     (("audit", "--attacks", "lira-online", "--attack-param", "lira-online.varaince=fixed"), ("varaince",)),
+    (("audit", "--attacks", "loss", "--attack-param", "loss.thresholds=bogus"), ("bogus",)),
+    (("audit", "--attacks", "loss,boundary"), ("add boundary to --label-only",)),
+    (("audit", "--attacks", "noise-flip"), ("binary tabular data only", "digits is image")),
+    (("train", "--device", "tpu"), ("unknown device 'tpu'",)),
+    (("train", "--device", "cuda:99"), ("--device cuda:99: this machine has",)),
+    (("train", "--resume", "0123456789abcdef0123456789abcdef", "--rounds", "3", "--clients", "8"),
+     ("its own options", "drop --rounds, --clients")),
 ])
 def test_user_errors_are_one_line(mlflow_store, args, fragments):
     assert_user_error(invoke(*args), *fragments)
@@ -164,6 +171,14 @@ def test_failed_run_is_marked_failed_with_reason(mlflow_store, tmp_path):
     assert len(runs) == 1
     assert runs[0].info.status == "FAILED"
     assert "cifar-10-batches-py" in runs[0].data.tags["mia.failure_reason"]
+
+
+@pytest.mark.parametrize("artifact", ["signals/target.npz", "split.npz"])
+def test_a_corrupt_stored_artifact_is_reported_in_one_line(mlflow_store, artifact):
+    run_id = run_id_of(invoke("train", *FAST).output)
+    next(Path("mlruns").glob(f"*/{run_id}/artifacts")).joinpath(artifact).write_bytes(b"garbage")
+    result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    assert_user_error(result, f"{artifact} of run {run_id} is corrupt", "retrain")
 
 
 def test_unknown_model_is_rejected(mlflow_store):

@@ -43,8 +43,8 @@ def label_only_signal(signals: Signals, kind: str, attack: str, whose: str) -> n
     values = (signals.label_only or {}).get(kind)
     if values is None:
         where = {"aug": " (image data only)", "noise-flip": " (binary tabular data only)"}.get(kind, "")
-        raise MiaError(f"attack {attack!r} needs the {whose} label-only {kind!r} signals{where}; compute "
-                       f"them with mia.signals.label_only_signals(..., kinds=({kind!r},))")
+        raise MiaError(f"attack {attack!r} needs the {whose} label-only {kind!r} signals{where}; train with "
+                       f"--label-only {kind} (mia.signals.label_only_signals(..., kinds=({kind!r},)) in Python)")
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(signals),):
         raise MiaError(f"attack {attack!r}: the {whose} label-only {kind!r} signals hold shape "

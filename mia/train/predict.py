@@ -16,6 +16,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` resolved, or a one-line error when this machine cannot train on it (checked before a
+    run starts: torch's own errors come from deep inside the first step)."""
+    from mia.errors import MiaError
+
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError:
+        raise MiaError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MiaError(f"--device {device}: this machine has no usable CUDA device (see `mia info`); "
+                           "use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise MiaError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif resolved.type not in ("cpu", "mps") or resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise MiaError(f"--device {device} is not available here; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tensor,
                    batch_size: int = 1024, device: str | torch.device = "auto") -> torch.Tensor:
