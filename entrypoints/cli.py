@@ -27,6 +27,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except MiaError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:  # the run (if any) said which one it was; exit as shells expect
+            click.echo("Aborted.", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

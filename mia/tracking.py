@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -108,6 +109,14 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
         if tags:
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
         yield active
+    except KeyboardInterrupt:  # the user stopped it: KILLED, and say which run (a federated one resumes)
+        mlflow.set_tag("mia.failure_reason", "interrupted")
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        resumable = (tags or {}).get("mia.kind") == "train" and (tags or {}).get("mia.scenario") == "federated"
+        print(f"interrupted: run {run_id} is marked KILLED"
+              + (f"; go on from its last recorded round with `mia train --resume {run_id}`" if resumable else ""),
+              file=sys.stderr)
+        raise
     except BaseException as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         mlflow.set_tag("mia.failure_reason", f"{type(exc).__name__}: {reason}"[:5000])

@@ -181,6 +181,20 @@ def test_a_corrupt_stored_artifact_is_reported_in_one_line(mlflow_store, artifac
     assert_user_error(result, f"{artifact} of run {run_id} is corrupt", "retrain")
 
 
+def test_an_interrupted_federated_run_is_killed_and_names_its_resume(mlflow_store, monkeypatch):
+    import mia.fl.simulation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mia.fl.simulation, "simulate", interrupted)
+    result = invoke("train", "--scenario", "federated", "--rounds", "2", "--quiet")
+    assert result.exit_code == 130, result.output
+    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])[0]
+    assert run.info.status == "KILLED"
+    assert f"mia train --resume {run.info.run_id}" in result.output and "Traceback" not in result.output
+
+
 def test_unknown_model_is_rejected(mlflow_store):
     assert_user_error(invoke("train", "--model", "transformer-xl", "--quiet"), "unknown model")
 
