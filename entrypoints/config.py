@@ -30,10 +30,31 @@ def label_only_kinds(text: str) -> list[str]:
     return kinds
 
 
+_SCENARIO_OPTIONS = {
+    "federated": ("clients", "rounds", "local_epochs", "client_fraction", "partition", "alpha", "server_lr",
+                  "local_lr", "local_momentum", "local_batch_size", "target_client", "record_every"),
+    "pruning": ("pruner", "sparsity", "prune_iterations", "finetune_epochs", "from_run"),
+}
+
+
+def _note_ignored(opts: dict) -> None:
+    """Say which options the user typed that this scenario does not read (they are not an error)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for scenario, names in _SCENARIO_OPTIONS.items():
+        typed = [f"--{n.replace('_', '-')}" for n in names if n in opts and opts["scenario"] != scenario
+                 and ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if typed:
+            verb = "applies" if len(typed) == 1 else "apply"
+            click.echo(f"note: {', '.join(typed)} {verb} to --scenario {scenario}; ignored here", err=True)
+
+
 def target_config(opts: dict) -> TargetConfig:
     if opts["scenario"] not in SCENARIOS:
         raise unknown("scenario", opts["scenario"], SCENARIOS)
     check_device(opts["device"])
+    _note_ignored(opts)
     check_scenario(opts["defense"], opts["scenario"])
     # typed and checked here, so unknown names and bad values fail before any run starts
     defense_params = make_defense(opts["defense"], key_values(opts["defense_param"], "--defense-param")).params

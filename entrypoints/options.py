@@ -9,13 +9,13 @@ import click
 from mia.errors import MiaError
 
 
-def key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+def key_values(pairs: tuple[str, ...], flag: str, form: str = "key=value") -> dict[str, str]:
     """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a pair without ``=`` is a user error."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise MiaError(f"{flag} expects key=value, got {pair!r}")
+            raise MiaError(f"{flag} expects {form}, got {pair!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -23,7 +23,7 @@ def key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
 def attack_params(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """``("loss.thresholds=global",)`` -> ``{"loss": {"thresholds": "global"}}``."""
     out: dict[str, dict[str, str]] = {}
-    for key, value in key_values(pairs, "--attack-param").items():
+    for key, value in key_values(pairs, "--attack-param", "attack.key=value (e.g. loss.thresholds=global)").items():
         attack, sep, name = key.partition(".")
         if not sep or not name:
             raise MiaError(f"--attack-param expects attack.key=value (e.g. loss.thresholds=global), got {key!r}")

@@ -23,7 +23,7 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     from mia import tracking
     from mia.metrics import roc as roc_curve
     from mia.report import plot_roc
-    from mia.report.frontier import common_leakage, frontier_table, plot_frontiers, write_html
+    from mia.report.frontier import common_leakage, frontier_table, per_scenario, plot_frontiers, write_html
 
     rows = tracking.attack_rows(list(experiments) or None, [r for r in runs.split(",") if r] or None)
     if rows.empty:
@@ -31,21 +31,33 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     if leakage not in rows.columns:
         known = sorted(c for c in rows.columns if c.startswith("leakage.") or c.endswith(".auc"))
         raise MiaError(f"no metric {leakage!r} in the attack runs; e.g. {', '.join(known[:6])}")
+    roc_ids = [r for r in roc.split(",") if r]
+    missing = [r for r in roc_ids if r not in set(rows["run_id"])]
+    if missing:
+        raise MiaError(f"--roc {', '.join(missing)}: not among the finished attack runs read "
+                       f"({len(rows)}; see --experiment/--runs)")
+    roc_scores = {run_id: tracking.attack_scores(run_id) for run_id in roc_ids}  # all read before anything is written
+    rows = _ordered(rows)
+    rows = per_scenario(rows)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     rows.to_csv(folder / "runs.csv", index=False)
     if leakage.startswith("leakage.max_"):  # the same attacks for every run, or the worst cases do not compare
         rows[leakage], attacks = common_leakage(rows, leakage)
-        click.echo(f"{leakage} over the attacks every run has: {', '.join(attacks)}")
+        if attacks:
+            click.echo(f"{leakage} over the attacks every run has: {', '.join(attacks)}")
+        else:
+            click.echo(f"warning: the runs share no attack, so {leakage} is each run's worst case over its own "
+                       "attacks and the runs do not compare; keep comparable runs with --runs, or audit them with "
+                       "the same --attacks", err=True)
     front = frontier_table(rows, leakage)
     columns = ["defense", "test_accuracy", leakage, "run_id",
                *sorted(c for c in rows.columns if c.startswith("defense_params."))]
-    front = front[[c for c in columns if c in front.columns]]
+    front = front[[c for c in columns if c in front.columns]].dropna(axis=1, how="all")
     images = {"Privacy-utility frontiers": plot_frontiers(rows, leakage, folder / "frontier.png")}
-    if roc:
+    if roc_ids:
         curves = {}
-        for run_id in [r for r in roc.split(",") if r]:
-            scores = tracking.attack_scores(run_id)
+        for run_id, scores in roc_scores.items():
             row = rows[rows["run_id"] == run_id]
             attacks = [c for c in scores.columns if c not in ("index", "label", "is_member")]
             best = max(attacks, key=lambda a: float(row[f"{a}.auc"].iloc[0]) if f"{a}.auc" in row else 0.0)
@@ -57,4 +69,16 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     write_html(folder / "report.html", "mia report", images,
                {f"Front per defense ({leakage})": front, "All attack runs": rows[[c for c in columns if c in rows]]})
     click.echo(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    click.echo(f"{len(rows)} attack runs; written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+    click.echo(f"the fronts hold {len(front)} of {len(rows)} attack runs (the others are dominated: runs.csv has all); "
+               f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+
+
+def _ordered(rows):
+    """Columns for a reader: who and what first, then utility and the leakage summaries, then each attack's
+    metrics by attack, then the rest (timings, defense parameters)."""
+    first = [c for c in ("run_id", "target_run_id", "scenario", "dataset", "model", "defense", "test_accuracy")
+             if c in rows.columns]
+    summaries = sorted(c for c in rows.columns if c.startswith("leakage."))
+    rest = sorted(c for c in rows.columns if c not in first and c not in summaries)
+    timing = [c for c in rest if c.startswith(("time.", "defense_params."))]
+    return rows[first + summaries + [c for c in rest if c not in timing] + timing]

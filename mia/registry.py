@@ -85,8 +85,9 @@ def coerce(params: dict[str, Param], given: dict[str, object], owner: str) -> di
     for name, value in given.items():
         name = name if name in params else by_lower.get(name.lower(), name)
         if name not in params:
-            known = ", ".join(sorted(params)) or "none"
-            raise MiaError(f"{owner} has no parameter {name!r}; known: {known}")
+            if not params:
+                raise MiaError(f"{owner} takes no parameters (got {name!r})")
+            raise MiaError(f"{owner} has no parameter {name!r}; known: {', '.join(sorted(params))}")
         try:
             out[name] = _typed(params[name].type, value)
         except (TypeError, ValueError):

@@ -195,6 +195,13 @@ def test_an_interrupted_federated_run_is_killed_and_names_its_resume(mlflow_stor
     assert f"mia train --resume {run.info.run_id}" in result.output and "Traceback" not in result.output
 
 
+def test_options_of_another_scenario_are_noted_as_ignored(mlflow_store):
+    result = invoke("train", "--clients", "5", "--rounds", "3", "--sparsity", "0.5", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "note: --clients, --rounds apply to --scenario federated; ignored here" in result.output
+    assert "note: --sparsity applies to --scenario pruning; ignored here" in result.output
+
+
 def test_unknown_model_is_rejected(mlflow_store):
     assert_user_error(invoke("train", "--model", "transformer-xl", "--quiet"), "unknown model")
 

@@ -50,8 +50,25 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(mlflow_store, tmp_path
     assert {"test_accuracy", "leakage.max_auc", "loss.auc", "mentr.tpr_at_fpr_0.001"} <= set(runs.columns)
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "label-smoothing" in page
+    assert list(runs.columns[:7]) == ["run_id", "target_run_id", "scenario", "dataset", "model", "defense",
+                                      "test_accuracy"]
     missing = invoke("report", "--leakage", "no.such.metric", "--out", str(out))
     assert missing.exit_code != 0 and "no metric" in missing.output
+    # a bad --roc id is refused before anything is written
+    fresh = tmp_path / "fresh"
+    refused = invoke("report", "--roc", "deadbeef", "--out", str(fresh))
+    assert refused.exit_code != 0 and "deadbeef" in refused.output and not fresh.exists()
+
+
+def test_fronts_are_per_scenario_where_runs_mix_scenarios():
+    from mia.report.frontier import per_scenario
+
+    rows = pd.DataFrame({"scenario": ["centralized", "federated", "centralized"], "defense": ["none", "none", "dp-sgd"],
+                         "test_accuracy": [0.9, 0.5, 0.8], "leak": [0.7, 0.55, 0.6]})
+    assert per_scenario(rows)["defense"].tolist() == ["centralized/none", "federated/none", "centralized/dp-sgd"]
+    assert len(frontier_table(per_scenario(rows), "leak")) == 3  # the federated run no longer hides in "none"
+    one = rows[rows["scenario"] == "centralized"]
+    assert per_scenario(one)["defense"].tolist() == ["none", "dp-sgd"]
 
 
 def test_leakage_summaries_compare_the_attacks_every_run_has():

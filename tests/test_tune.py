@@ -283,8 +283,10 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     assert defense_space("hamp").describe()["modify_output"] == "bool {False, True}"
     # estimator settings (search=False) are validated but not searched
     assert set(defense_space("rsw").describe()) == {"step", "window"}
-    with pytest.raises(MiaError, match="no hyperparameter left to search"):
+    with pytest.raises(MiaError, match="no hyperparameter to search"):
         defense_space("none")
+    with pytest.raises(MiaError, match="fixes every hyperparameter a search explores \\(smoothing\\); leave one"):
+        defense_space("label-smoothing", fixed={"smoothing"})
 
     path = tmp_path / "s.yaml"
     path.write_text("alpha: {low: 1e-4, high: 0.05, log: true}\nmodify_output: {choices: [true]}\n")

@@ -83,10 +83,13 @@ def _declared(name: str, param: HyperParam) -> Dimension | None:
     return None
 
 
-def _nonempty(space: SearchSpace) -> SearchSpace:
+def _nonempty(space: SearchSpace, fixed: set[str] = frozenset()) -> SearchSpace:
     if not space.dimensions:
+        if fixed:
+            raise MiaError(f"defense {space.defense}: --defense-param fixes every hyperparameter a search explores "
+                           f"({', '.join(sorted(fixed))}); leave one free")
         searchable = sorted(n for n, s in DEFENSES.items() if any(_declared(k, p) for k, p in s.params.items()))
-        raise MiaError(f"defense {space.defense} has no hyperparameter left to search; "
+        raise MiaError(f"defense {space.defense} has no hyperparameter to search; "
                        f"tune one of: {', '.join(searchable)}")
     return space
 
@@ -95,7 +98,7 @@ def defense_space(defense: str, fixed: set[str] = frozenset()) -> SearchSpace:
     """The space ``defense`` declares, less the parameters fixed with ``--defense-param``."""
     spec = DEFENSES.get(defense)
     dims = [_declared(k, p) for k, p in spec.params.items() if k not in fixed]
-    return _nonempty(SearchSpace(defense, tuple(d for d in dims if d is not None)))
+    return _nonempty(SearchSpace(defense, tuple(d for d in dims if d is not None)), set(fixed))
 
 
 def _read(path: Path) -> object:

@@ -108,7 +108,7 @@ _PARAMS = {"thresholds": Param(str, "class", "'class': one threshold per class (
 for _name, _sign, _what in [
     ("loss", -1.0, "cross-entropy loss (low for members)"),
     ("confidence", 1.0, "true-label confidence p_y"),
-    ("correctness", 1.0, "whether the prediction is correct (Yeom et al.)"),
+    ("correctness", 1.0, "prediction's correctness (Yeom et al.)"),
     ("entropy", -1.0, "prediction entropy (low for members)"),
     ("mentr", -1.0, "modified entropy of Song & Mittal (low for members)"),
     ("hconf", 1.0, "top-1 confidence max_i p_i"),

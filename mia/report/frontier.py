@@ -52,6 +52,14 @@ def common_leakage(rows: pd.DataFrame, summary: str) -> tuple[pd.Series, list[st
     return rows[[f"{a}.{metric}" for a in attacks]].max(axis=1), attacks
 
 
+def per_scenario(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``defense`` read ``scenario/defense`` where the runs mix scenarios: an undefended
+    federated run is no reference point for a centralized defense, nor one front with it."""
+    if rows["scenario"].nunique() <= 1:
+        return rows
+    return rows.assign(defense=rows["scenario"].astype(str) + "/" + rows["defense"].astype(str))
+
+
 def frontier_table(rows: pd.DataFrame, leakage: str, utility: str = "test_accuracy",
                    by: str = "defense") -> pd.DataFrame:
     """The front of each ``by`` group, sorted by group then utility (the rows of ``rows`` that are on it)."""
@@ -68,8 +76,10 @@ def plot_frontiers(rows: pd.DataFrame, leakage: str, path, utility: str = "test_
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, group in rows.groupby(by, sort=True):
-        if name == "none":
-            ax.scatter(group[utility], group[leakage], marker="*", s=120, color="black", label="undefended", zorder=3)
+        if name == "none" or str(name).endswith("/none"):  # per scenario where the runs mix scenarios
+            where = str(name)[:-len("/none")] if "/" in str(name) else ""
+            ax.scatter(group[utility], group[leakage], marker="*", s=120, zorder=3,
+                       color="black" if not where else None, label=f"undefended{f' ({where})' if where else ''}")
             continue
         (line,) = ax.plot([], [])
         color = line.get_color()
