@@ -36,9 +36,10 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
               help="tpe (multi-objective TPE), nsga2 or gp (Gaussian process); seeded with --seed.")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="New trials to run (over all --jobs workers).")
-@click.option("--storage", default="sqlite:///optuna.db", show_default=True,
+@click.option("--storage", envvar="MIA_TUNE_STORAGE", default="sqlite:///optuna.db", show_default=True,
               help="memory, sqlite:///FILE, a journal file FILE.log (many workers on one machine) "
-                   "or postgresql://user:password@host/db (many machines).")
+                   "or postgresql://user:password@host/db (many machines); also read from $MIA_TUNE_STORAGE, "
+                   "the way to pass a password under `mlflow run`, which logs project parameters as given.")
 @click.option("--study-name", default=None, help="Default: mia-<dataset>-<defense>; an existing study resumes.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine (needs a journal file or PostgreSQL storage); "

@@ -51,9 +51,22 @@ FL_DIR = "fl"
 TAGS = ("scenario", "dataset", "model", "defense")
 
 
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|pass|secret|token)=)[^&#]*", re.IGNORECASE)
+
+
 def redact(uri: str) -> str:
-    """A URI with any password removed (``postgresql://u:secret@h`` -> ``postgresql://u:***@h``)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)
+    """A URI with any password removed: ``postgresql://u:secret@h`` -> ``postgresql://u:***@h``, also
+    with an empty user or an ``@`` in the password (the host follows the last ``@``), and
+    ``?password=secret`` query values, which SQLAlchemy hands to the driver as the password."""
+    match = re.match(r"^([A-Za-z][\w+.-]*://)([^/?#]*)(.*)$", uri, re.DOTALL)
+    if match is None:
+        return _SECRET_QUERY.sub(r"\1***", uri)
+    scheme, netloc, rest = match.groups()
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return scheme + netloc + _SECRET_QUERY.sub(r"\1***", rest)
 
 
 def tracking_uri() -> str:

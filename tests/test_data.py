@@ -114,6 +114,9 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
     assert ds.x.shape == (4, 3, 32, 32) and ds.x.dtype == torch.uint8
     assert ds.y.tolist() == [0, 1, 9, 0] and not ds.augment
     assert np.array_equal(ds.x[1].numpy(), x[..., 1].transpose(2, 0, 1))
+    savemat(tmp_path / "test_32x32.mat", {"X": x[..., :1], "y": np.array([[11]], dtype=np.uint8)})
+    with pytest.raises(MiaError, match="labels 11..11, not 1..10"):  # not wrapped silently to 1
+        load_dataset("svhn", data_dir=tmp_path)
 
 
 def test_cinic10_reads_all_three_parts(tmp_path):
@@ -157,6 +160,16 @@ def test_imagefolder_resizes_and_converts(tmp_path):
     assert len(ds.mean) == 1
     with pytest.raises(MiaError, match="channels must be 1 or 3"):
         load_dataset("imagefolder", data_dir=tmp_path, channels=2)
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # made by browsing the folder in Jupyter: no class
+    (tmp_path / "__MACOSX" / "benign").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "benign" / "._1.png").write_bytes(b"resource fork, not an image")
+    again = load_dataset("imagefolder", data_dir=tmp_path, size="16", channels=1, augment="false")
+    assert again.y.tolist() == [0, 0, 1] and again.num_classes == 2
+    (tmp_path / "unsorted").mkdir()
+    with pytest.raises(MiaError, match="class folder\\(s\\) unsorted .* hold no images"):
+        load_dataset("imagefolder", data_dir=tmp_path)
+    with pytest.raises(MiaError, match="is a file, not a folder"):
+        load_dataset("imagefolder", data_dir=tmp_path / "benign" / "1.png")
 
 
 # ---------------------------------------------------------------- tabular loaders

@@ -40,15 +40,17 @@ def test_mlflow_run_main_entry_point(mlflow_store):
 def test_mlflow_run_tune_entry_point_nests_the_trials_under_the_project_run(mlflow_store):
     client = MlflowClient()
     client.create_experiment("tuneproject", artifact_location=(mlflow_store / "mlruns").as_uri())
+    # the storage travels in the environment: MLflow would log a -P storage=... password as given
+    storage = f"sqlite:///{mlflow_store / 'optuna.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_store / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), "MIA_TUNE_STORAGE": storage}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     result = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "tune", "--env-manager", "local",
-         "--experiment-name", "tuneproject", "-P", "defense=label-smoothing", "-P", "epochs=2", "-P", "trials=2",
-         "-P", f"storage=sqlite:///{mlflow_store / 'optuna.db'}"],
+         "--experiment-name", "tuneproject", "-P", "defense=label-smoothing", "-P", "epochs=2", "-P", "trials=2"],
         env=env, capture_output=True, text=True, timeout=300, cwd=mlflow_store)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (mlflow_store / "optuna.db").is_file()
     runs = client.search_runs([client.get_experiment_by_name("tuneproject").experiment_id])
     study = [r for r in runs if r.data.tags.get("mia.kind") == "study"]
     assert len(study) == 1 and study[0].data.tags.get("mlflow.project.entryPoint") == "tune"

@@ -219,6 +219,31 @@ def test_a_storage_password_is_never_logged(mlflow_store, monkeypatch):
     assert "s3cret" not in result.output and "mia:***@" in result.output
 
 
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://:secret@h/db", "postgresql://:***@h/db"),  # no user name
+    ("postgresql://u:p@secret@h:5432/db", "postgresql://u:***@h:5432/db"),  # the host follows the last @
+    ("postgresql://h/db?user=u&password=secret", "postgresql://h/db?user=u&password=***"),  # SQLAlchemy reads it
+    ("postgresql://u@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
+    ("sqlite:///optuna.db", "sqlite:///optuna.db"), ("study.journal", "study.journal")])
+def test_redaction_covers_every_place_a_password_goes(uri, shown):
+    from mia.tracking import redact
+
+    assert redact(uri) == shown
+
+
+def test_the_storage_can_come_from_the_environment(mlflow_store, monkeypatch):
+    """How `mlflow run` passes a password: project parameters are logged as given, the environment is not."""
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    seen = []
+    monkeypatch.setattr(tuning.study, "storage_from_uri",
+                        lambda uri: seen.append(uri) or optuna.storages.InMemoryStorage())
+    monkeypatch.setenv("MIA_TUNE_STORAGE", "postgresql://mia:s3cret@db.example/optuna")
+    result = invoke(*TINY, "--trials", "1")
+    assert result.exit_code == 0, result.output
+    assert seen == ["postgresql://mia:s3cret@db.example/optuna"] and "s3cret" not in result.output
+
+
 def test_workers_share_a_journal_and_run_each_trial_once(mlflow_store):
     result = invoke(*TINY, "--trials", "4", "--jobs", "2", "--storage", "study.log", "--study-name", "par")
     assert result.exit_code == 0, result.output

@@ -140,8 +140,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
     """Classes (sorted subfolder names unless given), image paths and labels of ``root/<class>/*``."""
-    if classes is None:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if classes is None:  # hidden and tool folders (.ipynb_checkpoints, __MACOSX) are no classes
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     paths: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
@@ -336,8 +336,11 @@ def _load_svhn(data_dir: Path, download: bool) -> Dataset:
             raise MiaError(f"svhn: cannot read {path} ({exc}); re-download it") from None
         if "X" not in mat or "y" not in mat or mat["X"].ndim != 4:
             raise MiaError(f"svhn: {path} lacks the X (32x32x3xN) and y arrays; re-download it")
+        y = np.asarray(mat["y"]).reshape(-1)
+        if y.size and (y.min() < 1 or y.max() > 10):
+            raise MiaError(f"svhn: {path} holds labels {int(y.min())}..{int(y.max())}, not 1..10; re-download it")
         xs.append(mat["X"].transpose(3, 2, 0, 1))  # H x W x C x N -> N x C x H x W
-        ys.append(np.asarray(mat["y"]).reshape(-1) % 10)  # the digit 0 is stored as label 10
+        ys.append(y % 10)  # the digit 0 is stored as label 10
     # No augmentation: the crop-and-flip recipe mirrors images, and a mirrored digit
     # (2, 5, 7, ...) is no longer that digit; crops alone are not worth a second recipe.
     return _image_dataset("svhn", np.concatenate(xs), np.concatenate(ys), 10, augment=False)
@@ -415,10 +418,16 @@ def _load_imagefolder(data_dir: Path, download: bool, size: int, channels: int, 
         raise MiaError(f"imagefolder.channels must be 1 or 3, got {channels}")
     how = f"put the images in {data_dir}/<class>/ (one folder per class) and pass that folder as --data-dir"
     _require("imagefolder", [data_dir], how)
+    if not Path(data_dir).is_dir():
+        raise MiaError(f"imagefolder: {data_dir} is a file, not a folder; {how}")
     classes, paths, labels = _class_folders(data_dir)
     if len(classes) < 2 or not paths:
         raise MiaError(f"imagefolder: found {len(classes)} class folders and {len(paths)} images "
                        f"in {data_dir}; {how}")
+    empty = [c for i, c in enumerate(classes) if i not in set(labels)]
+    if empty:
+        raise MiaError(f"imagefolder: class folder(s) {', '.join(empty)} in {data_dir} hold no images "
+                       f"({', '.join(sorted(IMAGE_SUFFIXES))}); fill or remove them")
     x = _read_images(paths, size, channels)
     return _image_dataset("imagefolder", x, np.asarray(labels), len(classes), augment=augment)
 
