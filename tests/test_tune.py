@@ -244,6 +244,23 @@ def test_the_storage_can_come_from_the_environment(mlflow_store, monkeypatch):
     assert seen == ["postgresql://mia:s3cret@db.example/optuna"] and "s3cret" not in result.output
 
 
+def test_the_study_run_stays_open_while_another_machine_runs_a_trial(mlflow_store, monkeypatch):
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    args = [*TINY, "--trials", "1", "--storage", "sqlite:///shared.db", "--study-name", "shared"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    parent = study_run_of(first.output)
+    assert MlflowClient().get_run(parent).info.status == "FINISHED"
+    study = optuna.load_study(study_name="shared", storage="sqlite:///shared.db")
+    elsewhere = study.ask()  # a trial another machine is running
+    second = invoke(*args)
+    assert second.exit_code == 0 and study_run_of(second.output) == parent
+    assert MlflowClient().get_run(parent).info.status == "RUNNING"  # not finished under the other machine
+    study.tell(elsewhere, state=TrialState.FAIL)
+    assert invoke(*args).exit_code == 0
+    assert MlflowClient().get_run(parent).info.status == "FINISHED"  # the last one to end finishes it
+
+
 def test_workers_share_a_journal_and_run_each_trial_once(mlflow_store):
     result = invoke(*TINY, "--trials", "4", "--jobs", "2", "--storage", "study.log", "--study-name", "par")
     assert result.exit_code == 0, result.output

@@ -331,7 +331,10 @@ def tune(objective: Objective, settings: StudySettings) -> TuneResult:
             failed = [t for t in result.new if t.state == TrialState.FAIL]
             first = f"; trial {failed[0].number}: {failed[0].user_attrs.get('failure_reason', '?')}" if failed else ""
             raise MiaError(f"no trial of study {settings.study_name} completed{first}")
-        runs.finish(parent)
+        # other machines may still run trials of a shared study: the last one to end finishes the parent
+        # (each logs the front as it stands, the last the whole one)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            runs.finish(parent)
     except BaseException as exc:
         runs.fail(parent, runs.one_line(exc))
         raise
