@@ -291,11 +291,11 @@ def test_killed_federated_run_resumes_to_the_same_model(mlflow_store, monkeypatc
         return accuracy(*args, **kwargs)
 
     monkeypatch.setattr(simulation, "accuracy", dies_in_round_3)
-    assert invoke("train", *FEDERATED).exit_code != 0  # Click turns Ctrl-C into "Aborted!"
+    assert invoke("train", *FEDERATED).exit_code == 130  # Ctrl-C: the run is KILLED
     monkeypatch.undo()
     client = MlflowClient()
     killed = [r for r in client.search_runs([client.get_experiment_by_name("mia").experiment_id])
-              if r.info.status == "FAILED"][0].info.run_id
+              if r.info.status == "KILLED"][0].info.run_id
     resumed = invoke("train", "--resume", killed, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert client.get_run(killed).info.status == "FINISHED"

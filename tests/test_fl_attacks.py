@@ -159,7 +159,7 @@ def test_bad_input_is_a_one_line_error(signals):
     s = signals
     for target in (-1, N, True, 1.0):
         one_line_error(lambda t=target: run_fl_attack("loss-i", s, t), "target client")
-    one_line_error(lambda: run_fl_attack("loss-ii", s, 0, {"round": 2}), "no parameter 'round'")
+    one_line_error(lambda: run_fl_attack("loss-ii", s, 0, {"round": 2}), "takes no parameters \\(got 'round'\\)")
     one_line_error(lambda: run_fl_attack("loss-i", s, 0, {"rounds": 2}), "no parameter 'rounds'")
     one_line_error(lambda: run_fl_attack("loss-i", s, 0, {"round": "x"}), "not a valid int")
     one_line_error(lambda: run_fl_attack("loss-i", s, 0, {"round": 9}), "round 9 was not recorded")
