@@ -20,6 +20,8 @@ from mia.errors import MiaError
               help="Folder for frontier.png, roc.png, report.html and runs.csv.")
 def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out: str) -> None:
     """Frontiers of utility against leakage per defense (undefended as reference), from the attack runs in MLflow."""
+    import pandas as pd
+
     from mia import tracking
     from mia.metrics import roc as roc_curve
     from mia.report import plot_roc
@@ -54,6 +56,10 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     columns = ["defense", "test_accuracy", leakage, "run_id",
                *sorted(c for c in rows.columns if c.startswith("defense_params."))]
     front = front[[c for c in columns if c in front.columns]].dropna(axis=1, how="all")
+    for c in [c for c in front.columns if c.startswith("defense_params.")]:  # MLflow params are strings
+        numbers = pd.to_numeric(front[c], errors="coerce")
+        if numbers.notna().sum() == front[c].notna().sum():
+            front[c] = numbers
     images = {"Privacy-utility frontiers": plot_frontiers(rows, leakage, folder / "frontier.png")}
     if roc_ids:
         curves = {}
