@@ -473,7 +473,18 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
     return list(dict.fromkeys(names))
 
 
-def check_label_only(names: list[str], config: TargetConfig) -> None:
+def label_only_kind(name: str, params: dict[str, dict] | None = None) -> str | None:
+    """The label-only signal attack ``name`` reads with its parameters (``boundary`` with
+    ``mode=white-box`` reads ``boundary-wb``), or None for other attacks."""
+    from mia.attacks import resolve_params
+
+    spec = ATTACKS.get(name) if name in ATTACKS else None
+    if spec is None or spec.family != "label-only":
+        return None
+    return spec.cls(**resolve_params(spec, (params or {}).get(name)), seed=0).kind
+
+
+def check_label_only(names: list[str], config: TargetConfig, params: dict[str, dict] | None = None) -> None:
     """Named label-only attacks need their signals computed in training (``--label-only``) on data
     they apply to: checked before anything trains (under ``all`` they are left out instead,
     :func:`applicable`)."""
@@ -481,17 +492,16 @@ def check_label_only(names: list[str], config: TargetConfig) -> None:
 
     data_kind = DATASETS.get(config.dataset).kind
     for name in names:
-        for need in (ATTACKS.get(name).needs if name in ATTACKS else ()):
-            if not need.startswith("label_only:"):
-                continue
-            kind = need.split(":", 1)[1]
-            if kind == "aug" and data_kind != "image" or kind == "noise-flip" and data_kind != "tabular":
-                what = "image data" if kind == "aug" else "binary tabular data"
-                raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
-                               f"{config.dataset} is {data_kind}")
-            if kind not in config.label_only:
-                raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed in training: "
-                               f"add {kind} to --label-only (this target has: {','.join(config.label_only) or 'none'})")
+        kind = label_only_kind(name, params)
+        if kind is None:
+            continue
+        if kind == "aug" and data_kind != "image" or kind == "noise-flip" and data_kind != "tabular":
+            what = "image data" if kind == "aug" else "binary tabular data"
+            raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
+                           f"{config.dataset} is {data_kind}")
+        if kind not in config.label_only:
+            raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed in training: "
+                           f"add {kind} to --label-only (this target has: {','.join(config.label_only) or 'none'})")
 
 
 def check_attack_params(params: dict[str, dict] | None, names: list[str]) -> None:
@@ -556,7 +566,8 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
     return results
 
 
-def applicable(names: list[str], target: Signals, defense: str = "none") -> list[str]:
+def applicable(names: list[str], target: Signals, defense: str = "none",
+               params: dict[str, dict] | None = None) -> list[str]:
     """``names`` without the attacks that do not apply to this data and defense.
 
     ``aug`` needs images and ``noise-flip`` binary features; ``selena-adaptive``
@@ -565,8 +576,8 @@ def applicable(names: list[str], target: Signals, defense: str = "none") -> list
     minutes; named explicitly, they run (or fail with a message saying why).
     """
     have = set(target.label_only or {})
-    needs = {n: {k.split(":", 1)[1] for k in ATTACKS.get(n).needs if k.startswith("label_only:")} for n in names}
-    return [n for n in names if needs[n] <= have and (n != "selena-adaptive" or defense == "selena")]
+    return [n for n in names if label_only_kind(n, params) in have | {None}
+            and (n != "selena-adaptive" or defense == "selena")]
 
 
 def leakage_summary(results: list[AttackResult]) -> dict[str, float]:

@@ -247,7 +247,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     everything = audit.resolve_attacks(attacks, config.scenario)
     audit.check_attack_params(attack_params, everything)
     if attacks != "all":
-        audit.check_label_only(everything, config)
+        audit.check_label_only(everything, config, attack_params)
     fl_names = [n for n in everything if n not in ATTACKS]
     names = _attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
     experiment = experiment or tracking.experiment_name(target.run)
@@ -266,7 +266,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         with timer.stage("signals"):
             signals, population = _target_signals(target, data)
         if attacks == "all":
-            names = audit.applicable(names, signals, config.defense)
+            names = audit.applicable(names, signals, config.defense, attack_params)
         released_epoch = int(target.metrics.get("best_epoch", -1))  # a pruning run's: its dense original's
         finetune_epochs = [int(e) for e in target.run.data.params.get("finetune_best_epochs", "").split(",") if e]
         results, written, plan = [], [], None
@@ -449,7 +449,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
     names = audit.resolve_attacks(attacks, config.scenario)  # fail before training
     audit.check_attack_params(attack_params, names)
     if attacks != "all":
-        audit.check_label_only(names, config)
+        audit.check_label_only(names, config, attack_params)
     _attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,

@@ -195,3 +195,18 @@ def test_a_federated_pool_is_keyed_by_what_shapes_the_global_model():
     assert key(replace(base, fl=FLConfig(clients=10, rounds=20))) != key(base)
     assert key(replace(base, fl=FLConfig(clients=5, rounds=10))) != key(base)
     assert key(replace(base, scenario="centralized", fl=None)) != key(base)
+
+
+def test_label_only_needs_follow_the_attack_parameters():
+    """``boundary`` reads ``boundary-wb`` in white-box mode: the up-front check and ``all``'s filter
+    must ask for that signal, not the registered default."""
+    from mia.signals import Signals
+
+    white = {"boundary": {"mode": "white-box"}}
+    config = audit.resolve_config("digits", label_only=["boundary-wb"])
+    audit.check_label_only(["boundary"], config, white)  # has what white-box mode reads
+    with pytest.raises(MiaError, match="add boundary to --label-only"):
+        audit.check_label_only(["boundary"], config)  # black-box (the default) reads "boundary"
+    signals = Signals(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), label_only={"boundary-wb": np.zeros(2)})
+    assert audit.applicable(["boundary", "loss"], signals, params=white) == ["boundary", "loss"]
+    assert audit.applicable(["boundary", "loss"], signals) == ["loss"]

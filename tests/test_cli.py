@@ -147,6 +147,8 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("audit", "--attacks", "loss", "--attack-param", "loss.thresholds=bogus"), ("bogus",)),
     (("audit", "--attacks", "loss,boundary"), ("add boundary to --label-only",)),
     (("audit", "--attacks", "noise-flip"), ("binary tabular data only", "digits is image")),
+    (("audit", "--attacks", "boundary", "--label-only", "boundary", "--attack-param", "boundary.mode=white-box"),
+     ("add boundary-wb to --label-only",)),
     (("train", "--device", "tpu"), ("unknown device 'tpu'",)),
     (("train", "--device", "cuda:99"), ("--device cuda:99: this machine has",)),
     (("train", "--resume", "0123456789abcdef0123456789abcdef", "--rounds", "3", "--clients", "8"),

@@ -162,6 +162,21 @@ def test_bandit_tries_every_arm_then_prefers_the_most_rewarding():
     assert restored.state_dict() == defense.state_dict()
 
 
+def test_a_group_too_small_to_recycle_from_is_no_arm():
+    """A 1-row class group recycles round(0.25) = 0 rows: as an arm it was never counted, stayed
+    "untried" and was pulled every round it was held back, recycling nothing."""
+    labels = np.r_[np.zeros(60, int), np.ones(1, int), np.full(59, 2)]  # groups {0}, {1}, {2}
+    fake = FakeLoss(labels, np.random.default_rng(0).random(120))
+    defense = make_defense("cofedmid", {"parts": 3, "recycle": 0.25})
+    rows = np.arange(120)
+    for r in range(1, 31):
+        trained = len(defense.local_rows(0, rows, r, fake))
+        defense.after_round(r, fake)
+        active = len(np.flatnonzero(np.isin(labels, [r % 3])))
+        assert trained > active  # every round recycles something
+    assert defense.counts[0][1] == 0 and min(defense.counts[0][0], defense.counts[0][2]) > 0
+
+
 # ---------------------------------------------------------------- FedAvg on digits
 
 

@@ -153,19 +153,23 @@ class CoFedMID(Defense):
             return rows
         active = (round + client) % len(groups)
         keep = np.isin(labels, groups[active])
-        if self.compensation and self.recycle > 0:
+        # an arm is a held-back group that would recycle at least one row: one that recycles none would
+        # never be counted, stay "untried" and be pulled again every round it is held back
+        held = [g for g in range(len(groups)) if g != active and self._recycled(np.isin(labels, groups[g]).sum())]
+        if self.compensation and held:
             counts, sums = self._bandit(client)
-            held = [g for g in range(len(groups)) if g != active]
             arm = ucb1(counts, sums, held, np.random.default_rng([self.seed, round, client, _SALT]))
             at = np.flatnonzero(np.isin(labels, groups[arm]))
             losses = np.asarray(global_loss(rows[at]), dtype=np.float64)
-            k = math.floor(self.recycle * len(at) + 0.5)  # rounded half up (``round`` is the round here)
-            if k > 0:
-                keep[at[np.argsort(-losses, kind="stable")[:k]]] = True
-                self._pending[client] = (arm, rows[at], float(losses.mean()))
+            keep[at[np.argsort(-losses, kind="stable")[:self._recycled(len(at))]]] = True
+            self._pending[client] = (arm, rows[at], float(losses.mean()))
         self.trained_fraction += float(keep.mean())
         self.member_rounds += 1
         return rows[keep]
+
+    def _recycled(self, size: int) -> int:
+        """How many of a held-back group's ``size`` rows the bandit's pull recycles (rounded half up)."""
+        return math.floor(self.recycle * size + 0.5)
 
     def client_hooks(self, client: int) -> TrainHooks:
         return self.hamp if self.compensation and self.trusted(client) else TrainHooks()
