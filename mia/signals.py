@@ -252,8 +252,9 @@ def label_only_signals(model: nn.Module, data: Dataset, idx, *,
     these queries most of a MemGuard audit's time). Kinds that do not
     apply to the data (``aug`` on tabular data, ``noise-flip`` on images or
     non-binary features) are left out of the result. ``options`` are those
-    of :data:`LABEL_ONLY_PARAMS`. Randomness comes from one generator seeded
-    with ``seed``, so the result depends only on the seed and the batch sizes.
+    of :data:`LABEL_ONLY_PARAMS`. Randomness comes from one generator per kind
+    seeded from ``seed``, so a kind's values depend only on the seed and the
+    batch sizes, not on which other kinds are computed with it.
     Runs in float32 without autocast: a boundary search at bf16 precision
     would stop at the rounding noise.
     """
@@ -269,13 +270,15 @@ def label_only_signals(model: nn.Module, data: Dataset, idx, *,
     model = getattr(model, "label_model", model)
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    # one stream per kind: a kind's values do not change when other kinds are asked for with it
+    gens = {k: torch.Generator(device=device).manual_seed(seed * len(LABEL_ONLY_KINDS) + LABEL_ONLY_KINDS.index(k))
+            for k in todo}
     try:
         for start in range(0, len(idx), opts["batch_size"]):
             rows = idx[start:start + opts["batch_size"]].to(data.x.device)
             raw, y = data.x[rows].to(device), data.y[rows].to(device)
             for kind in todo:
-                out[kind].append(_LABEL_ONLY_FNS[kind](model, data, raw, y, gen, opts).double().cpu())
+                out[kind].append(_LABEL_ONLY_FNS[kind](model, data, raw, y, gens[kind], opts).double().cpu())
     finally:
         model.train(was_training)
     return {k: (torch.cat(v).numpy() if v else np.zeros(0)) for k, v in out.items()}

@@ -347,3 +347,12 @@ def test_augmentation_attack_exposes_a_model_trained_with_shifts(digits):
     for rows, lo, hi in [(split.members, 0.6, 1.0), (stranger_rows, 0.42, 0.58)]:
         got = label_only_signals(_fit_shifted(data, rows), data, query, kinds=("aug",), shift=1)["aug"]
         assert lo < auc(got, is_member) < hi
+
+
+def test_a_kinds_values_do_not_depend_on_the_other_kinds_asked_for():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    data = _tabular(True)
+    alone = label_only_signals(net, data, np.arange(20), kinds=("noise-flip",), seed=4)
+    together = label_only_signals(net, data, np.arange(20), kinds=("boundary", "noise-flip"), hsj_steps=1, seed=4)
+    np.testing.assert_array_equal(alone["noise-flip"], together["noise-flip"])
