@@ -33,6 +33,13 @@ def test_mlflow_run_main_entry_point(mlflow_store):
     assert set(by_kind) == {"train", "attack", "pool"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert by_kind["attack"].data.tags["mia.target_run_id"] == by_kind["train"].info.run_id
+
+    report = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "report", "--env-manager", "local",
+         "--experiment-name", "mlproject", "-P", f"out={mlflow_store / 'report'}", "-P", "leakage=leakage.max_auc"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (mlflow_store / "report" / "report.html").is_file()
     assert "loss.auc" in by_kind["attack"].data.metrics
     assert by_kind["train"].data.params["train.epochs"] == "2"
 
