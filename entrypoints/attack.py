@@ -11,6 +11,9 @@ from entrypoints.options import attack_options, attack_params, common_options, p
 @click.option("--run-id", required=True, help="The training run to attack (printed by `mia train`).")
 @attack_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shadow models and attacks.")
+@click.option("--device", default=None,
+              help="Where the reference models train and the target is queried (auto, cpu, cuda, cuda:1, ...); "
+                   "default: the training run's.")
 @common_options
 @pass_options
 def attack(opts: dict) -> None:
@@ -20,7 +23,7 @@ def attack(opts: dict) -> None:
     outcome = attack_run(opts["run_id"], opts["attacks"], opts["reference_models"],
                          attack_params(opts["attack_param"]), seed=opts["seed"],
                          experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"],
-                         adaptive=opts["adaptive"])
+                         adaptive=opts["adaptive"], device=opts["device"])
     print_table(outcome)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from mia.data import Dataset, make_split
 from mia.errors import MiaError
 from mia.models import build_model
 from mia.pool import pool_size
+from mia.train.predict import check_device
 from mia.report import plot_roc
 
 
@@ -233,17 +234,23 @@ class AttackOutcome:
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
                attack_params: dict[str, dict] | None = None, seed: int = 0,
                experiment: str | None = None, progress: bool = True,
-               data: Dataset | None = None, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
+               data: Dataset | None = None, pool_mode: str = "online", adaptive: bool = False,
+               device: str | None = None) -> AttackOutcome:
     """Attack a training run: a reference pool on its attacker data, every attack on stored signals.
 
     The pool (:mod:`mia.pool`) is found in the tracking store when an earlier
     attack trained it, and grown when more models are asked for. ``data``
     skips reloading the dataset when the caller (``mia audit``) has it.
+    ``device`` overrides the training run's (a run trained on a GPU, attacked
+    on a laptop).
     ``adaptive`` trains the reference models with the target's defense.
     """
     audit.resolve_attacks(attacks, "federated")  # a name no scenario knows fails before the store is read
     target = tracking.TargetRun(target_run_id)
     config = target.config
+    if device is not None:  # where the references train and the target is queried: not where it trained
+        config = replace(config, train=replace(config.train, device=device))
+    check_device(config.train.device)
     everything = audit.resolve_attacks(attacks, config.scenario)
     audit.check_attack_params(attack_params, everything)
     if attacks != "all":

@@ -204,6 +204,20 @@ def test_options_of_another_scenario_are_noted_as_ignored(mlflow_store):
     assert "note: --sparsity applies to --scenario pruning; ignored here" in result.output
 
 
+def test_a_run_trained_on_a_gpu_is_attacked_elsewhere_with_device(mlflow_store):
+    import json
+
+    run_id = run_id_of(invoke("train", *FAST).output)
+    stored = next(Path("mlruns").glob(f"*/{run_id}/artifacts")) / "config.json"
+    config = json.loads(stored.read_text())
+    config["train"]["device"] = "cuda:9"  # as if trained on a machine with ten GPUs
+    stored.write_text(json.dumps(config))
+    args = ("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    assert_user_error(invoke(*args), "--device cuda:9: this machine has")
+    moved = invoke(*args, "--device", "cpu")
+    assert moved.exit_code == 0, moved.output
+
+
 def test_unknown_model_is_rejected(mlflow_store):
     assert_user_error(invoke("train", "--model", "transformer-xl", "--quiet"), "unknown model")
 
