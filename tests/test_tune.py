@@ -322,6 +322,7 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     # knobs, delta and the accountant are validated but not searched (sigma is dead once epsilon > 0)
     assert set(dims) == {"epsilon"}
     assert (dims["epsilon"].low, dims["epsilon"].high, dims["epsilon"].log) == (0.5, 50.0, True)
+    assert set(defense_space("client-dp").describe()) == {"epsilon", "max_update_norm"}  # the same for client DP
     assert defense_space("hamp").describe()["modify_output"] == "bool {False, True}"
     # estimator settings (search=False) are validated but not searched
     assert set(defense_space("rsw").describe()) == {"step", "window"}

@@ -172,11 +172,15 @@ register(DefenseSpec(
     "noise; RDP accounting with the client participation visible to the server; reports dp.epsilon",
     scenarios=("federated",),
     params={
+        # searched as DP-SGD's: epsilon and the clipping norm (sigma is dead once epsilon > 0; delta is
+        # part of the guarantee's statement, not a point on the trade-off)
         "noise_multiplier": HyperParam(float, 1.0, "Gaussian noise std over the clipping norm (sigma); "
-                                       "ignored when epsilon > 0", low=0.3, high=10.0, log=True),
+                                       "ignored when epsilon > 0", low=0.3, high=10.0, log=True, search=False),
         "epsilon": HyperParam(float, 0.0, "target epsilon: when > 0, sigma is the smallest that spends at most "
-                              "this over the planned rounds; 0 = use noise_multiplier", low=0.0, high=100.0),
+                              "this over the planned rounds; 0 = use noise_multiplier", low=0.0, high=100.0,
+                              log=True, search_range=(0.5, 50.0)),
         "max_update_norm": HyperParam(float, 1.0, "L2 clipping norm C of each client's update", low=0.01,
                                       high=10.0, log=True),
-        "delta": HyperParam(float, 1e-5, "delta of (epsilon, delta)-DP", low=1e-10, high=0.1, log=True),
+        "delta": HyperParam(float, 1e-5, "delta of (epsilon, delta)-DP", low=1e-10, high=0.1, log=True,
+                            search=False),
     }))
