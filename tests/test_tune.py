@@ -323,6 +323,10 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     assert set(dims) == {"epsilon"}
     assert (dims["epsilon"].low, dims["epsilon"].high, dims["epsilon"].log) == (0.5, 50.0, True)
     assert set(defense_space("client-dp").describe()) == {"epsilon", "max_update_norm"}  # the same for client DP
+    # the scenario, a search's convergence and a recipe knob are not points on the trade-off
+    assert "trusted_clients" not in defense_space("cofedmid").describe()
+    assert "max_iter" not in defense_space("memguard").describe()
+    assert "distill_epochs" not in defense_space("selena").describe()
     assert defense_space("hamp").describe()["modify_output"] == "bool {False, True}"
     # estimator settings (search=False) are validated but not searched
     assert set(defense_space("rsw").describe()) == {"step", "window"}

@@ -244,7 +244,7 @@ register(DefenseSpec(
     scenarios=("federated",),
     params={
         "trusted_clients": HyperParam(int, 2, "coalition size T (clients 0..T-1); 0 = half of the clients",
-                                      low=0, high=100),
+                                      low=0, high=100, search=False),  # the scenario (pair, half), not a knob
         "parts": HyperParam(int, 2, "class groups a member's data is cut into (one trained per round)",
                             low=2, high=10),
         "recycle": HyperParam(float, 0.25, "fraction of the bandit's held-back group recycled (its highest-loss "
