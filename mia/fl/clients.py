@@ -40,8 +40,10 @@ from torch.func import functional_call
 
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
+from mia.errors import MiaError
 from mia.train import TrainConfig, TrainHooks, make_optimizer, resolve_device, train
 from mia.train.loop import autocast_on, compile_for_cuda
+from mia.train.many import default_max_stack
 
 Params = dict[str, torch.Tensor]
 
@@ -58,8 +60,12 @@ STACK_CHUNK_PARAMS = 250_000_000
 
 Memory grows with the clients of a chunk (their weights, gradients, momentum
 and activations): 100 stacked ResNet-18 clients at batch 64 ran an 80 GB H100
-out of memory, while chunks of 22 take a fraction of it. A chunk's clients
-are independent of the other chunks' (own data, own generators), so the
+out of memory, while chunks of 22 take a fraction of it. Activations bound a
+chunk too (:func:`mia.train.many.default_max_stack`: a memory budget over
+weights and a batch's activations, which dominate for small conv nets such as
+WRN-28-2, 170 clients by parameters alone). A chunk's clients are
+independent of the other chunks' (own data, own generators, augmentation
+drawn for each client's real rows only), so the
 result does not depend on the chunking."""
 
 
@@ -119,6 +125,8 @@ class StackedClients:
         self.device = next(model.parameters()).device
         self.augment = config.augment and data.augment and data.kind == "image" and data.x.dim() == 4
         self.amp = autocast_on(self.device, config)  # bf16 on CUDA, as the loop path trains
+        # activations bound a chunk too, not only parameters (a small conv net's dominate)
+        self.max_stack = default_max_stack(model, data.input_shape, config.batch_size, self.device)
 
         def one(params: Params, x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.model, params, (x,))
@@ -129,7 +137,7 @@ class StackedClients:
             max_params: int = STACK_CHUNK_PARAMS) -> LocalResult:
         """Every client's local training, in chunks of at most ``max_params`` stacked parameters."""
         per_client = sum(p.numel() for p in global_params.values())
-        size = max(1, max_params // per_client)
+        size = max(1, min(max_params // per_client, self.max_stack))
         parts = [self._run_chunk(global_params, client_rows[i:i + size], seeds[i:i + size], epochs)
                  for i in range(0, len(client_rows), size)]
         return LocalResult(torch.cat([r.updates for r in parts]), np.concatenate([r.train_accuracy for r in parts]))
@@ -146,16 +154,21 @@ class StackedClients:
         for i, r in enumerate(client_rows):
             rows[i, :len(r)] = torch.as_tensor(r, device=rows.device)
         correct = torch.zeros(k, device=self.device)
+        used = valid_rows(sizes, b)
         self.model.train()
         for _ in range(epochs):
             pos, valid, steps = _batches(sizes, b, generators, self.device)
             correct.zero_()
+            loss_sum = torch.zeros((), device=self.device)
             for s in range(steps):
                 cols = slice(s * b, (s + 1) * b)
                 idx = torch.gather(rows.to(self.device), 1, pos[:, cols]).to(self.data.x.device)
                 raw = self.data.x[idx.reshape(-1)]
-                if self.augment:  # each client's crops from its own generator
-                    raw = torch.cat([crop_flip(chunk, generator=g) for chunk, g in zip(raw.split(b), generators)])
+                if self.augment:  # each client's crops from its own generator, for its real rows only:
+                    # the draws (and the next epoch's permutation) are then those of the loop path
+                    counts = [min(max(m - s * b, 0), b) for m in used]
+                    raw = torch.cat([torch.cat([crop_flip(chunk[:v], generator=g), chunk[v:]]) if v else chunk
+                                     for chunk, g, v in zip(raw.split(b), generators, counts)])
                 x = self.data.inputs(raw.to(self.device)).reshape(k, b, *raw.shape[1:])
                 y = self.data.y[idx.reshape(-1)].to(self.device).reshape(k, b)
                 mask = valid[:, cols].float()
@@ -164,6 +177,7 @@ class StackedClients:
                 ce = F.cross_entropy(logits.reshape(k * b, -1).float(), y.reshape(-1), reduction="none").reshape(k, b)
                 loss = ((ce * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()
                 grads = torch.autograd.grad(loss, list(params.values()))
+                loss_sum += loss.detach()
                 active = (mask.sum(1) > 0).float()
                 correct += ((logits.argmax(-1) == y).float() * mask).sum(1).detach()
                 with torch.no_grad():
@@ -174,6 +188,9 @@ class StackedClients:
                         buf.copy_(torch.where(on > 0, cfg.momentum * buf + g, buf))
                         step = buf if cfg.momentum else g
                         p.sub_(cfg.lr * on * step)
+            if not math.isfinite(loss_sum.item()):  # one host sync per epoch, as the loop path checks
+                raise MiaError(f"federated local training diverged (loss {loss_sum.item()}); lower --local-lr "
+                               f"(lr={cfg.lr})")
         self.model.eval()
         local = {n: p.detach() for n, p in params.items()}
         glob, _ = flatten(global_params)
