@@ -135,7 +135,7 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
     torch.manual_seed(seed)
     model = build_model(model_name, data.input_shape, data.num_classes, norm=norm).to(device)
     local = replace(train, lr=config.lr, momentum=config.momentum, batch_size=config.batch_size, nesterov=False,
-                    device=str(device))
+                    device=str(device), stop_epoch=None)  # local epochs are the federation's, on both paths
     if type(defense).upload is not Defense.upload and any(b.is_floating_point() for b in model.buffers()):
         raise MiaError("this defense protects the uploaded weights, but a BatchNorm model also uploads its "
                        "running statistics, which it would not cover; use --norm gn")
