@@ -60,12 +60,14 @@ def undefended(task):
     return trained, loss_auc(task, trained)
 
 
-def check_defended(task, undefended, trained: TrainedModel, max_auc: float | None = None) -> float:
-    """Utility kept (test accuracy > half the undefended one) and leakage lowered; returns the AUC."""
+def check_defended(task, undefended, trained: TrainedModel, max_auc: float | None = None,
+                   margin: float = 0.02) -> float:
+    """Utility kept (test accuracy > half the undefended one) and leakage lowered by more than noise
+    (``margin`` of AUC below the undefended ~0.94, or under ``max_auc``); returns the AUC."""
     base, base_auc = undefended
     auc = loss_auc(task, trained)
     assert trained.test_accuracy > 0.5 * base.test_accuracy
-    assert auc < (base_auc if max_auc is None else max_auc), (auc, base_auc)
+    assert auc < (base_auc - margin if max_auc is None else max_auc), (auc, base_auc)
     return auc
 
 
@@ -135,7 +137,7 @@ def test_relaxloss_ascends_below_alpha_and_flattens():
 
 
 def test_relaxloss_leaks_less(task, undefended):
-    check_defended(task, undefended, train(task, "relaxloss", alpha=0.5))
+    check_defended(task, undefended, train(task, "relaxloss", alpha=0.5), margin=0.1)  # measured 0.81 vs 0.94
 
 
 def test_hamp_leaks_less_and_keeps_labels(task, undefended):
@@ -191,24 +193,25 @@ def test_advreg_reference_set_comes_from_validation():
         reference_split(np.arange(3), 0.1, seed=0)
 
 
-@pytest.mark.parametrize("name, params", [
-    ("relaxloss", {"alpha": -1.0}),
-    ("mixup", {"alpha": "-0.5"}),
-    ("mixup", {"alpha": "lots"}),
-    ("label-smoothing", {"smoothing": 0.9}),
-    ("hamp", {"entropy_percentile": 1.5}),
-    ("hamp", {"entropy_percentile": float("nan")}),  # NaN passed every range check
-    ("memguard", {"epsilon": "nan"}),
-    ("dp-sgd", {"epsilon": "inf"}),
-    ("selena", {"k": 25.5}),
-    ("hamp", {"gamma": 0.5}),
-    ("early-stopping", {"patience": 0}),
-    ("advreg", {"alpha": -3}),
-    ("advreg", {"k": 0}),
-    ("no-such-defense", {}),
+@pytest.mark.parametrize("name, params, match", [
+    ("relaxloss", {"alpha": -1.0}, "alpha=-1.0 must be in"),
+    ("mixup", {"alpha": "-0.5"}, "alpha=-0.5 must be in"),
+    ("mixup", {"alpha": "lots"}, "alpha='lots' is not a valid float"),
+    ("label-smoothing", {"smoothing": 0.9}, "smoothing=0.9 must be in"),
+    ("hamp", {"entropy_percentile": 1.5}, "entropy_percentile=1.5 must be in"),
+    ("hamp", {"entropy_percentile": float("nan")}, "is not a valid float"),  # NaN passed every range check
+    ("memguard", {"epsilon": "nan"}, "is not a valid float"),
+    ("dp-sgd", {"epsilon": "inf"}, "is not a valid float"),
+    ("selena", {"k": 25.5}, "k=25.5 is not a valid int"),
+    ("hamp", {"alpha": 100}, "alpha=100.0 must be in"),
+    ("hamp", {"gamma": 0.5}, "has no parameter 'gamma'"),
+    ("early-stopping", {"patience": 0}, "patience=0 must be in"),
+    ("advreg", {"alpha": -3}, "alpha=-3.0 must be in"),
+    ("advreg", {"k": 0}, "k=0 must be in"),
+    ("no-such-defense", {}, "unknown defense"),
 ])
-def test_bad_hyperparameters_raise(name, params):
-    with pytest.raises(MiaError):
+def test_bad_hyperparameters_raise(name, params, match):
+    with pytest.raises(MiaError, match=match):
         make_defense(name, params)
 
 

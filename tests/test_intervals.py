@@ -1,6 +1,5 @@
 """Bootstrap intervals and the empirical epsilon lower bound, against direct computations."""
 
-import time
 
 import numpy as np
 import pytest
@@ -49,8 +48,24 @@ def test_weighted_metrics_match_an_explicit_resample():
 
 
 def test_resamples_are_stratified():
-    counts = _resample_counts(np.random.default_rng(0), 50, 7)
-    assert counts.shape == (7, 50) and (counts.sum(axis=1) == 50).all()
+    """Members and non-members are resampled apart (each side keeps its size) with replacement:
+    a count per item, mean 1 and variance 1 - 1/n over many resamples, every resample its own."""
+    counts = _resample_counts(np.random.default_rng(0), 50, 2000)
+    assert counts.shape == (2000, 50) and (counts.sum(axis=1) == 50).all()
+    assert counts.mean() == pytest.approx(1.0) and counts.var() == pytest.approx(1 - 1 / 50, abs=0.03)
+    assert (counts == 0).any(axis=1).mean() > 0.99  # with replacement: items left out of almost every resample
+    assert len({row.tobytes() for row in counts}) == 2000
+
+
+def test_bootstrap_resamples_each_side_apart(monkeypatch):
+    import mia.metrics as metrics
+
+    sizes = []
+    original = metrics._resample_counts
+    monkeypatch.setattr(metrics, "_resample_counts", lambda rng, n, b: sizes.append((n, b)) or original(rng, n, b))
+    scores, member = scored(300, 0.5, 1)
+    bootstrap_intervals(scores[:-100], member[:-100], n_boot=50)  # 150 members, 50 non-members
+    assert sorted(sizes) == [(int((~member[:-100]).sum()), 50), (int(member[:-100].sum()), 50)]
 
 
 def test_intervals_contain_the_estimate_and_shrink_with_more_samples():
@@ -83,12 +98,19 @@ def test_perfect_separation_gives_one_one():
         assert ci[m] == (1.0, 1.0), m
 
 
-def test_bootstrap_is_fast():
-    scores, member = scored(10000, 0.7, 6)
-    bootstrap_intervals(scores, member, n_boot=20)
-    start = time.perf_counter()
+def test_bootstrap_is_one_vectorized_pass(monkeypatch):
+    """The speed claim (benchmarks/, not a timed test): all resamples in one weighted pass over
+    sorted scores, no sort and no ROC per resample."""
+    import mia.metrics as metrics
+
+    calls = []
+    original = metrics._weighted_metrics
+    monkeypatch.setattr(metrics, "_weighted_metrics",
+                        lambda s_in, s_out, w_in, w_out: calls.append(w_in.shape) or original(s_in, s_out, w_in, w_out))
+    monkeypatch.setattr(metrics, "roc_curve", lambda *a, **k: pytest.fail("a ROC per resample"))
+    scores, member = scored(1000, 0.7, 6)
     bootstrap_intervals(scores, member, n_boot=200)
-    assert time.perf_counter() - start < 2.0
+    assert calls == [(200, int(member.sum()))]
 
 
 def test_clopper_pearson_against_scipy_by_hand():
