@@ -98,6 +98,18 @@ def test_audit_logs_linked_runs(mlflow_store):
     artifacts = {a.path for a in client.list_artifacts(attack_id)} | {
         a.path for a in client.list_artifacts(attack_id, "plots")}
     assert {"scores.csv", "plots/roc.png"} <= artifacts
+    # the logged metrics are those of the logged per-sample scores (not merely numbers in [0, 1])
+    import mlflow
+    import pandas as pd
+
+    from mia.metrics import attack_metrics
+
+    frame = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=attack_id, artifact_path="scores.csv"))
+    member = frame["is_member"].to_numpy().astype(bool)
+    for name in ("loss", "mentr", "nn"):
+        recomputed = attack_metrics(frame[name].to_numpy(), member)
+        for key in ("auc", "advantage", "tpr_at_fpr_0.1", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001"):
+            assert metrics[f"{name}.{key}"] == pytest.approx(recomputed[key], abs=1e-9), (name, key)
 
 
 def test_attack_reuses_the_stored_split(mlflow_store):

@@ -17,7 +17,7 @@ from mia.fl.attacks import run_fl_attack
 from mia.fl.clients import LoopClients, StackedClients, flatten
 from mia.fl.config import FLConfig
 from mia.fl.partition import partition
-from mia.fl.simulation import FLState, simulate
+from mia.fl.simulation import Federation, FLState, simulate
 from mia.metrics import attack_metrics
 from mia.models import build_model
 
@@ -306,11 +306,27 @@ def test_upload_defenses_change_what_the_server_sees(digits, defense):
 def test_batch_defenses_train_each_client_through_their_hooks(digits, defense, params):
     # (InstaHide's sign flips, its default, leave digits' clean test inputs unrecognizable: accuracy
     # near chance, which is why its utility is checked without them)
+    config, data, split = digits
     fl = FLConfig(clients=3, rounds=4, local_epochs=2, lr=0.1)
-    _, plain, _ = run(digits, fl)
-    _, defended, _ = run(digits, fl, defense, params=params)
+    hooks = make_defense(defense, params, seed=1)
+    calls = []
+    original = type(hooks).batch
+
+    def spy(self, inputs, labels, *args, **kwargs):
+        mixed, targets = original(self, inputs, labels, *args, **kwargs)
+        calls.append((inputs.clone(), mixed.detach().clone(), targets.detach().clone()))
+        return mixed, targets
+
+    type(hooks).batch, restore = spy, original
+    try:
+        _, defended, _ = simulate(config.model, config.norm, data, split, fl, config.train, hooks, 1, progress=False)
+    finally:
+        type(hooks).batch = restore
     assert defended.history[-1]["test_accuracy"] > 0.5
-    assert defended.history[-1]["train_accuracy"] != plain.history[-1]["train_accuracy"]
+    rows = sum(len(c) for c in Federation.of(data, split, fl, 1).clients)
+    assert sum(len(x) for x, _, _ in calls) == 4 * 2 * rows  # every row of every client, epoch and round
+    assert all(not torch.equal(x, m) for x, m, _ in calls)  # the inputs themselves are mixed
+    assert all(((t > 0) & (t < 1)).any() for _, _, t in calls)  # soft targets, not one-hot
 
 
 def test_client_dp_accounts_every_round_across_a_resume(digits, tmp_path):
