@@ -105,11 +105,39 @@ def test_attacks_find_a_memorizing_model_and_nothing_in_a_fair_one(name, shadows
 
 @pytest.mark.parametrize("mode", ["class", "global"])
 @pytest.mark.parametrize("name", ["loss", "mentr", "confidence"])
-def test_class_and_global_thresholds(name, mode, shadows, leaky_target):
+def test_class_and_global_thresholds(name, mode, shadows, leaky_target, null_target):
     target, member = leaky_target
     out = run_attack(name, target, shadows, {"thresholds": mode})
     m = attack_metrics(out.scores, member, out.predictions)
     assert m["auc"] > 0.8 and m["balanced_accuracy"] > 0.7
+    null, null_member = null_target  # the negative control: nothing to find
+    n = run_attack(name, null, shadows, {"thresholds": mode})
+    assert abs(attack_metrics(n.scores, null_member, n.predictions)["auc"] - 0.5) < 0.07
+
+
+def test_class_thresholds_are_per_class():
+    """Class k is easier by k here: one threshold per class beats one for all, and the scores are the
+    signal minus the row's class threshold."""
+    def task(seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, C, 4000)
+        member = rng.random(4000) < 0.5
+        z = rng.normal(0, 1.0, (4000, C))
+        z[np.arange(4000), y] += 1.5 * y + 2.0 * member
+        return Signals(z.astype(np.float32), y), member
+
+    shadow_signals, shadow_member = task(0)
+    target, member = task(1)
+    shadows = [ShadowSignals(shadow_signals, shadow_member)]
+    per_class = run_attack("confidence", target, shadows, {"thresholds": "class"})
+    one = run_attack("confidence", target, shadows, {"thresholds": "global"})
+    bal = {k: attack_metrics(o.scores, member, o.predictions)["balanced_accuracy"]
+           for k, o in (("class", per_class), ("global", one))}
+    assert bal["class"] > bal["global"] + 0.05, bal
+    # scores = signal - tau[y]: within a class they order as the signal, across classes they do not
+    for c in range(C):
+        rows = target.labels == c
+        assert np.ptp(per_class.scores[rows] - one.scores[rows]) < 1e-6 * max(1.0, np.abs(one.scores).max())
 
 
 def test_global_threshold_predictions_are_score_above_threshold(shadows, leaky_target):

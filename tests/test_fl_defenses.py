@@ -240,12 +240,20 @@ def test_instahide_is_reproducible_and_needs_classes():
         make_defense("instahide", {"lam_low": 0.7, "lam_high": 0.6})
 
 
-def test_mixup_binds_classes_and_runs_federated():
+def test_mixup_binds_classes_and_mixes_pairs_of_rows():
+    """Each mixed row is lam * x_i + (1 - lam) * x_j, its target the same mix of two one-hot labels
+    (the federated run itself: tests/test_fl.py::test_batch_defenses_train_each_client_through_their_hooks)."""
     mixup = make_defense("mixup")
     mixup.bind(5)
-    mixed, targets = mixup.batch(torch.randn(8, 4), torch.arange(8) % 5, torch.Generator().manual_seed(0))
+    x, labels = torch.randn(8, 4), torch.arange(8) % 5
+    mixed, targets = mixup.batch(x, labels, torch.Generator().manual_seed(0))
     assert mixed.shape == (8, 4) and targets.shape == (8, 5)
     assert "federated" in DEFENSES.get("mixup").scenarios
+    assert torch.allclose(targets.sum(1), torch.ones(8)) and ((targets > 0).sum(1) <= 2).all()
+    for i in range(8):  # read lam and the partner off the target, then check the inputs
+        lam = float(targets[i, labels[i]])
+        partners = [j for j in range(8) if torch.allclose(mixed[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)]
+        assert partners, i
 
 
 # ---- registry --------------------------------------------------------------------------------------------
