@@ -55,11 +55,14 @@ def test_resolve_attacks():
 
 
 def reference_metrics(dataset: str, params: dict, epochs: int, models: int, attacks: list[str], tmp_path,
-                      attack_params: dict | None = None):
+                      attack_params: dict | None = None, stranger: bool = False):
+    """The attacks' metrics against a target of the recipe; ``stranger``: one trained on as many
+    population rows instead, so that its "members" are as unseen as its non-members."""
     config = audit.resolve_config(dataset, seed=0, train_overrides={"epochs": epochs}, dataset_params=params)
     data = audit.load_data(config)
     split = make_split(len(data), 0, config.split)
-    target = audit.fit(config, data, split.members, split.validation, split.nonmembers, seed=0, progress=False)
+    rows = split.population[:len(split.members)] if stranger else split.members
+    target = audit.fit(config, data, rows, split.validation, split.nonmembers, seed=0, progress=False)
     audited, population = audit.target_signals(target.model, data, split, config)
     recipe = audit.attacker_config(config, released_epoch=target.best_epoch)  # as `mia attack`
     plan = audit.plan_reference_pool(recipe, data, split)
@@ -74,6 +77,11 @@ def test_lira_online_beats_the_global_threshold_at_low_fpr(tmp_path):
     m = reference_metrics("purchase-synth", {"n": 3000}, 25, 16, ["lira-online", "global-threshold"], tmp_path)
     lira, base = m["lira-online"]["tpr_at_fpr_0.01"], m["global-threshold"]["tpr_at_fpr_0.01"]
     assert lira > base + 0.1, (lira, base)
+
+
+def test_reference_attacks_on_a_target_that_never_saw_the_members_score_chance(tmp_path):
+    m = reference_metrics("digits", {}, 30, 8, ["lira-online", "lira-offline", "rmia"], tmp_path, stranger=True)
+    assert all(abs(r["auc"] - 0.5) < 0.07 for r in m.values()), {k: r["auc"] for k, r in m.items()}
 
 
 def test_reference_models_stop_where_the_target_did():
