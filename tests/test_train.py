@@ -230,6 +230,20 @@ def test_select_best_needs_validation_rows(digits):
         fit(data, tr[:64], np.array([], dtype=np.int64), adam())
 
 
+@pytest.mark.parametrize("train_idx,val_idx,match", [
+    (np.ones(1797, dtype=bool), [5, 6], "train_idx is a boolean mask"),  # as long ints: row 1, 1797 times
+    ([-1, 3], [5, 6], r"train_idx holds indices outside 0\.\.1796"),  # -1 would wrap to the last row
+    ([1797, 3], [5, 6], r"train_idx holds indices outside 0\.\.1796"),
+    ([1, 2], [5, 9999], r"val_idx holds indices outside 0\.\.1796"),
+    (np.array([[1, 2], [3, 4]]), [5, 6], "train_idx must be one-dimensional"),
+])
+def test_bad_indices_are_user_errors_not_silent_rows(digits, train_idx, val_idx, match):
+    """A mask, a negative or an out-of-range index is a one-line error, as in ``train_many``."""
+    data, _, _ = digits
+    with pytest.raises(MiaError, match=match):
+        fit(data, train_idx, val_idx, adam(epochs=1))
+
+
 # ---------------------------------------------------------------- recipes
 
 

@@ -343,9 +343,25 @@ def _check(config: TrainConfig) -> None:
                        "float32; drop --cpu-bf16")
 
 
-def _resident(data: Dataset, idx: Indices | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``idx`` of ``data`` (features as stored, labels) on ``device``, copied once."""
-    rows = torch.as_tensor([] if idx is None else idx, dtype=torch.long).to(data.x.device)
+def _resident(data: Dataset, idx: Indices | None, device: torch.device,
+              name: str = "indices") -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of ``data`` (features as stored, labels) on ``device``, copied once.
+
+    ``idx`` is checked first (``name`` says which argument it was): as long
+    integers a boolean mask would become rows 0 and 1 and a negative index
+    would wrap to the end, silently training on the wrong rows, and an index
+    past the end fails deep inside torch; :func:`mia.train.many.train_many`
+    refuses the same.
+    """
+    rows = torch.as_tensor([] if idx is None else idx)
+    if rows.dtype == torch.bool:
+        raise MiaError(f"{name} is a boolean mask; pass the row indices (np.flatnonzero(mask))")
+    rows = rows.long()
+    if rows.dim() != 1:
+        raise MiaError(f"{name} must be one-dimensional (a list of row indices), got shape {tuple(rows.shape)}")
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(data)):
+        raise MiaError(f"{name} holds indices outside 0..{len(data) - 1} of dataset {data.name!r}")
+    rows = rows.to(data.x.device)
     return data.x[rows].to(device), data.y[rows].to(device)
 
 
@@ -353,8 +369,8 @@ def _resident_sets(data: Dataset, train_idx: Indices, val_idx: Indices | None, c
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training and validation rows on ``device``, checked: no training rows, or selection without
     validation rows, is a user error. Shared by every loop that trains on a member set."""
-    x_train, y_train = _resident(data, train_idx, device)
-    x_val, y_val = _resident(data, val_idx, device)
+    x_train, y_train = _resident(data, train_idx, device, "train_idx")
+    x_val, y_val = _resident(data, val_idx, device, "val_idx")
     if len(y_train) == 0:
         raise MiaError("no training rows: train_idx is empty; pass the indices of the members to train on")
     if config.select_best and len(y_val) == 0:
