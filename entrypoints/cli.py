@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
@@ -17,6 +19,16 @@ from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
 from mia.allocator import keep_freed_memory  # noqa: E402
 from mia.errors import MiaError  # noqa: E402
+
+MIA_PACKAGE = str(Path(__file__).resolve().parents[1] / "mia")
+_library_format = warnings.formatwarning
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our own warnings read as one line for the user; a library's keep Python's format, which locates them."""
+    if str(Path(filename).resolve()).startswith(MIA_PACKAGE):
+        return f"Warning: {message}\n"
+    return _library_format(message, category, filename, lineno, line)
 
 
 class Group(click.Group):
@@ -36,6 +48,7 @@ class Group(click.Group):
 def main() -> None:
     """mia: membership inference attacks and defenses, tracked in MLflow."""
     keep_freed_memory()  # CPU steps stop page-faulting their tensors in again (mia/allocator.py)
+    warnings.formatwarning = format_warning
 
 
 for command in (train, attack, audit, tune, report, datasets, attacks, defenses, info):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from entrypoints.cli import main
+from entrypoints.cli import format_warning, main
 
 FAST = ["--epochs", "3", "--quiet"]
 METRIC_KEYS = ("auc", "balanced_accuracy", "advantage", "tpr_at_fpr_0.1", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001")
@@ -50,6 +50,16 @@ def test_listing_commands():
                  "grad-diff"):
         assert re.search(rf"^{name}\s", attacks.output, re.M), name
     assert "thresholds" in attacks.output  # parameters are listed
+
+
+def test_our_warnings_are_one_line_and_a_librarys_keep_their_location():
+    import mia.defenses.memorization as ours
+    import warnings
+
+    assert format_warning(UserWarning("rsw: window too wide"), UserWarning, ours.__file__, 7) == \
+        "Warning: rsw: window too wide\n"
+    theirs = format_warning(UserWarning("x"), UserWarning, warnings.__file__, 7)
+    assert warnings.__file__ in theirs and ":7:" in theirs
 
 
 def test_info_reports_versions_devices_and_store(mlflow_store):

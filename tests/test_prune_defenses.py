@@ -23,13 +23,16 @@ data does not support.
 from __future__ import annotations
 
 import copy
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
-from mia.audit import fit, load_data, resolve_config
+from mia.audit import fit, fit_pruned, load_data, resolve_config
 from mia.data import load_dataset, make_split
 from mia.defenses import make_defense
 from mia.defenses.memorization import RSW
@@ -151,6 +154,19 @@ def test_rsw_windows_slide_per_class_through_the_sorted_mem_scores(name, descend
     assert top == descending  # rsw starts on the most memorized rows, rsw-reverse on the least
 
 
+def test_rsw_warns_when_the_window_covers_every_class():
+    train_idx, scores, labels = toy_rows()  # classes of 7, 3 and 5 rows
+    wide = make_defense("rsw", {"window": 7, "step": 2})
+    wide.set_mem_scores(train_idx, scores, labels)
+    with pytest.warns(UserWarning, match="window=7 rows per class covers every class here .the largest has 7"):
+        wide.epoch_rows(0)
+    narrow = make_defense("rsw", {"window": 6, "step": 2})
+    narrow.set_mem_scores(train_idx, scores, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        narrow.epoch_rows(0)
+
+
 def test_rsw_errors_without_scores_or_labels():
     defense = make_defense("rsw")
     with pytest.raises(MiaError, match="no mem-scores"):
@@ -236,6 +252,47 @@ def test_rmr_shrinks_the_weights_in_pruned_finetuning(digits):
                            PruneConfig(finetune_epochs=3), hooks=defense)
         norms[name] = sum(p.square().sum().item() for p in model.parameters())
     assert norms["high"] < 0.8 * norms["low"], norms
+
+
+@pytest.fixture(scope="module")
+def pruned_memorizer(tmp_path_factory):
+    """A memorizing purchase-synth ``fc`` target (train 1.0, test 0.57), pruned 60 % and fine-tuned
+    with and without a defense: ``fine_tune(defense)`` -> (loss-attack AUC, test accuracy)."""
+    base = replace(resolve_config("purchase-synth", seed=0, train_overrides={"epochs": 30},
+                                  dataset_params={"n": 10000}), label_only=[])
+    data = load_data(base)
+    split = make_split(len(data), 0, base.split)
+    dense = fit(base, data, split.members, split.validation, split.nonmembers, seed=0, progress=False)
+    query, is_member = split.query()
+    labels = torch.as_tensor(data.y[query])
+    cache = tmp_path_factory.mktemp("mem-cache")
+
+    def fine_tune(defense: str) -> tuple[float, float]:
+        params = {"mem_source": "halves"} if defense in ("rmr", "swmr") else {}
+        config = replace(base, scenario="pruning", defense=defense, defense_params=params,
+                         prune=PruneConfig(pruner="l1-unstructured", sparsity=0.6, finetune_epochs=10))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MIA_CACHE", str(cache))  # RMR and SWMR share one mem-score estimate
+            pruned = fit_pruned(config, data, split.members, split.validation, split.nonmembers, seed=0,
+                                dense=dense, progress=False)
+        loss = F.cross_entropy(predict_logits(pruned.model, data, query, device="cpu"), labels, reduction="none")
+        return roc_auc_score(is_member, -loss.numpy()), pruned.test_accuracy
+
+    return fine_tune
+
+
+@pytest.mark.parametrize("name", ["rmr", "swmr"])
+def test_memorization_regularization_lowers_the_leakage_of_a_pruned_model(pruned_memorizer, name):
+    """WeMeM's claim for RMR/SWMR on a seeded pruning task (measured, seeds 0/1/2: loss AUC
+    0.952/0.957/0.957 -> 0.895/0.903/0.902 with RMR, the same with SWMR, at 5-6 points of accuracy).
+    RSW alone moves it by less than 0.01 here (its test is the window walk above): ten epochs on
+    windows of a model that already memorized every row do not unlearn it, and with 25 members a
+    class the default window (500 rows) covers each class whole."""
+    plain_auc, plain_acc = pruned_memorizer("none")
+    auc, acc = pruned_memorizer(name)
+    assert plain_auc > 0.93
+    assert auc < plain_auc - 0.03, (auc, plain_auc)
+    assert acc > plain_acc - 0.1, (acc, plain_acc)
 
 
 # ---------------------------------------------------------------- mem-scores

@@ -26,8 +26,11 @@ Choices where the paper and the code leave room:
   classes (a bug with classes of unequal size); here every class takes part
   in every epoch, at most ``w`` of its rows, and once its list is exhausted
   the window starts again from where the cycle puts it (a class shorter
-  than ``w`` trains on all its rows every epoch). Ties in mem-score keep the
-  rows' order in ``train_idx``.
+  than ``w`` trains on the rows from its start to its end, all of them only
+  when the start wraps to 0). Ties in mem-score keep the rows' order in
+  ``train_idx``. A window no smaller than every class makes RSW little more
+  than plain fine-tuning (the paper's ``w = 500`` on a dataset with tens of
+  rows a class), which ``epoch_rows`` warns about.
 * ``epoch`` counts from 0 in every call of the training loop. Iterative
   pruning fine-tunes once per pruning step, so each step slides its own
   window from the top again: every step revisits the rows in the same order.
@@ -66,6 +69,8 @@ Choices where the paper and the code leave room:
 """
 
 from __future__ import annotations
+
+import warnings
 
 from dataclasses import replace
 
@@ -216,7 +221,12 @@ class RSW(MemScored):
             raise MiaError(f"{self.name} needs each training row's class: pass labels to set_mem_scores, "
                            "or train through fit")
         if "windows" not in self._derived:
-            self._derived["windows"] = class_windows(scores, self._labels, self.order)
+            self._derived["windows"] = windows = class_windows(scores, self._labels, self.order)
+            largest = max((len(rows) for rows in windows), default=0)
+            if self.window >= largest:
+                warnings.warn(f"{self.name}: window={self.window} rows per class covers every class here (the "
+                              f"largest has {largest} training rows), so the window hardly selects; set "
+                              "--defense-param window=... below the class sizes", stacklevel=2)
         return torch.from_numpy(window_rows(self._derived["windows"], epoch, self.step, self.window))
 
 
