@@ -261,6 +261,27 @@ def test_the_study_run_stays_open_while_another_machine_runs_a_trial(mlflow_stor
     assert MlflowClient().get_run(parent).info.status == "FINISHED"  # the last one to end finishes it
 
 
+def test_workers_started_at_once_agree_on_one_study_run(mlflow_store, monkeypatch):
+    """Each worker of a study started at the same instant finds no parent recorded and makes one:
+    they must still end up on one (the earliest), the others' deleted."""
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    args = [*TINY, "--trials", "1", "--storage", "raced.log", "--study-name", "raced"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    study = optuna.load_study(study_name="raced", storage=storage_from_uri("raced.log"))
+    study.set_user_attr(tuning.study.PARENT_ATTR, "")  # the second worker read the study before the first wrote
+    second = invoke(*args)
+    assert second.exit_code == 0, second.output
+    parent = study_run_of(first.output)
+    assert study_run_of(second.output) == parent
+    studies = MlflowClient().search_runs([MlflowClient().get_run(parent).info.experiment_id],
+                                         filter_string="tags.`mia.kind` = 'study'")
+    assert [run.info.run_id for run in studies] == [parent]  # the second worker's own parent was deleted
+    assert len(children(parent)) == 2
+    other = invoke(*TINY, "--trials", "1", "--storage", "other.log", "--study-name", "raced")
+    assert other.exit_code == 0 and study_run_of(other.output) != parent  # same name, another study
+
+
 def test_workers_share_a_journal_and_run_each_trial_once(mlflow_store):
     result = invoke(*TINY, "--trials", "4", "--jobs", "2", "--storage", "study.log", "--study-name", "par")
     assert result.exit_code == 0, result.output

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from mia import tracking
 
 PARENT = "mlflow.parentRunId"
+STUDY_KEY = "mia.study_key"
 
 
 def one_line(exc: BaseException) -> str:
@@ -43,19 +44,32 @@ def _exists(run_id: str | None) -> bool:
 
 
 def open_parent(name: str, experiment: str | None, params: dict[str, object], tags: dict[str, str],
-                resume: str | None = None) -> str:
+                resume: str | None = None, study_key: str = "") -> str:
     """The study's parent run: ``resume`` reopened when it is in this tracking store, else a new run.
 
     Params are immutable in MLflow, so a resumed study keeps the first
     values and records a changed one (say, another sampler) as the tag
     ``mia.latest.<key>``.
+
+    ``study_key`` names the study across processes (see
+    :func:`tuning.study.study_key`). Workers on several machines started at
+    the same instant each find no parent recorded in the study and create
+    one; each then takes the earliest parent run with that key and deletes
+    its own if it is not that one, so that all of them agree on one parent.
     """
     client = MlflowClient()
     project = tracking.claim_project_run()
     run_id = project or (resume if _exists(resume) else None)
     if run_id is None:
         exp = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT
-        run_id = client.create_run(tracking.experiment_id(exp), run_name=name).info.run_id
+        experiment_id = tracking.experiment_id(exp)
+        key_tags = {STUDY_KEY: study_key, "mia.kind": "study"} if study_key else {}
+        run_id = client.create_run(experiment_id, run_name=name, tags=key_tags).info.run_id
+        first = _first_parent(experiment_id, study_key) if study_key else run_id
+        if first != run_id:  # another worker created the study's parent first
+            client.delete_run(run_id)
+            run_id = first
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     else:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     existing = client.get_run(run_id).data.params
@@ -66,6 +80,13 @@ def open_parent(name: str, experiment: str | None, params: dict[str, object], ta
     for key, value in {**tags, **changed, "mlflow.runName": name, "mia.kind": "study"}.items():
         client.set_tag(run_id, key, str(value))
     return run_id
+
+
+def _first_parent(experiment_id: str, study_key: str) -> str:
+    """The earliest live parent run tagged with ``study_key`` (ties: the smaller run id)."""
+    found = MlflowClient().search_runs([experiment_id], filter_string=f"tags.`{STUDY_KEY}` = '{study_key}'",
+                                       max_results=100)
+    return min(found, key=lambda run: (run.info.start_time, run.info.run_id)).info.run_id
 
 
 def start_trial(parent: str, number: int, params: dict[str, object], tags: dict[str, str]) -> str:

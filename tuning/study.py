@@ -19,6 +19,7 @@ before and after the workers run.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -294,6 +295,18 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, measures: dict,
     return study
 
 
+def study_key(storage_uri: str, storage: optuna.storages.BaseStorage, name: str) -> str:
+    """A hash of the storage (without its password), the study's name and its id there.
+
+    What workers of one study share, and a later study of the same name
+    (deleted and made again: a new id) does not. Machines that spell the
+    storage differently (a host name and its address) get different keys and
+    so may each make a parent run, as before this key existed.
+    """
+    text = f"{tracking.redact(storage_uri)}|{name}|{storage.get_study_id_from_name(name)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def tune(objective: Objective, settings: StudySettings) -> TuneResult:
     """Run ``settings.trials`` new trials of the study and log its Pareto front on the study's MLflow run."""
     kind = storage_kind(settings.storage)
@@ -314,7 +327,8 @@ def tune(objective: Objective, settings: StudySettings) -> TuneResult:
               **{f"space.{k}": v for k, v in objective.space.describe().items()}}
     parent = runs.open_parent(f"study-{settings.study_name}", objective.experiment, params,
                               {**tracking.run_tags(config), "mia.study": settings.study_name},
-                              resume=study.user_attrs.get(PARENT_ATTR))
+                              resume=study.user_attrs.get(PARENT_ATTR),
+                              study_key="" if kind == "memory" else study_key(settings.storage, storage, settings.study_name))
     try:
         study.set_user_attr(PARENT_ATTR, parent)
         runs.log_dict(parent, config.to_dict(), tracking.CONFIG)
