@@ -8,6 +8,7 @@ best balanced attack accuracy and AUC. Needs only the mia core; run again to
 reproduce.
 
     python benchmarks/pruning_comparison.py [--datasets digits,purchase-synth] [--shadows 2] [--no-write]
+        [--model wrn10-1 --norm bn --pruners slimming --no-defenses]   # a BatchNorm net for slimming
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ def leakage(config, data, split, target, shadows_root: str, shadows: int) -> dic
             "bal": max(r.metrics["balanced_accuracy"] for r in results), "samia": samia.metrics["auc"]}
 
 
-def run(dataset: str, shadows: int, device: str) -> list[str]:
+def run(dataset: str, shadows: int, device: str, model: str | None = None, norm: str | None = None,
+        pruners: list[str] = PRUNERS, defenses: bool = True) -> list[str]:
     setting = SETTINGS[dataset]
-    base = audit.resolve_config(dataset, seed=0, train_overrides={"epochs": setting["epochs"], "device": device},
-                                dataset_params=setting["dataset_params"])
+    base = audit.resolve_config(dataset, model=model, seed=0,
+                                train_overrides={"epochs": setting["epochs"], "device": device},
+                                dataset_params=setting["dataset_params"], **({"norm": norm} if norm else {}))
     base = replace(base, label_only=[])
     data = audit.load_data(base)
     split = make_split(len(data), 0, base.split)
@@ -68,8 +71,8 @@ def run(dataset: str, shadows: int, device: str) -> list[str]:
         rows.append(f"| dense | | {dense.test_accuracy:.3f} | {d['bal']:.3f} | {d['auc']:.3f} ({d['best']}) | "
                     f"{d['samia']:.3f} | |")
         print(rows[-1], flush=True)
-        cases = [(p, s, "none", {}) for p in PRUNERS for s in SPARSITIES]
-        cases += [("l1-unstructured", 0.6, name, params) for name, params in DEFENSES]
+        cases = [(p, s, "none", {}) for p in pruners for s in SPARSITIES]
+        cases += [("l1-unstructured", 0.6, name, params) for name, params in DEFENSES] if defenses else []
         for pruner, sparsity, defense, params in cases:
             start = time.perf_counter()
             config = replace(base, scenario="pruning", defense=defense, defense_params=params,
@@ -91,14 +94,19 @@ def main() -> None:
     parser.add_argument("--datasets", default="digits,purchase-synth")
     parser.add_argument("--shadows", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default=None, help="the dataset's default model when not given")
+    parser.add_argument("--norm", default=None, choices=["bn", "gn"])
+    parser.add_argument("--pruners", default=",".join(PRUNERS))
+    parser.add_argument("--no-defenses", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     body = []
     for dataset in args.datasets.split(","):
-        header = [f"### {dataset}", "", "| model | weight sparsity | test acc | best bal. attack acc | max AUC (attack) "
+        header = [f"### {dataset}" + (f", {args.model}" if args.model else ""), "", "| model | weight sparsity | test acc | best bal. attack acc | max AUC (attack) "
                   "| SAMIA AUC | seconds |", "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
         print("\n".join(header), flush=True)
-        body += header + run(dataset, args.shadows, args.device) + [""]
+        body += header + run(dataset, args.shadows, args.device, args.model, args.norm, args.pruners.split(","),
+                             not args.no_defenses) + [""]
     if not args.no_write:
         device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         write_section("## Pruning and leakage", (
