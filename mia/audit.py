@@ -162,7 +162,8 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     A defense that builds new models instead (SELENA's sub-models) cannot.
     ``mem_scores`` (one per row of ``train_idx``) are handed to a mem-score
     driven defense (:mod:`mia.defenses.memorization`); see
-    :func:`pool_mem_score_models`.
+    :func:`pool_mem_score_models`. ``on_epoch`` sees the dense epochs trained
+    here, then every fine-tuning epoch, numbered on after them.
     """
     from mia.prune import prune_and_finetune
     from mia.prune.layers import FixedMasks
@@ -178,11 +179,17 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
         defense.set_mem_scores(train_idx, mem_scores)
     recipe = TrainConfig(**{**config.train.to_dict(), "seed": seed})
     model = copy.deepcopy(dense.network)
+    steps = [len(dense.history)]  # fine-tuning epochs are reported after the dense ones, numbered on
+
+    def finetune_epoch(_: int, metrics: dict) -> None:
+        on_epoch(steps[0], metrics)
+        steps[0] += 1
 
     def finetune(network: torch.nn.Module, cfg: TrainConfig):
         network.train()  # as a fresh model would be (Opacus checks the mode)
         with FixedMasks(network):  # plain tensors for any procedure; the pruned entries stay zero
-            out, result = defense.fit(lambda: network, data, train_idx, val_idx, cfg, progress=progress)
+            out, result = defense.fit(lambda: network, data, train_idx, val_idx, cfg, progress=progress,
+                                      on_epoch=finetune_epoch if on_epoch is not None else None)
         if out is not network:
             raise MiaError(f"defense {config.defense} replaced the pruned model (e.g. BatchNorm by GroupNorm); "
                            "prune a model without BatchNorm (--norm gn, or an mlp/fc)")

@@ -377,6 +377,19 @@ def test_pruning_audit_attacks_the_pruned_model_and_its_dense_original(mlflow_st
     assert 0 <= finetune < 2 and attack.data.params["reference_finetune_stops"] == str(finetune + 1)
 
 
+def test_pruning_run_logs_its_fine_tuning_epochs_after_the_dense_ones(mlflow_store):
+    # the defense acts in fine-tuning: its epochs are the run's per-epoch metrics too (steps after the dense
+    # epochs), and the released model's figures come after them
+    result = invoke("train", *PRUNING, "--prune-iterations", "2", "--defense", "relaxloss")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    run_id = run_id_of(result.output)
+    for key in ("train_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(3 + 2 * 2)), key
+    assert [m.step for m in client.get_metric_history(run_id, "train_accuracy")][-1] == 7
+    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [7]
+
+
 def test_pruning_defense_reads_mem_scores_from_the_pool_the_dense_attack_reuses(mlflow_store):
     result = invoke("audit", *PRUNING, "--defense", "rsw", "--defense-param", "mem_models=3", "--attacks", "loss",
                     "--reference-models", "2")
