@@ -102,11 +102,12 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
     env_run = os.environ.get("MLFLOW_RUN_ID")
     client = MlflowClient()
     if resume:
-        status = get_run(resume).info.status
-        if status == "FINISHED":
+        stored = get_run(resume)
+        if stored.info.status == "FINISHED":
             raise MiaError(f"run {resume} is FINISHED; there is nothing to resume")
         run_id = resume
-        client.set_tag(run_id, "mia.failure_reason", "")
+        if "mia.failure_reason" in stored.data.tags:  # the reason it stopped; a new one if it fails again
+            client.delete_tag(run_id, "mia.failure_reason")
     elif env_run and not _used_env_run:
         run_id = env_run
         _used_env_run.append(env_run)

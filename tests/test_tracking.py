@@ -39,3 +39,15 @@ def test_a_stored_pool_that_cannot_be_downloaded_is_an_error_not_a_retraining(ml
     with pytest.raises(MiaError, match="could not be downloaded"):
         with tracking.pool_store("p" * 32, "mia", {}):
             pass
+
+
+def test_a_resumed_run_that_finishes_keeps_no_failure_reason(mlflow_store):
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.run("train-federated-digits-mlp", "mia", tags={"mia.kind": "train"}) as active:
+            run_id = active.info.run_id
+            raise KeyboardInterrupt
+    assert MlflowClient().get_run(run_id).data.tags["mia.failure_reason"] == "interrupted"
+    with tracking.run("train-federated-digits-mlp", "mia", resume=run_id):
+        pass
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and "mia.failure_reason" not in run.data.tags
