@@ -172,7 +172,9 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
     """FedAvg in one MLflow run (:mod:`mia.fl.simulation`); ``resume`` continues an unfinished one.
 
     Per round: ``test_accuracy`` (global model on the evaluation non-members)
-    and ``train_accuracy`` (mean over the round's clients) at step = round.
+    and ``train_accuracy`` (mean over the round's clients) at step = round;
+    then, at step rounds + 1, the final global model's ``train_accuracy`` on
+    the members.
     Every recorded round replaces the checkpoint ``fl/state.pt`` and the
     server's view ``fl/signals.npz``; the end logs the final global model,
     the federation (``fl/federation.npz``: query set, target membership,
@@ -216,9 +218,13 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
             audited, population = audit.target_signals(model, data, split, config)
         tracking.log_signals(audited, tracking.TARGET_SIGNALS)
         tracking.log_signals(population, tracking.TARGET_POPULATION_SIGNALS)
-        last = state.history[-1]  # test/train accuracy were logged per round; the last round's is the final
+        test_accuracy = state.history[-1]["test_accuracy"]  # logged per round; the last round's is the final
+        # the per-round train_accuracy is the clients' as they trained; the released global model's on the
+        # members goes after the last round (MLflow shows the highest step), as in a centralized run
+        train_accuracy = audit.accuracy(model, data, split.members, config.train.device)
+        tracking.log_metrics({"train_accuracy": train_accuracy}, step=config.fl.rounds + 1)
         tracking.log_metrics({**defense.metrics(), **timer.seconds})
-        return TrainOutcome(active.info.run_id, last["test_accuracy"], last["train_accuracy"], data)
+        return TrainOutcome(active.info.run_id, test_accuracy, train_accuracy, data)
 
 
 @dataclass

@@ -313,6 +313,21 @@ def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store
     assert {"plots/fl_rounds.png", "fl_scores.csv"} <= artifacts
 
 
+@pytest.mark.parametrize("scenario", [[], FEDERATED])
+def test_train_and_test_accuracy_are_the_released_models_on_members_and_non_members(mlflow_store, scenario):
+    # as the stored signals of the released (FL: global) model read them, in every scenario
+    from mia import tracking
+
+    result = invoke("train", *FAST, *scenario)
+    assert result.exit_code == 0, result.output
+    target = tracking.TargetRun(run_id_of(result.output))
+    signals, (_, is_member) = target.signals(), target.split.query()
+    correct = np.asarray(signals.logits).argmax(1) == np.asarray(signals.labels)
+    assert target.metrics["train_accuracy"] == pytest.approx(correct[is_member].mean(), abs=1e-6)
+    assert target.metrics["test_accuracy"] == pytest.approx(correct[~is_member].mean(), abs=1e-6)
+    assert f"train accuracy {target.metrics['train_accuracy']:.4f}" in result.output
+
+
 def test_killed_federated_run_resumes_to_the_same_model(mlflow_store, monkeypatch):
     import mlflow
     import torch
