@@ -276,6 +276,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             data = data if data is not None else audit.load_data(config)
         target.split.check(len(data))
         _, is_member = target.split.query()
+        if names:
+            _log_evaluation_set(is_member)
         with timer.stage("signals"):
             signals, population = _target_signals(target, data)
         if attacks == "all":
@@ -385,6 +387,7 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     federation = target.arrays(f"{tracking.FL_DIR}/federation.npz")
     is_member, query = federation["is_member"].astype(bool), federation["query"]
     client = config.fl.target_client
+    _log_evaluation_set(is_member, "fl_")
     results = audit.run_fl_attacks(names, signals, client, is_member, attack_params, seed)
     curves = round_curves(names, signals, client, is_member)
     for name, points in curves.items():
@@ -399,6 +402,17 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
                                            labels, is_member))
         tracking.log_file(csv)
     return results
+
+
+def _log_evaluation_set(is_member: np.ndarray, prefix: str = "") -> None:
+    """The size of an evaluation set (params ``<prefix>eval.members``/``<prefix>eval.nonmembers``), and the
+    tag ``mia.<prefix>low_fpr_note`` where a TPR at low FPR allows no false positive among its non-members."""
+    from mia.metrics import low_fpr_note
+
+    nonmembers = int((~is_member).sum())
+    tracking.log_params({f"{prefix}eval.members": int(is_member.sum()), f"{prefix}eval.nonmembers": nonmembers})
+    if note := low_fpr_note(nonmembers):
+        tracking.set_tags({f"mia.{prefix}low_fpr_note": note})
 
 
 #: Attacks that need reference models trained on the audited samples.

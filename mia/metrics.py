@@ -48,6 +48,16 @@ LOW_FPR = 1e-4
 operating point rather than the ROC's first step (REFERENCE.md section 1: "when there are enough")."""
 
 
+def low_fpr_note(nonmembers: int) -> str | None:
+    """A note for the reader where a reported ``tpr_at_fpr_<a>`` allows no false positive among
+    ``nonmembers`` (``nonmembers * a < 1``: the figure is the TPR at FPR 0), else None."""
+    below = [tpr_metric(a) for a in FPR_TARGETS if nonmembers * a < 1]
+    if not below:
+        return None
+    return (f"{nonmembers} non-members: {', '.join(below)} allow{'s' if len(below) == 1 else ''} no false "
+            "positive, so it reads the TPR at FPR 0 (docs/protocol.md, Metrics)")
+
+
 def metric_names(attack: str | None = None) -> list[str]:
     """The metric names, prefixed ``<attack>.`` when an attack is given (the MLflow keys)."""
     return [f"{attack}.{m}" if attack else m for m in METRICS]

@@ -105,6 +105,10 @@ def test_audit_logs_linked_runs(mlflow_store):
     assert metrics["test_accuracy"] == pytest.approx(target.data.metrics["test_accuracy"])
     assert metrics["leakage.max_auc"] == max(metrics[f"{n}.auc"] for n in ("loss", "mentr", "nn"))
     assert "time.reference_models" in metrics
+    # the evaluation set's size beside the metrics, and a note where an FPR target allows no false positive
+    nonmembers = int(attack.data.params["eval.nonmembers"])
+    assert int(attack.data.params["eval.members"]) == nonmembers == 449
+    assert "449 non-members: tpr_at_fpr_0.001 allows no false positive" in attack.data.tags["mia.low_fpr_note"]
     artifacts = {a.path for a in client.list_artifacts(attack_id)} | {
         a.path for a in client.list_artifacts(attack_id, "plots")}
     assert {"scores.csv", "plots/roc.png"} <= artifacts
@@ -311,6 +315,10 @@ def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store
     artifacts = {a.path for a in client.list_artifacts(attack_id, "plots")} | {
         a.path for a in client.list_artifacts(attack_id)}
     assert {"plots/fl_rounds.png", "fl_scores.csv"} <= artifacts
+    # the FL attacks' evaluation set (the target client's members, as many non-members) is its own
+    fl_nonmembers = int(attack.data.params["fl_eval.nonmembers"])
+    assert int(attack.data.params["fl_eval.members"]) == fl_nonmembers < int(attack.data.params["eval.nonmembers"])
+    assert f"{fl_nonmembers} non-members: tpr_at_fpr_0.001" in attack.data.tags["mia.fl_low_fpr_note"]
 
 
 @pytest.mark.parametrize("scenario", [[], FEDERATED])

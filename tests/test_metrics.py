@@ -139,3 +139,11 @@ def test_plot_roc_writes_a_log_log_png(tmp_path):
     path = plot_roc(curves, tmp_path / "plots" / "roc.png", title="toy")
     assert path == tmp_path / "plots" / "roc.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_low_fpr_note_names_the_tprs_that_allow_no_false_positive():
+    from mia.metrics import low_fpr_note
+
+    assert low_fpr_note(1000) is None
+    assert low_fpr_note(449).startswith("449 non-members: tpr_at_fpr_0.001 allows no false positive")
+    assert low_fpr_note(60).startswith("60 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no")
