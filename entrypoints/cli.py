@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from entrypoints.report import report  # noqa: E402
 from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
 from mia.allocator import keep_freed_memory  # noqa: E402
-from mia.errors import MiaError  # noqa: E402
+from mia.errors import MiaError, Terminated  # noqa: E402
 
 MIA_PACKAGE = str(Path(__file__).resolve().parents[1] / "mia")
 _library_format = warnings.formatwarning
@@ -39,16 +41,24 @@ class Group(click.Group):
             return super().invoke(ctx)
         except MiaError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:  # the run (if any) said which one it was; exit as shells expect
-            click.echo("Aborted.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # the run (if any) said which one it was; exit as shells expect
+            click.echo("Terminated." if isinstance(exc, Terminated) else "Aborted.", err=True)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """mia: membership inference attacks and defenses, tracked in MLflow."""
     keep_freed_memory()  # CPU steps stop page-faulting their tensors in again (mia/allocator.py)
     warnings.formatwarning = format_warning
+    if threading.current_thread() is threading.main_thread():  # SIGTERM marks open runs KILLED, as Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 for command in (train, attack, audit, tune, report, datasets, attacks, defenses, info):

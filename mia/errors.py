@@ -10,6 +10,10 @@ class MiaError(Exception):
     """A user error with a one-line message that says how to fix it."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler), raised like Ctrl-C so that open runs are marked KILLED."""
+
+
 def unknown(kind: str, name: str, known) -> MiaError:
     """The error for a name not in a registry, listing the known names."""
     return MiaError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")

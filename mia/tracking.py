@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mia.audit import TargetConfig  # noqa: E402
 from mia.data import Split  # noqa: E402
-from mia.errors import MiaError  # noqa: E402
+from mia.errors import MiaError, Terminated  # noqa: E402
 from mia.signals import Signals  # noqa: E402
 
 DEFAULT_EXPERIMENT = "mia"
@@ -123,8 +123,8 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
         if tags:
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
         yield active
-    except KeyboardInterrupt:  # the user stopped it: KILLED, and say which run (a federated one resumes)
-        mlflow.set_tag("mia.failure_reason", "interrupted")
+    except KeyboardInterrupt as exc:  # the user stopped it: KILLED, and say which run (a federated one resumes)
+        mlflow.set_tag("mia.failure_reason", "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         resumable = (tags or {}).get("mia.kind") == "train" and (tags or {}).get("mia.scenario") == "federated"
         print(f"interrupted: run {run_id} is marked KILLED"

@@ -223,6 +223,26 @@ def test_an_interrupted_federated_run_is_killed_and_names_its_resume(mlflow_stor
     assert f"mia train --resume {run.info.run_id}" in result.output and "Traceback" not in result.output
 
 
+def test_a_terminated_run_is_marked_killed_not_left_running(mlflow_store, monkeypatch):
+    # `kill`, `timeout`, a batch scheduler or `docker stop` send SIGTERM: the run must not stay RUNNING
+    import os
+    import signal
+
+    import mia.fl.simulation
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(mia.fl.simulation, "simulate", terminated)
+    result = invoke("train", "--scenario", "federated", "--rounds", "2", "--quiet")
+    assert result.exit_code == 143, result.output
+    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])[0]
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["mia.failure_reason"]
+    assert f"mia train --resume {run.info.run_id}" in result.output and "Traceback" not in result.output
+    assert signal.getsignal(signal.SIGTERM) is before  # the command put the handler back
+
+
 def test_options_of_another_scenario_are_noted_as_ignored(mlflow_store):
     result = invoke("train", "--clients", "5", "--rounds", "3", "--sparsity", "0.5", *FAST)
     assert result.exit_code == 0, result.output
