@@ -20,6 +20,7 @@ from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.errors import MiaError
 from mia.models import build_model
+from mia.defenses import make_defense
 from mia.pool import pool_size
 from mia.train.predict import check_device
 from mia.report import plot_roc
@@ -66,7 +67,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
     with tracking.run(f"train-{config.scenario}-{config.dataset}-{config.model}", experiment,
                       tags={**tracking.run_tags(config), "mia.kind": "train",
                             **({"mia.dense_run_id": from_run} if from_run else {})}) as active:
-        tracking.log_config(config)
+        tracking.log_config(config, _effective_recipe(config))
         with timer.stage("load_data"):
             data = audit.load_data(config)
         dense = None
@@ -140,6 +141,16 @@ def _pool_mem_scores(config: TargetConfig, dense_epoch: int, data: Dataset, spli
     return pool.mem_scores_of(split.members)
 
 
+def _effective_recipe(config: TargetConfig) -> dict[str, object]:
+    """``train.<key>`` values a centralized defense trains with in place of the recipe's (DP-SGD's 4x batch
+    and rate, SELENA's distillation epochs), for the run's params: its own parameters say 0 for them."""
+    if config.scenario != "centralized":
+        return {}
+    effective = make_defense(config.defense, config.defense_params, seed=config.seed).schedule(config.train)
+    return {f"train.{key}": getattr(effective, key) for key in ("epochs", "batch_size", "lr")
+            if getattr(effective, key) != getattr(config.train, key)}
+
+
 def _dense_from_run(run_id: str, config: TargetConfig, data: Dataset):
     """The split and dense model of a finished centralized run, checked against the pruning config."""
     source = tracking.TargetRun(run_id)
@@ -183,7 +194,6 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
     recorded round with ``resume`` (the run's own config; the same final
     model as an uninterrupted run).
     """
-    from mia.defenses import make_defense
     from mia.fl.simulation import simulate
 
     state = None

@@ -164,9 +164,30 @@ def run_tags(config: TargetConfig) -> dict[str, str]:
     return {f"mia.{k}": str(getattr(config, k)) for k in TAGS}
 
 
-def log_config(config: TargetConfig) -> None:
+#: Recipe fields a federation does not train with: its clients run ``fl``'s constant-rate local SGD.
+FL_UNUSED_TRAIN = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "schedule", "select_best",
+                   "stop_epoch")
+
+
+def log_config(config: TargetConfig, effective: dict[str, object] | None = None) -> None:
+    """The config as params (``config.json`` holds it whole), as the run trains it.
+
+    ``train.device`` is the device resolved on this machine (``auto`` says
+    nothing); a federated run leaves out the recipe fields its clients do not
+    use (:data:`FL_UNUSED_TRAIN`), which the ``fl.*`` params replace;
+    ``effective`` holds what a defense trains with instead of a parameter's 0
+    ("the recipe's"), logged as ``effective.<key>``.
+    """
+    from mia.train import resolve_device
+
     d = config.to_dict()
-    log_params(flatten(d))
+    params = flatten(d)
+    if config.scenario == "federated":
+        for key in FL_UNUSED_TRAIN:
+            params.pop(f"train.{key}", None)
+    params["train.device"] = str(resolve_device(config.train.device))
+    params.update({f"effective.{k}": v for k, v in (effective or {}).items()})
+    log_params(params)
     mlflow.log_dict(d, CONFIG)
 
 

@@ -264,6 +264,18 @@ def test_a_run_trained_on_a_gpu_is_attacked_elsewhere_with_device(mlflow_store):
     assert moved.exit_code == 0, moved.output
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
+def test_a_defense_that_trains_its_own_recipe_logs_what_it_trains_with(mlflow_store):
+    result = invoke("train", "--epochs", "1", "--batch-size", "32", "--quiet", "--defense", "dp-sgd")
+    assert result.exit_code == 0, result.output
+    params = MlflowClient().get_run(run_id_of(result.output)).data.params
+    assert params["defense_params.batch_size"] == "0" and params["train.batch_size"] == "32"  # as given
+    assert params["effective.train.batch_size"] == "128"  # what DP-SGD trained with: 4x the recipe's
+    assert float(params["effective.train.lr"]) == 4 * float(params["train.lr"])
+    assert "effective.train.epochs" not in params  # the recipe's own
+    assert params["train.device"] == "cpu"
+
+
 def test_unknown_model_is_rejected(mlflow_store):
     assert_user_error(invoke("train", "--model", "transformer-xl", "--quiet"), "unknown model")
 
@@ -324,6 +336,9 @@ def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store
     assert [m.step for m in client.get_metric_history(target_id, "test_accuracy")][:4] == [1, 2, 3, 4]
     stored = {a.path for a in client.list_artifacts(target_id, "fl")}
     assert {"fl/state.pt", "fl/signals.npz", "fl/federation.npz"} <= stored
+    params = client.get_run(target_id).data.params
+    assert "fl.lr" in params and "train.lr" not in params and "train.epochs" not in params  # clients run fl's SGD
+    assert params["train.device"] == "cpu" and "train.weight_decay" in params
     attack = client.get_run(attack_id)
     assert attack.data.tags["mia.scenario"] == "federated"
     # curves over the recorded rounds (2 and 4), the last one the attack's final metrics
