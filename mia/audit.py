@@ -476,6 +476,12 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
         raise MiaError("no attacks given; pass --attacks all or a comma-separated list (see `mia attacks`)")
     for name in names:
         if name not in known:
+            if scenario != "federated":
+                from mia.fl.attacks import FL_ATTACKS
+
+                if name in FL_ATTACKS.names():
+                    raise MiaError(f"attack {name!r} reads the rounds of a federated run (FedMIA) and this "
+                                   f"target is {scenario}; use it on a --scenario federated run")
             raise unknown("attack", name, known)
     return list(dict.fromkeys(names))
 
