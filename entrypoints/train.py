@@ -31,6 +31,8 @@ def train(opts: dict) -> None:
             raise MiaError(f"--resume continues run {opts['resume']} with its own options; drop {', '.join(given)}")
         outcome = federated_run(None, opts["experiment"], progress=not opts["quiet"], resume=opts["resume"])
     else:
+        if opts["from_run"] and opts["scenario"] != "pruning":  # before target_config notes it as ignored
+            raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
         outcome = train_run(target_config(opts), opts["experiment"], progress=not opts["quiet"],
                             from_run=opts["from_run"])
     click.echo(f"test accuracy {outcome.test_accuracy:.4f}  train accuracy {outcome.train_accuracy:.4f}")
