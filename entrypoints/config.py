@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mia.audit import TargetConfig, resolve_config
 from mia.data import SplitConfig
 from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
-from mia.errors import unknown
+from mia.errors import MiaError, unknown
 from mia.registry import coerce
 from mia.train.predict import check_device
 from entrypoints.options import key_values
@@ -33,7 +35,7 @@ def label_only_kinds(text: str) -> list[str]:
 _SCENARIO_OPTIONS = {
     "federated": ("clients", "rounds", "local_epochs", "client_fraction", "partition", "alpha", "server_lr",
                   "local_lr", "local_momentum", "local_batch_size", "target_client", "record_every"),
-    "pruning": ("pruner", "sparsity", "prune_iterations", "finetune_epochs", "from_run"),
+    "pruning": ("pruner", "sparsity", "prune_iterations", "finetune_epochs"),
 }
 
 
@@ -58,6 +60,10 @@ def target_config(opts: dict) -> TargetConfig:
     check_scenario(opts["defense"], opts["scenario"])
     # typed and checked here, so unknown names and bad values fail before any run starts
     defense_params = make_defense(opts["defense"], key_values(opts["defense_param"], "--defense-param")).params
+    if defense_params.get("mem_scores_csv") and not Path(defense_params["mem_scores_csv"]).is_file():
+        # read after the dense model trained: a wrong path would cost that training first
+        raise MiaError(f"--defense-param mem_scores_csv={defense_params['mem_scores_csv']}: no such file; "
+                       "pass the path of an existing CSV")
     spec = DATASETS.get(opts["dataset"])
     dataset_params = coerce(spec.params, key_values(opts["dataset_param"], "--dataset-param"),
                             f"dataset {spec.name}")
