@@ -78,4 +78,7 @@ def tune(opts: dict) -> None:
                f"{done} complete, {len(result.new)} new")
     click.echo(f"Pareto front (test accuracy up, {LEAKAGE[objective.leakage][1]} down):")
     click.echo(frontier.table(result.front))
+    if not result.front:
+        click.echo("(empty: " + (f"none of the {done} complete trials reaches --min-accuracy {opts['min_accuracy']:g}"
+                                 if done and opts["min_accuracy"] is not None else "no trial completed") + ")")
     click.echo(f"study run: {result.run_id}")

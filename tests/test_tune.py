@@ -201,6 +201,15 @@ def test_min_accuracy_is_a_constraint_and_max_auc_a_leakage(mlflow_store, monkey
     assert {int(line.split()[0]) for line in table.strip().splitlines()[1:]} == feasible
 
 
+def test_an_empty_front_says_why(mlflow_store, monkeypatch, tmp_path):
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    space = tmp_path / "space.yaml"
+    space.write_text("smoothing: {low: 0.2, high: 0.4}\n")  # test accuracy 1 - smoothing: at most 0.8
+    result = invoke(*TINY, "--trials", "2", "--storage", "memory", "--space", str(space), "--min-accuracy", "0.9")
+    assert result.exit_code == 0, result.output
+    assert "(empty: none of the 2 complete trials reaches --min-accuracy 0.9)" in result.output
+
+
 def test_a_storage_password_is_never_logged(mlflow_store, monkeypatch):
     monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
     seen = []
