@@ -179,6 +179,15 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("train", "--device", "cuda:99"), ("--device cuda:99: this machine has",)),
     (("train", "--resume", "0123456789abcdef0123456789abcdef", "--rounds", "3", "--clients", "8"),
      ("its own options", "drop --rounds, --clients")),
+    # a FedMIA attack is known, just not for this scenario
+    (("audit", "--attacks", "loss,loss-iii"), ("'loss-iii' reads the rounds of a federated run", "centralized")),
+    # an error alone, not beside a note that the option is ignored
+    (("train", "--from-run", "0123456789abcdef0123456789abcdef", *FAST), ("use it with --scenario pruning",)),
+    (("train", "--scenario", "federated", "--from-run", "0123456789abcdef0123456789abcdef", *FAST),
+     ("use it with --scenario pruning",)),
+    # a missing CSV is refused before the dense model trains, not after
+    (("audit", "--scenario", "pruning", "--defense", "rmr", "--defense-param", "mem_scores_csv=nowhere.csv", *FAST),
+     ("mem_scores_csv=nowhere.csv: no such file",)),
 ])
 def test_user_errors_are_one_line(mlflow_store, args, fragments):
     assert_user_error(invoke(*args), *fragments)
