@@ -37,7 +37,7 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="New trials to run (over all --jobs workers).")
 @click.option("--storage", envvar="MIA_TUNE_STORAGE", default="sqlite:///optuna.db", show_default=True,
-              help="memory, sqlite:///FILE, a journal file FILE.log (many workers on one machine) "
+              help="memory, sqlite:///FILE, a journal file FILE.log or FILE.journal (many workers on one machine) "
                    "or postgresql://user:password@host/db (many machines); also read from $MIA_TUNE_STORAGE, "
                    "the way to pass a password under `mlflow run`, which logs project parameters as given.")
 @click.option("--study-name", default=None, help="Default: mia-<dataset>-<defense>; an existing study resumes.")
