@@ -74,9 +74,29 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
         images["ROC of the chosen runs' strongest attacks"] = plot_roc(curves, folder / "roc.png")
     write_html(folder / "report.html", "mia report", images,
                {f"Front per defense ({leakage})": front, "All attack runs": rows[[c for c in columns if c in rows]]})
-    click.echo(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo(_console(front, leakage))
     click.echo(f"the fronts hold {len(front)} of {len(rows)} attack runs (the others are dominated: runs.csv has all); "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+
+
+def _console(front, leakage: str) -> str:
+    """The front for a terminal: each run's own defense parameters at the end of its line (the HTML page keeps a
+    column per parameter, which across defenses is mostly empty and far wider than a terminal)."""
+    import pandas as pd
+
+    params = [c for c in front.columns if c.startswith("defense_params.")]
+
+    def own(row) -> str:
+        return " ".join(f"{c.removeprefix('defense_params.')}={v:g}" if isinstance(v, float) else
+                        f"{c.removeprefix('defense_params.')}={v}"
+                        for c, v in row[params].items() if not (pd.isna(v) or v == ""))
+
+    shown = front[[c for c in ("defense", "test_accuracy", leakage, "run_id") if c in front.columns]]
+    lines = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}").splitlines()
+    if not params:
+        return "\n".join(lines)
+    return "\n".join([lines[0] + "  params", *(f"{line}  {own(row)}".rstrip()
+                                                for line, (_, row) in zip(lines[1:], front.iterrows()))])
 
 
 def _ordered(rows):

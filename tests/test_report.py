@@ -43,6 +43,8 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(mlflow_store, tmp_path
     out = tmp_path / "report"
     result = invoke("report", "--leakage", "leakage.max_auc", "--roc", attack_id, "--out", str(out))
     assert result.exit_code == 0, result.output
+    # the terminal's front: each run's own parameters in one column, not a mostly empty column per parameter
+    assert "smoothing=0.2" in result.output and "NaN" not in result.output
     assert {"frontier.png", "roc.png", "report.html", "runs.csv"} <= {p.name for p in out.iterdir()}
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["defense"]) == ["label-smoothing", "none"]
