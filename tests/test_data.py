@@ -88,12 +88,14 @@ def test_restricted_unpickler_refuses_code(tmp_path):
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_restricted_unpickler_reads_arrays_at_every_protocol(tmp_path, protocol):
-    batch = {b"data": np.arange(12, dtype=np.uint8).reshape(2, 6), b"labels": [3, 1]}
+    batch = {b"data": np.arange(12, dtype=np.uint8).reshape(2, 6), b"labels": [3, 1],
+             b"numpy_labels": list(np.array([3, 1]))}  # a file re-saved with np.int64 labels
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch, protocol=protocol))
     loaded = load_pickle(path)
     np.testing.assert_array_equal(loaded[b"data"], batch[b"data"])
     assert loaded[b"labels"] == [3, 1]
+    assert loaded[b"numpy_labels"] == [3, 1] and isinstance(loaded[b"numpy_labels"][0], np.int64)
 
 
 def test_restricted_unpickler_refuses_corrupt_file(tmp_path):

@@ -3,8 +3,8 @@
 CIFAR-10/100 ship as Python pickles. ``pickle.load`` on a file someone handed
 you executes whatever callables the file names, so a tampered data file would
 own the machine that trains on it. :class:`RestrictedUnpickler` resolves only
-the handful of globals these files need (numpy array and dtype reconstruction
-at any protocol,
+the handful of globals these files need (numpy array, scalar and dtype
+reconstruction at any protocol,
 and the ``_codecs.encode`` call Python 3 uses to write ``bytes`` at protocol 2)
 and refuses everything else with a :class:`MiaError`.
 """
@@ -33,12 +33,16 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 # 2-4 rebuild an array from its state, protocol 5 from a buffer (a batch file re-saved by Python 3).
 _reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
 _frombuffer = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]
+# a numpy scalar (labels re-saved as a list of np.int64) rebuilds from its dtype and raw bytes
+_scalar = np.int64(0).__reduce__()[0]
 
 ALLOWED: dict[tuple[str, str], object] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # written by numpy 1.x
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 2.x
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
