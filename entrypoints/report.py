@@ -27,12 +27,18 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     from mia.report import plot_roc
     from mia.report.frontier import common_leakage, frontier_table, per_scenario, plot_frontiers, write_html
 
+    known_experiments = tracking.experiment_names()
+    unknown = [e for e in experiments if e not in known_experiments]
+    if unknown:
+        raise MiaError(f"no experiment {', '.join(map(repr, unknown))} in {tracking.tracking_uri()}; "
+                       f"known: {', '.join(sorted(known_experiments)) or 'none'}")
     rows = tracking.attack_rows(list(experiments) or None, [r for r in runs.split(",") if r] or None)
     if rows.empty:
         raise MiaError("no finished attack runs found; run `mia audit` (or `mia tune`) first, or check --experiment")
     if leakage not in rows.columns:
-        known = sorted(c for c in rows.columns if c.startswith("leakage.") or c.endswith(".auc"))
-        raise MiaError(f"no metric {leakage!r} in the attack runs; e.g. {', '.join(known[:6])}")
+        summaries = sorted(c for c in rows.columns if c.startswith("leakage."))
+        aucs = sorted(c for c in rows.columns if c.endswith(".auc") and not c.startswith(("leakage.", "dense.")))
+        raise MiaError(f"no metric {leakage!r} in the attack runs; e.g. {', '.join(summaries + aucs[:4])}")
     roc_ids = [r for r in roc.split(",") if r]
     missing = [r for r in roc_ids if r not in set(rows["run_id"])]
     if missing:

@@ -376,6 +376,11 @@ def scores_csv(names: list[str], scores: list[np.ndarray], indices: np.ndarray, 
 # ---------------------------------------------------------------- reports
 
 
+def experiment_names() -> set[str]:
+    """The names of the experiments in the tracking store."""
+    return {e.name for e in MlflowClient().search_experiments()}
+
+
 def attack_rows(experiments: list[str] | None = None, run_ids: list[str] | None = None):
     """One row per finished attack run: tags, utility, every metric, and the target's defense hyperparameters.
 

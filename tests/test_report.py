@@ -56,6 +56,10 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(mlflow_store, tmp_path
                                       "test_accuracy"]
     missing = invoke("report", "--leakage", "no.such.metric", "--out", str(out))
     assert missing.exit_code != 0 and "no metric" in missing.output
+    assert "e.g. leakage.max_auc, leakage.max_tpr_at_fpr_0.001" in missing.output  # the summaries first
+    nowhere = invoke("report", "--experiment", "nope", "--out", str(tmp_path / "nowhere"))
+    assert nowhere.exit_code != 0 and "no experiment 'nope'" in nowhere.output and "known: " in nowhere.output
+    assert not (tmp_path / "nowhere").exists()
     # a bad --roc id is refused before anything is written
     fresh = tmp_path / "fresh"
     refused = invoke("report", "--roc", "deadbeef", "--out", str(fresh))
