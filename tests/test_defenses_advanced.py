@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -149,6 +150,34 @@ def test_dpsgd_target_epsilon_is_kept(s):
     out = fit(s, "dp-sgd", epsilon=4.0)
     assert 3.5 < out.defense_metrics["dp.epsilon"] <= 4.0
     assert out.defense_metrics["dp.noise_multiplier"] > 1.0
+
+
+def test_a_loose_rdp_order_is_one_warning_of_ours_not_opacus_advice(s):
+    """Opacus warns at every loose order, also at the extreme sigmas a noise search probes: only the spent
+    epsilon's order is worth a word, and ours is one line without Opacus' file path."""
+    from mia.defenses.client_dp import client_epsilon
+
+    def warned(call) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        return [str(w.message) for w in caught]
+
+    assert warned(lambda: make_defense("dp-sgd", {"epsilon": 0.5}).resolve_noise(
+        1000, dataclasses.replace(s.config.train, epochs=1, batch_size=32))) == []  # Opacus: 10+ warnings
+    spent = warned(lambda: fit(s, "dp-sgd", noise_multiplier=5.0, epochs=1, batch_size=32))  # a large sigma: the largest order
+    assert not any("Optimal order" in t for t in spent), spent
+    assert [t for t in spent if "RDP order" in t] == [
+        "dp-sgd: the best RDP order is at the end of the accountant's range, so epsilon is a valid but looser "
+        "upper bound than it could be (accountant=prv gives a tighter one)"]
+    assert warned(lambda: client_epsilon(100.0, 0.5, 1, 1e-5)) == []  # a probe
+    assert [t[:30] for t in warned(lambda: client_epsilon(100.0, 0.5, 1, 1e-5, report=True))] == [
+        "client-dp: the best RDP order "]
+
+
+def test_an_unreachable_dp_epsilon_is_a_one_line_error(s):
+    with pytest.raises(MiaError, match=r"dp-sgd epsilon=0.01 cannot be reached in \d+ noisy steps"):
+        make_defense("dp-sgd", {"epsilon": 0.01}).resolve_noise(1000, s.config.train)
 
 
 def test_dpsgd_converts_batchnorm_and_trains_images():

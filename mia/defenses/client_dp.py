@@ -53,6 +53,7 @@ import math
 import numpy as np
 import torch
 
+from mia.defenses.accounting import loose_order_note
 from mia.defenses.base import Defense, DefenseSpec, HyperParam, register
 from mia.errors import MiaError
 
@@ -83,15 +84,18 @@ def visible_sampling_rdp(sigma_eff: float, sample_rate: float, steps: int, order
     return steps * per_round
 
 
-def client_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Epsilon of ``steps`` rounds of clipped, locally noised uploads (see the module docstring)."""
+def client_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                   report: bool = False) -> float:
+    """Epsilon of ``steps`` rounds of clipped, locally noised uploads (see the module docstring); ``report``:
+    the epsilon a run reports, which warns where its RDP order is loose."""
     from opacus.accountants.analysis.rdp import get_privacy_spent
 
     if steps == 0 or sample_rate == 0:
         return 0.0
     orders = rdp_orders()
     rdp = visible_sampling_rdp(noise_multiplier / 2, sample_rate, steps, orders)
-    return float(get_privacy_spent(orders=orders, rdp=rdp.tolist(), delta=delta)[0])
+    with loose_order_note("client-dp", report=report):
+        return float(get_privacy_spent(orders=orders, rdp=rdp.tolist(), delta=delta)[0])
 
 
 def client_noise_multiplier(epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -162,7 +166,7 @@ class ClientDP(Defense):
         self.steps = int(state.get("steps", 0))
 
     def metrics(self) -> dict[str, float]:
-        eps = client_epsilon(self.sigma, self.sample_rate or 0.0, self.steps, self.delta)
+        eps = client_epsilon(self.sigma, self.sample_rate or 0.0, self.steps, self.delta, report=True)
         return {"dp.epsilon": eps, "dp.delta": float(self.delta), "dp.noise_multiplier": self.sigma}
 
 

@@ -56,6 +56,7 @@ from torch import nn
 
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
+from mia.defenses.accounting import loose_order_note
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult
@@ -145,6 +146,10 @@ class DPSGD(Defense):
     def schedule(self, config: TrainConfig) -> TrainConfig:
         return self.recipe(config)
 
+    @property
+    def _tighter(self) -> str:
+        return " (accountant=prv gives a tighter one)" if self.accountant == "rdp" else ""
+
     def resolve_noise(self, n: int, config: TrainConfig) -> float:
         """The noise multiplier: the given one, or the smallest that keeps the target epsilon."""
         if self.delta >= 1.0 / n:
@@ -155,9 +160,15 @@ class DPSGD(Defense):
         from opacus.accountants.utils import get_noise_multiplier
 
         steps = steps_per_epoch(n, config.batch_size) * config.epochs
-        return float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
-                                          sample_rate=sample_rate(n, config.batch_size), steps=steps,
-                                          accountant=self.accountant))
+        try:
+            with loose_order_note("dp-sgd", report=False):
+                return float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
+                                                  sample_rate=sample_rate(n, config.batch_size), steps=steps,
+                                                  accountant=self.accountant))
+        except ValueError as exc:  # Opacus: "The privacy budget is too low." (no sigma up to its bound reaches it)
+            raise MiaError(f"dp-sgd epsilon={self.epsilon:g} cannot be reached in {steps} noisy steps at sampling "
+                           f"rate {sample_rate(n, config.batch_size):.3g} with delta={self.delta:g} ({exc}); raise "
+                           "epsilon or delta, or train fewer steps (epochs, batch_size)") from None
 
     def fit(self, make_model: ModelFactory, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
             config: TrainConfig, on_epoch: EpochCallback | None = None,
@@ -222,8 +233,9 @@ class DPSGD(Defense):
             step.close()  # hooks and Opacus attributes off: a plain module is released
         result = log.result()
         self._history = list(accountant.history)
-        self._metrics = {"dp.epsilon": float(accountant.get_epsilon(delta=self.delta)),
-                         "dp.delta": float(self.delta), "dp.noise_multiplier": sigma}
+        with loose_order_note("dp-sgd", self._tighter):
+            epsilon = float(accountant.get_epsilon(delta=self.delta))
+        self._metrics = {"dp.epsilon": epsilon, "dp.delta": float(self.delta), "dp.noise_multiplier": sigma}
         return model, result
 
     def metrics(self) -> dict[str, float]:
