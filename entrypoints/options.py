@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 
 from mia.errors import MiaError
+
+
+class Finite(click.FloatRange):
+    """A float option in a range that also refuses ``nan`` and ``inf``, which Click's ranges let through
+    (``nan`` compares false with every bound) and which would reach an optimizer or a sampler."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def key_values(pairs: tuple[str, ...], flag: str, form: str = "key=value") -> dict[str, str]:
@@ -78,15 +92,15 @@ target_options = compose(
     click.option("--epochs", type=OptionalInt(), default=None, help="Default: the recipe's."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None),
     click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
-    click.option("--weight-decay", type=click.FloatRange(min=0), default=None),
+    click.option("--lr", type=Finite(min=0, min_open=True), default=None),
+    click.option("--weight-decay", type=Finite(min=0), default=None),
     click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None),
     click.option("--augment/--no-augment", default=None, help="Crop+flip where the dataset allows it."),
-    click.option("--member-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
+    click.option("--member-fraction", type=Finite(0, 1, min_open=True, max_open=True), default=0.25,
                  show_default=True, help="Share of the data the target trains on."),
-    click.option("--nonmember-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    click.option("--nonmember-fraction", type=Finite(0, 1, min_open=True, max_open=True),
                  default=0.25, show_default=True, help="Share held out as evaluation non-members."),
-    click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    click.option("--validation-fraction", type=Finite(0, 1, min_open=True, max_open=True),
                  default=0.1, show_default=True, help="Share used for model selection only."),
     click.option("--label-only", default="aug,noise-flip", show_default=True,
                  help="Label-only signals to compute: aug, noise-flip, boundary, boundary-wb "
@@ -109,17 +123,17 @@ federated_options = compose(
                  help="Federated: FedAvg rounds."),
     click.option("--local-epochs", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Federated: local epochs per round."),
-    click.option("--client-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+    click.option("--client-fraction", type=Finite(0, 1, min_open=True), default=1.0, show_default=True,
                  help="Federated: share of clients sampled per round."),
     click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default="iid", show_default=True,
                  help="Federated: how the members are dealt to clients."),
-    click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+    click.option("--alpha", type=Finite(min=0, min_open=True), default=0.5, show_default=True,
                  help="Federated: Dirichlet concentration (small = skewed labels)."),
-    click.option("--server-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    click.option("--server-lr", type=Finite(min=0, min_open=True), default=1.0, show_default=True,
                  help="Federated: server learning rate on the aggregated update."),
-    click.option("--local-lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+    click.option("--local-lr", type=Finite(min=0, min_open=True), default=0.1, show_default=True,
                  help="Federated: local SGD learning rate."),
-    click.option("--local-momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+    click.option("--local-momentum", type=Finite(0, 1, max_open=True), default=0.0, show_default=True,
                  help="Federated: local SGD momentum (reset every round)."),
     click.option("--local-batch-size", type=click.IntRange(min=1), default=32, show_default=True,
                  help="Federated: local batch size."),
@@ -132,7 +146,7 @@ federated_options = compose(
 pruning_options = compose(
     click.option("--pruner", default="l1-unstructured", show_default=True,
                  help="Pruning: l1-unstructured, l1-global, l1-filter, l2-filter, slimming."),
-    click.option("--sparsity", type=float, default=0.6, show_default=True,
+    click.option("--sparsity", type=Finite(), default=0.6, show_default=True,
                  help="Pruning: fraction of weights (filters, channels for structured pruners) to prune, in (0, 1)."),
     click.option("--prune-iterations", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Pruning: prune + fine-tune steps to the sparsity (1 = one-shot)."),

@@ -48,7 +48,10 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     rows = _ordered(rows)
     rows = per_scenario(rows)
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MiaError(f"cannot create --out {out}: {exc.strerror or exc}; pass a folder you can write") from None
     rows.to_csv(folder / "runs.csv", index=False)
     if leakage.startswith("leakage.max_"):  # the same attacks for every run, or the worst cases do not compare
         rows[leakage], attacks = common_leakage(rows, leakage)

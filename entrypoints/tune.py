@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from entrypoints.config import target_config
-from entrypoints.options import (attack_params, common_options, federated_options, key_values, pass_options,
+from entrypoints.options import (Finite, attack_params, common_options, federated_options, key_values, pass_options,
                                  pruning_options, target_options)
 
 #: Kept literal so that ``mia --help`` does not import Optuna; tests check them against :mod:`tuning`.
@@ -30,7 +30,7 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
 @click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE", help="Attack parameter (repeatable).")
 @click.option("--leakage", type=click.Choice(LEAKAGE_NAMES), default="max-tpr", show_default=True,
               help="Leakage objective (minimized): the largest TPR at 1% FPR, or the largest AUC, over the attacks.")
-@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
+@click.option("--min-accuracy", type=Finite(0, 1), default=None,
               help="Constraint: trials below this test accuracy are infeasible (never on the front).")
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), default="tpe", show_default=True,
               help="tpe (multi-objective TPE), nsga2 or gp (Gaussian process); seeded with --seed.")

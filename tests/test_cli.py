@@ -196,9 +196,12 @@ def test_user_errors_are_one_line(mlflow_store, args, fragments):
         assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])
 
 
-def test_bad_option_value_is_rejected(mlflow_store):
-    result = invoke("train", "--epochs", "0")
-    assert result.exit_code != 0 and "Traceback" not in result.output
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--lr", "nan"], ["--weight-decay", "inf"],
+                                  ["--scenario", "pruning", "--sparsity", "nan"]])
+def test_bad_option_value_is_rejected(mlflow_store, args):
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 2  # a usage error, not a crash
+    assert "Error: Invalid value for" in result.output and "Traceback" not in result.output
 
 
 def test_failed_run_is_marked_failed_with_reason(mlflow_store, tmp_path):

@@ -57,6 +57,10 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(mlflow_store, tmp_path
     missing = invoke("report", "--leakage", "no.such.metric", "--out", str(out))
     assert missing.exit_code != 0 and "no metric" in missing.output
     assert "e.g. leakage.max_auc, leakage.max_tpr_at_fpr_0.001" in missing.output  # the summaries first
+    (tmp_path / "a-file").write_text("")
+    unwritable = invoke("report", "--out", str(tmp_path / "a-file" / "report"))
+    assert unwritable.exit_code == 1 and unwritable.output.startswith("Error: cannot create --out")
+    assert len(unwritable.output.strip().splitlines()) == 1
     nowhere = invoke("report", "--experiment", "nope", "--out", str(tmp_path / "nowhere"))
     assert nowhere.exit_code != 0 and "no experiment 'nope'" in nowhere.output and "known: " in nowhere.output
     assert not (tmp_path / "nowhere").exists()
