@@ -347,6 +347,9 @@ def test_read_mem_scores_csv(digits, tmp_path):
         read_mem_scores_csv(tmp_path / "bad.csv", train_idx)
     with pytest.raises(MiaError, match="not found"):
         read_mem_scores_csv(tmp_path / "none.csv", train_idx)
+    (tmp_path / "binary.csv").write_bytes(b"\x00\xff\xfe" * 100)  # not text: a one-line error, no UnicodeDecodeError
+    with pytest.raises(MiaError, match="not a UTF-8 text file"):
+        read_mem_scores_csv(tmp_path / "binary.csv", train_idx)
 
     defense = make_defense("rsw", {"mem_scores_csv": str(tmp_path / "two.csv")})
     defense.prepare(lambda: None, digits, train_idx, quick())

@@ -129,11 +129,17 @@ def read_mem_scores_csv(path: str | Path, train_idx: np.ndarray) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MiaError(f"mem-score CSV {str(path)!r} not found; pass the path of an existing file")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise MiaError(f"mem-score CSV {str(path)!r} is not a UTF-8 text file; pass a CSV with a mem_score "
+                       "column") from None
+    except (OSError, csv.Error) as exc:
+        raise MiaError(f"cannot read mem-score CSV {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
     if columns not in (["mem_score"], ["index", "mem_score"]):
         raise MiaError(f"mem-score CSV {str(path)!r} has columns {columns}; expected mem_score, "
                        "or index,mem_score")
