@@ -429,6 +429,9 @@ def split_ai_reference(config: TargetConfig, data: Dataset, split: Split, target
     rng = np.random.default_rng([seed, _SPLIT_AI_STREAM])
     member_pos = np.flatnonzero(is_member)
     n_known = max(1, int(round(p["known_fraction"] * len(member_pos))))
+    if n_known >= len(member_pos):
+        raise MiaError(f"selena-adaptive known_fraction={p['known_fraction']:g} makes all {len(member_pos)} audited "
+                       "members known, leaving none to score; lower known_fraction")
     known_pos = np.sort(rng.choice(member_pos, n_known, replace=False))
     order = rng.permutation(len(split.population))
     n_val = max(1, len(order) // 10)

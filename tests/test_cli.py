@@ -276,7 +276,7 @@ def test_a_run_trained_on_a_gpu_is_attacked_elsewhere_with_device(mlflow_store):
     assert moved.exit_code == 0, moved.output
 
 
-@pytest.mark.filterwarnings("ignore:dp-sgd: the best RDP order")
+@pytest.mark.filterwarnings("ignore:dp-sgd. the best RDP order")
 def test_a_defense_that_trains_its_own_recipe_logs_what_it_trains_with(mlflow_store):
     result = invoke("train", "--epochs", "1", "--batch-size", "32", "--quiet", "--defense", "dp-sgd")
     assert result.exit_code == 0, result.output

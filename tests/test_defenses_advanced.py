@@ -453,6 +453,18 @@ def test_selena_adaptive_bad_parameters_are_one_line_errors(params, match):
         run_attack("selena-adaptive", signals, [], params)
 
 
+def test_selena_adaptive_knowing_every_member_is_a_one_line_error_naming_known_fraction():
+    """known_fraction=0.999 is in (0, 1) but rounds to every audited member: nothing left to score (it failed
+    after the shadow Split-AI trained, with "membership labels hold only one class")."""
+    config = audit.resolve_config("digits", model="mlp")
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+    signals = Signals(np.zeros((4, 3)), np.zeros(4, dtype=np.int64))
+    with pytest.raises(MiaError, match="known_fraction=0.999 .*lower known_fraction") as err:
+        audit.split_ai_reference(config, data, split, signals, signals, {"known_fraction": 0.999}, progress=False)
+    assert "\n" not in str(err.value)
+
+
 def test_selena_adaptive_without_a_split_ai_says_how_to_get_one():
     signals = Signals(np.zeros((4, 3)), np.zeros(4, dtype=np.int64))
     with pytest.raises(MiaError, match="shadow Split-AI"):

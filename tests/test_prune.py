@@ -289,7 +289,7 @@ def test_fixed_masks_keep_pruned_entries_at_zero_and_restore_the_reparametrizati
                for h in m._forward_pre_hooks.values())
 
 
-@pytest.mark.filterwarnings("ignore:dp-sgd: the best RDP order")  # epsilon 8+ composed: a loose RDP order
+@pytest.mark.filterwarnings("ignore:dp-sgd. the best RDP order")  # epsilon 8+ composed: a loose RDP order
 def test_dp_sgd_fine_tunes_a_pruned_model_and_keeps_its_sparsity():
     from dataclasses import replace
 
