@@ -18,17 +18,19 @@ The protocol (REFERENCE.md section 1):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
-from mia.data import Dataset, Split, SplitConfig, load_dataset
+from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.datasets import DATASETS
 from mia.defenses import make_defense
 from mia.errors import MiaError
@@ -222,6 +224,15 @@ def pool_mem_score_models(config: TargetConfig) -> int:
         return 0
     defense = make_defense(config.defense, config.defense_params)
     return defense.mem_models if getattr(defense, "wants_pool_scores", False) else 0
+
+
+def check_mem_pool(config: TargetConfig, split: Split) -> None:
+    """The online pool holds every member among its samples only where non-members are at least as many."""
+    if len(split.members) > len(split.nonmembers):
+        raise MiaError(f"{config.defense} reads mem-scores from the reference pool, whose samples hold "
+                       f"every member only when there are at least as many non-members "
+                       f"({len(split.nonmembers)}) as members ({len(split.members)}); raise "
+                       "--nonmember-fraction, or pass --defense-param mem_source=halves")
 
 
 def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
@@ -538,6 +549,21 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str]) -> Non
             resolve_params(FL_ATTACKS.get(name), given)
 
 
+#: Attacks that need reference models trained on the audited samples.
+ONLINE_ONLY = ("lira-online",)
+
+
+def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -> list[str]:
+    """Drop online-only attacks from ``all`` under an offline pool; refuse them when named."""
+    if pool_mode == "online":
+        return names
+    named = [n for n in names if n in ONLINE_ONLY]
+    if named and asked != "all":
+        raise MiaError(f"{', '.join(named)} needs reference models trained on the audited samples; "
+                       "use --pool online")
+    return [n for n in names if n not in ONLINE_ONLY]
+
+
 def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.ndarray,
                    params: dict[str, dict] | None = None, seed: int = 0) -> list["AttackResult"]:
     """The FL attacks on the server's recorded view (:mod:`mia.fl.attacks`), scored like every attack."""
@@ -603,3 +629,105 @@ def leakage_summary(results: list[AttackResult]) -> dict[str, float]:
         "leakage.max_tpr_at_fpr_0.01": max(r.metrics["tpr_at_fpr_0.01"] for r in results),
         "leakage.max_tpr_at_fpr_0.001": max(r.metrics["tpr_at_fpr_0.001"] for r in results),
     }
+
+
+def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: Split, signals: Signals,
+                  population: Signals, pool, params: dict[str, dict] | None = None, seed: int = 0,
+                  progress: bool = True, stage: Callable = contextlib.nullcontext) -> list[AttackResult]:
+    """The black-box attacks ``names`` on a target's signals, calibrated on the reference ``pool``.
+
+    ``signals``/``population`` are the target's on ``split.query()`` and on the
+    attacker's population (:func:`target_signals`); ``pool`` the
+    :class:`mia.pool.PoolSignals` of :func:`attacker_config`'s recipe.
+    ``selena-adaptive`` also trains its shadow Split-AI here. ``stage(name)``
+    wraps the two costly parts (``split_ai``, ``attacks``), for the tracked
+    run's timings.
+    """
+    _, is_member = split.query()
+    split_ai = None
+    if "selena-adaptive" in names:
+        with stage("split_ai"):
+            split_ai = split_ai_reference(config, data, split, signals, population,
+                                          (params or {}).get("selena-adaptive"), seed, progress)
+    with stage("attacks"):
+        return run_attacks(names, signals, is_member, pool.shadows(), params, seed=seed, progress=progress,
+                           split_ai=split_ai, reference=pool.reference(signals, population, split.population))
+
+
+@dataclass
+class Audit:
+    """What :func:`run_audit` found: the target, its split and every attack's result."""
+
+    config: TargetConfig
+    target: TrainedModel
+    split: Split
+    results: list[AttackResult]
+    reference_models_trained: int  # models this call added to the cached pool (0: all reused)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{attack: {metric: value}}`` with the names of DESIGN.md (``auc``, ``tpr_at_fpr_0.001``, ...);
+        ``pandas.DataFrame(audit.metrics).T`` is the table ``mia audit`` prints."""
+        return {r.name: r.metrics for r in self.results}
+
+    def summary(self) -> dict[str, float]:
+        """Utility beside the worst case over the attacks: what a report row or an Optuna objective reads."""
+        return {"test_accuracy": self.target.test_accuracy, "train_accuracy": self.target.train_accuracy,
+                **leakage_summary(self.results)}
+
+
+def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,
+              attack_params: dict[str, dict] | None = None, pool_mode: str = "online", adaptive: bool = False,
+              cache_dir: str | None = None, progress: bool = True) -> Audit:
+    """``mia audit`` without tracking, for notebooks and scripts: train the target, then attack it.
+
+    The same protocol and results as the tracked command (a seed gives the
+    same AUCs), with the reference pool cached on disk instead of in MLflow:
+    ``<cache_dir>/pools/<key>`` (default ``$MIA_CACHE`` or ``./.mia-cache``),
+    found and grown by later calls with the same recipe and data. Centralized
+    and pruning targets; a pruning target is attacked after pruning (its
+    dense original is ``audit.target.dense``). A federated target needs the
+    recorded server view of a tracked run: use ``mia audit --scenario federated``.
+    """
+    from mia.prune.memscores import default_cache_dir
+
+    if config.scenario == "federated":
+        raise MiaError("run_audit trains centralized and pruning targets; audit a federation with "
+                       "`mia audit --scenario federated` (mia.experiment.audit_run), which records the server's view")
+    if reference_models < 1:
+        raise MiaError(f"reference_models must be at least 1, got {reference_models}")
+    names = resolve_attacks(attacks, config.scenario)
+    check_attack_params(attack_params, names)
+    if attacks != "all":
+        check_label_only(names, config, attack_params)
+    names = attacks_for_pool(names, attacks, pool_mode)
+    pools = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    pools = pools / "pools"
+
+    def grow(recipe: TargetConfig, mode: str, size: int):
+        plan = plan_reference_pool(recipe, data, split, mode)
+        return reference_pool(plan, recipe, data, size, pools / plan.key, progress)
+
+    data = load_data(config)
+    split = make_split(len(data), config.seed, config.split)
+    dense, mem_scores = None, None
+    if models := pool_mem_score_models(config):  # RSW/RMR/SWMR: mem-scores from the dense recipe's pool
+        check_mem_pool(config, split)
+        dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers,
+                    seed=config.seed, progress=progress)
+        mem_pool, _ = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models)
+        mem_scores = mem_pool.mem_scores_of(split.members)
+    if config.scenario == "pruning":
+        target = fit_pruned(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
+                            dense=dense, progress=progress, mem_scores=mem_scores)
+    else:
+        target = fit(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
+                     progress=progress)
+    signals, population = target_signals(target.model, data, split, config)
+    if attacks == "all":
+        names = applicable(names, signals, config.defense, attack_params)
+    recipe = attacker_config(config, adaptive, target.best_epoch, target.finetune_epochs)
+    pool, written = grow(recipe, pool_mode, reference_models)
+    results = attack_target(names, config, data, split, signals, population, pool, attack_params, config.seed,
+                            progress)
+    return Audit(config, target, split, results, len(written))

@@ -130,11 +130,7 @@ def _pool_mem_scores(config: TargetConfig, dense_epoch: int, data: Dataset, spli
     The pool's models stop where the dense original did (``dense_epoch``), so
     the same pool then serves the attack on the dense original (``mia.dense_pool_key``).
     """
-    if len(split.members) > len(split.nonmembers):
-        raise MiaError(f"{config.defense} reads mem-scores from the reference pool, whose samples hold "
-                       f"every member only when there are at least as many non-members "
-                       f"({len(split.nonmembers)}) as members ({len(split.members)}); raise "
-                       "--nonmember-fraction, or pass --defense-param mem_source=halves")
+    audit.check_mem_pool(config, split)
     pool, _, _ = _reference_pool(audit.attacker_config(audit.dense_config(config), released_epoch=dense_epoch),
                                  data, split, "online", models, experiment,
                                  progress, prefix="mem_")
@@ -272,7 +268,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     if attacks != "all":
         audit.check_label_only(everything, config, attack_params)
     fl_names = [n for n in everything if n not in ATTACKS]
-    names = _attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
+    names = audit.attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
     experiment = experiment or tracking.experiment_name(target.run)
     timer = Timer()
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
@@ -296,7 +292,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         finetune_epochs = [int(e) for e in target.run.data.params.get("finetune_best_epochs", "").split(",") if e]
         results, written, plan = [], [], None
         if names:
-            results, written, plan = _black_box(names, config, target.split, data, signals, population, is_member,
+            results, written, plan = _black_box(names, config, target.split, data, signals, population,
                                                 reference_models, attack_params, seed, experiment, progress,
                                                 pool_mode, adaptive, timer, released_epoch, finetune_epochs)
         dense_results = []
@@ -309,7 +305,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             with timer.stage("dense"):
                 dense_results, dense_written, _ = _black_box(
                     dense_names, audit.dense_config(config), target.split, data, dense_signals, dense_population,
-                    is_member, reference_models, attack_params, seed, experiment, progress, pool_mode, False, Timer(),
+                    reference_models, attack_params, seed, experiment, progress, pool_mode, False, Timer(),
                     released_epoch, prefix="dense_")
             written = written + dense_written
         fl_results = []
@@ -338,7 +334,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
 
 
 def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, signals, population,
-               is_member: np.ndarray, reference_models: int, attack_params: dict | None, seed: int, experiment: str,
+               reference_models: int, attack_params: dict | None, seed: int, experiment: str,
                progress: bool, pool_mode: str, adaptive: bool, timer: Timer, released_epoch: int,
                finetune_epochs: list[int] | None = None, prefix: str = ""):
     """The black-box attacks on one target's signals, with the reference pool of ``config``'s recipe
@@ -354,15 +350,8 @@ def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, sig
         tracking.log_params({f"{prefix}reference_stop_epoch": recipe.train.stop_epoch})
     if recipe.prune is not None and recipe.prune.finetune_stops:
         tracking.log_params({f"{prefix}reference_finetune_stops": ",".join(map(str, recipe.prune.finetune_stops))})
-    split_ai = None
-    if "selena-adaptive" in names:
-        with timer.stage("split_ai"):
-            split_ai = audit.split_ai_reference(config, data, split, signals, population,
-                                                (attack_params or {}).get("selena-adaptive"), seed, progress)
-    with timer.stage("attacks"):
-        results = audit.run_attacks(names, signals, is_member, pool.shadows(), attack_params, seed=seed,
-                                    progress=progress, split_ai=split_ai,
-                                    reference=pool.reference(signals, population, split.population))
+    results = audit.attack_target(names, config, data, split, signals, population, pool, attack_params, seed,
+                                  progress, stage=timer.stage)
     return results, written, plan
 
 
@@ -425,21 +414,6 @@ def _log_evaluation_set(is_member: np.ndarray, prefix: str = "") -> None:
         tracking.set_tags({f"mia.{prefix}low_fpr_note": note})
 
 
-#: Attacks that need reference models trained on the audited samples.
-ONLINE_ONLY = ("lira-online",)
-
-
-def _attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -> list[str]:
-    """Drop online-only attacks from ``all`` under an offline pool; refuse them when named."""
-    if pool_mode == "online":
-        return names
-    named = [n for n in names if n in ONLINE_ONLY]
-    if named and asked != "all":
-        raise MiaError(f"{', '.join(named)} needs reference models trained on the audited samples; "
-                       "use --pool online")
-    return [n for n in names if n not in ONLINE_ONLY]
-
-
 def _target_signals(target: tracking.TargetRun, data: Dataset):
     """The target's stored signals, or, for a run that stored none, rebuilt from its checkpoint."""
     audited = target.signals()
@@ -487,7 +461,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
     audit.check_attack_params(attack_params, names)
     if attacks != "all":
         audit.check_label_only(names, config, attack_params)
-    _attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)
+    audit.attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
                       experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode,
