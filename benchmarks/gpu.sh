@@ -13,6 +13,7 @@
 #   bash benchmarks/gpu.sh 2   # reference-model pools, many at a time; WRN-28-2 at full size (the 64-model goal)
 #   bash benchmarks/gpu.sh 3   # SELENA Split-AI K=25; one FedAvg round of 100 ResNet-18 (GN) clients
 #   bash benchmarks/gpu.sh 4   # a check: --compile (CUDA graphs) through every training defense, not run yet
+#   bash benchmarks/gpu.sh 15  # a lease of 15 minutes in all: one call (timeout_s 560) of what decides defaults
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -34,6 +35,11 @@ case "${1:-}" in
      $PY benchmarks/fl_round.py --device cuda ;;
   4) $PY benchmarks/cuda_compile_smoke.py
      exit 0 ;;
-  *) echo "usage: bash benchmarks/gpu.sh 0|1|2|3|4" >&2; exit 2 ;;
+  15) # each step bounded, so that a slow one leaves the others their time; RESULTS.md as far as it got
+     timeout 150 bash "$0" 0 || echo 'SMOKE TIMED OUT'
+     timeout 330 $PY benchmarks/wrn_pool.py || echo 'WRN POOL TIMED OUT (its rows print as they finish)'
+     timeout 60 $PY benchmarks/fl_round.py --device cuda --cases resnet --rounds 1 --compile --no-write \
+       || echo 'FL ROUND TIMED OUT' ;;
+  *) echo "usage: bash benchmarks/gpu.sh 0|1|2|3|4|15" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then cp benchmarks/RESULTS.md "$OUT/"; fi

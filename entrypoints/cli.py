@@ -51,6 +51,7 @@ def _terminate(signum, frame):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mia", message="mia %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """mia: membership inference attacks and defenses, tracked in MLflow."""

@@ -74,6 +74,13 @@ def test_info_reports_versions_devices_and_store(mlflow_store):
     assert f"sqlite:///{mlflow_store}" in result.output
 
 
+def test_version_is_the_package_version():
+    import mia
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"mia {mia.__version__}"
+
+
 def test_audit_logs_linked_runs(mlflow_store):
     result = invoke("audit", "--reference-models", "1", "--attacks", "loss,mentr,nn", *FAST)
     assert result.exit_code == 0, result.output
