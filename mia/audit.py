@@ -656,13 +656,19 @@ def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: 
 
 @dataclass
 class Audit:
-    """What :func:`run_audit` found: the target, its split and every attack's result."""
+    """What :func:`run_audit` found: the target, its split and every attack's result.
+
+    Per-sample scores (``results[i].output.scores``) follow ``split.query()``,
+    but for the FL attacks of a federation, which follow ``federation.query``
+    (the target client's members and as many non-members).
+    """
 
     config: TargetConfig
     target: TrainedModel
     split: Split
     results: list[AttackResult]
     reference_models_trained: int  # models this call added to the cached pool (0: all reused)
+    federation: object | None = None  # a federated target's mia.fl.simulation.Federation
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -684,25 +690,25 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     The same protocol and results as the tracked command (a seed gives the
     same AUCs), with the reference pool cached on disk instead of in MLflow:
     ``<cache_dir>/pools/<key>`` (default ``$MIA_CACHE`` or ``./.mia-cache``),
-    found and grown by later calls with the same recipe and data. Centralized
-    and pruning targets; a pruning target is attacked after pruning (its
-    dense original is ``audit.target.dense``). A federated target needs the
-    recorded server view of a tracked run: use ``mia audit --scenario federated``.
+    found and grown by later calls with the same recipe and data. A pruning
+    target is attacked after pruning (its dense original is
+    ``audit.target.dense``); a federated one (``config.fl``) by the FL attacks
+    on the server's view, kept in memory, and by the black-box attacks on its
+    global model.
     """
     from mia.prune.memscores import default_cache_dir
 
-    if config.scenario == "federated":
-        raise MiaError("run_audit trains centralized and pruning targets; audit a federation with "
-                       "`mia audit --scenario federated` (mia.experiment.audit_run), which records the server's view")
     if reference_models < 1:
         raise MiaError(f"reference_models must be at least 1, got {reference_models}")
-    names = resolve_attacks(attacks, config.scenario)
-    check_attack_params(attack_params, names)
+    if config.scenario == "federated" and config.fl is None:
+        raise MiaError("scenario federated needs a federation: pass fl=mia.fl.config.FLConfig(...)")
+    everything = resolve_attacks(attacks, config.scenario)
+    check_attack_params(attack_params, everything)
     if attacks != "all":
-        check_label_only(names, config, attack_params)
-    names = attacks_for_pool(names, attacks, pool_mode)
-    pools = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    pools = pools / "pools"
+        check_label_only(everything, config, attack_params)
+    fl_names = [n for n in everything if n not in ATTACKS]
+    names = attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
+    pools = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "pools"
 
     def grow(recipe: TargetConfig, mode: str, size: int):
         plan = plan_reference_pool(recipe, data, split, mode)
@@ -710,24 +716,47 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
 
     data = load_data(config)
     split = make_split(len(data), config.seed, config.split)
-    dense, mem_scores = None, None
-    if models := pool_mem_score_models(config):  # RSW/RMR/SWMR: mem-scores from the dense recipe's pool
-        check_mem_pool(config, split)
-        dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers,
-                    seed=config.seed, progress=progress)
-        mem_pool, _ = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models)
-        mem_scores = mem_pool.mem_scores_of(split.members)
-    if config.scenario == "pruning":
+    federation, fl_results = None, []
+    if config.scenario == "federated":
+        target, signals_of_server, federation = _federate(config, data, split, progress)
+        fl_results = run_fl_attacks(fl_names, signals_of_server, config.fl.target_client,
+                                    federation.is_member.astype(bool), attack_params, config.seed)
+    elif config.scenario == "pruning":
+        dense, mem_scores = None, None
+        if models := pool_mem_score_models(config):  # RSW/RMR/SWMR: mem-scores from the dense recipe's pool
+            check_mem_pool(config, split)
+            dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers,
+                        seed=config.seed, progress=progress)
+            mem_pool, _ = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online",
+                               models)
+            mem_scores = mem_pool.mem_scores_of(split.members)
         target = fit_pruned(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
                             dense=dense, progress=progress, mem_scores=mem_scores)
     else:
         target = fit(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
                      progress=progress)
-    signals, population = target_signals(target.model, data, split, config)
-    if attacks == "all":
-        names = applicable(names, signals, config.defense, attack_params)
-    recipe = attacker_config(config, adaptive, target.best_epoch, target.finetune_epochs)
-    pool, written = grow(recipe, pool_mode, reference_models)
-    results = attack_target(names, config, data, split, signals, population, pool, attack_params, config.seed,
-                            progress)
-    return Audit(config, target, split, results, len(written))
+    results, written = [], []
+    if names:
+        signals, population = target_signals(target.model, data, split, config)
+        if attacks == "all":
+            names = applicable(names, signals, config.defense, attack_params)
+        recipe = attacker_config(config, adaptive, target.best_epoch, target.finetune_epochs)
+        pool, written = grow(recipe, pool_mode, reference_models)
+        results = attack_target(names, config, data, split, signals, population, pool, attack_params, config.seed,
+                                progress)
+    return Audit(config, target, split, fl_results + results, len(written), federation)
+
+
+def _federate(config: TargetConfig, data: Dataset, split: Split, progress: bool):
+    """FedAvg as ``mia train --scenario federated`` runs it: the global model, the server's view, the federation."""
+    from mia.fl.simulation import simulate
+
+    defense = make_defense(config.defense, config.defense_params, seed=config.seed)
+    start = time.perf_counter()
+    model, state, federation = simulate(config.model, config.norm, data, split, config.fl, config.train, defense,
+                                        config.seed, progress=progress)
+    target = TrainedModel(model, model, -1, state.history,
+                          train_accuracy=accuracy(model, data, split.members, config.train.device),
+                          test_accuracy=state.history[-1]["test_accuracy"],
+                          wall_time=time.perf_counter() - start, defense_metrics=defense.metrics())
+    return target, state.signals, federation

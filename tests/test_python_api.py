@@ -55,8 +55,23 @@ def test_a_pruning_target_is_audited_after_pruning_with_its_dense_original_kept(
     assert set(report.metrics) == {"loss", "rmia"} and report.reference_models_trained == 2
 
 
+def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_does(mlflow_store):
+    from mia.experiment import audit_run
+    from mia.fl.config import FLConfig
+
+    config = audit.resolve_config("digits", seed=0, scenario="federated", fl=FLConfig(clients=4, rounds=3))
+    attacks = "loss-ii,cos-iii,grad-diff,loss,rmia"
+    report = audit.run_audit(config, attacks=attacks, reference_models=2, progress=False)
+    tracked = audit_run(config, attacks=attacks, reference_models=2, progress=False)
+    assert [r.name for r in tracked.results] == list(report.metrics) == ["loss-ii", "cos-iii", "grad-diff", "loss", "rmia"]
+    for r in tracked.results:
+        assert r.metrics == pytest.approx(report.metrics[r.name], abs=1e-9), r.name
+    assert tracked.test_accuracy == pytest.approx(report.target.test_accuracy)
+    assert len(report.results[0].output.scores) == len(report.federation.query)
+
+
 @pytest.mark.parametrize("kwargs, match", [
-    ({"scenario": "federated"}, "mia audit --scenario federated"),
+    ({"scenario": "federated"}, "needs a federation"),
     ({"attacks": "loss,cos-iii"}, "federated run"),
     ({"attacks": "lira-online", "pool_mode": "offline"}, "use --pool online"),
     ({"attacks": "loss", "reference_models": 0}, "at least 1"),
