@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from mia.audit import TargetConfig, resolve_config
+from mia.audit import SCENARIOS, TargetConfig, resolve_config
 from mia.data import SplitConfig
 from mia.data.datasets import DATASETS
-from mia.defenses import check_scenario, make_defense
-from mia.errors import MiaError, unknown
-from mia.registry import coerce
+from mia.errors import unknown
 from mia.train.predict import check_device
 from entrypoints.options import key_values
 
-#: Scenarios this version trains; each later one registers here.
-SCENARIOS = ("centralized", "federated", "pruning")
 
 _TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device",
                "cpu_bf16", "compile")
-
-
-def label_only_kinds(text: str) -> list[str]:
-    from mia.signals import LABEL_ONLY_KINDS
-
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    for kind in kinds:
-        if kind not in LABEL_ONLY_KINDS:
-            raise unknown("label-only signal", kind, LABEL_ONLY_KINDS)
-    return kinds
 
 
 _SCENARIO_OPTIONS = {
@@ -53,20 +37,11 @@ def _note_ignored(opts: dict) -> None:
 
 
 def target_config(opts: dict) -> TargetConfig:
+    """The options as a checked config (:func:`mia.audit.check_config`): bad values fail before any run."""
     if opts["scenario"] not in SCENARIOS:
         raise unknown("scenario", opts["scenario"], SCENARIOS)
-    check_device(opts["device"])
     _note_ignored(opts)
-    check_scenario(opts["defense"], opts["scenario"])
-    # typed and checked here, so unknown names and bad values fail before any run starts
-    defense_params = make_defense(opts["defense"], key_values(opts["defense_param"], "--defense-param")).params
-    if defense_params.get("mem_scores_csv") and not Path(defense_params["mem_scores_csv"]).is_file():
-        # read after the dense model trained: a wrong path would cost that training first
-        raise MiaError(f"--defense-param mem_scores_csv={defense_params['mem_scores_csv']}: no such file; "
-                       "pass the path of an existing CSV")
     spec = DATASETS.get(opts["dataset"])
-    dataset_params = coerce(spec.params, key_values(opts["dataset_param"], "--dataset-param"),
-                            f"dataset {spec.name}")
     fl = None
     if opts["scenario"] == "federated":
         from mia.fl.config import FLConfig
@@ -82,13 +57,16 @@ def target_config(opts: dict) -> TargetConfig:
 
         prune = PruneConfig(pruner=opts["pruner"], sparsity=opts["sparsity"], iterations=opts["prune_iterations"],
                             finetune_epochs=opts["finetune_epochs"])
-    if opts["compile"] and check_device(opts["device"]).type != "cuda":
-        click.echo("note: --compile acts on CUDA only; here training runs as without it", err=True)
     split = SplitConfig(member_fraction=opts["member_fraction"], nonmember_fraction=opts["nonmember_fraction"],
                         validation_fraction=opts["validation_fraction"])
-    return resolve_config(
+    config = resolve_config(
         dataset=spec.name, model=opts["model"] or None, seed=opts["seed"],
         train_overrides={k: opts[k] for k in _TRAIN_KEYS},
-        data_dir=opts["data_dir"], download=opts["download"], dataset_params=dataset_params,
-        norm=opts["norm"], scenario=opts["scenario"], defense=opts["defense"], defense_params=defense_params,
-        split=split, label_only=label_only_kinds(opts["label_only"]), fl=fl, prune=prune)
+        data_dir=opts["data_dir"], download=opts["download"],
+        dataset_params=key_values(opts["dataset_param"], "--dataset-param"),
+        norm=opts["norm"], scenario=opts["scenario"], defense=opts["defense"],
+        defense_params=key_values(opts["defense_param"], "--defense-param"),
+        split=split, label_only=opts["label_only"], fl=fl, prune=prune)
+    if opts["compile"] and check_device(opts["device"]).type != "cuda":
+        click.echo("note: --compile acts on CUDA only; here training runs as without it", err=True)
+    return config

@@ -84,19 +84,68 @@ class TargetConfig:
         return cls(**d)
 
 
+#: The scenarios a target is trained in.
+SCENARIOS = ("centralized", "federated", "pruning")
+
+
 def resolve_config(dataset: str = "digits", model: str | None = None, seed: int = 0,
                    train_overrides: dict | None = None, **fields) -> TargetConfig:
-    """A :class:`TargetConfig` with the recipe defaults of the dataset/model pair.
+    """A checked :class:`TargetConfig` with the recipe defaults of the dataset/model pair.
 
     Unset training options come from :func:`mia.train.recipes.default_config`
     (e.g. Adam for tabular data, SGD+cosine for CIFAR CNNs); ``train_overrides``
-    holds only what the user set explicitly.
+    holds only what the user set explicitly. The command line and
+    :func:`run_audit` both come through here, so a bad value is a one-line
+    :class:`MiaError` before anything trains (:func:`check_config`).
     """
     spec = DATASETS.get(dataset)
     model = model or spec.default_model
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     train_cfg = default_config(spec.kind, model, seed=seed, **overrides)
-    return TargetConfig(dataset=dataset, model=model, seed=seed, train=train_cfg, **fields)
+    return check_config(TargetConfig(dataset=dataset, model=model, seed=seed, train=train_cfg, **fields))
+
+
+def check_config(config: TargetConfig) -> TargetConfig:
+    """``config`` checked and normalized: what would otherwise fail after training, or run silently wrong.
+
+    A scenario this version trains, a device this machine has, a defense of
+    that scenario, ``fl``/``prune`` only with their scenario (their defaults
+    where the scenario has none), the defense's and the dataset's parameters
+    typed with every default filled in (so that one setting has one pool key
+    however it is spelt), an existing ``mem_scores_csv``, known label-only kinds.
+    """
+    from mia.data.datasets import DATASETS
+    from mia.defenses import check_scenario
+    from mia.errors import unknown
+    from mia.registry import coerce
+    from mia.signals import LABEL_ONLY_KINDS
+    from mia.train.predict import check_device
+
+    if config.scenario not in SCENARIOS:
+        raise unknown("scenario", config.scenario, SCENARIOS)
+    check_device(config.train.device)
+    check_scenario(config.defense, config.scenario)
+    extra = {}
+    for name, scenario, default in (("fl", "federated", FLConfig), ("prune", "pruning", PruneConfig)):
+        if getattr(config, name) is not None and config.scenario != scenario:
+            raise MiaError(f"{name}= configures scenario {scenario!r}, and this config's scenario is "
+                           f"{config.scenario!r}; pass scenario={scenario!r} or drop {name}")
+        if getattr(config, name) is None and config.scenario == scenario:
+            extra[name] = default()
+    defense_params = make_defense(config.defense, config.defense_params).params
+    if defense_params.get("mem_scores_csv") and not Path(defense_params["mem_scores_csv"]).is_file():
+        # read after the dense model trained: a wrong path would cost that training first
+        raise MiaError(f"defense parameter mem_scores_csv={defense_params['mem_scores_csv']}: no such file; "
+                       "pass the path of an existing CSV")
+    spec = DATASETS.get(config.dataset)
+    label_only = config.label_only
+    if isinstance(label_only, str):
+        label_only = [k.strip() for k in label_only.split(",") if k.strip()]
+    for kind in label_only:
+        if kind not in LABEL_ONLY_KINDS:
+            raise unknown("label-only signal", kind, LABEL_ONLY_KINDS)
+    return replace(config, defense_params=defense_params, label_only=list(label_only),
+                   dataset_params=coerce(spec.params, config.dataset_params, f"dataset {spec.name}"), **extra)
 
 
 @dataclass
@@ -471,6 +520,14 @@ def split_ai_reference(config: TargetConfig, data: Dataset, split: Split, target
         query_known=np.isin(np.arange(len(query)), known_pos))
 
 
+def as_asked(attacks: str | list[str]) -> str | list[str]:
+    """``"all"`` for every spelling of it (``" all"``, ``["all"]``), else ``attacks`` as given: callers
+    treat ``all`` differently from a list naming every attack (inapplicable ones are left out, not refused)."""
+    if isinstance(attacks, str):
+        return "all" if attacks.strip() == "all" else attacks
+    return "all" if [str(a).strip() for a in attacks] == ["all"] else list(attacks)
+
+
 def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> list[str]:
     """``"all"`` or a comma-separated list -> validated attack names, registry order.
 
@@ -660,15 +717,35 @@ class Audit:
 
     Per-sample scores (``results[i].output.scores``) follow ``split.query()``,
     but for the FL attacks of a federation, which follow ``federation.query``
-    (the target client's members and as many non-members).
+    (the target client's members and as many non-members); :meth:`scores`
+    pairs them with the membership they are scored against.
     """
 
-    config: TargetConfig
-    target: TrainedModel
-    split: Split
-    results: list[AttackResult]
-    reference_models_trained: int  # models this call added to the cached pool (0: all reused)
-    federation: object | None = None  # a federated target's mia.fl.simulation.Federation
+    config: TargetConfig = field(repr=False)
+    target: TrainedModel = field(repr=False)
+    split: Split = field(repr=False)
+    results: list[AttackResult] = field(repr=False)
+    reference_models_trained: int  # models this call added to the cached pools (0: all reused)
+    federation: object | None = field(default=None, repr=False)  # a federation's mia.fl.simulation.Federation
+    dense_results: list[AttackResult] = field(default_factory=list, repr=False)  # pruning: the dense original's
+
+    def __repr__(self) -> str:
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in self.summary().items())
+        return (f"Audit({self.config.scenario} {self.config.dataset}/{self.config.model}, defense "
+                f"{self.config.defense}: {summary}; attacks {', '.join(self.metrics)}; "
+                f"reference_models_trained={self.reference_models_trained})")
+
+    def scores(self, attack: str, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``attack``'s per-sample membership scores and the true membership of the samples it is
+        scored on (``selena-adaptive`` leaves out the members it was told about): what its ROC is drawn
+        from, e.g. with :func:`mia.metrics.roc`. ``dense``: on a pruning target's dense original."""
+        results = {r.name: r for r in (self.dense_results if dense else self.results)}
+        if attack not in results:
+            raise MiaError(f"no result for attack {attack!r}; this audit ran: {', '.join(results) or 'none'}")
+        fl = self.federation is not None and attack not in ATTACKS
+        is_member = self.federation.is_member.astype(bool) if fl else self.split.query()[1]
+        scores, _, member = results[attack].output.restricted(is_member)
+        return scores, member
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -677,9 +754,14 @@ class Audit:
         return {r.name: r.metrics for r in self.results}
 
     def summary(self) -> dict[str, float]:
-        """Utility beside the worst case over the attacks: what a report row or an Optuna objective reads."""
-        return {"test_accuracy": self.target.test_accuracy, "train_accuracy": self.target.train_accuracy,
-                **leakage_summary(self.results)}
+        """Utility beside the worst case over the attacks: what a report row or an Optuna objective reads
+        (a pruning target's dense original with the prefix ``dense.``, as ``mia audit`` logs it)."""
+        out = {"test_accuracy": self.target.test_accuracy, "train_accuracy": self.target.train_accuracy,
+               **(leakage_summary(self.results) if self.results else {})}
+        if self.dense_results:
+            out["dense.test_accuracy"] = self.target.dense.test_accuracy
+            out.update({f"dense.{k}": v for k, v in leakage_summary(self.dense_results).items()})
+        return out
 
 
 def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,
@@ -691,28 +773,47 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     same AUCs), with the reference pool cached on disk instead of in MLflow:
     ``<cache_dir>/pools/<key>`` (default ``$MIA_CACHE`` or ``./.mia-cache``),
     found and grown by later calls with the same recipe and data. A pruning
-    target is attacked after pruning (its dense original is
-    ``audit.target.dense``); a federated one (``config.fl``) by the FL attacks
+    target is attacked after pruning, and its dense original
+    (``audit.target.dense``) with the same attacks (``audit.dense_results``);
+    a federated one (``config.fl``) by the FL attacks
     on the server's view, kept in memory, and by the black-box attacks on its
     global model.
     """
+    from mia.pool import MODES
     from mia.prune.memscores import default_cache_dir
 
-    if reference_models < 1:
-        raise MiaError(f"reference_models must be at least 1, got {reference_models}")
-    if config.scenario == "federated" and config.fl is None:
-        raise MiaError("scenario federated needs a federation: pass fl=mia.fl.config.FLConfig(...)")
+    if not isinstance(reference_models, int) or isinstance(reference_models, bool) or reference_models < 1:
+        raise MiaError(f"reference_models must be a whole number of at least 1, got {reference_models!r}")
+    if pool_mode not in MODES:
+        raise MiaError(f"unknown pool mode {pool_mode!r}; known: {', '.join(MODES)}")
+    config = check_config(config)  # a TargetConfig built by hand is checked as resolve_config's are
+    pools = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "pools"
+    if pools.parent.exists() and not pools.parent.is_dir():
+        raise MiaError(f"cache_dir {pools.parent} is a file; pass a folder for the reference-model pools")
+    attacks = as_asked(attacks)
     everything = resolve_attacks(attacks, config.scenario)
     check_attack_params(attack_params, everything)
     if attacks != "all":
         check_label_only(everything, config, attack_params)
     fl_names = [n for n in everything if n not in ATTACKS]
     names = attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
-    pools = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "pools"
+    trained = []
 
     def grow(recipe: TargetConfig, mode: str, size: int):
         plan = plan_reference_pool(recipe, data, split, mode)
-        return reference_pool(plan, recipe, data, size, pools / plan.key, progress)
+        pool, written = reference_pool(plan, recipe, data, size, pools / plan.key, progress)
+        trained.extend(written)
+        return pool
+
+    def attack(names: list[str], recipe: TargetConfig, model: torch.nn.Module, adaptive: bool,
+               finetune_epochs: list[int]) -> list[AttackResult]:
+        signals, population = target_signals(model, data, split, recipe)
+        if attacks == "all":
+            names = applicable(names, signals, recipe.defense, attack_params)
+        pool = grow(attacker_config(recipe, adaptive, target.best_epoch, finetune_epochs), pool_mode,
+                    reference_models)
+        return attack_target(names, recipe, data, split, signals, population, pool, attack_params, config.seed,
+                             progress)
 
     data = load_data(config)
     split = make_split(len(data), config.seed, config.split)
@@ -727,24 +828,19 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
             check_mem_pool(config, split)
             dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers,
                         seed=config.seed, progress=progress)
-            mem_pool, _ = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online",
-                               models)
+            mem_pool = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models)
             mem_scores = mem_pool.mem_scores_of(split.members)
         target = fit_pruned(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
                             dense=dense, progress=progress, mem_scores=mem_scores)
     else:
         target = fit(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
                      progress=progress)
-    results, written = [], []
-    if names:
-        signals, population = target_signals(target.model, data, split, config)
-        if attacks == "all":
-            names = applicable(names, signals, config.defense, attack_params)
-        recipe = attacker_config(config, adaptive, target.best_epoch, target.finetune_epochs)
-        pool, written = grow(recipe, pool_mode, reference_models)
-        results = attack_target(names, config, data, split, signals, population, pool, attack_params, config.seed,
-                                progress)
-    return Audit(config, target, split, fl_results + results, len(written), federation)
+    results = attack(names, config, target.model, adaptive, target.finetune_epochs) if names else []
+    dense_results = []
+    if names and target.dense is not None:  # what pruning changed: the same attacks on the dense original
+        dense_results = attack([n for n in names if n != "selena-adaptive"], dense_config(config),
+                               target.dense.model, False, [])
+    return Audit(config, target, split, fl_results + results, len(trained), federation, dense_results)
 
 
 def _federate(config: TargetConfig, data: Dataset, split: Split, progress: bool):

@@ -257,6 +257,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     on a laptop).
     ``adaptive`` trains the reference models with the target's defense.
     """
+    attacks = audit.as_asked(attacks)
     audit.resolve_attacks(attacks, "federated")  # a name no scenario knows fails before the store is read
     target = tracking.TargetRun(target_run_id)
     config = target.config
@@ -457,6 +458,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
               attack_params: dict[str, dict] | None = None, experiment: str | None = None,
               progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
+    attacks = audit.as_asked(attacks)
     names = audit.resolve_attacks(attacks, config.scenario)  # fail before training
     audit.check_attack_params(attack_params, names)
     if attacks != "all":

@@ -31,7 +31,7 @@ def test_the_readme_example_runs_and_gives_what_mia_audit_logs(mlflow_store, cap
     assert "leakage.max_auc" in printed and "lira-online" in printed and "rmia" in printed
     assert list(report.metrics) == ["loss", "mentr", "lira-online", "rmia"]
     assert report.reference_models_trained == 4 and any((mlflow_store / ".mia-cache" / "pools").iterdir())
-    assert len(namespace["scores"]) == len(report.split.query()[0])
+    assert len(namespace["scores"]) == len(namespace["member"]) == len(report.split.query()[0])
     assert report.summary()["test_accuracy"] > 0.85
 
     # the tracked command on the same config: the same target, pool and attacks, so the same figures
@@ -46,13 +46,25 @@ def test_the_readme_example_runs_and_gives_what_mia_audit_logs(mlflow_store, cap
     assert again.metrics == report.metrics
 
 
-def test_a_pruning_target_is_audited_after_pruning_with_its_dense_original_kept(tmp_path):
+def test_a_pruning_target_and_its_dense_original_are_audited_as_mia_audit_does(mlflow_store):
+    from mia.experiment import audit_run
+
     config = audit.resolve_config("digits", seed=0, train_overrides={"epochs": 8}, scenario="pruning",
                                   prune=PruneConfig(sparsity=0.6, finetune_epochs=2))
-    report = audit.run_audit(config, attacks="loss,rmia", reference_models=2, cache_dir=str(tmp_path),
-                             progress=False)
-    assert report.target.dense is not None and report.target.defense_metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
-    assert set(report.metrics) == {"loss", "rmia"} and report.reference_models_trained == 2
+    report = audit.run_audit(config, attacks="loss,rmia", reference_models=2, progress=False)
+    assert report.target.defense_metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert report.reference_models_trained == 4  # 2 pruned references, 2 dense ones for the dense original
+    tracked = audit_run(config, attacks="loss,rmia", reference_models=2, progress=False)
+    for ours, theirs in ((report.results, tracked.results), (report.dense_results, tracked.dense)):
+        assert [r.name for r in ours] == [r.name for r in theirs] == ["loss", "rmia"]
+        for a, b in zip(ours, theirs):
+            assert a.metrics == pytest.approx(b.metrics, abs=1e-9), a.name
+    summary = report.summary()
+    assert summary["dense.test_accuracy"] == pytest.approx(tracked.dense_test_accuracy)
+    assert summary["dense.leakage.max_auc"] == max(r.metrics["auc"] for r in report.dense_results)
+    scores, member = report.scores("rmia", dense=True)
+    assert len(scores) == len(member) == len(report.split.query()[0]) and member.sum() == (~member).sum()
+    assert "pruning digits/mlp" in repr(report) and len(repr(report)) < 600  # not the score arrays
 
 
 def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_does(mlflow_store):
@@ -71,14 +83,49 @@ def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_do
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"scenario": "federated"}, "needs a federation"),
     ({"attacks": "loss,cos-iii"}, "federated run"),
     ({"attacks": "lira-online", "pool_mode": "offline"}, "use --pool online"),
+    ({"attacks": "loss", "pool_mode": "Offline"}, "unknown pool mode 'Offline'"),
     ({"attacks": "loss", "reference_models": 0}, "at least 1"),
+    ({"attacks": "loss", "reference_models": 2.5}, "whole number"),
 ])
 def test_bad_requests_are_one_line_errors_before_anything_trains(kwargs, match, tmp_path, monkeypatch):
-    config = audit.resolve_config("digits", scenario=kwargs.pop("scenario", "centralized"))
+    config = audit.resolve_config("digits")
     monkeypatch.setattr(audit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     with pytest.raises(MiaError, match=match) as err:
         audit.run_audit(config, cache_dir=str(tmp_path), progress=False, **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"scenario": "prune"}, "unknown scenario 'prune'"),
+    ({"defense": "client-dp"}, "applies to federated, not centralized"),
+    ({"scenario": "pruning", "defense": "selena"}, "applies to centralized, not pruning"),
+    ({"prune": PruneConfig()}, "prune= configures scenario 'pruning'"),
+    ({"label_only": ["bogus"]}, "unknown label-only signal 'bogus'"),
+    ({"train_overrides": {"epochs": "3"}}, "epochs='3' must be int"),
+    ({"train_overrides": {"device": "cuda:7"}}, "no usable CUDA device|has 1 CUDA device"),
+    ({"scenario": "pruning", "defense": "rmr", "defense_params": {"mem_scores_csv": "/nope.csv"}}, "no such file"),
+    ({"defense": "dp-sgd", "defense_params": {"epsilon": -1}}, "epsilon"),
+    ({"dataset_params": {"bogus": 1}}, "takes no parameters"),
+])
+def test_configs_are_checked_where_they_are_made_as_on_the_command_line(fields, match):
+    with pytest.raises(MiaError, match=match) as err:
+        audit.resolve_config("digits", **fields)
+    assert "\n" not in str(err.value)
+
+
+def test_a_defense_setting_has_one_config_however_it_is_spelt():
+    """The pool key (so the reference models' seeds) hashes the defense parameters: ``epsilon=8`` and
+    ``epsilon=8.0`` gave different pools and different AUCs than the command line's full typed dict."""
+    configs = [audit.resolve_config("digits", defense="dp-sgd", defense_params=p)
+               for p in ({"epsilon": 8}, {"epsilon": 8.0}, {"EPSILON": "8"})]
+    assert configs[0] == configs[1] == configs[2] and configs[0].defense_params["epsilon"] == 8.0
+    assert len(configs[0].defense_params) > 1  # every default filled in, as the command line stores them
+    assert audit.resolve_config("digits", scenario="federated").fl is not None  # the federation's defaults
+    assert audit.resolve_config("digits", label_only="aug, noise-flip").label_only == ["aug", "noise-flip"]
+
+
+def test_all_is_all_however_it_is_spelt():
+    assert audit.as_asked(" all") == audit.as_asked(["all"]) == "all"
+    assert audit.as_asked(["loss", "rmia"]) == ["loss", "rmia"] and audit.as_asked("loss") == "loss"

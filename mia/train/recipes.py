@@ -42,5 +42,24 @@ def default_config(dataset_name_or_kind: str, model_name: str, **overrides) -> T
     unknown = sorted(set(overrides) - _FIELDS)
     if unknown:
         raise MiaError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
+    for name, value in overrides.items():
+        _check_type(name, value)
     recipe = RECIPES[model_spec(model_name).recipe]
     return TrainConfig(**{**recipe, **DATA_ADJUSTMENTS.get(dataset_name_or_kind, {}), **overrides})
+
+
+_DEFAULTS = TrainConfig()
+
+
+def _check_type(name: str, value: object) -> None:
+    """An override of the default's type (an int where a float goes), or a one-line error: ``epochs="3"``
+    failed inside the first training step."""
+    default = getattr(_DEFAULTS, name)
+    if default is None or value is None:
+        return
+    kind = type(default)
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise MiaError(f"training option {name}={value!r} must be {kind.__name__}")
