@@ -588,22 +588,44 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
                            f"add {kind} to --label-only (this target has: {','.join(config.label_only) or 'none'})")
 
 
-def check_attack_params(params: dict[str, dict] | None, names: list[str]) -> None:
+def check_attack_params(params: dict[str, dict] | None, names: list[str],
+                        config: TargetConfig | None = None) -> None:
     """Every ``--attack-param`` names an attack among ``names`` and parameters it has: checked before
     anything trains (a misspelt parameter used to fail after the reference pool; a parameter of an
-    attack not run was logged as if applied)."""
+    attack not run was logged as if applied). With the target's ``config``, also what only the target
+    decides: ``selena-adaptive``'s ``1 <= l < k``, and an FL attack's ``round`` (recorded, with the
+    target client sampled in it), which failed after the training they would have wasted."""
     from mia.attacks import resolve_params
-    from mia.fl.attacks import FL_ATTACKS
+    from mia.fl.attacks import FL_ATTACKS, LAST_SAMPLED
 
     for name, given in (params or {}).items():
+        if not isinstance(given, dict):
+            raise MiaError(f"attack parameters go by attack, as {{'loss': {{'thresholds': 'global'}}}}; "
+                           f"got {name!r}: {given!r}")
         if name not in names:
             raise MiaError(f"--attack-param sets {name}.{next(iter(given), '')}, but attack {name!r} is not among "
                            f"the attacks run ({', '.join(names)})")
         if name in ATTACKS:
             spec = ATTACKS.get(name)
-            spec.cls(**resolve_params(spec, given), seed=0)  # constructors check values (thresholds=bogus)
+            resolved = resolve_params(spec, given)
+            spec.cls(**resolved, seed=0)  # constructors check values (thresholds=bogus)
         else:
-            resolve_params(FL_ATTACKS.get(name), given)
+            resolved = resolve_params(FL_ATTACKS.get(name), given)
+        if config is None:
+            continue
+        if name == "selena-adaptive":
+            own = make_defense("selena", config.defense_params if config.defense == "selena" else {})
+            k, l = resolved["k"] or own.k, resolved["l"] or own.l
+            if not 1 <= l < k:
+                raise MiaError(f"selena-adaptive needs 1 <= l < k (each row needs sub-models that train on it), "
+                               f"got k={k}, l={l}")
+        if resolved.get("round", LAST_SAMPLED) != LAST_SAMPLED and config.fl is not None:
+            r, recorded = resolved["round"], config.fl.recorded_rounds().tolist()
+            if r not in recorded:
+                raise MiaError(f"{name} round={r} is not a recorded round; recorded rounds: {recorded}")
+            if config.fl.target_client not in config.fl.sampled(r, config.seed):
+                raise MiaError(f"{name} round={r}: client {config.fl.target_client} was not sampled in that round; "
+                               f"pick another round or round=-1 (the last it was sampled in)")
 
 
 #: Attacks that need reference models trained on the audited samples.
@@ -792,7 +814,7 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
         raise MiaError(f"cache_dir {pools.parent} is a file; pass a folder for the reference-model pools")
     attacks = as_asked(attacks)
     everything = resolve_attacks(attacks, config.scenario)
-    check_attack_params(attack_params, everything)
+    check_attack_params(attack_params, everything, config)
     if attacks != "all":
         check_label_only(everything, config, attack_params)
     fl_names = [n for n in everything if n not in ATTACKS]

@@ -265,7 +265,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         config = replace(config, train=replace(config.train, device=device))
     check_device(config.train.device)
     everything = audit.resolve_attacks(attacks, config.scenario)
-    audit.check_attack_params(attack_params, everything)
+    audit.check_attack_params(attack_params, everything, config)
     if attacks != "all":
         audit.check_label_only(everything, config, attack_params)
     fl_names = [n for n in everything if n not in ATTACKS]
@@ -460,7 +460,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
     """``mia audit``: a training run, then an attack run linked to it."""
     attacks = audit.as_asked(attacks)
     names = audit.resolve_attacks(attacks, config.scenario)  # fail before training
-    audit.check_attack_params(attack_params, names)
+    audit.check_attack_params(attack_params, names, config)
     if attacks != "all":
         audit.check_label_only(names, config, attack_params)
     audit.attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mia import audit
 from mia.errors import MiaError
+from mia.data import make_split
 from mia.prune import PruneConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -129,3 +131,36 @@ def test_a_defense_setting_has_one_config_however_it_is_spelt():
 def test_all_is_all_however_it_is_spelt():
     assert audit.as_asked(" all") == audit.as_asked(["all"]) == "all"
     assert audit.as_asked(["loss", "rmia"]) == ["loss", "rmia"] and audit.as_asked("loss") == "loss"
+
+
+def test_attack_parameters_only_the_target_decides_are_checked_before_it_trains(tmp_path, monkeypatch):
+    from mia.fl.config import FLConfig
+
+    monkeypatch.setattr(audit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(audit, "_federate", lambda *a, **k: pytest.fail("federated before refusing"))
+    config = audit.resolve_config("digits")
+    with pytest.raises(MiaError, match="1 <= l < k.*k=5, l=9"):
+        audit.run_audit(config, attacks="selena-adaptive", attack_params={"selena-adaptive": {"k": 5, "l": 9}},
+                        cache_dir=str(tmp_path), progress=False)
+    with pytest.raises(MiaError, match="attack parameters go by attack"):
+        audit.run_audit(config, attacks="loss", attack_params={"loss": "global"}, cache_dir=str(tmp_path))
+
+    fl = FLConfig(clients=4, rounds=4, fraction=0.5, record_every=2)
+    federated = audit.resolve_config("digits", scenario="federated", fl=fl)
+    with pytest.raises(MiaError, match=r"round=3 is not a recorded round; recorded rounds: \[2, 4\]"):
+        audit.run_audit(federated, attacks="loss-i", attack_params={"loss-i": {"round": 3}}, cache_dir=str(tmp_path))
+    absent = next(r for r in (2, 4) if fl.target_client not in fl.sampled(r, federated.seed))
+    with pytest.raises(MiaError, match=f"round={absent}: client 0 was not sampled"):
+        audit.run_audit(federated, attacks="cos-i", attack_params={"cos-i": {"round": absent}},
+                        cache_dir=str(tmp_path))
+
+
+def test_the_up_front_sampling_check_predicts_the_simulation():
+    from mia.fl.config import FLConfig
+
+    config = audit.resolve_config("digits", scenario="federated", fl=FLConfig(clients=4, rounds=4, fraction=0.5))
+    data = audit.load_data(config)
+    split = make_split(len(data), config.seed, config.split)
+    _, signals, _ = audit._federate(config, data, split, progress=False)
+    for i, r in enumerate(signals.rounds):
+        assert set(np.flatnonzero(signals.sampled[i])) == set(config.fl.sampled(int(r), config.seed))
