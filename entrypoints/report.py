@@ -84,7 +84,8 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     write_html(folder / "report.html", "mia report", images,
                {f"Front per defense ({leakage})": front, "All attack runs": rows[[c for c in columns if c in rows]]})
     click.echo(_console(front, leakage))
-    click.echo(f"the fronts hold {len(front)} of {len(rows)} attack runs (the others are dominated: runs.csv has all); "
+    others = " (the others are dominated: runs.csv has all)" if len(front) < len(rows) else ""
+    click.echo(f"the fronts hold {len(front)} of {len(rows)} attack runs{others}; "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
 
 
