@@ -87,3 +87,6 @@ def info() -> None:
     else:
         click.echo("cuda: not available (training runs on the CPU)")
     click.echo(f"tracking URI: {tracking.tracking_uri()}")
+    from mia.plugins import ENV, load_plugins
+
+    click.echo(f"plugins ({ENV}): {', '.join(load_plugins()) or 'none'}")

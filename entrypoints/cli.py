@@ -21,6 +21,7 @@ from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
 from mia.allocator import keep_freed_memory  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
+from mia.plugins import load_plugins  # noqa: E402
 
 MIA_PACKAGE = str(Path(__file__).resolve().parents[1] / "mia")
 _library_format = warnings.formatwarning
@@ -57,6 +58,10 @@ def main(ctx: click.Context) -> None:
     """mia: membership inference attacks and defenses, tracked in MLflow."""
     keep_freed_memory()  # CPU steps stop page-faulting their tensors in again (mia/allocator.py)
     warnings.formatwarning = format_warning
+    try:
+        load_plugins()  # the user's own models, datasets, attacks, defenses (mia/plugins.py)
+    except MiaError as exc:
+        raise click.ClickException(str(exc)) from None
     if threading.current_thread() is threading.main_thread():  # SIGTERM marks open runs KILLED, as Ctrl-C does
         previous = signal.signal(signal.SIGTERM, _terminate)
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))

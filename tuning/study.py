@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mia import tracking
 from mia.allocator import keep_freed_memory
 from mia.errors import MiaError
+from mia.plugins import load_plugins
 from tuning import frontier, runs
 from tuning.objective import DIRECTIONS, LEAKAGE, Objective
 
@@ -199,6 +200,7 @@ class _Job:
 def _work(job: _Job, storage: optuna.storages.BaseStorage | None = None) -> None:
     """Run ``job.trials`` trials of the study; a trial that raises is recorded FAILED and the next one runs."""
     keep_freed_memory()  # as the ``mia`` command does: a spawned worker is a fresh process
+    load_plugins()  # the user's own names, from the MIA_PLUGINS it inherited
     if job.threads:
         import torch
 

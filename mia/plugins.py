@@ -1,0 +1,71 @@
+"""Your own models, datasets, attacks and defenses on the command line: ``MIA_PLUGINS``.
+
+Registering is the one way to add a name: ``MODELS.register`` (``mia.models``),
+``DATASETS.register`` (``mia.data``), ``ATTACKS`` and ``DEFENSES`` likewise. From
+Python, register and then use the name. The ``mia`` command, and the workers
+``mia tune`` spawns, first import the modules that ``MIA_PLUGINS`` names
+(comma-separated; each an importable module name or the path of a ``.py``
+file), so that a module doing those registrations makes its names known to
+every command: ``MIA_PLUGINS=my_models.py mia audit --dataset mine --model mynet``.
+Attacking or reporting on such a run later needs the same ``MIA_PLUGINS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from mia.errors import MiaError
+
+ENV = "MIA_PLUGINS"
+
+__all__ = ["ENV", "load_plugins"]
+
+
+def load_plugins(names: str | None = None) -> list[str]:
+    """Import each plugin of ``names`` (default: ``$MIA_PLUGINS``) once; returns them as given.
+
+    A module already imported is not imported again, so loading twice does
+    not register twice. A plugin that cannot be found or raises while it
+    loads is a one-line :class:`MiaError` naming it.
+    """
+    names = os.environ.get(ENV, "") if names is None else names
+    plugins = [n.strip() for n in names.split(",") if n.strip()]
+    for plugin in plugins:
+        _load(plugin)
+    return plugins
+
+
+def _load(plugin: str) -> None:
+    if plugin.endswith(".py"):
+        path = Path(plugin).expanduser().resolve()
+        if not path.is_file():
+            raise MiaError(f"{ENV}: no plugin file {plugin} (from {os.getcwd()}); name a .py file or a module")
+        name = f"mia_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            return
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise MiaError(f"{ENV}: plugin {plugin} failed while loading: {_one_line(exc)}") from None
+        return
+    try:
+        importlib.import_module(plugin)
+    except ModuleNotFoundError as exc:
+        raise MiaError(f"{ENV}: cannot import plugin module {plugin!r} ({_one_line(exc)}); name an importable "
+                       "module or the path of a .py file") from None
+    except Exception as exc:
+        raise MiaError(f"{ENV}: plugin {plugin} failed while loading: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
