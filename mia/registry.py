@@ -29,8 +29,9 @@ class Param:
 class Registry(Generic[T]):
     """Maps names to entries; ``get`` raises a :class:`MiaError` listing known names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, hint: str = ""):
         self.kind = kind
+        self.hint = hint  # appended to the unknown-name error (where a user's own names come from)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -52,7 +53,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise unknown(self.kind, name, self._entries) from None
+            error = unknown(self.kind, name, self._entries)
+            raise type(error)(f"{error}{self.hint}") from None
 
     def names(self) -> list[str]:
         return list(self._entries)

@@ -90,3 +90,12 @@ def test_loading_a_plugin_twice_registers_its_names_once(tmp_path):
         assert "plugin-test-net" in MODELS
     finally:
         MODELS._entries.pop("plugin-test-net", None)
+
+
+def test_a_run_of_a_plugin_model_attacked_without_its_plugin_says_where_the_name_comes_from():
+    from mia import audit
+
+    with pytest.raises(MiaError, match="unknown dataset 'blobs'.*name the module that registers it in MIA_PLUGINS"):
+        audit.resolve_config("blobs")
+    with pytest.raises(MiaError, match="unknown model 'small-net'.*MIA_PLUGINS"):
+        audit.resolve_config("digits", model="small-net")

@@ -26,7 +26,7 @@ from mia.data.safe_pickle import load_pickle
 from mia.errors import MiaError
 from mia.registry import Param, Registry, coerce
 
-DATASETS = Registry[DatasetSpec]("dataset")
+DATASETS = Registry[DatasetSpec]("dataset", hint="; one of your own: name the module that registers it in MIA_PLUGINS")
 
 DEFAULT_DATA_DIR = Path("data")  # where files are looked for when no --data-dir is given
 

@@ -44,7 +44,7 @@ class ModelSpec:
     recipe: str = "sgd-cnn"
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+MODELS: Registry[ModelSpec] = Registry("model", hint="; one of your own: name the module that registers it in MIA_PLUGINS")
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
