@@ -32,14 +32,16 @@ import torch
 from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
 from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.datasets import DATASETS
-from mia.defenses import make_defense
-from mia.errors import MiaError
+from mia.defenses import check_scenario, make_defense
+from mia.errors import MiaError, unknown
 from mia.fl.config import FLConfig
 from mia.prune.schedule import PruneConfig
 from mia.metrics import attack_metrics, interval_metrics
 from mia.models import build_model
-from mia.signals import Signals, compute_signals
+from mia.registry import coerce
+from mia.signals import LABEL_ONLY_KINDS, Signals, compute_signals
 from mia.train import TrainConfig, resolve_device
+from mia.train.predict import check_device
 from mia.train.loop import seed_everything
 from mia.train.recipes import default_config
 
@@ -114,13 +116,6 @@ def check_config(config: TargetConfig) -> TargetConfig:
     typed with every default filled in (so that one setting has one pool key
     however it is spelt), an existing ``mem_scores_csv``, known label-only kinds.
     """
-    from mia.data.datasets import DATASETS
-    from mia.defenses import check_scenario
-    from mia.errors import unknown
-    from mia.registry import coerce
-    from mia.signals import LABEL_ONLY_KINDS
-    from mia.train.predict import check_device
-
     if config.scenario not in SCENARIOS:
         raise unknown("scenario", config.scenario, SCENARIOS)
     check_device(config.train.device)
@@ -534,8 +529,6 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
     A federated target also has the FL attacks (:data:`mia.fl.attacks.FL_ATTACKS`),
     listed first under ``all``.
     """
-    from mia.errors import unknown
-
     known = ATTACKS.names()
     if scenario == "federated":
         from mia.fl.attacks import FL_ATTACKS
