@@ -379,3 +379,23 @@ def test_split_config_validation(kwargs):
 def test_too_few_rows():
     with pytest.raises(MiaError, match="too few"):
         make_split(5, seed=0)
+
+
+@pytest.mark.parametrize("x, y, kind, classes, match", [
+    (torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), "image", 2,
+     "must be uint8 N x C x H x W.*scale images to 0..255"),
+    (torch.zeros(4, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "image", 2,
+     "got torch.uint8 of shape \\(4, 8, 8\\)"),
+    (torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), "tabular", 2, "tabular features must be N x D"),
+    (torch.zeros(4, 5), torch.zeros(3, dtype=torch.long), "tabular", 2, "4 rows but 3 labels"),
+    (torch.zeros(4, 5), torch.tensor([0.0, 1.0, 0.0, 1.0]), "tabular", 2, "1-D integer tensor"),
+    (torch.zeros(4, 5), torch.tensor([0, 1, 2, 1]), "tabular", 2, "labels must lie in 0..num_classes-1 = 0..1"),
+    (torch.zeros(4, 5), torch.tensor([1, 2, 1, 2]), "tabular", 2, "0..1"),  # 1-based labels
+    (torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), "text", 2, "kind must be 'image' or 'tabular'"),
+])
+def test_a_dataset_of_the_wrong_form_is_a_one_line_error(x, y, kind, classes, match):
+    """What a user's own loader (MIA_PLUGINS) returns is checked: float images in [0, 1] were divided by 255
+    again, 1-based labels broke the loss deep in training."""
+    with pytest.raises(MiaError, match=match) as err:
+        Dataset("mine", x, y, classes, kind)
+    assert "\n" not in str(err.value)

@@ -32,9 +32,27 @@ class Dataset:
     _affine_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        """The form every loader's output must have; a user's own loader (``MIA_PLUGINS``) gets a one-line
+        error here instead of a wrong audit: float images in [0, 1] would be divided by 255 again."""
+        from mia.errors import MiaError
+
+        shapes = {"image": "uint8 N x C x H x W", "tabular": "N x D"}
+        if self.kind not in shapes:
+            raise MiaError(f"dataset {self.name}: kind must be 'image' or 'tabular', got {self.kind!r}")
+        image = self.kind == "image"
+        if self.x.dim() != (4 if image else 2) or (image and self.x.dtype != torch.uint8):
+            raise MiaError(f"dataset {self.name}: {self.kind} features must be {shapes[self.kind]}, got "
+                           f"{self.x.dtype} of shape {tuple(self.x.shape)}"
+                           + ("; scale images to 0..255 and pass mean/std" if image else ""))
         if len(self.x) != len(self.y):
-            raise ValueError(f"{self.name}: {len(self.x)} rows but {len(self.y)} labels")
+            raise MiaError(f"dataset {self.name}: {len(self.x)} rows but {len(self.y)} labels")
+        if self.y.dtype.is_floating_point or self.y.dim() != 1:
+            raise MiaError(f"dataset {self.name}: labels must be a 1-D integer tensor, got {self.y.dtype} of "
+                           f"shape {tuple(self.y.shape)}")
         self.y = self.y.long()
+        if self.num_classes < 2 or len(self.y) and not 0 <= int(self.y.min()) <= int(self.y.max()) < self.num_classes:
+            raise MiaError(f"dataset {self.name}: labels must lie in 0..num_classes-1 = 0..{self.num_classes - 1} "
+                           "(num_classes >= 2)")
 
     def __len__(self) -> int:
         return len(self.y)
