@@ -1,4 +1,5 @@
-"""``mia datasets``, ``mia attacks``, ``mia info``: what exists and whether the install works."""
+"""``mia datasets``, ``mia models``, ``mia attacks``, ``mia defenses``, ``mia info``: what exists and whether the
+install works."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def datasets() -> None:
             click.echo(f"    params: {_params(spec.params)}")
         if spec.files:
             click.echo(f"    files: {spec.files}")
+
+
+@click.command("models")
+def models() -> None:
+    """List models, the data they take, their default recipe and the smallest image side they accept."""
+    from mia.models import MODELS
+
+    for name, spec in MODELS.items():
+        size = f", images from {spec.min_size}x{spec.min_size}" if spec.min_size > 1 else ""
+        click.echo(f"{name}  [{'/'.join(spec.kinds)}, recipe {spec.recipe}{size}]  {spec.description}")
 
 
 @click.command("attacks")

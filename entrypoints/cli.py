@@ -15,7 +15,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from entrypoints.attack import attack  # noqa: E402
 from entrypoints.audit import audit  # noqa: E402
-from entrypoints.catalog import attacks, datasets, defenses, info  # noqa: E402
+from entrypoints.catalog import attacks, datasets, defenses, info, models  # noqa: E402
 from entrypoints.report import report  # noqa: E402
 from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
@@ -67,7 +67,7 @@ def main(ctx: click.Context) -> None:
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
-for command in (train, attack, audit, tune, report, datasets, attacks, defenses, info):
+for command in (train, attack, audit, tune, report, datasets, models, attacks, defenses, info):
     main.add_command(command)
 
 if __name__ == "__main__":

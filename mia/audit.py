@@ -33,7 +33,7 @@ from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, 
 from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
-from mia.errors import MiaError, unknown
+from mia.errors import PLUGIN_HINT, MiaError, unknown
 from mia.fl.config import FLConfig
 from mia.prune.schedule import PruneConfig
 from mia.metrics import attack_metrics, interval_metrics
@@ -426,7 +426,9 @@ def federation_identity(fl) -> dict:
 POOL_FORMAT = 2
 """Part of every pool key; bumped when what a pool's models are changes (their training, their
 signals), so that pools of an older tool are not reused or grown with models of a newer one.
-2: federated references are federations; the data's fingerprint and the CUDA precision joined the key."""
+2: federated references are federations; the data's fingerprint and the CUDA precision joined the key.
+(The architecture's fingerprint joined the key later without a bump: a new field changes every key,
+and it is :data:`mia.pool.CACHE_ONLY`, so the models' seeds stayed as they were.)"""
 
 
 def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode: str = "online"):
@@ -434,12 +436,17 @@ def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode:
 
     Besides the recipe (:func:`pool_identity`) the key holds the data's contents
     (:meth:`Dataset.fingerprint`: two folders read by one loader share a name),
-    whether training ran under CUDA's bf16 autocast (a pool grown on a GPU and
-    on a CPU would mix precisions) and :data:`POOL_FORMAT`.
+    the architecture's (:func:`mia.models.architecture_fingerprint`: a user's
+    own model edited under its name), whether training ran under CUDA's bf16
+    autocast (a pool grown on a GPU and on a CPU would mix precisions) and
+    :data:`POOL_FORMAT`.
     """
+    from mia.models import architecture_fingerprint
     from mia.pool import plan_pool
 
     identity = {**pool_identity(config), "format": POOL_FORMAT, "data": data.fingerprint(),
+                "architecture": architecture_fingerprint(config.model, data.input_shape, data.num_classes,
+                                                         config.norm),
                 "cuda_bf16": data.x.device.type == "cuda" and config.train.amp}
     return plan_pool(identity, split, mode, augment=config.train.augment and data.augment)
 
@@ -546,7 +553,7 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
                 if name in FL_ATTACKS.names():
                     raise MiaError(f"attack {name!r} reads the rounds of a federated run (FedMIA) and this "
                                    f"target is {scenario}; use it on a --scenario federated run")
-            raise unknown("attack", name, known)
+            raise MiaError(f"{unknown('attack', name, known)}{PLUGIN_HINT}")
     return list(dict.fromkeys(names))
 
 

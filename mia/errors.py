@@ -17,3 +17,7 @@ class Terminated(KeyboardInterrupt):
 def unknown(kind: str, name: str, known) -> MiaError:
     """The error for a name not in a registry, listing the known names."""
     return MiaError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+PLUGIN_HINT = "; one of your own: name the module that registers it in MIA_PLUGINS"
+"""Appended to an unknown model, dataset, attack or defense name: where a user's own names come from."""

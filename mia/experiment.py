@@ -70,6 +70,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         tracking.log_config(config, _effective_recipe(config))
         with timer.stage("load_data"):
             data = audit.load_data(config)
+        tracking.set_tags({DATA_TAG: data.fingerprint()})
         dense = None
         if from_run:
             split, dense = _dense_from_run(from_run, config, data)
@@ -205,6 +206,8 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
                       resume=resume) as active:
         with timer.stage("load_data"):
             data = audit.load_data(config)
+        _check_same_data(stored.run if resume else None, data)
+        tracking.set_tags({DATA_TAG: data.fingerprint()})
         if not resume:
             tracking.log_config(config)
             split = make_split(len(data), config.seed, config.split)
@@ -282,6 +285,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         with timer.stage("load_data"):
             data = data if data is not None else audit.load_data(config)
         target.split.check(len(data))
+        _check_same_data(target.run, data)
         _, is_member = target.split.query()
         if names:
             _log_evaluation_set(is_member)
@@ -402,6 +406,20 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
                                            labels, is_member))
         tracking.log_file(csv)
     return results
+
+
+DATA_TAG = "mia.data_fingerprint"
+"""Tag of a training run: :meth:`Dataset.fingerprint` of the data it trained on."""
+
+
+def _check_same_data(run, data: Dataset) -> None:
+    """A stored run is attacked (or resumed) on the data it trained on: a loader that now returns other
+    rows under the same name (a user's own, an edited folder) would pair the stored target with
+    reference models of other data, silently. Runs from before the tag are taken as they are."""
+    stored = run.data.tags.get(DATA_TAG) if run is not None else None
+    if stored is not None and stored != data.fingerprint():
+        raise MiaError(f"dataset {data.name} is not the data run {run.info.run_id} trained on (its contents "
+                       "changed since); restore those files or that loader, or train a new run")
 
 
 def _log_evaluation_set(is_member: np.ndarray, prefix: str = "") -> None:

@@ -48,6 +48,8 @@ def _load(plugin: str) -> None:
         name = f"mia_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name in sys.modules:
             return
+        if str(path.parent) not in sys.path:  # as for a script: modules beside it import
+            sys.path.append(str(path.parent))
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -60,12 +62,19 @@ def _load(plugin: str) -> None:
     try:
         importlib.import_module(plugin)
     except ModuleNotFoundError as exc:
+        beside = f"; for ./{plugin}.py write {ENV}={plugin}.py" if Path(f"{plugin}.py").is_file() else ""
         raise MiaError(f"{ENV}: cannot import plugin module {plugin!r} ({_one_line(exc)}); name an importable "
-                       "module or the path of a .py file") from None
+                       f"module or the path of a .py file{beside}") from None
     except Exception as exc:
         raise MiaError(f"{ENV}: plugin {plugin} failed while loading: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message (file:line)``, the line being the last one in the user's code."""
+    import traceback
+
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    where = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
+             and not f.filename.startswith(str(Path(__file__).parent))]
+    at = f" ({Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
+    return (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__) + at

@@ -48,6 +48,11 @@ LABEL_ONLY_MODELS = 2
 #: Share of the population the pool keeps aside for its models' model selection.
 VALIDATION_FRACTION = 0.1
 IDENTITY_FILE = "pool.json"
+#: Identity fields that tell cached pools apart without changing which models a pool draws: the
+#: architecture's fingerprint (an edited model must not reuse the old one's pool, but the same recipe on
+#: the same data draws the same training sets and seeds, so results recorded before the field stay
+#: reproducible).
+CACHE_ONLY = ("architecture",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class PoolPlan:
     train_size: int  # rows each model trains on: the target's member count, at most half the candidates
     views: tuple[tuple[int, int, bool], ...]
     identity: dict
+    draw_key: str = ""  # what the models' seeds derive from: the key without CACHE_ONLY fields
 
     @property
     def samples(self) -> np.ndarray:
@@ -76,7 +82,7 @@ class PoolPlan:
         return np.arange(start, n + z)
 
     def seed(self, m: int) -> int:
-        return (int(self.key[:8], 16) + m) % (2**31 - 1)
+        return (int((self.draw_key or self.key)[:8], 16) + m) % (2**31 - 1)
 
     def inclusion(self, m: int) -> np.ndarray:
         """Bool over :attr:`samples`: the :attr:`train_size` candidates model ``m`` trains on."""
@@ -103,8 +109,13 @@ def plan_pool(identity: dict, split: Split, mode: str = "online", augment: bool 
     train_size = min(len(split.members), n_candidates // 2)
     full = {**identity, "mode": mode, "views": [list(v) for v in views], "train_size": train_size,
             "audited": _digest(audited), "population": _digest(population), "validation": _digest(validation)}
-    key = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    return PoolPlan(key, mode, audited, population, validation, train_size, views, full)
+    key = _hash(full)
+    draw_key = _hash({k: v for k, v in full.items() if k not in CACHE_ONLY})
+    return PoolPlan(key, mode, audited, population, validation, train_size, views, full, draw_key)
+
+
+def _hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _digest(indices: np.ndarray) -> str:

@@ -74,6 +74,16 @@ def test_info_reports_versions_devices_and_store(mlflow_store):
     assert f"sqlite:///{mlflow_store}" in result.output
 
 
+def test_models_lists_each_model_with_its_data_and_recipe():
+    result = invoke("models")
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert "[image/tabular, recipe adam-small]" in lines["mlp"] and "images from 8x8" in lines["resnet18"]
+    from mia.models import MODELS
+
+    assert set(lines) == set(MODELS.names())
+
+
 def test_version_is_the_package_version():
     import mia
 

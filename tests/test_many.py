@@ -270,7 +270,7 @@ def test_batch_norm_models_stack_when_asked_and_match_the_one_training_loop(digi
     """stack=True stacks BatchNorm too: each model's running statistics are its own slice, as if trained alone."""
     data, pool, val = digits
     sets, config = halves(pool, 2, 200), sgd(batch_size=32)
-    assert not stackable("wrn10-1", "bn")  # not by default: see _module_stackable
+    assert not stackable("wrn10-1", "bn")  # not by default: see module_stackable
     stacked = run(data, sets, val, config, seeds=[5, 6], model="wrn10-1", stack=True)
     for m, seed in enumerate([5, 6]):  # model 0 too: its module also sized the stack (a forward that must not train)
         seed_everything(seed)
@@ -284,11 +284,11 @@ def test_batch_norm_models_stack_when_asked_and_match_the_one_training_loop(digi
 
 
 def test_dropout_and_foreign_buffers_never_stack():
-    assert not many._module_stackable(nn.Sequential(nn.Linear(2, 2), nn.Dropout()), batchnorm=True)
+    assert not many.module_stackable(nn.Sequential(nn.Linear(2, 2), nn.Dropout()), batchnorm=True)
     odd = nn.Linear(2, 2)
     odd.register_buffer("count", torch.zeros(()))
-    assert not many._module_stackable(odd, batchnorm=True)
-    assert many._module_stackable(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), batchnorm=True)
+    assert not many.module_stackable(odd, batchnorm=True)
+    assert many.module_stackable(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), batchnorm=True)
 
 
 def test_select_best_needs_validation_rows(digits):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mia import audit
+from mia.data import make_split
 from mia.errors import MiaError
 from mia.models import MODELS
 from mia.plugins import load_plugins
@@ -93,9 +95,131 @@ def test_loading_a_plugin_twice_registers_its_names_once(tmp_path):
 
 
 def test_a_run_of_a_plugin_model_attacked_without_its_plugin_says_where_the_name_comes_from():
-    from mia import audit
-
     with pytest.raises(MiaError, match="unknown dataset 'blobs'.*name the module that registers it in MIA_PLUGINS"):
         audit.resolve_config("blobs")
     with pytest.raises(MiaError, match="unknown model 'small-net'.*MIA_PLUGINS"):
         audit.resolve_config("digits", model="small-net")
+
+
+# ---------------------------------------------------------------- a user's own names, checked (a review's findings)
+
+from contextlib import contextmanager  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mia.data import DATASETS, Dataset, DatasetSpec, load_dataset  # noqa: E402
+from mia.models import ModelSpec, architecture_fingerprint, build_model  # noqa: E402
+
+
+@contextmanager
+def registered(registry, name, entry):
+    registry.register(name, entry)
+    try:
+        yield
+    finally:
+        registry._entries.pop(name, None)
+
+
+def images(n: int = 120, side: int = 40) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    x = (torch.rand(n, 3, side, side, generator=g) * 80 + y.view(-1, 1, 1, 1) * 60).to(torch.uint8)
+    return Dataset("big-images", x, y, 3, "image", mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def strict_cnn(shape, classes, norm_layer):
+    """Needs its own input size, as many user models do (a flatten sized for it)."""
+    return nn.Sequential(nn.Conv2d(shape[0], 4, 3, padding=1), norm_layer(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * shape[1] * shape[2], classes))
+
+
+def test_a_federation_of_a_model_that_needs_its_own_input_size_trains(tmp_path):
+    """The stacking probe built models at 3x32x32: a 40x40-only model failed federated training."""
+    from mia.fl.config import FLConfig
+
+    spec = ModelSpec("strict-cnn", strict_cnn, ("image",), "needs 40x40", min_size=40, recipe="adam")
+    with registered(MODELS, "strict-cnn", spec), \
+            registered(DATASETS, "big-images", DatasetSpec("big-images", lambda d, dl: images(), "x", "image",
+                                                           default_model="strict-cnn")):
+        config = audit.resolve_config("big-images", scenario="federated", norm="gn",
+                                      fl=FLConfig(clients=3, rounds=1))
+        report = audit.run_audit(config, attacks="loss-i", reference_models=1, progress=False,
+                                 cache_dir=str(tmp_path))
+        assert 0.0 <= report.metrics["loss-i"]["auc"] <= 1.0
+
+
+def test_an_edited_model_gets_a_new_pool_key_under_the_same_name():
+    def width(w):
+        return lambda shape, classes, norm: nn.Sequential(nn.Flatten(), nn.Linear(shape[0], w), nn.ReLU(),
+                                                          nn.Linear(w, classes))
+
+    prints = []
+    for w in (16, 16, 8):
+        with registered(MODELS, "edited-net", ModelSpec("edited-net", width(w), ("tabular",), "x", recipe="adam")):
+            prints.append(architecture_fingerprint("edited-net", (5,), 3))
+    assert prints[0] == prints[1] != prints[2]
+    data = load_dataset("purchase-synth", n=400, features=20, classes=5)
+    base = audit.resolve_config("purchase-synth", dataset_params={"n": 400, "features": 20, "classes": 5})
+    split = make_split(len(data), 0, base.split)
+    keys = {audit.plan_reference_pool(audit.resolve_config("purchase-synth", model=m, dataset_params=base.dataset_params),
+                                      data, split).key for m in ("fc", "mlp")}
+    assert len(keys) == 2
+
+
+def test_a_stored_run_attacked_on_changed_data_is_refused(mlflow_store):
+    from mia.experiment import attack_run, train_run
+
+    state = {"seed": 0}
+
+    def load(data_dir, download):
+        rng = np.random.default_rng(state["seed"])
+        y = rng.integers(0, 3, 300)
+        return Dataset("drifting", torch.tensor(rng.normal(size=(300, 6)) + y[:, None], dtype=torch.float32),
+                       torch.tensor(y), 3, "tabular")
+
+    with registered(DATASETS, "drifting", DatasetSpec("drifting", load, "x", "tabular", default_model="mlp")):
+        config = audit.resolve_config("drifting", train_overrides={"epochs": 2})
+        run = train_run(config, progress=False).run_id
+        assert attack_run(run, attacks="loss", reference_models=1, progress=False).results  # same data: fine
+        state["seed"] = 1
+        with pytest.raises(MiaError, match=f"dataset drifting is not the data run {run} trained on"):
+            attack_run(run, attacks="loss", reference_models=1, progress=False)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda s, c, n: nn.Linear(s[0], 10), r"must return logits of shape batch x num_classes = \(2, 3\).*got \(2, 10\)"),
+    (lambda s, c, n: None, "returned NoneType, not a torch.nn.Module"),
+    (lambda s, c, n: nn.Sequential(nn.Linear(s[0] + 1, c)), "fails on inputs of shape \\(5,\\): RuntimeError"),
+])
+def test_a_model_of_the_wrong_form_is_a_one_line_error_when_built(build, match):
+    with registered(MODELS, "odd-net", ModelSpec("odd-net", build, ("tabular",), "x", recipe="adam")):
+        with pytest.raises(MiaError, match=match) as err:
+            build_model("odd-net", (5,), 3)
+    assert "\n" not in str(err.value)
+
+
+def test_registrations_and_loaders_of_the_wrong_form_are_one_line_errors():
+    with pytest.raises(MiaError, match="kinds must be a tuple"):
+        ModelSpec("x", strict_cnn, "image", "a string, not a tuple")
+    with registered(MODELS, "no-recipe", ModelSpec("no-recipe", strict_cnn, ("image",), "x", recipe="sgd")):
+        with pytest.raises(MiaError, match="names recipe 'sgd'; known: sgd-cnn"):
+            audit.resolve_config("digits", model="no-recipe")
+    with registered(DATASETS, "tuple-set", DatasetSpec("tuple-set", lambda d, dl: (1, 2), "x", "tabular")):
+        with pytest.raises(MiaError, match="returned tuple, not a mia.data.Dataset"):
+            load_dataset("tuple-set")
+    with registered(DATASETS, "kind-set", DatasetSpec("kind-set", lambda d, dl: images(12, 8), "x", "tabular")):
+        with pytest.raises(MiaError, match="registered as tabular but its loader returned image data"):
+            load_dataset("kind-set")
+    with pytest.raises(MiaError, match="mean/std give 3 channels but the images have 8.*channels come second"):
+        Dataset("nhwc", torch.zeros(4, 8, 8, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image",
+                mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(MiaError, match="must be torch tensors"):
+        Dataset("np", np.zeros((4, 5)), np.zeros(4), 2, "tabular")
+
+
+def test_a_plugin_file_imports_the_modules_beside_it(tmp_path):
+    (tmp_path / "helper_for_plugin.py").write_text("VALUE = 7\n")
+    (tmp_path / "uses_helper.py").write_text("import helper_for_plugin\n")
+    assert load_plugins(str(tmp_path / "uses_helper.py"))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mia.errors import MiaError
+from mia.errors import PLUGIN_HINT, MiaError
 from mia.registry import Param, Registry, coerce
 from mia.signals import Signals
 
@@ -139,7 +139,7 @@ class AttackSpec:
     family: str = "threshold"  # "threshold" | "learned" | "reference"
 
 
-ATTACKS: Registry[AttackSpec] = Registry("attack")
+ATTACKS: Registry[AttackSpec] = Registry("attack", hint=PLUGIN_HINT)
 
 
 def register(spec: AttackSpec) -> AttackSpec:

@@ -32,11 +32,23 @@ class Dataset:
     _affine_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        self._check_form()
+        self.y = self.y.long()
+        if self.num_classes < 2 or len(self.y) and not 0 <= int(self.y.min()) <= int(self.y.max()) < self.num_classes:
+            from mia.errors import MiaError
+
+            raise MiaError(f"dataset {self.name}: labels must lie in 0..num_classes-1 = 0..{self.num_classes - 1} "
+                           "(num_classes >= 2)")
+
+    def _check_form(self) -> None:
         """The form every loader's output must have; a user's own loader (``MIA_PLUGINS``) gets a one-line
         error here instead of a wrong audit: float images in [0, 1] would be divided by 255 again."""
         from mia.errors import MiaError
 
         shapes = {"image": "uint8 N x C x H x W", "tabular": "N x D"}
+        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
+            raise MiaError(f"dataset {self.name}: features and labels must be torch tensors (torch.as_tensor), "
+                           f"got {type(self.x).__name__} and {type(self.y).__name__}")
         if self.kind not in shapes:
             raise MiaError(f"dataset {self.name}: kind must be 'image' or 'tabular', got {self.kind!r}")
         image = self.kind == "image"
@@ -44,15 +56,15 @@ class Dataset:
             raise MiaError(f"dataset {self.name}: {self.kind} features must be {shapes[self.kind]}, got "
                            f"{self.x.dtype} of shape {tuple(self.x.shape)}"
                            + ("; scale images to 0..255 and pass mean/std" if image else ""))
+        for stat in (self.mean, self.std):
+            if image and stat is not None and len(stat) != self.x.shape[1]:
+                raise MiaError(f"dataset {self.name}: mean/std give {len(stat)} channels but the images have "
+                               f"{self.x.shape[1]} (shape {tuple(self.x.shape)}: channels come second, N x C x H x W)")
         if len(self.x) != len(self.y):
             raise MiaError(f"dataset {self.name}: {len(self.x)} rows but {len(self.y)} labels")
         if self.y.dtype.is_floating_point or self.y.dim() != 1:
             raise MiaError(f"dataset {self.name}: labels must be a 1-D integer tensor, got {self.y.dtype} of "
                            f"shape {tuple(self.y.shape)}")
-        self.y = self.y.long()
-        if self.num_classes < 2 or len(self.y) and not 0 <= int(self.y.min()) <= int(self.y.max()) < self.num_classes:
-            raise MiaError(f"dataset {self.name}: labels must lie in 0..num_classes-1 = 0..{self.num_classes - 1} "
-                           "(num_classes >= 2)")
 
     def __len__(self) -> int:
         return len(self.y)

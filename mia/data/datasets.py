@@ -23,10 +23,10 @@ import torch
 
 from mia.data.base import Dataset, DatasetSpec
 from mia.data.safe_pickle import load_pickle
-from mia.errors import MiaError
+from mia.errors import PLUGIN_HINT, MiaError
 from mia.registry import Param, Registry, coerce
 
-DATASETS = Registry[DatasetSpec]("dataset", hint="; one of your own: name the module that registers it in MIA_PLUGINS")
+DATASETS = Registry[DatasetSpec]("dataset", hint=PLUGIN_HINT)
 
 DEFAULT_DATA_DIR = Path("data")  # where files are looked for when no --data-dir is given
 
@@ -46,7 +46,13 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     values = {key: param.default for key, param in spec.params.items()}
     values.update(coerce(spec.params, params, f"dataset {name}"))
     root = Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DATA_DIR
-    return spec.load(root, download, **values)
+    data = spec.load(root, download, **values)
+    if not isinstance(data, Dataset):  # a user's own loader (MIA_PLUGINS)
+        raise MiaError(f"dataset {name}: its loader returned {type(data).__name__}, not a mia.data.Dataset")
+    if data.kind != spec.kind:
+        raise MiaError(f"dataset {name} is registered as {spec.kind} but its loader returned {data.kind} data; "
+                       "make DatasetSpec(kind=...) and Dataset(kind=...) agree")
+    return data
 
 
 def _dataset(name: str, *, description: str, kind: str, files: str, default_model: str,

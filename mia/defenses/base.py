@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mia.data.base import Dataset
-from mia.errors import MiaError
+from mia.errors import PLUGIN_HINT, MiaError
 from mia.registry import Param, Registry, coerce
 from mia.train import TrainConfig, TrainHooks, TrainResult, train
 
@@ -67,7 +67,7 @@ class DefenseSpec:
     params: dict[str, HyperParam] = field(default_factory=dict)
 
 
-DEFENSES: Registry[DefenseSpec] = Registry("defense")
+DEFENSES: Registry[DefenseSpec] = Registry("defense", hint=PLUGIN_HINT)
 
 ModelFactory = Callable[[], nn.Module]
 GlobalLoss = Callable[[np.ndarray], np.ndarray]  # dataset rows -> per-row loss of the current global model

@@ -211,6 +211,9 @@ class _Rows(Dataset):
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self.last: torch.Tensor | None = None
 
+    def _check_form(self) -> None:
+        """``x`` holds positions, not features: the rows come from ``base``, checked when it was made."""
+
     def inputs(self, xb: torch.Tensor) -> torch.Tensor:
         pos = xb[:, 0]
         self.last = pos

@@ -17,7 +17,7 @@ from mia.models import alexnet, cnn_small, densenet, mlp, resnet, vgg, wrn  # no
 from mia.models.spec import MODELS, NORMS, ModelSpec, group_norm
 from mia.models.wrn import WRN_NAME, wrn_spec
 
-__all__ = ["MODELS", "ModelSpec", "NORMS", "build_model", "group_norm", "model_spec"]
+__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "build_model", "group_norm", "model_spec"]
 
 _KIND_BY_RANK = {1: "tabular", 3: "image"}
 
@@ -53,4 +53,66 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, norm:
                        f"got {shape[1]}x{shape[2]}; models that fit: {', '.join(fitting)}")
     if num_classes < 2:
         raise MiaError(f"model {name!r}: need at least 2 classes, got {num_classes}")
-    return spec.build(shape, num_classes, NORMS[norm])
+    model = spec.build(shape, num_classes, NORMS[norm])
+    if not isinstance(model, nn.Module):
+        raise MiaError(f"model {name!r}: its builder returned {type(model).__name__}, not a torch.nn.Module")
+    key = (name, shape, num_classes, norm)
+    if key not in _OUTPUT_CHECKED and all(p.device.type != "meta" for p in model.parameters()):
+        _check_output(model, key)
+    return model
+
+
+_OUTPUT_CHECKED: set[tuple] = set()
+"""(name, input shape, classes, norm) whose output was checked once in this process."""
+
+
+def _check_output(model: nn.Module, key: tuple) -> None:
+    """One forward of two zero inputs, in eval mode and without gradients: a ``batch x num_classes`` tensor
+    of logits, or a one-line error (a user's own model that ignores ``num_classes`` trained silently wrong,
+    one that returns a tuple failed deep inside the loss)."""
+    import torch
+
+    name, shape, num_classes, _ = key
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *shape), device=next(model.parameters(), torch.zeros(0)).device))
+    except Exception as exc:
+        raise MiaError(f"model {name!r} fails on inputs of shape {shape}: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        model.train(training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MiaError(f"model {name!r} must return logits of shape batch x num_classes = (2, {num_classes}) for "
+                       f"inputs of shape (2, *{shape}), got {got}")
+    _OUTPUT_CHECKED.add(key)
+
+
+def architecture_fingerprint(name: str, input_shape: tuple[int, ...], num_classes: int, norm: str = "bn") -> str:
+    """A digest of what ``name`` builds for this data: the module tree, every parameter's and buffer's
+    shape, and the source of its builder and of module classes outside torch.
+
+    What a cache of trained models keys on besides the name: a user's own model
+    (``MIA_PLUGINS``) edited under the same name would otherwise reuse reference
+    models of the old architecture. Built on the CPU under a forked RNG, so the
+    caller's random stream is untouched.
+    """
+    import hashlib
+    import inspect
+
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(name, input_shape, num_classes, norm)
+    parts = [repr(model)]
+    parts += [f"{n}:{tuple(t.shape)}" for n, t in (*model.named_parameters(), *model.named_buffers())]
+    sources = [model_spec(name).build] + sorted({type(m) for m in model.modules()
+                                                  if not type(m).__module__.startswith("torch.")}, key=str)
+    for obj in sources:
+        try:
+            parts.append(inspect.getsource(obj))
+        except (OSError, TypeError):  # built-in, partial, or defined where no source is kept
+            parts.append(getattr(obj, "__qualname__", repr(obj)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

@@ -17,6 +17,7 @@ from typing import Callable
 
 from torch import nn
 
+from mia.errors import PLUGIN_HINT
 from mia.registry import Registry
 
 NormLayer = Callable[[int], nn.Module]
@@ -43,8 +44,14 @@ class ModelSpec:
     min_size: int = 1
     recipe: str = "sgd-cnn"
 
+    def __post_init__(self):
+        from mia.errors import MiaError
 
-MODELS: Registry[ModelSpec] = Registry("model", hint="; one of your own: name the module that registers it in MIA_PLUGINS")
+        if isinstance(self.kinds, str) or not set(self.kinds) <= {"image", "tabular"} or not self.kinds:
+            raise MiaError(f"model {self.name}: kinds must be a tuple of 'image'/'tabular', got {self.kinds!r}")
+
+
+MODELS: Registry[ModelSpec] = Registry("model", hint=PLUGIN_HINT)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -83,8 +83,8 @@ from mia.train.loop import (OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per
                             compile_for_cuda, fused_on, train)
 from mia.train.predict import resolve_device
 
-__all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "stack_pays",
-           "stackable", "train_many"]
+__all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "module_stackable",
+           "stack_pays", "stackable", "train_many"]
 
 CPU_STACK_BYTES = 2 << 30
 """Memory budget of one stack of models on the CPU (2 GiB): plenty for the small models that stack."""
@@ -167,7 +167,10 @@ def stackable(model_name: str, norm: str) -> bool:
 
     Decided by building the model on the meta device (no memory, no
     initialization cost) and looking at its modules, so a new architecture
-    needs no flag: with ``norm="gn"`` and vmap-safe layers it stacks.
+    needs no flag: with ``norm="gn"`` and vmap-safe layers it stacks. The
+    probe has a standard input shape (3x32x32 images, 600 features); where
+    the model is built already, ask :func:`module_stackable` (a user's own
+    model may need another shape).
     """
     return _stackable_cached(model_name, norm)
 
@@ -225,7 +228,7 @@ def _init_model(model_name: str, shape: tuple[int, ...], num_classes: int, norm:
         return build_model(model_name, shape, num_classes, norm)
 
 
-def _module_stackable(model: nn.Module, batchnorm: bool = False) -> bool:
+def module_stackable(model: nn.Module, batchnorm: bool = False) -> bool:
     """No dropout, and no buffers, except BatchNorm's running statistics where ``batchnorm`` allows them.
 
     Stacked BatchNorm (each model's running statistics a slice of a stacked
@@ -248,14 +251,14 @@ def _stackable_cached(model_name: str, norm: str) -> bool:
     spec = model_spec(model_name)
     shape = _PROBE_SHAPES[spec.kinds[0]]
     with torch.device("meta"):
-        return _module_stackable(build_model(model_name, shape, 10, norm))
+        return module_stackable(build_model(model_name, shape, 10, norm))
 
 
 def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.device, stack: bool | None) -> bool:
     """The path :func:`train_many` takes: the caller's ``stack``, or where it can and it pays."""
     if stack is None:
-        return _module_stackable(model) and stack_pays(model, device)
-    if stack and not _module_stackable(model, batchnorm=True):
+        return module_stackable(model) and stack_pays(model, device)
+    if stack and not module_stackable(model, batchnorm=True):
         raise MiaError(f"model {model_name!r} with norm {norm!r} cannot train stacked (it has dropout or "
                        f"buffers other than BatchNorm's); pass stack=None to train it one by one")
     return stack

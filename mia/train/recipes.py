@@ -44,7 +44,10 @@ def default_config(dataset_name_or_kind: str, model_name: str, **overrides) -> T
         raise MiaError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
     for name, value in overrides.items():
         _check_type(name, value)
-    recipe = RECIPES[model_spec(model_name).recipe]
+    name = model_spec(model_name).recipe
+    if name not in RECIPES:
+        raise MiaError(f"model {model_name!r} names recipe {name!r}; known: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
     return TrainConfig(**{**recipe, **DATA_ADJUSTMENTS.get(dataset_name_or_kind, {}), **overrides})
 
 
