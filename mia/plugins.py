@@ -7,7 +7,8 @@ Python, register and then use the name. The ``mia`` command, and the workers
 (comma-separated; each an importable module name or the path of a ``.py``
 file), so that a module doing those registrations makes its names known to
 every command: ``MIA_PLUGINS=my_models.py mia audit --dataset mine --model mynet``.
-Attacking or reporting on such a run later needs the same ``MIA_PLUGINS``.
+Training, attacking or tuning with such names needs the same ``MIA_PLUGINS`` each time (``mia report``
+reads only the runs).
 """
 
 from __future__ import annotations
