@@ -98,6 +98,10 @@ def info() -> None:
     else:
         click.echo("cuda: not available (training runs on the CPU)")
     click.echo(f"tracking URI: {tracking.tracking_uri()}")
+    from mia.errors import MiaError
     from mia.plugins import ENV, load_plugins
 
-    click.echo(f"plugins ({ENV}): {', '.join(load_plugins()) or 'none'}")
+    try:
+        click.echo(f"plugins ({ENV}): {', '.join(load_plugins()) or 'none'}")
+    except MiaError as exc:
+        click.echo(f"plugins: {exc}")

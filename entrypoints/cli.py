@@ -61,7 +61,8 @@ def main(ctx: click.Context) -> None:
     try:
         load_plugins()  # the user's own models, datasets, attacks, defenses (mia/plugins.py)
     except MiaError as exc:
-        raise click.ClickException(str(exc)) from None
+        if ctx.invoked_subcommand != "info":  # the installation check reports it instead
+            raise click.ClickException(str(exc)) from None
     if threading.current_thread() is threading.main_thread():  # SIGTERM marks open runs KILLED, as Ctrl-C does
         previous = signal.signal(signal.SIGTERM, _terminate)
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))

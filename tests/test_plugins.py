@@ -73,6 +73,8 @@ def test_a_plugin_that_is_missing_or_breaks_is_a_one_line_error(plugin_dir, monk
     missing = run([MIA, "datasets"], plugin_dir, plugins="nope.py")
     assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
         f"Error: MIA_PLUGINS: no plugin file nope.py (from {plugin_dir}); name a .py file or a module"]
+    info = run([MIA, "info"], plugin_dir, plugins="nope.py")  # the installation check still runs, and says it
+    assert info.returncode == 0 and "plugins: MIA_PLUGINS: no plugin file nope.py" in info.stdout
     (plugin_dir / "broken.py").write_text("raise RuntimeError('boom')\n")
     monkeypatch.chdir(plugin_dir)
     with pytest.raises(MiaError, match="plugin broken.py failed while loading: RuntimeError: boom"):
