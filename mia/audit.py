@@ -769,6 +769,17 @@ class Audit:
         scores, _, member = results[attack].output.restricted(is_member)
         return scores, member
 
+    def plot_roc(self, path, attacks: list[str] | None = None, dense: bool = False):
+        """The log-log ROC of ``attacks`` (default: all) overlaid, as ``mia attack`` logs it; saved to
+        ``path`` (a PNG), which is returned. ``dense``: a pruning target's dense original."""
+        from mia.metrics import roc
+        from mia.report.roc import plot_roc
+
+        names = attacks or [r.name for r in (self.dense_results if dense else self.results)]
+        curves = {name: roc(*self.scores(name, dense))[:2] for name in names}
+        title = f"{self.config.dataset} / {self.config.model}" + (" (dense)" if dense else "")
+        return plot_roc(curves, path, title=title)
+
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
         """``{attack: {metric: value}}`` with the names of DESIGN.md (``auc``, ``tpr_at_fpr_0.001``, ...);

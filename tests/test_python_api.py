@@ -34,6 +34,7 @@ def test_the_readme_example_runs_and_gives_what_mia_audit_logs(mlflow_store, cap
     assert list(report.metrics) == ["loss", "mentr", "lira-online", "rmia"]
     assert report.reference_models_trained == 4 and any((mlflow_store / ".mia-cache" / "pools").iterdir())
     assert len(namespace["scores"]) == len(namespace["member"]) == len(report.split.query()[0])
+    assert (mlflow_store / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.summary()["test_accuracy"] > 0.85
 
     # the tracked command on the same config: the same target, pool and attacks, so the same figures
@@ -67,6 +68,7 @@ def test_a_pruning_target_and_its_dense_original_are_audited_as_mia_audit_does(m
     scores, member = report.scores("rmia", dense=True)
     assert len(scores) == len(member) == len(report.split.query()[0]) and member.sum() == (~member).sum()
     assert "pruning digits/mlp" in repr(report) and len(repr(report)) < 600  # not the score arrays
+    assert report.plot_roc(mlflow_store / "dense.png", attacks=["rmia"], dense=True).stat().st_size > 1000
 
 
 def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_does(mlflow_store):
