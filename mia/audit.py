@@ -465,6 +465,15 @@ def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, p
     return load_pool(plan, root, size, data), written
 
 
+def _shadow_split(config: TargetConfig, params: dict) -> tuple[int, int]:
+    """``selena-adaptive``'s ``k``/``l``: its own parameters, else those of the target's ``selena``; a pair
+    SELENA refuses (``1 <= l < k``) is refused with SELENA's one-line error."""
+    own = make_defense("selena", config.defense_params if config.defense == "selena" else {})
+    k, l = params["k"] or own.k, params["l"] or own.l
+    make_defense("selena", {"k": k, "l": l})
+    return k, l
+
+
 _SPLIT_AI_STREAM = 11  # a stream of the attack seed for the adaptive attacker's choice of rows
 
 
@@ -485,8 +494,7 @@ def split_ai_reference(config: TargetConfig, data: Dataset, split: Split, target
     from mia.defenses.selena import train_split_ai
 
     p = resolve_params(ATTACKS.get("selena-adaptive"), params)
-    own = make_defense("selena", config.defense_params if config.defense == "selena" else {})
-    k, l = p["k"] or own.k, p["l"] or own.l
+    k, l = _shadow_split(config, p)
     query, is_member = split.query()
     rng = np.random.default_rng([seed, _SPLIT_AI_STREAM])
     member_pos = np.flatnonzero(is_member)
@@ -614,11 +622,7 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str],
         if config is None:
             continue
         if name == "selena-adaptive":
-            own = make_defense("selena", config.defense_params if config.defense == "selena" else {})
-            k, l = resolved["k"] or own.k, resolved["l"] or own.l
-            if not 1 <= l < k:
-                raise MiaError(f"selena-adaptive needs 1 <= l < k (each row needs sub-models that train on it), "
-                               f"got k={k}, l={l}")
+            _shadow_split(config, resolved)
         if resolved.get("round", LAST_SAMPLED) != LAST_SAMPLED and config.fl is not None:
             r, recorded = resolved["round"], config.fl.recorded_rounds().tolist()
             if r not in recorded:

@@ -14,6 +14,7 @@ from typing import Callable, Literal
 
 import torch
 
+from mia.errors import MiaError
 from mia.registry import Param
 
 
@@ -35,16 +36,12 @@ class Dataset:
         self._check_form()
         self.y = self.y.long()
         if self.num_classes < 2 or len(self.y) and not 0 <= int(self.y.min()) <= int(self.y.max()) < self.num_classes:
-            from mia.errors import MiaError
-
             raise MiaError(f"dataset {self.name}: labels must lie in 0..num_classes-1 = 0..{self.num_classes - 1} "
                            "(num_classes >= 2)")
 
     def _check_form(self) -> None:
         """The form every loader's output must have; a user's own loader (``MIA_PLUGINS``) gets a one-line
         error here instead of a wrong audit: float images in [0, 1] would be divided by 255 again."""
-        from mia.errors import MiaError
-
         shapes = {"image": "uint8 N x C x H x W", "tabular": "N x D"}
         if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
             raise MiaError(f"dataset {self.name}: features and labels must be torch tensors (torch.as_tensor), "

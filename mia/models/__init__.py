@@ -10,6 +10,10 @@ when the initialization must be reproducible.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
+import torch
 from torch import nn
 
 from mia.errors import MiaError, unknown
@@ -70,8 +74,6 @@ def _check_output(model: nn.Module, key: tuple) -> None:
     """One forward of two zero inputs, in eval mode and without gradients: a ``batch x num_classes`` tensor
     of logits, or a one-line error (a user's own model that ignores ``num_classes`` trained silently wrong,
     one that returns a tuple failed deep inside the loss)."""
-    import torch
-
     name, shape, num_classes, _ = key
     training = model.training
     model.eval()
@@ -99,11 +101,6 @@ def architecture_fingerprint(name: str, input_shape: tuple[int, ...], num_classe
     models of the old architecture. Built on the CPU under a forked RNG, so the
     caller's random stream is untouched.
     """
-    import hashlib
-    import inspect
-
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         model = build_model(name, input_shape, num_classes, norm)
     parts = [repr(model)]
