@@ -40,4 +40,6 @@ def print_table(outcome) -> None:
     for name, r, accuracy in rows:
         click.echo(name.ljust(width) + "".join(f"{r.metrics[key]:>10.4f}" for _, key in COLUMNS)
                    + f"{accuracy:>10.4f}")
+    if outcome.sparsity is not None:
+        click.echo(f"pruned to sparsity {outcome.sparsity:.3f}; the dense.* rows attack the model before pruning")
     click.echo(f"target run: {outcome.target_run_id}  attack run: {outcome.run_id}")

@@ -679,7 +679,9 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
 
     params = params or {}
     results = []
-    for name in tqdm(names, desc="attacks", disable=not progress, leave=False):
+    bar = tqdm(names, desc="attacks", disable=not progress, leave=False)
+    for name in bar:
+        bar.set_postfix_str(name)  # the learned attacks take seconds: say which one runs
         start = time.perf_counter()
         fit_on = shadows
         if ATTACKS.get(name).family == "label-only":  # only some reference models store these signals
@@ -795,6 +797,8 @@ class Audit:
         (a pruning target's dense original with the prefix ``dense.``, as ``mia audit`` logs it)."""
         out = {"test_accuracy": self.target.test_accuracy, "train_accuracy": self.target.train_accuracy,
                **(leakage_summary(self.results) if self.results else {})}
+        if "sparsity" in self.target.defense_metrics:  # a pruned target's, measured from its weights
+            out["sparsity"] = self.target.defense_metrics["sparsity"]
         if self.dense_results:
             out["dense.test_accuracy"] = self.target.dense.test_accuracy
             out.update({f"dense.{k}": v for k, v in leakage_summary(self.dense_results).items()})

@@ -244,6 +244,7 @@ class AttackOutcome:
     results: list[AttackResult]
     dense: list[AttackResult] = field(default_factory=list)  # pruning: the same attacks on the dense original
     dense_test_accuracy: float = float("nan")
+    sparsity: float | None = None  # pruning: the pruned target's measured sparsity
 
 
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
@@ -335,7 +336,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         if results:
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         return AttackOutcome(active.info.run_id, target_run_id, test_accuracy, fl_results + results, dense_results,
-                             target.metrics.get("dense.test_accuracy", float("nan")))
+                             target.metrics.get("dense.test_accuracy", float("nan")), target.metrics.get("sparsity"))
 
 
 def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, signals, population,

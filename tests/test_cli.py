@@ -444,6 +444,7 @@ def test_pruning_audit_attacks_the_pruned_model_and_its_dense_original(mlflow_st
     assert result.exit_code == 0, result.output
     for name in ("loss", "nn", "dense.loss", "dense.nn"):
         assert re.search(rf"^{re.escape(name)}\s+0\.\d{{4}}", result.output, re.M), name
+    assert "pruned to sparsity 0.700" in result.output
     client = MlflowClient()
     target = client.get_run(run_id_of(result.output, "target run"))
     assert target.data.metrics["sparsity"] == pytest.approx(0.7, abs=1e-3)

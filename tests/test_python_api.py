@@ -63,6 +63,7 @@ def test_a_pruning_target_and_its_dense_original_are_audited_as_mia_audit_does(m
         for a, b in zip(ours, theirs):
             assert a.metrics == pytest.approx(b.metrics, abs=1e-9), a.name
     summary = report.summary()
+    assert summary["sparsity"] == tracked.sparsity == report.target.defense_metrics["sparsity"]
     assert summary["dense.test_accuracy"] == pytest.approx(tracked.dense_test_accuracy)
     assert summary["dense.leakage.max_auc"] == max(r.metrics["auc"] for r in report.dense_results)
     scores, member = report.scores("rmia", dense=True)
