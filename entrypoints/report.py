@@ -25,7 +25,7 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     from mia import tracking
     from mia.metrics import roc as roc_curve
     from mia.report import plot_roc
-    from mia.report.frontier import common_leakage, frontier_table, per_scenario, plot_frontiers, write_html
+    from mia.report.frontier import common_leakage, frontier_table, per_setting, plot_frontiers, write_html
 
     known_experiments = tracking.experiment_names()
     unknown = [e for e in experiments if e not in known_experiments]
@@ -46,7 +46,7 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
                        f"({len(rows)}; see --experiment/--runs)")
     roc_scores = {run_id: tracking.attack_scores(run_id) for run_id in roc_ids}  # all read before anything is written
     rows = _ordered(rows)
-    rows = per_scenario(rows)
+    rows = per_setting(rows)
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)

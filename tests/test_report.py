@@ -70,15 +70,19 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(mlflow_store, tmp_path
     assert refused.exit_code != 0 and "deadbeef" in refused.output and not fresh.exists()
 
 
-def test_fronts_are_per_scenario_where_runs_mix_scenarios():
-    from mia.report.frontier import per_scenario
+def test_fronts_are_per_setting_where_runs_mix_scenarios_datasets_or_models():
+    from mia.report.frontier import per_setting
 
     rows = pd.DataFrame({"scenario": ["centralized", "federated", "centralized"], "defense": ["none", "none", "dp-sgd"],
-                         "test_accuracy": [0.9, 0.5, 0.8], "leak": [0.7, 0.55, 0.6]})
-    assert per_scenario(rows)["defense"].tolist() == ["centralized/none", "federated/none", "centralized/dp-sgd"]
-    assert len(frontier_table(per_scenario(rows), "leak")) == 3  # the federated run no longer hides in "none"
+                         "dataset": "digits", "model": "mlp", "test_accuracy": [0.9, 0.5, 0.8],
+                         "leak": [0.7, 0.55, 0.6]})
+    assert per_setting(rows)["defense"].tolist() == ["centralized/none", "federated/none", "centralized/dp-sgd"]
+    assert len(frontier_table(per_setting(rows), "leak")) == 3  # the federated run no longer hides in "none"
     one = rows[rows["scenario"] == "centralized"]
-    assert per_scenario(one)["defense"].tolist() == ["none", "dp-sgd"]
+    assert per_setting(one)["defense"].tolist() == ["none", "dp-sgd"]
+    # an undefended run of another dataset and model is not the reference point of a digits defense
+    mixed = one.assign(dataset=["purchase-synth", "digits"], model=["fc", "mlp"])
+    assert per_setting(mixed)["defense"].tolist() == ["purchase-synth/fc/none", "digits/mlp/dp-sgd"]
 
 
 def test_leakage_summaries_compare_the_attacks_every_run_has():

@@ -52,12 +52,19 @@ def common_leakage(rows: pd.DataFrame, summary: str) -> tuple[pd.Series, list[st
     return rows[[f"{a}.{metric}" for a in attacks]].max(axis=1), attacks
 
 
-def per_scenario(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with ``defense`` read ``scenario/defense`` where the runs mix scenarios: an undefended
-    federated run is no reference point for a centralized defense, nor one front with it."""
-    if rows["scenario"].nunique() <= 1:
+SETTING = ("dataset", "model", "scenario")
+"""What must match for runs to share a front or an undefended reference point."""
+
+
+def per_setting(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``defense`` prefixed by whichever of dataset, model and scenario vary among them
+    (``digits/mlp/none``, ``federated/none``): an undefended purchase-synth run is no reference point for a
+    defense of digits, nor a federated run one front with a centralized one. Unchanged where all agree."""
+    varying = [c for c in SETTING if c in rows.columns and rows[c].nunique() > 1]
+    if not varying:
         return rows
-    return rows.assign(defense=rows["scenario"].astype(str) + "/" + rows["defense"].astype(str))
+    prefix = rows[varying].astype(str).agg("/".join, axis=1)
+    return rows.assign(defense=prefix + "/" + rows["defense"].astype(str))
 
 
 def frontier_table(rows: pd.DataFrame, leakage: str, utility: str = "test_accuracy",
@@ -76,8 +83,8 @@ def plot_frontiers(rows: pd.DataFrame, leakage: str, path, utility: str = "test_
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, group in rows.groupby(by, sort=True):
-        if name == "none" or str(name).endswith("/none"):  # per scenario where the runs mix scenarios
-            where = str(name)[:-len("/none")] if "/" in str(name) else ""
+        if name == "none" or str(name).endswith("/none"):  # per setting where the runs mix them (per_setting)
+            where = str(name)[:-len("/none")]
             ax.scatter(group[utility], group[leakage], marker="*", s=120, zorder=3,
                        color="black" if not where else None, label=f"undefended{f' ({where})' if where else ''}")
             continue
