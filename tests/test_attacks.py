@@ -70,7 +70,7 @@ def null_target():
 
 def test_registry_order():
     assert ATTACKS.names() == ["loss", "confidence", "correctness", "entropy", "mentr", "hconf",
-                               "nn", "nn-top3", "nn-cls", "samia",
+                               "nn", "nn-top3", "nn-cls", "nn-nasr", "samia",
                                "lira-online", "lira-offline", "rmia", "global-threshold",
                                "aug", "boundary", "noise-flip", "selena-adaptive"]
     assert ATTACKS.get("samia").needs == frozenset({"sensitivity"})
@@ -171,7 +171,7 @@ def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_
     np.testing.assert_array_equal(out.predictions[cls0], glob.predictions[cls0])
 
 
-@pytest.mark.parametrize("name", ["nn-cls", "samia"])
+@pytest.mark.parametrize("name", ["nn-cls", "nn-nasr", "samia"])
 def test_a_class_the_shadows_lack_does_not_blow_up_learned_attacks(name, shadows, leaky_target):
     target, _ = leaky_target
     keep = [s.signals.labels != 4 for s in shadows]

@@ -44,7 +44,7 @@ def test_listing_commands():
         assert re.search(rf"^{name}\s", datasets.output, re.M), name
     attacks = invoke("attacks")
     assert attacks.exit_code == 0
-    for name in ("loss", "confidence", "correctness", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "samia",
+    for name in ("loss", "confidence", "correctness", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "nn-nasr", "samia",
                  "lira-online", "lira-offline", "rmia", "global-threshold", "aug", "boundary", "noise-flip",
                  "selena-adaptive", "loss-i", "loss-ii", "loss-iii", "cos-i", "cos-ii", "cos-iii", "grad-norm",
                  "grad-diff"):

@@ -3,7 +3,7 @@
 ``run_attack(name, target, shadows)`` fits attack ``name`` on shadow models'
 signals and scores the target's; :data:`ATTACKS` lists them in the order
 loss, confidence, correctness, entropy, mentr, hconf, nn, nn-top3, nn-cls,
-samia, then the reference-model attacks lira-online, lira-offline, rmia and
+nn-nasr, samia, then the reference-model attacks lira-online, lira-offline, rmia and
 global-threshold (``run_attack(..., reference=...)``), then the label-only
 attacks aug, boundary and noise-flip (which read ``Signals.label_only``), then
 selena-adaptive (``run_attack(..., split_ai=...)``).

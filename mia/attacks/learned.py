@@ -1,11 +1,16 @@
 """Learned attacks: an MLP trained on shadow models' outputs (Shokri et al. 2017 style).
 
-Three feature sets, as in mia_prune / ML-Leaks:
+Four feature sets, as in mia_prune / ML-Leaks and Nasr et al.:
 
 - ``nn``: the whole softmax, sorted in descending order (label-free, and the
   same attack model serves every class);
 - ``nn-top3``: the three largest probabilities (Salem et al.'s ML-Leaks);
-- ``nn-cls``: the softmax in class order plus the one-hot label.
+- ``nn-cls``: the softmax in class order plus the one-hot label;
+- ``nn-nasr``: Nasr et al.'s two-branch network (the inference model of
+  AdvReg, :class:`mia.defenses.advreg.InferenceModel`: one branch for the
+  output vector, one for the one-hot label, a joint head), here on the
+  log-softmax, i.e. the logits up to the per-sample shift that does not change
+  the output, whose tail the probabilities flatten to zero.
 
 One attack model is trained on all shadows' members (label 1) and
 non-members (label 0). Features are standardized with the shadow
@@ -15,6 +20,7 @@ logit; decisions are ``p(member) > 0.5``, i.e. logit > 0.
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 
 import numpy as np
@@ -68,18 +74,26 @@ class MLPAttack(Attack):
         f = (self.features(signals) - self.mean_) / self.std_
         return torch.as_tensor(f.astype(np.float32))
 
+    def build(self, d_in: int) -> nn.Module:
+        """The attack network for ``d_in`` features."""
+        return mlp(d_in, self.hidden)
+
+    def _threads(self):
+        """Tiny MLPs run on one thread (:func:`single_thread`); larger attack networks override this."""
+        return single_thread()
+
     def fit(self, shadows: list[ShadowSignals]) -> "MLPAttack":
         sig, member = pool(shadows, self.max_rows, self.seed)
         f = self.features(sig)
         self.mean_, self.std_ = standardize(f)
-        with single_thread():
-            self.model_ = init_seeded(lambda: mlp(f.shape[1], self.hidden), self.seed)
+        with self._threads():
+            self.model_ = init_seeded(lambda: self.build(f.shape[1]), self.seed)
             fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
                        seed=self.seed)
         return self
 
     def decision_function(self, signals: Signals) -> np.ndarray:
-        with single_thread():
+        with self._threads():
             return predict_logit(self.model_, self._tensor(signals)).astype(np.float64)
 
 
@@ -110,6 +124,34 @@ class NNClsAttack(MLPAttack):
         return softmax_and_label(signals)
 
 
+class _Branches(nn.Module):
+    """:class:`~mia.defenses.advreg.InferenceModel` on one feature matrix: outputs, then the one-hot label."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        from mia.defenses.advreg import InferenceModel
+
+        self.num_classes, self.net = num_classes, InferenceModel(num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features[:, :self.num_classes], features[:, self.num_classes:])
+
+
+class NasrAttack(MLPAttack):
+    """Nasr et al.'s two-branch network on the log-softmax and the one-hot label."""
+
+    name = "nn-nasr"
+
+    def features(self, signals: Signals) -> np.ndarray:
+        return np.concatenate([log_softmax(signals.logits), np.eye(signals.logits.shape[1])[signals.labels]], axis=1)
+
+    def build(self, d_in: int) -> nn.Module:
+        return _Branches(d_in // 2)
+
+    def _threads(self):
+        return contextlib.nullcontext()  # a network of about a million weights: every thread helps
+
+
 _PARAMS = {
     "epochs": Param(int, 30, "training epochs of the attack MLP"),
     "hidden": Param(int, 64, "width of the two hidden layers"),
@@ -123,3 +165,7 @@ register(AttackSpec("nn-top3", NNTop3Attack, "MLP on the top-3 sorted probabilit
                     dict(_PARAMS), family="learned"))
 register(AttackSpec("nn-cls", NNClsAttack, "MLP on the softmax and the one-hot label",
                     dict(_PARAMS), family="learned"))
+register(AttackSpec("nn-nasr", NasrAttack, "Nasr et al.'s two-branch network: log-softmax branch, label branch, "
+                    "joint head", {**{k: v for k, v in _PARAMS.items() if k != "hidden"},
+                                   "epochs": Param(int, 10, "training epochs of the attack network")},
+                    family="learned"))
