@@ -22,11 +22,28 @@ class Finite(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
 
+    def _describe_range(self) -> str:  # unbounded (the range is checked with the config): not "x<=None"
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
 
 def key_values(pairs: tuple[str, ...], flag: str, form: str = "key=value") -> dict[str, str]:
-    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a pair without ``=`` is a user error."""
-    out = {}
+    """``("a=1", "b=x,c=2")`` -> ``{"a": "1", "b": "x", "c": "2"}``; a pair without ``=`` is a user error.
+
+    Each value may hold several comma-separated pairs, which is how an MLproject
+    parameter (one string) passes them; a comma followed by no ``=`` stays in the
+    value (``mem_scores_csv=a,b.csv``). Empty values (an unset MLproject parameter) are skipped.
+    """
+    pieces: list[str] = []
     for pair in pairs:
+        first, *rest = pair.split(",")
+        pieces.append(first)
+        for piece in rest:
+            if "=" in piece:
+                pieces.append(piece)
+            else:
+                pieces[-1] += "," + piece
+    out = {}
+    for pair in (p for p in pieces if p.strip()):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise MiaError(f"{flag} expects {form}, got {pair!r}")
@@ -81,14 +98,14 @@ target_options = compose(
     click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                  help="Where real datasets live (or are downloaded to)."),
     click.option("--download/--no-download", default=False, help="Download the dataset if torchvision can."),
-    click.option("--dataset-param", multiple=True, metavar="KEY=VALUE", help="Dataset parameter (repeatable)."),
+    click.option("--dataset-param", multiple=True, metavar="KEY=VALUE", help="Dataset parameter (repeatable, or comma-separated)."),
     click.option("--model", default=None,
                  help="resnet18, wrnD-W (e.g. wrn28-2), vgg16, densenet121, alexnet, fc, mlp, cnn-small; "
                       "default: the dataset's."),
     click.option("--norm", type=click.Choice(["bn", "gn"]), default="bn", show_default=True,
                  help="BatchNorm or GroupNorm in CNNs."),
     click.option("--defense", default="none", show_default=True, help="Defense applied in training."),
-    click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense parameter (repeatable)."),
+    click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense parameter (repeatable, or comma-separated)."),
     click.option("--epochs", type=OptionalInt(), default=None, help="Default: the recipe's."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None),
     click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None),
@@ -162,10 +179,10 @@ attack_options = compose(
                  show_default=True,
                  help="online: reference models also train on the audited samples (LiRA online); "
                       "offline: on the attacker's population only."),
-    click.option("--adaptive", is_flag=True,
+    click.option("--adaptive/--no-adaptive", default=False,
                  help="Train the reference models with the target's defense and hyperparameters."),
     click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE",
-                 help="Attack parameter, e.g. loss.thresholds=global (repeatable)."),
+                 help="Attack parameter, e.g. loss.thresholds=global (repeatable, or comma-separated)."),
 )
 
 common_options = compose(

@@ -26,8 +26,8 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
               help="Reference models (one cached pool shared by all trials unless --adaptive).")
 @click.option("--pool", "pool_mode", type=click.Choice(["online", "offline"]), default="online", show_default=True,
               help="Reference models trained with (online) or without (offline) the audited samples.")
-@click.option("--adaptive", is_flag=True, help="Reference models trained with each trial's defense (costly).")
-@click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE", help="Attack parameter (repeatable).")
+@click.option("--adaptive/--no-adaptive", default=False, help="Reference models trained with each trial's defense (costly).")
+@click.option("--attack-param", multiple=True, metavar="ATTACK.KEY=VALUE", help="Attack parameter (repeatable, or comma-separated).")
 @click.option("--leakage", type=click.Choice(LEAKAGE_NAMES), default="max-tpr", show_default=True,
               help="Leakage objective (minimized): the largest TPR at 1% FPR, or the largest AUC, over the attacks.")
 @click.option("--min-accuracy", type=Finite(0, 1), default=None,

@@ -386,7 +386,8 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     to it), and plotted in ``plots/fl_rounds.png``; per-sample scores go to
     ``fl_scores.csv``.
     """
-    from mia.fl.attacks import plot_round_curves, round_curves
+    from mia.fl.attacks import round_curves
+    from mia.report.rounds import plot_round_curves
 
     signals = target.fl_state().signals
     federation = target.arrays(f"{tracking.FL_DIR}/federation.npz")

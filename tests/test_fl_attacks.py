@@ -5,7 +5,8 @@ import pytest
 from scipy.stats import norm
 
 from mia.errors import MiaError
-from mia.fl.attacks import FL_ATTACKS, FLSignals, plot_round_curves, round_curves, run_fl_attack
+from mia.fl.attacks import FL_ATTACKS, FLSignals, round_curves, run_fl_attack
+from mia.report.rounds import plot_round_curves
 from mia.metrics import INTERVAL_METRICS, METRICS, attack_metrics
 
 R, N, Q = 5, 6, 400

@@ -63,3 +63,29 @@ def test_mlflow_run_tune_entry_point_nests_the_trials_under_the_project_run(mlfl
     assert len(study) == 1 and study[0].data.tags.get("mlflow.project.entryPoint") == "tune"
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study[0].info.run_id]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_mlflow_run_passes_declared_and_undeclared_options_and_lists_the_catalogs(mlflow_store):
+    client = MlflowClient()
+    client.create_experiment("options", artifact_location=(mlflow_store / "mlruns").as_uri())
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_store / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+
+    def mlflow_run(entry: str, *params: str) -> subprocess.CompletedProcess:
+        args = [a for p in params for a in ("-P", p)]
+        return subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local",
+                               "--experiment-name", "options", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    # declared (defense_params, several pairs in one string) and undeclared, dashed (batch-size) options
+    train = mlflow_run("train", "defense=relaxloss", "defense_params=alpha=0.7,upper=0.9", "epochs=1",
+                       "batch-size=64")
+    assert train.returncode == 0, train.stderr[-3000:]
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("options").experiment_id])
+               if r.data.tags.get("mia.kind") == "train")
+    params = run.data.params
+    assert params["train.batch_size"] == "64" and params["defense"] == "relaxloss"
+    assert params["defense_params.alpha"] == "0.7" and params["defense_params.upper"] == "0.9"
+    catalog = mlflow_run("defenses")
+    assert catalog.returncode == 0 and "relaxloss" in catalog.stdout, catalog.stderr[-3000:]
