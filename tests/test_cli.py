@@ -525,3 +525,20 @@ def test_bad_pruning_input_is_one_line(mlflow_store, args, fragment):
     assert result.exit_code != 0
     assert fragment in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_adaptive_reference_models_train_with_the_targets_defense(mlflow_store):
+    trained = invoke("train", "--defense", "label-smoothing", "--defense-param", "smoothing=0.3", *FAST)
+    run_id = run_id_of(trained.output)
+    client = MlflowClient()
+    pools = {}
+    for flag in ("--no-adaptive", "--adaptive"):
+        result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", flag, "--quiet")
+        assert result.exit_code == 0, result.output
+        attack = client.get_run(run_id_of(result.output, "attack run"))
+        assert attack.data.params["adaptive"] == str(flag == "--adaptive")
+        pools[flag] = client.get_run(attack.data.tags["mia.pool_run_id"])
+    # the attacker's references copy the defense only when asked: two pools, each with its recipe's defense
+    assert pools["--no-adaptive"].info.run_id != pools["--adaptive"].info.run_id
+    assert pools["--no-adaptive"].data.tags["mia.defense"] == "none"
+    assert pools["--adaptive"].data.tags["mia.defense"] == "label-smoothing"
