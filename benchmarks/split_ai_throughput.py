@@ -53,8 +53,11 @@ are trained, so many at a time (one reused module by default here, or stacked) s
 fixed cost per step: about 1.1x. Both ways got faster with the fused optimizers and the kept
 memory of `mia.allocator` (`benchmarks/cpu_step.py`): on 2026-11-22, before them, one after
 another took 127 s and the default way 65 s (1.9x, with a background job sharing the CPU).
-The small digits `mlp` gains from stacking (2.4x). 5x is the GPU's regime, where a small
-model's step is kernel-launch latency: `python benchmarks/split_ai_throughput.py --device cuda`.
+The small digits `mlp` gains from stacking (2.4x). The ceiling, measured step by step in
+`benchmarks/stack_ceiling.py` (section "The stacked step's ceiling on this CPU"): 25 `fc` steps
+stacked, with nothing but their batched matmuls, are 1.5-1.8x the 25 one after another. 5x is the
+GPU's regime, where a small model's step is kernel-launch latency:
+`python benchmarks/split_ai_throughput.py --device cuda`.
 """
 
 
