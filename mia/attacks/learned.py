@@ -33,6 +33,7 @@ from mia.attacks.base import Attack, AttackSpec, ShadowSignals, pool, register
 from mia.errors import MiaError
 from mia.registry import Param
 from mia.signals import Signals, log_softmax
+from mia.train.predict import resolve_device
 
 
 def sorted_softmax(signals: Signals, k: int | None = None) -> np.ndarray:
@@ -72,7 +73,7 @@ class MLPAttack(Attack):
 
     def _tensor(self, signals: Signals) -> torch.Tensor:
         f = (self.features(signals) - self.mean_) / self.std_
-        return torch.as_tensor(f.astype(np.float32))
+        return torch.as_tensor(f.astype(np.float32), device=self.device_)
 
     def build(self, d_in: int) -> nn.Module:
         """The attack network for ``d_in`` features."""
@@ -82,12 +83,17 @@ class MLPAttack(Attack):
         """Tiny MLPs run on one thread (:func:`single_thread`); larger attack networks override this."""
         return single_thread()
 
+    def _device(self) -> torch.device:
+        """Where the attack network trains: the CPU for tiny MLPs (a GPU gains nothing on them)."""
+        return torch.device("cpu")
+
     def fit(self, shadows: list[ShadowSignals]) -> "MLPAttack":
         sig, member = pool(shadows, self.max_rows, self.seed)
         f = self.features(sig)
         self.mean_, self.std_ = standardize(f)
+        self.device_ = self._device()
         with self._threads():
-            self.model_ = init_seeded(lambda: self.build(f.shape[1]), self.seed)
+            self.model_ = init_seeded(lambda: self.build(f.shape[1]), self.seed).to(self.device_)
             fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
                        seed=self.seed)
         return self
@@ -147,6 +153,9 @@ class NasrAttack(MLPAttack):
 
     def build(self, d_in: int) -> nn.Module:
         return _Branches(d_in // 2)
+
+    def _device(self) -> torch.device:
+        return resolve_device("auto")  # about a million weights: on CUDA where there is one, as SAMIA
 
     def _threads(self):
         return contextlib.nullcontext()  # a network of about a million weights: every thread helps
