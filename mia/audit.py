@@ -215,7 +215,7 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     from mia.prune.layers import FixedMasks
 
     if config.prune is None:
-        raise MiaError("scenario pruning needs a prune config (--pruner, --sparsity)")
+        raise MiaError("scenario pruning needs a prune config (PruneConfig; --pruner, --sparsity)")
     if dense is None:
         dense = fit(dense_config(config), data, train_idx, val_idx, test_idx, seed, on_epoch, progress)
     seed_everything(seed)
@@ -460,7 +460,7 @@ def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, p
     from mia.pool import grow_pool, load_pool
 
     if size < 1:
-        raise MiaError(f"--reference-models must be at least 1, got {size}")
+        raise MiaError(f"reference_models (--reference-models) must be at least 1, got {size}")
     written = grow_pool(plan, root, size, config, data, progress=progress)
     return load_pool(plan, root, size, data), written
 
@@ -593,7 +593,7 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
                            f"{config.dataset} is {data_kind}")
         if kind not in config.label_only:
             raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed in training: "
-                           f"add {kind} to --label-only (this target has: {','.join(config.label_only) or 'none'})")
+                           f"add {kind} to its label_only (--label-only) (this target has: {','.join(config.label_only) or 'none'})")
 
 
 def check_attack_params(params: dict[str, dict] | None, names: list[str],
@@ -611,7 +611,7 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str],
             raise MiaError(f"attack parameters go by attack, as {{'loss': {{'thresholds': 'global'}}}}; "
                            f"got {name!r}: {given!r}")
         if name not in names:
-            raise MiaError(f"--attack-param sets {name}.{next(iter(given), '')}, but attack {name!r} is not among "
+            raise MiaError(f"attack parameter {name}.{next(iter(given), '')} (--attack-param) is set, but attack {name!r} is not among "
                            f"the attacks run ({', '.join(names)})")
         if name in ATTACKS:
             spec = ATTACKS.get(name)
@@ -643,7 +643,7 @@ def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -
     named = [n for n in names if n in ONLINE_ONLY]
     if named and asked != "all":
         raise MiaError(f"{', '.join(named)} needs reference models trained on the audited samples; "
-                       "use --pool online")
+                       "use the online pool (pool_mode online, --pool online)")
     return [n for n in names if n not in ONLINE_ONLY]
 
 

@@ -89,7 +89,7 @@ def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_do
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"attacks": "loss,cos-iii"}, "federated run"),
-    ({"attacks": "lira-online", "pool_mode": "offline"}, "use --pool online"),
+    ({"attacks": "lira-online", "pool_mode": "offline"}, "use the online pool"),
     ({"attacks": "loss", "pool_mode": "Offline"}, "unknown pool mode 'Offline'"),
     ({"attacks": "loss", "reference_models": 0}, "at least 1"),
     ({"attacks": "loss", "reference_models": 2.5}, "whole number"),
