@@ -9,8 +9,8 @@ Four feature sets, as in mia_prune / ML-Leaks and Nasr et al.:
 - ``nn-nasr``: Nasr et al.'s two-branch network (the inference model of
   AdvReg, :class:`mia.defenses.advreg.InferenceModel`: one branch for the
   output vector, one for the one-hot label, a joint head), here on the
-  log-softmax, i.e. the logits up to the per-sample shift that does not change
-  the output, whose tail the probabilities flatten to zero.
+  log-softmax rather than the softmax: the logits up to a per-sample shift,
+  which keep apart the small probabilities that the softmax flattens to zero.
 
 One attack model is trained on all shadows' members (label 1) and
 non-members (label 0). Features are standardized with the shadow
