@@ -108,7 +108,8 @@ def main() -> None:
                       f"--models {args.models}`\n- online pool (each model trains on as many samples as the target, so "
                       "an audited sample is IN for about 30 % of the models); threshold and learned attacks fit on "
                       "the same pool's models as shadows; RMIA chooses its mode, temperature, a and gamma on the "
-                      "reference models\n\n"
+                      "reference models; the reference models run the target's schedule and stop after its released (best "
+                      "validation) epoch\n\n"
                       + body)
 
 
