@@ -106,7 +106,11 @@ def main() -> None:
         write_section(SECTION, f"- date: {dt.date.today()}\n- device: {device}\n- command: "
                       f"`python benchmarks/defense_comparison.py --datasets {args.datasets} "
                       f"--reference-models {args.reference_models}`\n- every attack of the tool against each "
-                      "target; reference pool non-adaptive (the attacker does not know the defense)\n\n" + text)
+                      "target (for selena also selena-adaptive); reference pool non-adaptive (the attacker does not know "
+                      "the defense), its models stopped where the row's target stopped (rows whose targets stopped at "
+                      "the same epoch share it; seconds include training it); DP-SGD with its default DP recipe (4x "
+                      "batch and learning rate); purchase-synth n=20000 (5000 members, 100 classes), `fc`; digits "
+                      "`mlp`\n\n" + text)
 
 
 if __name__ == "__main__":
