@@ -542,3 +542,14 @@ def test_adaptive_reference_models_train_with_the_targets_defense(mlflow_store):
     assert pools["--no-adaptive"].info.run_id != pools["--adaptive"].info.run_id
     assert pools["--no-adaptive"].data.tags["mia.defense"] == "none"
     assert pools["--adaptive"].data.tags["mia.defense"] == "label-smoothing"
+
+
+def test_key_value_options_take_repeats_and_comma_separated_pairs():
+    from entrypoints.options import key_values
+    from mia.errors import MiaError
+
+    assert key_values(("a=1", "b=x,c=2", ""), "--defense-param") == {"a": "1", "b": "x", "c": "2"}
+    # a comma followed by no "=" belongs to the value (a path), and an empty value is an unset MLproject parameter
+    assert key_values(("mem_scores_csv=a,b.csv,k=3",), "--defense-param") == {"mem_scores_csv": "a,b.csv", "k": "3"}
+    with pytest.raises(MiaError, match="--defense-param expects key=value, got 'oops'"):
+        key_values(("a=1", "oops"), "--defense-param")
