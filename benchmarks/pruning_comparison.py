@@ -31,7 +31,7 @@ from mia import audit  # noqa: E402
 from mia.data import make_split  # noqa: E402
 from mia.prune import PruneConfig  # noqa: E402
 
-ATTACKS = ["loss", "confidence", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "samia"]
+ATTACKS = ["loss", "confidence", "entropy", "mentr", "hconf", "nn", "nn-top3", "nn-cls", "nn-nasr", "samia"]
 SETTINGS = {"digits": dict(dataset_params={}, epochs=30), "purchase-synth": dict(dataset_params={"n": 10000},
                                                                                   epochs=30)}
 PRUNERS = ["l1-unstructured", "l1-global", "l1-filter", "l2-filter"]
