@@ -48,6 +48,7 @@ SCRIPT = textwrap.dedent("""
     main("attack_scoring", "--samples", "400", "--models", "16", "--views", "2", "--population", "200",
          "--naive-samples", "20", "--repeats", "1")
     main("fl_round", "--device", "cpu", "--cases", "digits", "--rounds", "1")
+    main("stack_ceiling", "--cases", "mlp", "--steps", "2", "--rounds", "1")
     cpu = torch.device("cpu")
     pool = bench["pool_throughput"].mlp_case(cpu, 2)  # train_many against train, one epoch
     bench["pool_throughput"].run_case(replace(pool, config=replace(pool.config, epochs=1)))
