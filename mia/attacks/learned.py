@@ -42,11 +42,14 @@ def sorted_softmax(signals: Signals, k: int | None = None) -> np.ndarray:
     return p if k is None else p[:, :k]
 
 
+def one_hot_labels(signals: Signals) -> np.ndarray:
+    """``N x C``: each sample's label, one-hot."""
+    return np.eye(signals.logits.shape[1])[signals.labels]
+
+
 def softmax_and_label(signals: Signals) -> np.ndarray:
     """Probabilities in class order followed by the one-hot label."""
-    p = np.exp(log_softmax(signals.logits))
-    onehot = np.eye(p.shape[1])[signals.labels]
-    return np.concatenate([p, onehot], axis=1)
+    return np.concatenate([np.exp(log_softmax(signals.logits)), one_hot_labels(signals)], axis=1)
 
 
 def mlp(d_in: int, hidden: int) -> nn.Module:
@@ -149,7 +152,7 @@ class NasrAttack(MLPAttack):
     name = "nn-nasr"
 
     def features(self, signals: Signals) -> np.ndarray:
-        return np.concatenate([log_softmax(signals.logits), np.eye(signals.logits.shape[1])[signals.labels]], axis=1)
+        return np.concatenate([log_softmax(signals.logits), one_hot_labels(signals)], axis=1)
 
     def build(self, d_in: int) -> nn.Module:
         return _Branches(d_in // 2)
