@@ -444,11 +444,31 @@ def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode:
     from mia.models import architecture_fingerprint
     from mia.pool import plan_pool
 
+    architecture = architecture_fingerprint(config.model, data.input_shape, data.num_classes, config.norm)
+    config = _without_inert_settings(config, data, architecture)
     identity = {**pool_identity(config), "format": POOL_FORMAT, "data": data.fingerprint(),
-                "architecture": architecture_fingerprint(config.model, data.input_shape, data.num_classes,
-                                                         config.norm),
-                "cuda_bf16": data.x.device.type == "cuda" and config.train.amp}
+                "architecture": architecture, "cuda_bf16": data.x.device.type == "cuda" and config.train.amp}
     return plan_pool(identity, split, mode, augment=config.train.augment and data.augment)
+
+
+def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: str) -> TargetConfig:
+    """``config`` with the settings that change nothing about its models set to their defaults.
+
+    So that the same models find the same pool: ``--norm gn`` on a model without
+    normalization layers builds the same network as ``bn`` (same architecture
+    fingerprint), and ``channels_last`` is only used on CUDA. Defaults, rather than
+    dropping the fields, keep the keys (and so the models' seeds) of pools grown
+    before this normalization.
+    """
+    from mia.models import architecture_fingerprint
+
+    default = TargetConfig()
+    if config.norm != default.norm and architecture == architecture_fingerprint(
+            config.model, data.input_shape, data.num_classes, default.norm):
+        config = replace(config, norm=default.norm)
+    if data.x.device.type != "cuda" and config.train.channels_last != default.train.channels_last:
+        config = replace(config, train=replace(config.train, channels_last=default.train.channels_last))
+    return config
 
 
 def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,17 @@ def test_key_depends_on_recipe_not_seed(task):
     assert audit.plan_reference_pool(other_seed, data, split).key == key
     longer = audit.resolve_config("digits", seed=0, train_overrides={"epochs": 5})
     assert audit.plan_reference_pool(longer, data, split).key != key
+
+
+def test_settings_that_change_no_model_keep_the_key(task):
+    """--norm on a model without normalization layers, channels_last on the CPU: the same models, one pool."""
+    config, data, split = task
+    key = audit.plan_reference_pool(config, data, split).key
+    same = replace(config, norm="gn", train=replace(config.train, channels_last=False))
+    assert config.model == "mlp" and audit.plan_reference_pool(same, data, split).key == key
+    wrn = replace(config, model="wrn10-1")
+    assert audit.plan_reference_pool(replace(wrn, norm="gn"), data, split).key != \
+        audit.plan_reference_pool(wrn, data, split).key
 
 
 def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
