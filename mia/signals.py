@@ -127,27 +127,12 @@ def view_phi(model: nn.Module, data: Dataset, idx, views: list[tuple[int, int, b
     Views are shifts and flips of the raw rows (:func:`mia.data.augment.shift_flip`);
     tabular data has the single identity view.
     """
-    from mia.data.augment import shift_flip
-
-    device = resolve_device(device)
-    was_training = model.training
-    model.eval()
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    out = []
-    for start in range(0, len(idx), batch_size):
-        rows = idx[start:start + batch_size].to(data.x.device)
-        raw, y = data.x[rows].to(device), data.y[rows].to(device)
-        cols = []
-        for dy, dx, flip in views:
-            xb = raw if (dy, dx, flip) == (0, 0, False) else shift_flip(raw, dy, dx, flip)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(data.inputs(xb)).float()
-            cols.append(_phi(logits, y))
-        out.append(torch.stack(cols, dim=1).cpu())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0, len(views)), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
+    idx = np.asarray(idx)
+    labels = data.y[torch.as_tensor(idx, dtype=torch.long).to(data.y.device)].cpu()
+    if len(idx) == 0 or not views:
+        return np.zeros((len(idx), len(views)), dtype=np.float32)
+    return torch.stack([_phi(predict_logits(model, data, idx, batch_size, device, view=tuple(v)), labels)
+                        for v in views], dim=1).numpy().astype(np.float32)
 
 
 def _phi(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mia.data.augment import shift_flip
 from mia.data.base import Dataset
 
 
@@ -39,11 +40,14 @@ def check_device(device: str) -> torch.device:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tensor,
-                   batch_size: int = 1024, device: str | torch.device = "auto") -> torch.Tensor:
+                   batch_size: int = 1024, device: str | torch.device = "auto",
+                   view: tuple[int, int, bool] = (0, 0, False)) -> torch.Tensor:
     """Float32 logits of ``model`` on rows ``idx`` of ``data``, in eval mode, on the CPU.
 
     On CUDA the forward runs under bf16 autocast; logits come back as float32
     so that log-probabilities of confident predictions keep their precision.
+    ``view`` queries a shifted and/or flipped copy of the raw rows
+    (:func:`mia.data.augment.shift_flip`), as LiRA's augmented queries do.
     """
     device = resolve_device(device)
     was_training = model.training
@@ -52,7 +56,10 @@ def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tens
     out = []
     for start in range(0, len(idx), batch_size):
         rows = idx[start:start + batch_size].to(data.x.device)
-        xb = data.inputs(data.x[rows].to(device, non_blocking=True))
+        xb = data.x[rows].to(device, non_blocking=True)
+        if view != (0, 0, False):
+            xb = shift_flip(xb, *view)
+        xb = data.inputs(xb)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(model(xb).float().cpu())
     model.train(was_training)
