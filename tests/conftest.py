@@ -51,3 +51,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_images():
+    """sklearn digits as 1x8x8 uint8 images (unnormalized ``Dataset`` defaults), for the trainer's tests."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from mia.data import Dataset
+
+    raw = load_digits()
+    x = torch.tensor(np.round(raw.images * 255 / 16), dtype=torch.uint8).unsqueeze(1)
+    return Dataset("digits", x, torch.tensor(raw.target), 10, "image")

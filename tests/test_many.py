@@ -17,13 +17,9 @@ from mia.train.many import default_max_stack, stackable, train_many
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[Dataset, np.ndarray, np.ndarray]:
+def digits(digits_images) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """sklearn digits as 1x8x8 uint8 images: a pool of 1300 rows to draw train sets from, 497 validation rows."""
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    x = torch.tensor(np.round(raw.images * 255 / 16), dtype=torch.uint8).unsqueeze(1)
-    data = Dataset("digits", x, torch.tensor(raw.target), 10, "image")
+    data = digits_images
     perm = np.random.default_rng(0).permutation(len(data))
     return data, perm[:1300], perm[1300:]
 

@@ -67,13 +67,9 @@ def test_crop_flip_is_reproducible_with_a_seeded_generator():
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[Dataset, np.ndarray, np.ndarray]:
+def digits(digits_images) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """sklearn digits as 1x8x8 uint8 images, with 1200 training and 597 validation rows."""
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    x = torch.tensor(np.round(raw.images * 255 / 16), dtype=torch.uint8).unsqueeze(1)
-    data = Dataset("digits", x, torch.tensor(raw.target), 10, "image")
+    data = digits_images
     perm = np.random.default_rng(0).permutation(len(data))
     return data, perm[:1200], perm[1200:]
 
