@@ -7,7 +7,7 @@ import click
 from mia.audit import SCENARIOS, TargetConfig, resolve_config
 from mia.data import SplitConfig
 from mia.data.datasets import DATASETS
-from mia.errors import unknown
+from mia.errors import MiaError, unknown
 from mia.train.predict import check_device
 from entrypoints.options import key_values
 
@@ -70,3 +70,33 @@ def target_config(opts: dict) -> TargetConfig:
     if opts["compile"] and check_device(opts["device"]).type != "cuda":
         click.echo("note: --compile acts on CUDA only; here training runs as without it", err=True)
     return config
+
+
+#: Options that set what made a dense model (:data:`mia.experiment.DENSE_SETTINGS`), and where the config keeps them.
+_DENSE_OPTIONS = {
+    "dataset": lambda c: c.dataset, "dataset_param": lambda c: c.dataset_params, "model": lambda c: c.model,
+    "norm": lambda c: c.norm, "seed": lambda c: c.seed,
+    **{k: (lambda c, k=k: getattr(c.split, k)) for k in ("member_fraction", "nonmember_fraction",
+                                                          "validation_fraction")},
+    **{k: (lambda c, k=k: getattr(c.train, k)) for k in _TRAIN_KEYS if k not in ("device", "compile")},
+}
+
+
+def check_from_run(opts: dict, config: TargetConfig) -> None:
+    """Refuse typed options that contradict the dense run a pruning run starts from.
+
+    That run's data, model, split, seed and recipe are taken over
+    (:func:`mia.experiment.with_dense_recipe`); a different value typed here
+    would otherwise be dropped without a word.
+    """
+    from mia import tracking
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    dense = tracking.TargetRun(opts["from_run"]).config
+    for name, get in _DENSE_OPTIONS.items():
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE and get(config) != get(dense):
+            flag = f"--{name.replace('_', '-')}"
+            raise MiaError(f"--from-run {opts['from_run']} trained with {flag} {get(dense)!r}, not {get(config)!r}; "
+                           f"drop {flag}: a pruning run keeps its dense run's data, model, split, seed and recipe")

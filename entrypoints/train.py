@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entrypoints.config import target_config
+from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
 from entrypoints.options import common_options, federated_options, pass_options, pruning_options, target_options
 
@@ -33,7 +33,9 @@ def train(opts: dict) -> None:
     else:
         if opts["from_run"] and opts["scenario"] != "pruning":  # before target_config notes it as ignored
             raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
-        outcome = train_run(target_config(opts), opts["experiment"], progress=not opts["quiet"],
-                            from_run=opts["from_run"])
+        config = target_config(opts)
+        if opts["from_run"]:
+            check_from_run(opts, config)
+        outcome = train_run(config, opts["experiment"], progress=not opts["quiet"], from_run=opts["from_run"])
     click.echo(f"test accuracy {outcome.test_accuracy:.4f}  train accuracy {outcome.train_accuracy:.4f}")
     click.echo(f"run id: {outcome.run_id}")

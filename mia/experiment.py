@@ -63,6 +63,10 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         return federated_run(config, experiment, progress)
     if from_run and config.scenario != "pruning":
         raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
+    source = None
+    if from_run:
+        source = tracking.TargetRun(from_run)
+        config = with_dense_recipe(config, source.config, from_run)
     timer = Timer()
     with tracking.run(f"train-{config.scenario}-{config.dataset}-{config.model}", experiment,
                       tags={**tracking.run_tags(config), "mia.kind": "train",
@@ -72,8 +76,8 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             data = audit.load_data(config)
         tracking.set_tags({DATA_TAG: data.fingerprint()})
         dense = None
-        if from_run:
-            split, dense = _dense_from_run(from_run, config, data)
+        if source is not None:
+            split, dense = _dense_from_run(source, config, data)
         else:
             split = make_split(len(data), config.seed, config.split)
         tracking.log_split(split)
@@ -148,17 +152,31 @@ def _effective_recipe(config: TargetConfig) -> dict[str, object]:
             if getattr(effective, key) != getattr(config.train, key)}
 
 
-def _dense_from_run(run_id: str, config: TargetConfig, data: Dataset):
-    """The split and dense model of a finished centralized run, checked against the pruning config."""
-    source = tracking.TargetRun(run_id)
-    dense_cfg = source.config
-    if source.config.scenario != "centralized" or source.config.defense != "none":
-        raise MiaError(f"--from-run {run_id} is a {dense_cfg.scenario} run with defense {dense_cfg.defense}; "
+#: What made a dense model, which a pruning run started from it takes over (its fine-tuning reuses the
+#: recipe too, with ``finetune_epochs``). How to run is the pruning run's own: device, compile.
+DENSE_SETTINGS = ("dataset", "dataset_params", "model", "norm", "seed", "split", "train")
+
+
+def with_dense_recipe(config: TargetConfig, dense: TargetConfig, run_id: str) -> TargetConfig:
+    """The pruning ``config`` with the dense run's :data:`DENSE_SETTINGS` (an undefended centralized run's).
+
+    So that the run logs the recipe its dense original really had, and the
+    shadow models of the ``dense.`` attacks copy that recipe rather than
+    this command's defaults. The command line refuses options that contradict
+    the dense run (:func:`entrypoints.config.check_from_run`).
+    """
+    if dense.scenario != "centralized" or dense.defense != "none":
+        raise MiaError(f"--from-run {run_id} is a {dense.scenario} run with defense {dense.defense}; "
                        "prune an undefended centralized run (the defense acts in fine-tuning)")
-    for key in ("dataset", "model", "norm", "dataset_params"):
-        if getattr(dense_cfg, key) != getattr(config, key):
-            raise MiaError(f"--from-run {run_id} has {key}={getattr(dense_cfg, key)!r}, this run "
-                           f"{getattr(config, key)!r}; use the same {key}")
+    train = replace(dense.train, device=config.train.device, compile=config.train.compile)
+    adopted = replace(config, **{k: getattr(dense, k) for k in DENSE_SETTINGS if k != "train"}, train=train,
+                      data_dir=config.data_dir or dense.data_dir)
+    return audit.check_config(adopted)
+
+
+def _dense_from_run(source: tracking.TargetRun, config: TargetConfig, data: Dataset):
+    """The split and dense model of a finished centralized run (``config`` took its recipe)."""
+    run_id, dense_cfg = source.run_id, source.config
     source.split.check(len(data))
     network = build_model(dense_cfg.model, data.input_shape, data.num_classes, norm=dense_cfg.norm)
     try:

@@ -509,8 +509,17 @@ def test_pruning_from_a_dense_run_reuses_its_model_and_split(mlflow_store):
         assert torch.equal(a, b)
     assert np.array_equal(np.load(artifact(dense, "split.npz"))["members"],
                           np.load(artifact(pruned, "split.npz"))["members"])
-    other = invoke("train", *PRUNING, "--from-run", dense, "--model", "cnn-small")
-    assert other.exit_code != 0 and "same model" in other.output
+    client = MlflowClient()
+    assert client.get_run(pruned).data.params["train.epochs"] == "3"
+    # the dense run's recipe, split and seed are taken over: not this command's defaults
+    inherit = run_id_of(invoke("train", "--scenario", "pruning", "--finetune-epochs", "1", "--quiet",
+                               "--from-run", dense).output)
+    params = client.get_run(inherit).data.params
+    assert params["train.epochs"] == "3" and params["seed"] == "0"
+    for option in (("--model", "cnn-small"), ("--epochs", "50"), ("--member-fraction", "0.5"), ("--seed", "7")):
+        other = invoke("train", *PRUNING, "--from-run", dense, *option)
+        assert other.exit_code != 0 and f"drop {option[0]}" in other.output, other.output
+        assert len(other.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, fragment", [
