@@ -359,6 +359,9 @@ def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch
     from mia.defenses import make_defense
 
     cfg = config if adaptive or config.defense == "none" else replace(config, defense="none", defense_params={})
+    if adaptive and cfg.defense_params.get("mem_scores_csv"):
+        # the defender's CSV scores the target's training rows only: the attacker's copies estimate their own
+        cfg = replace(cfg, defense_params={**cfg.defense_params, "mem_scores_csv": ""})
     if (released_epoch is None or released_epoch < 0 or cfg.defense != "none" or not cfg.train.select_best
             or cfg.scenario not in ("centralized", "pruning")):
         return cfg

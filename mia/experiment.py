@@ -72,6 +72,8 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
                       tags={**tracking.run_tags(config), "mia.kind": "train",
                             **({"mia.dense_run_id": from_run} if from_run else {})}) as active:
         tracking.log_config(config, _effective_recipe(config))
+        if csv := config.defense_params.get("mem_scores_csv"):
+            tracking.log_file(Path(csv), "defense")  # the run is reproducible from its artifacts alone
         with timer.stage("load_data"):
             data = audit.load_data(config)
         tracking.set_tags({DATA_TAG: data.fingerprint()})

@@ -522,6 +522,25 @@ def test_pruning_from_a_dense_run_reuses_its_model_and_split(mlflow_store):
         assert len(other.output.strip().splitlines()) == 1
 
 
+def test_adaptive_attack_on_a_pruning_run_with_a_mem_score_csv(mlflow_store, tmp_path):
+    """The defender's CSV scores its own training rows: the attacker's defended copies estimate their own."""
+    import mlflow
+
+    dense = run_id_of(invoke("train", "--epochs", "3", "--quiet").output)
+    members = np.load(mlflow.artifacts.download_artifacts(run_id=dense, artifact_path="split.npz"))["members"]
+    csv = tmp_path / "scores.csv"  # the target's training rows only, as a defender writes it
+    csv.write_text("index,mem_score\n" + "".join(f"{i},{(i % 7) / 7:.3f}\n" for i in members))
+    trained = invoke("train", *PRUNING, "--from-run", dense, "--defense", "rmr",
+                     "--defense-param", f"mem_scores_csv={csv},mem_models=2")
+    assert trained.exit_code == 0, trained.output
+    run_id = run_id_of(trained.output)
+    logged = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="defense/scores.csv")
+    assert Path(logged).read_text() == csv.read_text()  # reproducible from the run's artifacts
+    result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--adaptive",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("args, fragment", [
     (("--sparsity", "1.5"), "sparsity must be in (0, 1)"),
     (("--sparsity", "0"), "sparsity must be in (0, 1)"),

@@ -336,6 +336,9 @@ def test_read_mem_scores_csv(digits, tmp_path):
     assert read_mem_scores_csv(tmp_path / "one.csv", train_idx).tolist() == [0.5, -0.25, 1.0]
     (tmp_path / "two.csv").write_text("index,mem_score\n3,0.1\n99,0.9\n11,0.3\n7,0.2\n")
     assert read_mem_scores_csv(tmp_path / "two.csv", train_idx).tolist() == [0.2, 0.1, 0.3]
+    (tmp_path / "scaled.csv").write_text("mem_score\n5\n0\n2\n")  # another scale: used, with a warning
+    with pytest.warns(UserWarning, match=r"in \[0, 5\], outside Feldman's \[-1, 1\]"):
+        assert read_mem_scores_csv(tmp_path / "scaled.csv", train_idx).tolist() == [5.0, 0.0, 2.0]
     (tmp_path / "short.csv").write_text("mem_score\n0.5\n0.1\n")
     with pytest.raises(MiaError, match="2 rows but there are 3"):
         read_mem_scores_csv(tmp_path / "short.csv", train_idx)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,6 +151,10 @@ def read_mem_scores_csv(path: str | Path, train_idx: np.ndarray) -> np.ndarray:
         raise MiaError(f"mem-score CSV {str(path)!r} holds a value that is not a number") from None
     if not np.isfinite(scores).all():
         raise MiaError(f"mem-score CSV {str(path)!r} holds non-finite scores")
+    if len(scores) and (scores.min() < -1 or scores.max() > 1):
+        warnings.warn(f"mem-score CSV {str(path)!r} holds scores in [{scores.min():g}, {scores.max():g}], outside "
+                      "Feldman's [-1, 1]: RSW orders rows by them as they are and RMR compares them with its tau",
+                      stacklevel=2)
     if index is None:
         if len(scores) != len(train_idx):
             raise MiaError(f"mem-score CSV {str(path)!r} has {len(scores)} rows but there are {len(train_idx)} "
