@@ -25,7 +25,8 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     from mia import tracking
     from mia.metrics import roc as roc_curve
     from mia.report import plot_roc
-    from mia.report.frontier import common_leakage, frontier_table, per_setting, plot_frontiers, write_html
+    from mia.report.frontier import (common_leakage, frontier_table, per_setting, plot_frontiers, worst_per_target,
+                                     write_html)
 
     known_experiments = tracking.experiment_names()
     unknown = [e for e in experiments if e not in known_experiments]
@@ -45,14 +46,13 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
         raise MiaError(f"--roc {', '.join(missing)}: not among the finished attack runs read "
                        f"({len(rows)}; see --experiment/--runs)")
     roc_scores = {run_id: tracking.attack_scores(run_id) for run_id in roc_ids}  # all read before anything is written
-    rows = _ordered(rows)
-    rows = per_setting(rows)
+    rows = _ordered(per_setting(rows))
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MiaError(f"cannot create --out {out}: {exc.strerror or exc}; pass a folder you can write") from None
-    rows.to_csv(folder / "runs.csv", index=False)
+    rows.dropna(axis=1, how="all").to_csv(folder / "runs.csv", index=False)
     if leakage.startswith("leakage.max_"):  # the same attacks for every run, or the worst cases do not compare
         rows[leakage], attacks = common_leakage(rows, leakage)
         if attacks:
@@ -61,35 +61,44 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
             click.echo(f"warning: the runs share no attack, so {leakage} is each run's worst case over its own "
                        "attacks and the runs do not compare; keep comparable runs with --runs, or audit them with "
                        "the same --attacks", err=True)
-    front = frontier_table(rows, leakage)
-    columns = ["defense", "test_accuracy", leakage, "run_id",
+    points = worst_per_target(rows, leakage)  # a model attacked several times: its worst case
+    front = frontier_table(points, leakage, by="front")
+    label = "front" if (rows["front"] != rows["defense"]).any() else "defense"  # the setting only where it varies
+    columns = [label, "test_accuracy", leakage, "run_id",
                *sorted(c for c in rows.columns if c.startswith("defense_params."))]
     front = front[[c for c in columns if c in front.columns]].dropna(axis=1, how="all")
     for c in [c for c in front.columns if c.startswith("defense_params.")]:  # MLflow params are strings
         numbers = pd.to_numeric(front[c], errors="coerce")
         if numbers.notna().sum() == front[c].notna().sum():
             front[c] = numbers
-    images = {"Privacy-utility frontiers": plot_frontiers(rows, leakage, folder / "frontier.png")}
+    images = {"Privacy-utility frontiers": plot_frontiers(points, leakage, folder / "frontier.png", by="front")}
     if roc_ids:
         curves = {}
-        for run_id, scores in roc_scores.items():
+        for run_id, frames in roc_scores.items():
             row = rows[rows["run_id"] == run_id]
-            attacks = [c for c in scores.columns if c not in ("index", "label", "is_member")]
-            best = max(attacks, key=lambda a: float(row[f"{a}.auc"].iloc[0]) if f"{a}.auc" in row else 0.0)
-            scored = scores[scores[best].notna()]  # empty: rows the attack knew (selena-adaptive's known members)
+
+            def auc(attack: str) -> float:
+                return float(row[f"{attack}.auc"].iloc[0]) if f"{attack}.auc" in row else 0.0
+
+            # the strongest attack of the run, black-box (scores.csv) or federated (fl_scores.csv)
+            best, frame = max(((a, f) for f in frames for a in f.columns if a not in ("index", "label", "is_member")),
+                              key=lambda pair: auc(pair[0]))
+            scored = frame[frame[best].notna()]  # empty: rows the attack knew (selena-adaptive's known members)
             fpr, tpr, _ = roc_curve(scored[best].to_numpy(), scored["is_member"].to_numpy().astype(bool))
-            label = f"{row['defense'].iloc[0] if len(row) else '?'} {run_id[:6]} {best}"
-            curves[label] = (fpr, tpr)
+            curves[f"{row[label].iloc[0] if len(row) else '?'} {run_id[:6]} {best}"] = (fpr, tpr)
         images["ROC of the chosen runs' strongest attacks"] = plot_roc(curves, folder / "roc.png")
+        click.echo(f"roc.png: {'; '.join(curves)}")
+    every = rows[[c for c in columns if c in rows]].dropna(axis=1, how="all")
     write_html(folder / "report.html", "mia report", images,
-               {f"Front per defense ({leakage})": front, "All attack runs": rows[[c for c in columns if c in rows]]})
-    click.echo(_console(front, leakage))
-    others = " (the others are dominated: runs.csv has all)" if len(front) < len(rows) else ""
-    click.echo(f"the fronts hold {len(front)} of {len(rows)} attack runs{others}; "
+               {f"Front per defense ({leakage}; each model at its most leaky attack run)": front,
+                "All attack runs": every})
+    click.echo(_console(front, leakage, label))
+    others = " (the others are dominated: runs.csv has all)" if len(front) < len(points) else ""
+    click.echo(f"the fronts hold {len(front)} of {len(points)} target models ({len(rows)} attack runs){others}; "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
 
 
-def _console(front, leakage: str) -> str:
+def _console(front, leakage: str, label: str = "defense") -> str:
     """The front for a terminal: each run's own defense parameters at the end of its line (the HTML page keeps a
     column per parameter, which across defenses is mostly empty and far wider than a terminal)."""
     import pandas as pd
@@ -101,7 +110,7 @@ def _console(front, leakage: str) -> str:
                         f"{c.removeprefix('defense_params.')}={v}"
                         for c, v in row[params].items() if not (pd.isna(v) or v == ""))
 
-    shown = front[[c for c in ("defense", "test_accuracy", leakage, "run_id") if c in front.columns]]
+    shown = front[[c for c in (label, "test_accuracy", leakage, "run_id") if c in front.columns]]
     lines = shown.to_string(index=False, float_format=lambda v: f"{v:.4f}").splitlines()
     if not params:
         return "\n".join(lines)
@@ -112,7 +121,7 @@ def _console(front, leakage: str) -> str:
 def _ordered(rows):
     """Columns for a reader: who and what first, then utility and the leakage summaries, then each attack's
     metrics by attack, then the rest (timings, defense parameters)."""
-    first = [c for c in ("run_id", "target_run_id", "scenario", "dataset", "model", "defense", "test_accuracy")
+    first = [c for c in ("run_id", "target_run_id", "scenario", "dataset", "model", "defense", "front", "test_accuracy")
              if c in rows.columns]
     summaries = sorted(c for c in rows.columns if c.startswith("leakage."))
     rest = sorted(c for c in rows.columns if c not in first and c not in summaries)

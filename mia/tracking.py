@@ -420,15 +420,17 @@ def attack_rows(experiments: list[str] | None = None, run_ids: list[str] | None 
     return out
 
 
-def attack_scores(run_id: str):
-    """The per-sample scores (``scores.csv``) of an attack run, or a one-line error."""
+def attack_scores(run_id: str) -> list:
+    """The per-sample scores of an attack run: ``scores.csv`` (black-box attacks on the audited query set)
+    and ``fl_scores.csv`` (FL attacks on the target client's query set), those it has; or a one-line error."""
     import pandas as pd
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = _download(run_id, "scores.csv", tmp)
-        if path is None:
-            raise MiaError(f"run {run_id} has no scores.csv; is it an attack run made by `mia attack`?")
-        return pd.read_csv(path)
+        frames = [pd.read_csv(path) for name in ("scores.csv", "fl_scores.csv")
+                  if (path := _download(run_id, name, tmp)) is not None]
+    if not frames:
+        raise MiaError(f"run {run_id} has no scores.csv or fl_scores.csv; is it an attack run made by `mia attack`?")
+    return frames
 
 
 # ---------------------------------------------------------------- reference-model pools

@@ -355,7 +355,7 @@ def test_selena_audit_runs_the_adaptive_attack_under_all(mlflow_store):
 FEDERATED = ["--scenario", "federated", "--clients", "3", "--rounds", "4", "--record-every", "2", "--quiet"]
 
 
-def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store):
+def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store, tmp_path):
     result = invoke("audit", *FEDERATED, "--attacks", "loss-i,cos-ii,loss-iii,loss", "--reference-models", "1")
     assert result.exit_code == 0, result.output
     for name in ("loss-i", "cos-ii", "loss-iii", "loss"):
@@ -383,6 +383,11 @@ def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store
     fl_nonmembers = int(attack.data.params["fl_eval.nonmembers"])
     assert int(attack.data.params["fl_eval.members"]) == fl_nonmembers < int(attack.data.params["eval.nonmembers"])
     assert f"{fl_nonmembers} non-members: tpr_at_fpr_0.001" in attack.data.tags["mia.fl_low_fpr_note"]
+    # the report's ROC draws the run's strongest attack, FL attacks (fl_scores.csv) included
+    strongest = max(("loss-i", "cos-ii", "loss-iii", "loss"), key=lambda n: attack.data.metrics[f"{n}.auc"])
+    report = invoke("report", "--roc", attack_id, "--out", str(tmp_path / "report"))
+    assert report.exit_code == 0, report.output
+    assert re.search(rf"^roc.png: none {attack_id[:6]} {strongest}$", report.output, re.M), report.output
 
 
 @pytest.mark.parametrize("scenario", [[], FEDERATED])

@@ -52,8 +52,9 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(mlflow_store, tmp_path
     assert {"test_accuracy", "leakage.max_auc", "loss.auc", "mentr.tpr_at_fpr_0.001"} <= set(runs.columns)
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "label-smoothing" in page
-    assert list(runs.columns[:7]) == ["run_id", "target_run_id", "scenario", "dataset", "model", "defense",
-                                      "test_accuracy"]
+    assert list(runs.columns[:8]) == ["run_id", "target_run_id", "scenario", "dataset", "model", "defense",
+                                      "front", "test_accuracy"]
+    assert not runs.isna().all().any()  # no column that no run has
     missing = invoke("report", "--leakage", "no.such.metric", "--out", str(out))
     assert missing.exit_code != 0 and "no metric" in missing.output
     assert "e.g. leakage.max_auc, leakage.max_tpr_at_fpr_0.001" in missing.output  # the summaries first
@@ -76,13 +77,26 @@ def test_fronts_are_per_setting_where_runs_mix_scenarios_datasets_or_models():
     rows = pd.DataFrame({"scenario": ["centralized", "federated", "centralized"], "defense": ["none", "none", "dp-sgd"],
                          "dataset": "digits", "model": "mlp", "test_accuracy": [0.9, 0.5, 0.8],
                          "leak": [0.7, 0.55, 0.6]})
-    assert per_setting(rows)["defense"].tolist() == ["centralized/none", "federated/none", "centralized/dp-sgd"]
-    assert len(frontier_table(per_setting(rows), "leak")) == 3  # the federated run no longer hides in "none"
+    assert per_setting(rows)["front"].tolist() == ["centralized/none", "federated/none", "centralized/dp-sgd"]
+    assert per_setting(rows)["defense"].tolist() == ["none", "none", "dp-sgd"]  # the name stays, for pandas users
+    assert len(frontier_table(per_setting(rows), "leak", by="front")) == 3  # the federated run no longer hides
     one = rows[rows["scenario"] == "centralized"]
-    assert per_setting(one)["defense"].tolist() == ["none", "dp-sgd"]
+    assert per_setting(one)["front"].tolist() == ["none", "dp-sgd"]
     # an undefended run of another dataset and model is not the reference point of a digits defense
     mixed = one.assign(dataset=["purchase-synth", "digits"], model=["fc", "mlp"])
-    assert per_setting(mixed)["defense"].tolist() == ["purchase-synth/fc/none", "digits/mlp/dp-sgd"]
+    assert per_setting(mixed)["front"].tolist() == ["purchase-synth/fc/none", "digits/mlp/dp-sgd"]
+
+
+def test_a_model_attacked_several_times_is_one_point_at_its_worst_case():
+    from mia.report.frontier import worst_per_target
+
+    rows = pd.DataFrame({"run_id": ["a1", "a2", "a3", "b1", "t1"], "target_run_id": ["A", "A", "A", "B", None],
+                         "defense": ["none", "none", "none", "dp-sgd", "dp-sgd"],
+                         "test_accuracy": [0.9, 0.9, 0.9, 0.8, 0.7], "leak": [0.6, 0.75, 0.65, 0.7, 0.5]})
+    points = worst_per_target(rows, "leak")
+    assert points["run_id"].tolist() == ["a2", "b1", "t1"]  # A at its most leaky run; a run without target stays
+    # the front of "none" is A at 0.75, not its least leaky attack run
+    assert frontier_table(points, "leak").set_index("defense").loc["none", "leak"] == 0.75
 
 
 def test_leakage_summaries_compare_the_attacks_every_run_has():

@@ -57,14 +57,29 @@ SETTING = ("dataset", "model", "scenario")
 
 
 def per_setting(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with ``defense`` prefixed by whichever of dataset, model and scenario vary among them
-    (``digits/mlp/none``, ``federated/none``): an undefended purchase-synth run is no reference point for a
-    defense of digits, nor a federated run one front with a centralized one. Unchanged where all agree."""
+    """``rows`` with a ``front`` column: the defense, prefixed by whichever of dataset, model and scenario vary
+    among them (``digits/mlp/none``, ``federated/none``). An undefended purchase-synth run is no reference point
+    for a defense of digits, nor a federated run one front with a centralized one. ``defense`` stays the name."""
     varying = [c for c in SETTING if c in rows.columns and rows[c].nunique() > 1]
     if not varying:
-        return rows
+        return rows.assign(front=rows["defense"].astype(str))
     prefix = rows[varying].astype(str).agg("/".join, axis=1)
-    return rows.assign(defense=prefix + "/" + rows["defense"].astype(str))
+    return rows.assign(front=prefix + "/" + rows["defense"].astype(str))
+
+
+def worst_per_target(rows: pd.DataFrame, leakage: str) -> pd.DataFrame:
+    """One row per target model: the attack run of it with the highest ``leakage``.
+
+    A model attacked several times (other attacks, more reference models) is
+    one point of a front, at the worst case found, not one point per attack
+    run: its least leaky run would otherwise put a defense attacked less
+    thoroughly ahead of one attacked more. Rows without a target run id stay.
+    """
+    if "target_run_id" not in rows.columns:
+        return rows
+    known = rows["target_run_id"].notna()
+    worst = rows[known].sort_values(leakage, na_position="first").groupby("target_run_id").tail(1).index
+    return rows[~known | rows.index.isin(worst)]
 
 
 def frontier_table(rows: pd.DataFrame, leakage: str, utility: str = "test_accuracy",
@@ -78,15 +93,16 @@ def frontier_table(rows: pd.DataFrame, leakage: str, utility: str = "test_accura
 
 def plot_frontiers(rows: pd.DataFrame, leakage: str, path, utility: str = "test_accuracy", by: str = "defense",
                    title: str = "") -> Path:
-    """Every run as a faint point, each group's front as a line; the undefended runs as black stars."""
+    """Every run as a faint point, each group's front as a line; the undefended runs as black markers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = iter(["*", "X", "P", "D", "s", "^"] * 8)  # undefended points: black, one marker per setting
     for name, group in rows.groupby(by, sort=True):
         if name == "none" or str(name).endswith("/none"):  # per setting where the runs mix them (per_setting)
             where = str(name)[:-len("/none")]
-            ax.scatter(group[utility], group[leakage], marker="*", s=120, zorder=3,
-                       color="black" if not where else None, label=f"undefended{f' ({where})' if where else ''}")
+            ax.scatter(group[utility], group[leakage], marker=next(markers), s=90, zorder=3, color="black",
+                       label=f"undefended{f' ({where})' if where else ''}")
             continue
         (line,) = ax.plot([], [])
         color = line.get_color()
