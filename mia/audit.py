@@ -22,6 +22,7 @@ import contextlib
 import copy
 import functools
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -671,14 +672,26 @@ def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -
 
 
 def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.ndarray,
-                   params: dict[str, dict] | None = None, seed: int = 0) -> list["AttackResult"]:
-    """The FL attacks on the server's recorded view (:mod:`mia.fl.attacks`), scored like every attack."""
-    from mia.fl.attacks import run_fl_attack
+                   params: dict[str, dict] | None = None, seed: int = 0,
+                   skip_unscorable: bool = False) -> list["AttackResult"]:
+    """The FL attacks on the server's recorded view (:mod:`mia.fl.attacks`), scored like every attack.
+
+    ``skip_unscorable`` (``--attacks all``) leaves out, with a warning, an attack
+    the recorded rounds cannot feed (a ``*-iii`` attack without two other
+    sampled clients in any round); named explicitly, it fails saying why.
+    """
+    from mia.fl.attacks import NothingToScore, run_fl_attack
 
     results = []
     for name in names:
         start = time.perf_counter()
-        out = run_fl_attack(name, signals, target_client, (params or {}).get(name))
+        try:
+            out = run_fl_attack(name, signals, target_client, (params or {}).get(name))
+        except NothingToScore as exc:
+            if not skip_unscorable:
+                raise MiaError(f"{name}: {exc}") from None
+            warnings.warn(f"{name} left out: {str(exc).split(';')[0]}", stacklevel=2)
+            continue
         metrics = {**attack_metrics(out.scores, is_member, out.predictions),
                    **interval_metrics(out.scores, is_member, seed=seed)}
         results.append(AttackResult(name, out, metrics, time.perf_counter() - start))

@@ -314,6 +314,11 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             signals, population = _target_signals(target, data)
         if attacks == "all":
             names = audit.applicable(names, signals, config.defense, attack_params)
+        fl_results = []
+        if fl_names:  # first: they read stored rounds in seconds, and fail before any reference model trains
+            with timer.stage("fl_attacks"):
+                fl_results = _fl_attacks(target, fl_names, attack_params, seed, config, data,
+                                         skip_unscorable=attacks == "all")
         released_epoch = int(target.metrics.get("best_epoch", -1))  # a pruning run's: its dense original's
         finetune_epochs = [int(e) for e in target.run.data.params.get("finetune_best_epochs", "").split(",") if e]
         results, written, plan = [], [], None
@@ -334,10 +339,6 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
                     reference_models, attack_params, seed, experiment, progress, pool_mode, False, Timer(),
                     released_epoch, prefix="dense_")
             written = written + dense_written
-        fl_results = []
-        if fl_names:
-            with timer.stage("fl_attacks"):
-                fl_results = _fl_attacks(target, fl_names, attack_params, seed, config, data)
         test_accuracy = target.metrics.get("test_accuracy", float("nan"))
         metrics = {"test_accuracy": test_accuracy, "reference_models.trained": len(written),
                    **audit.leakage_summary(results + fl_results), **timer.seconds}
@@ -397,7 +398,7 @@ def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size:
 
 
 def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dict | None, seed: int,
-                config: TargetConfig, data: Dataset) -> list[AttackResult]:
+                config: TargetConfig, data: Dataset, skip_unscorable: bool = False) -> list[AttackResult]:
     """The FL attacks on a federated run's recorded server view, with their curves over rounds.
 
     Each attack's ``auc`` and ``tpr_at_fpr_0.001`` are also logged at every
@@ -414,7 +415,8 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     is_member, query = federation["is_member"].astype(bool), federation["query"]
     client = config.fl.target_client
     _log_evaluation_set(is_member, "fl_")
-    results = audit.run_fl_attacks(names, signals, client, is_member, attack_params, seed)
+    results = audit.run_fl_attacks(names, signals, client, is_member, attack_params, seed, skip_unscorable)
+    names = [r.name for r in results]
     curves = round_curves(names, signals, client, is_member)
     for name, points in curves.items():
         for point in points[:-1]:  # the last point is the attack's final metrics, logged with the rest

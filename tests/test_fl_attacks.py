@@ -116,6 +116,18 @@ def test_spatial_skips_rounds_with_fewer_than_two_other_clients():
         run_fl_attack("loss-iii", small, 0, up_to_round=1)
 
 
+def test_under_all_an_attack_the_rounds_cannot_feed_is_left_out_and_named_explicitly_fails():
+    from mia.audit import run_fl_attacks
+
+    s = make_signals()
+    two = FLSignals(s.rounds, s.loss[:, :2], s.cos[:, :2], s.grad_diff[:, :2], s.grad_norm)  # a 2-client federation
+    with pytest.warns(UserWarning, match="loss-iii left out"):
+        kept = run_fl_attacks(["loss-i", "loss-iii"], two, 0, MEMBER, skip_unscorable=True)
+    assert [r.name for r in kept] == ["loss-i"] and kept[0].metrics["auc"] > 0.6
+    with pytest.raises(MiaError, match=r"^loss-iii: no recorded round .* \(--clients, --client-fraction\)"):
+        run_fl_attacks(["loss-i", "loss-iii"], two, 0, MEMBER)
+
+
 def test_nan_rounds_and_round_parameter():
     s = make_signals(absent_last=True)
     last = run_fl_attack("loss-i", s, 0).scores

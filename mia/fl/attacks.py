@@ -159,7 +159,7 @@ def _values(signals: FLSignals, signal: str, target: int) -> np.ndarray:
     return signals.grad_norm if signal == "grad_norm" else getattr(signals, signal)[:, target]
 
 
-class _NothingToScore(MiaError):
+class NothingToScore(MiaError):
     """No recorded round gives the attack what it needs (e.g. two other sampled clients)."""
 
 
@@ -194,8 +194,9 @@ def _spatial(signals: FLSignals, target: int, *, signal: str, sign: float) -> np
     others = signals.sampled & (np.arange(signals.num_clients) != target)
     use = signals.sampled[:, target] & (others.sum(axis=1) >= 2)
     if not use.any():
-        raise _NothingToScore(f"no recorded round has client {target} and at least two other sampled "
-                              "clients to compare it with")
+        raise NothingToScore(f"no recorded round has client {target} and at least two other sampled clients to "
+                             "compare it with; train with 3 or more clients sampled a round (--clients, "
+                             "--client-fraction), or leave out the *-iii attacks")
     probs = []
     for r in np.flatnonzero(use):
         out = x[r, others[r]]
@@ -303,7 +304,7 @@ def round_curves(names: Sequence[str] | str, signals: FLSignals, target: int, is
         for r in signals.target_rounds(target):
             try:
                 out = run_fl_attack(name, signals, target, up_to_round=int(r))
-            except _NothingToScore:
+            except NothingToScore:
                 continue
             entry = {"round": int(r), **attack_metrics(out.scores, is_member, out.predictions)}
             if intervals:
