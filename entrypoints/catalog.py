@@ -55,18 +55,17 @@ def attacks() -> None:
 
 @click.command("defenses")
 def defenses() -> None:
-    """List defenses, the scenarios they apply to, and their hyperparameters with search ranges."""
+    """List defenses, the scenarios they apply to, and their hyperparameters: valid values and what `mia tune` searches."""
     from mia.defenses import DEFENSES
 
     for name, spec in DEFENSES.items():
         click.echo(f"{name}  [{', '.join(spec.scenarios)}]  {spec.description}")
         for key, p in spec.params.items():
-            word = "search" if p.search else "range"  # range: validated, not searched by `mia tune`
             scale = " log" if p.log else ""
             space = (f"{'choices' if p.search else 'one of'} {', '.join(map(str, p.choices))}" if p.choices else
-                     f"range [{p.low}, {p.high}], search [{p.search_range[0]}, {p.search_range[1]}]{scale}"
+                     f"valid {p.valid_range()}, search [{p.search_range[0]:g}, {p.search_range[1]:g}]{scale}"
                      if p.search and p.search_range else
-                     f"{word} [{p.low}, {p.high}]{scale}" if p.low is not None else "")
+                     f"valid {p.valid_range()}" if p.type in (int, float) else "")
             click.echo(f"    {key}: {p.type.__name__} = {p.default!r}  {space}  ({p.help})")
 
 

@@ -385,9 +385,10 @@ def test_selena_recognizes_the_registry_model_to_train_many_at_once(s):
     ("dp-sgd", {"noise_multiplier": -1.0}, "noise_multiplier"),
     ("dp-sgd", {"max_grad_norm": 0.0}, "max_grad_norm"),
     ("memguard", {"budget": 1.0}, "no parameter 'budget'"),
+    ("cofedmid", {"trusted_clients": 1}, "coalition of one"),
     ("memguard", {"epsilon": 5.0}, "epsilon"),
     ("confidence-masking", {"top_k": "two"}, "not a valid int"),
-    ("selena", {"K": 3}, "parameter k=3 must be in"),  # K is k: names match regardless of case
+    ("selena", {"K": 1}, "parameter k=1 must be in"),  # K is k: names match regardless of case
     ("selena", {"k": 12, "Q": 3}, "no parameter 'Q'; known: distill_epochs, k, l"),
 ])
 def test_bad_parameters_are_one_line_errors(name, params, match):

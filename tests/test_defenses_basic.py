@@ -197,13 +197,14 @@ def test_advreg_reference_set_comes_from_validation():
     ("relaxloss", {"alpha": -1.0}, "alpha=-1.0 must be in"),
     ("mixup", {"alpha": "-0.5"}, "alpha=-0.5 must be in"),
     ("mixup", {"alpha": "lots"}, "alpha='lots' is not a valid float"),
-    ("label-smoothing", {"smoothing": 0.9}, "smoothing=0.9 must be in"),
+    ("label-smoothing", {"smoothing": 1.5}, r"smoothing=1.5 must be in \[0, 1\]"),
+    ("mixup", {"alpha": 0}, r"alpha=0.0 must be in \(0, inf\)"),  # Beta(0, 0) is no distribution
     ("hamp", {"entropy_percentile": 1.5}, "entropy_percentile=1.5 must be in"),
     ("hamp", {"entropy_percentile": float("nan")}, "is not a valid float"),  # NaN passed every range check
     ("memguard", {"epsilon": "nan"}, "is not a valid float"),
     ("dp-sgd", {"epsilon": "inf"}, "is not a valid float"),
     ("selena", {"k": 25.5}, "k=25.5 is not a valid int"),
-    ("hamp", {"alpha": 100}, "alpha=100.0 must be in"),
+    ("hamp", {"alpha": -1}, "alpha=-1.0 must be in"),
     ("hamp", {"gamma": 0.5}, "has no parameter 'gamma'"),
     ("early-stopping", {"patience": 0}, "patience=0 must be in"),
     ("advreg", {"alpha": -3}, "alpha=-3.0 must be in"),
@@ -232,7 +233,30 @@ def test_defaults_and_search_ranges():
             if param.type is str and param.choices is None:
                 continue  # a free-form value (a file path): nothing to search
             if param.choices is None:
-                assert param.low is not None and param.high is not None
-                assert param.low <= param.default <= param.high
+                assert param.allows(param.default)
+                if param.search:  # what `mia tune` explores by default: a valid, non-empty range
+                    low, high = param.search_range
+                    assert low < high and param.allows(low) and param.allows(high)
             else:
                 assert param.default in param.choices
+
+
+@pytest.mark.parametrize("name, params", [
+    ("selena", {"k": 3, "l": 2}), ("selena", {"k": 60, "l": 30}), ("early-stopping", {"patience": 30}),
+    ("relaxloss", {"alpha": 5.0}), ("label-smoothing", {"smoothing": 0.6}), ("confidence-masking", {"top_k": 20}),
+    ("sparsification", {"fraction": 0.001}), ("memguard", {"epsilon": 0.05}), ("advreg", {"alpha": 20.0}),
+])
+def test_values_outside_the_search_range_but_valid_are_accepted(name, params):
+    """The search range is what `mia tune` explores, not a limit on what a user may set."""
+    defense = make_defense(name, params)
+    assert all(getattr(defense, k) == v for k, v in params.items())
+
+
+def test_a_searched_parameter_without_a_valid_search_range_is_refused_at_registration():
+    from mia.defenses.base import DefenseSpec, HyperParam
+
+    with pytest.raises(ValueError, match="needs a search_range"):
+        DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0)})
+    with pytest.raises(ValueError, match=r"inside its valid range \(0, inf\)"):
+        DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0, open_low=True,
+                                                             search_range=(0.0, 1.0))})

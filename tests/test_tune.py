@@ -371,15 +371,15 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     assert (loaded["alpha"].low, loaded["alpha"].high, loaded["alpha"].log) == (1e-4, 0.05, True)
     assert loaded["modify_output"].choices == (True,)
     for text, message in (("nope: {low: 0, high: 1}", "has no parameter 'nope'"),
-                          ("alpha: {low: 0.5, high: 0.9}", "leaves the allowed range"),
+                          ("alpha: {low: -0.5, high: 0.9}", "leaves the valid range [0, inf)"),
                           ("alpha: {low: 0.01}", "needs both low and high"),
                           ("alpha: {low: 0.0, high: 0.01, log: true}", "log scale needs low > 0"),
                           ("alpha: [1, 2", "not valid YAML")):
         path.write_text(text)
         with pytest.raises(MiaError, match=re.escape(message)):
             load_space(path, "hamp")
-    path.write_text("smoothing: {low: 0.0, high: 0.9}\n")
-    assert_user_error(invoke(*TINY, "--space", str(path), "--storage", "memory"), "allowed range [0.0, 0.5]")
+    path.write_text("smoothing: {low: 0.0, high: 1.2}\n")
+    assert_user_error(invoke(*TINY, "--space", str(path), "--storage", "memory"), "valid range [0, 1]")
     assert_user_error(invoke(*TINY, "--storage", "redis://x"), "unknown Optuna storage")
 
 

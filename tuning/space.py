@@ -1,7 +1,7 @@
 """Search spaces: which defense hyperparameters a study explores, and over what range.
 
 A defense declares its space with its hyperparameters
-(:class:`mia.defenses.base.HyperParam`: ``low``/``high``/``log`` or
+(:class:`mia.defenses.base.HyperParam`: ``search_range``/``log`` or
 ``choices``); :func:`defense_space` reads it. A user narrows or reshapes it
 with a small YAML (or JSON) file read by :func:`load_space`::
 
@@ -10,9 +10,10 @@ with a small YAML (or JSON) file read by :func:`load_space`::
     modify_output: {choices: [true, false]}
 
 Every name and range is checked against the defense before any trial runs, so
-a typo costs a one-line error, not a study of failed trials. A declared
-``search_range`` is searched instead of the valid range (DP-SGD's
-``epsilon``, whose valid range holds 0 = "use the noise multiplier").
+a typo costs a one-line error, not a study of failed trials. A YAML range may
+reach anywhere in the parameter's valid range (``low``/``high``), which is
+wider than the declared ``search_range`` (DP-SGD's ``epsilon`` is valid from
+0 = "use the noise multiplier", searched over 0.5 to 50).
 """
 
 from __future__ import annotations
@@ -77,9 +78,8 @@ def _declared(name: str, param: HyperParam) -> Dimension | None:
         return Dimension(name, param.type, choices=tuple(param.choices))
     if param.type is bool:
         return Dimension(name, bool, choices=(False, True))
-    low, high = param.search_range or (param.low, param.high)
-    if low is not None and high is not None and param.type in (int, float):
-        return Dimension(name, param.type, low, high, param.log)
+    if param.search_range is not None and param.type in (int, float):
+        return Dimension(name, param.type, *param.search_range, param.log)
     return None
 
 
@@ -175,8 +175,8 @@ def _dimension(defense: str, name: str, param: HyperParam, entry: object) -> Dim
         raise MiaError(f"{where}: low ({low}) must be below high ({high}); fix a value with --defense-param instead")
     if log and low <= 0:
         raise MiaError(f"{where}: a log scale needs low > 0, got {low}")
-    if param.low is not None and low < param.low or param.high is not None and high > param.high:
-        raise MiaError(f"{where}: [{low}, {high}] leaves the allowed range [{param.low}, {param.high}]")
+    if not (param.allows(low) and param.allows(high)):
+        raise MiaError(f"{where}: [{low}, {high}] leaves the valid range {param.valid_range()}")
     return Dimension(name, param.type, low, high, log)
 
 

@@ -213,9 +213,11 @@ register(DefenseSpec(
     "adversarial regularization (Nasr et al. 2018): min-max training against an inference model that "
     "separates members from a reference set of non-members",
     params={"alpha": HyperParam(float, 3.0, "weight of the inference model's gain in the classifier's loss "
-                                            "(the paper's lambda)", low=0.5, high=10.0),
-            "k": HyperParam(int, 1, "inference-model steps per classifier step", low=1, high=5),
+                                            "(the paper's lambda)", low=0.0, search_range=(0.5, 10.0)),
+            "k": HyperParam(int, 1, "inference-model steps per classifier step", low=1,
+                              search_range=(1, 5)),
             "reference_fraction": HyperParam(float, 0.5, "fraction of the validation rows held out as the "
-                                                         "reference non-members", low=0.1, high=0.9),
+                                                         "reference non-members", low=0.0, high=0.95,
+                                                 open_low=True, search_range=(0.1, 0.9)),
             "attack_lr": HyperParam(float, 1e-3, "Adam learning rate of the inference model",
-                                    low=1e-4, high=1e-2, log=True)}))
+                                    low=0.0, open_low=True, log=True, search_range=(1e-4, 1e-2))}))

@@ -32,16 +32,16 @@ from mia.train import TrainConfig, TrainHooks, TrainResult, train
 
 @dataclass(frozen=True)
 class HyperParam(Param):
-    """A defense hyperparameter: type, default, help, and what a search explores.
+    """A defense hyperparameter: type, default, help, the values it may take, and what a search explores.
 
-    ``low``/``high`` (with ``log`` for a log scale) bound numbers; ``choices``
-    lists categorical values. Validation rejects values outside ``[low, high]``.
-    ``search=False`` keeps a validated setting out of the default search
-    space: one that changes how a quantity is estimated (mem-score models),
-    not where the defense sits between privacy and utility. ``search_range``
-    narrows the searched ``[low, high]`` where the valid one holds an "off"
-    value a log scale cannot reach (DP-SGD's ``epsilon``: 0 = use the noise
-    multiplier; searched over 0.5 to 50).
+    ``low``/``high`` bound the valid numbers (``None``: unbounded; ``open_low``:
+    ``low`` itself excluded, for what must be positive); ``choices`` lists
+    categorical values. ``search_range`` (with ``log`` for a log scale) is what
+    ``mia tune`` explores by default, a sensible part of the valid range; a
+    user may set any valid value, and a YAML space may search any valid range.
+    ``search=False`` keeps a validated setting out of the default search space:
+    one that changes how a quantity is estimated (mem-score models), not where
+    the defense sits between privacy and utility.
     """
 
     low: float | None = None
@@ -50,12 +50,24 @@ class HyperParam(Param):
     choices: tuple | None = None
     search: bool = True
     search_range: tuple[float, float] | None = None
+    open_low: bool = False
+
+    def allows(self, value) -> bool:
+        """Whether a number is in the valid range."""
+        return not (self.low is not None and (value < self.low or self.open_low and value == self.low)
+                    or self.high is not None and value > self.high)
+
+    def valid_range(self) -> str:
+        """``[0, 1]``, ``(0, inf)``: the valid range as an interval."""
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.open_low or self.low is None else '['}{low}, {high}{']' if self.high is not None else ')'}"
 
     def check(self, owner: str, name: str, value) -> None:
         if self.choices is not None and value not in self.choices:
             raise MiaError(f"{owner} parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise MiaError(f"{owner} parameter {name}={value!r} must be in [{self.low}, {self.high}]")
+        if self.choices is None and self.type in (int, float) and not self.allows(value):
+            raise MiaError(f"{owner} parameter {name}={value!r} must be in {self.valid_range()}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,14 @@ class DefenseSpec:
     description: str
     scenarios: tuple[str, ...] = ("centralized", "pruning")
     params: dict[str, HyperParam] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, p in self.params.items():  # a plugin's mistake shows at registration, not in a study
+            if p.search and p.choices is None and p.type in (int, float):
+                if p.search_range is None or not all(p.allows(v) for v in p.search_range) \
+                        or not p.search_range[0] < p.search_range[1]:
+                    raise ValueError(f"defense {self.name}: searched parameter {key} needs a search_range "
+                                     f"(low < high) inside its valid range {p.valid_range()}")
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", hint=PLUGIN_HINT)

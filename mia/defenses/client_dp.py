@@ -179,12 +179,12 @@ register(DefenseSpec(
         # searched as DP-SGD's: epsilon and the clipping norm (sigma is dead once epsilon > 0; delta is
         # part of the guarantee's statement, not a point on the trade-off)
         "noise_multiplier": HyperParam(float, 1.0, "Gaussian noise std over the clipping norm (sigma); "
-                                       "ignored when epsilon > 0", low=0.3, high=10.0, log=True, search=False),
+                                       "ignored when epsilon > 0", low=0.0, open_low=True, search=False),
         "epsilon": HyperParam(float, 0.0, "target epsilon: when > 0, sigma is the smallest that spends at most "
-                              "this over the planned rounds; 0 = use noise_multiplier", low=0.0, high=100.0,
-                              log=True, search_range=(0.5, 50.0)),
-        "max_update_norm": HyperParam(float, 1.0, "L2 clipping norm C of each client's update", low=0.01,
-                                      high=10.0, log=True),
+                              "this over the planned rounds; 0 = use noise_multiplier", low=0.0, log=True,
+                              search_range=(0.5, 50.0)),
+        "max_update_norm": HyperParam(float, 1.0, "L2 clipping norm C of each client's update", low=0.0,
+                                      open_low=True, log=True, search_range=(0.01, 10.0)),
         "delta": HyperParam(float, 1e-5, "delta of (epsilon, delta)-DP", low=1e-10, high=0.1, log=True,
                             search=False),
     }))

@@ -113,6 +113,9 @@ class CoFedMID(Defense):
         if self.trusted_clients < 0 or self.parts < 2 or not 0 <= self.recycle <= 1 or self.noise_scale < 0:
             raise MiaError(f"cofedmid needs trusted_clients >= 0, parts >= 2, recycle in [0, 1] and noise_scale "
                            f">= 0, got {self.trusted_clients}, {self.parts}, {self.recycle}, {self.noise_scale}")
+        if self.trusted_clients == 1:
+            raise MiaError("cofedmid trusted_clients=1 is a coalition of one, whose masks have no partner to cancel "
+                           "with; use 2 or more (a pair: 2), or 0 for half of the clients")
         self.hamp = HAMP(seed, entropy_percentile=self.entropy_percentile, alpha=self.alpha, modify_output=False)
         self.num_clients: int | None = None
         self.counts: list[list[int]] = []  # per member, per arm: pulls
@@ -248,11 +251,11 @@ register(DefenseSpec(
     scenarios=("federated",),
     params={
         "trusted_clients": HyperParam(int, 2, "coalition size T (clients 0..T-1); 0 = half of the clients",
-                                      low=0, high=100, search=False),  # the scenario (pair, half), not a knob
+                                      low=0, search=False),  # the scenario (pair, half), not a knob
         "parts": HyperParam(int, 2, "class groups a member's data is cut into (one trained per round)",
-                            low=2, high=10),
+                            low=2, search_range=(2, 10)),
         "recycle": HyperParam(float, 0.25, "fraction of the bandit's held-back group recycled (its highest-loss "
-                                           "rows)", low=0.0, high=1.0),
+                                           "rows)", low=0.0, high=1.0, search_range=(0.0, 1.0)),
         "partition": HyperParam(bool, True, "class-guided partition of the members' data",
                                 choices=(False, True)),
         "compensation": HyperParam(bool, True, "bandit recycling of held-back rows and the HAMP loss for "
@@ -260,9 +263,11 @@ register(DefenseSpec(
         "perturb": HyperParam(bool, True, "pairwise layer-wise masks that cancel in the aggregate",
                               choices=(False, True)),
         "noise_scale": HyperParam(float, 10.0, "mask std over the pair's layer rms (the masks cancel in the "
-                                  "aggregate, so a large scale costs no accuracy)", low=0.0, high=100.0),
+                                  "aggregate, so a large scale costs no accuracy)", low=0.0,
+                                  search_range=(0.0, 100.0)),
         "entropy_percentile": HyperParam(float, 0.8, "entropy of the members' soft labels as a fraction of log C "
-                                                     "(HAMP's gamma)", low=0.5, high=0.99),
+                                                     "(HAMP's gamma)", low=0.0, high=1.0, open_low=True,
+                                               search_range=(0.5, 0.99)),
         "alpha": HyperParam(float, 0.01, "weight of the members' entropy regularizer (HAMP's alpha)",
-                            low=1e-4, high=0.1, log=True),
+                            low=0.0, log=True, search_range=(1e-4, 0.1)),
     }))

@@ -310,21 +310,19 @@ register(DefenseSpec(
         # searched: epsilon (what users choose DP by), not sigma as well: with both, every epsilon > 0
         # overrides sigma and its dimension is dead
         "noise_multiplier": HyperParam(float, 1.0, "Gaussian noise std over the clipping norm (sigma); "
-                                       "ignored when epsilon > 0", low=0.3, high=5.0, log=True, search=False),
+                                       "ignored when epsilon > 0", low=0.0, open_low=True, search=False),
         "epsilon": HyperParam(float, 0.0, "target epsilon: when > 0, sigma is the smallest that spends at "
                               "most this over the run (Opacus get_noise_multiplier); 0 = use noise_multiplier",
-                              low=0.0, high=100.0, log=True, search_range=(0.5, 50.0)),
-        "max_grad_norm": HyperParam(float, 1.0, "per-sample gradient clipping norm C", low=0.1, high=10.0,
-                                    log=True),
+                              low=0.0, log=True, search_range=(0.5, 50.0)),
+        "max_grad_norm": HyperParam(float, 1.0, "per-sample gradient clipping norm C", low=0.0, open_low=True,
+                                    log=True, search_range=(0.1, 10.0)),
         # part of the guarantee's statement, not a point on the trade-off: validated, not searched
         "delta": HyperParam(float, 1e-5, "delta of (epsilon, delta)-DP; must be < 1/n", low=1e-10, high=0.1,
                             log=True, search=False),
         "accountant": HyperParam(str, "rdp", "privacy accountant: rdp (Mironov 2017) or prv (Gopi et al. "
                                  "2021)", choices=ACCOUNTANTS, search=False),
         # the recipe's knobs, scaled by default: validated, not searched (0 is no point of a scale)
-        "lr": HyperParam(float, 0.0, "learning rate of the noisy steps (0 = 4x the recipe's)", low=0.0, high=10.0,
-                         search=False),
-        "batch_size": HyperParam(int, 0, "expected Poisson batch size (0 = 4x the recipe's)", low=0, high=65536,
-                                 search=False),
-        "epochs": HyperParam(int, 0, "epochs (0 = the recipe's)", low=0, high=500, search=False),
+        "lr": HyperParam(float, 0.0, "learning rate of the noisy steps (0 = 4x the recipe's)", low=0.0, search=False),
+        "batch_size": HyperParam(int, 0, "expected Poisson batch size (0 = 4x the recipe's)", low=0, search=False),
+        "epochs": HyperParam(int, 0, "epochs (0 = the recipe's)", low=0, search=False),
     }))

@@ -52,4 +52,4 @@ register(DefenseSpec(
     "early-stopping", EarlyStopping,
     "early stopping: end training after `patience` epochs without a better validation accuracy",
     params={"patience": HyperParam(int, 3, "epochs without a new best validation accuracy before stopping",
-                                   low=1, high=20)}))
+                                   low=1, search_range=(1, 20))}))

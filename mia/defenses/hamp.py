@@ -148,9 +148,10 @@ register(DefenseSpec(
     "HAMP (Chen & Pattabiraman 2024): high-entropy soft labels, an entropy regularizer, and released scores "
     "taken from random inputs in the query's ranking",
     params={"entropy_percentile": HyperParam(float, 0.95, "entropy of the soft labels as a fraction of log C "
-                                                          "(the paper's gamma)", low=0.5, high=0.99),
+                                                          "(the paper's gamma)", low=0.0, high=1.0,
+                                                 open_low=True, search_range=(0.5, 0.99)),
             "alpha": HyperParam(float, 0.01, "weight of the entropy regularizer (the paper's alpha; "
                                              "see the module docstring for its scale)",
-                                low=1e-4, high=0.1, log=True),
+                                low=0.0, log=True, search_range=(1e-4, 0.1)),
             "modify_output": HyperParam(bool, True, "release the scores of random inputs re-ranked like the "
                                                     "query's (HAMP's test-time part)", choices=(False, True))}))

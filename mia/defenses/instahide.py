@@ -104,9 +104,12 @@ register(DefenseSpec(
     "in [lam_low, lam_high]), sign-flipped per entry, with the mixed soft labels",
     scenarios=("federated",),
     params={
-        "k": HyperParam(int, 3, "inputs per mix: the row and k-1 others of its batch", low=2, high=6),
-        "lam_low": HyperParam(float, 0.5, "lower bound of the row's own mixing weight lam_1", low=0.2, high=0.9),
-        "lam_high": HyperParam(float, 0.65, "upper bound of the row's own mixing weight lam_1", low=0.3, high=1.0),
+        "k": HyperParam(int, 3, "inputs per mix: the row and k-1 others of its batch", low=2,
+                          search_range=(2, 6)),
+        "lam_low": HyperParam(float, 0.5, "lower bound of the row's own mixing weight lam_1", low=0.0,
+                                high=1.0, open_low=True, search_range=(0.2, 0.9)),
+        "lam_high": HyperParam(float, 0.65, "upper bound of the row's own mixing weight lam_1", low=0.0,
+                                 high=1.0, open_low=True, search_range=(0.3, 1.0)),
         "sign_flip": HyperParam(bool, True, "multiply each mixed entry by a random sign (InstaHide's one-time "
                                             "pad)", choices=(False, True)),
     }))

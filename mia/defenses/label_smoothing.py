@@ -28,4 +28,4 @@ register(DefenseSpec(
     "label-smoothing", LabelSmoothing,
     "label smoothing (Szegedy et al. 2016): cross-entropy on (1 - s) * onehot + s / C",
     params={"smoothing": HyperParam(float, 0.1, "probability mass spread uniformly over the classes",
-                                    low=0.0, high=0.5)}))
+                                    low=0.0, high=1.0, search_range=(0.0, 0.5))}))

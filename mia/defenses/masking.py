@@ -102,7 +102,7 @@ register(DefenseSpec(
     scenarios=("centralized", "pruning"),
     params={
         "top_k": HyperParam(int, 0, "release only the k largest probabilities, not renormalized (0 = all)",
-                            low=0, high=10),
+                            low=0, search_range=(0, 10)),
         "decimals": HyperParam(int, 0, "round released probabilities to this many decimals (0 = no rounding)",
-                               low=0, high=4),
+                               low=0, search_range=(0, 4)),
     }))

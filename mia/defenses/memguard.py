@@ -243,7 +243,8 @@ register(DefenseSpec(
     scenarios=("centralized", "pruning"),
     params={
         "epsilon": HyperParam(float, 1.0, "L1 budget on the change of each released probability vector "
-                              "(2 = unbounded)", low=0.1, high=2.0),
-        "max_iter": HyperParam(int, 300, "gradient steps per round of the perturbation search", low=10,
-                               high=1000, log=True, search=False),  # how well the search converges
+                              "(2 = unbounded)", low=0.0, high=2.0, open_low=True,
+                              search_range=(0.1, 2.0)),
+        "max_iter": HyperParam(int, 300, "gradient steps per round of the perturbation search", low=1,
+                               search=False),  # how well the search converges
     }))

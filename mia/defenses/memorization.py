@@ -310,22 +310,21 @@ _MEM_PARAMS = {
     "mem_source": HyperParam(str, "pool", "estimator without a CSV: pool (a run's reference pool of the dense "
                                           "recipe, shared with the attack) or halves (own models on complementary "
                                           "halves)", choices=MEM_SOURCES, search=False),
-    "mem_models": HyperParam(int, 8, "models that estimate the mem-scores (without a CSV)", low=2, high=256,
-                             log=True, search=False),
+    "mem_models": HyperParam(int, 8, "models that estimate the mem-scores (without a CSV)", low=2, search=False),
     "mem_epochs": HyperParam(int, 0, "epochs of the halves models (0: the recipe fit gets; pruning passes the "
-                                     "fine-tuning recipe, so set the dense epochs)", low=0, high=1000,
-                             search=False),
+                                     "fine-tuning recipe, so set the dense epochs)", low=0, search=False),
 }
 _WINDOW_PARAMS = {
     "step": HyperParam(int, 50, "rows per class the window slides each epoch (the paper's s)",
-                       low=1, high=1000, log=True),
+                       low=1, log=True, search_range=(1, 1000)),
     "window": HyperParam(int, 500, "rows per class in each epoch's window (the paper's w)",
-                         low=1, high=100_000, log=True),
+                         low=1, log=True, search_range=(1, 100_000)),
 }
 _DECAY_PARAMS = {
-    "tau": HyperParam(float, 0.5, "mem-score from which a row gets the stronger weight decay", low=0.0, high=1.0),
+    "tau": HyperParam(float, 0.5, "mem-score from which a row gets the stronger weight decay",
+                       search_range=(0.0, 1.0)),
     "strong_decay": HyperParam(float, 0.1, "weight decay on high-mem rows (loss + decay/2 * ||w||^2 per row)",
-                               low=1e-3, high=1.0, log=True),
+                               low=0.0, log=True, search_range=(1e-3, 1.0)),
 }
 _SCENARIOS = ("pruning", "centralized")
 

@@ -75,4 +75,4 @@ register(DefenseSpec(
     scenarios=("centralized", "pruning", "federated"),
     params={"alpha": HyperParam(float, 1.0, "Beta(alpha, alpha) concentration of the mixing weight "
                                             "(small: little mixing; 1: uniform)",
-                                low=0.05, high=4.0, log=True)}))
+                                low=0.0, open_low=True, log=True, search_range=(0.05, 4.0))}))

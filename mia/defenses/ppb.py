@@ -52,4 +52,4 @@ register(DefenseSpec(
     "each batch together, evening out confidence",
     scenarios=("pruning", "centralized"),
     params={"a": HyperParam(float, 4.0, "weight of the sorted-posterior KL term (the paper's grid: 1, 2, 4, 8, 16)",
-                            low=0.5, high=16.0, log=True)}))
+                            low=0.0, log=True, search_range=(0.5, 16.0))}))

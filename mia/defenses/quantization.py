@@ -70,4 +70,5 @@ register(DefenseSpec(
     "upload quantization: each layer of each upload on 2^bits uniform levels between its min and max, "
     "unbiased stochastic rounding",
     scenarios=("federated",),
-    params={"bits": HyperParam(int, 4, "bits per coordinate (2^bits levels per layer)", low=1, high=16)}))
+    params={"bits": HyperParam(int, 4, "bits per coordinate (2^bits levels per layer)", low=1, high=16,
+                                   search_range=(1, 16))}))

@@ -69,6 +69,7 @@ register(DefenseSpec(
     "RelaxLoss (Chen et al. 2022): keep the training loss near alpha by gradient ascent (even epochs) and "
     "posterior flattening (odd epochs) once below it",
     params={"alpha": HyperParam(float, 0.5, "target training-loss level (about the loss on unseen data)",
-                                low=0.05, high=3.0),
+                                low=0.0, search_range=(0.05, 3.0)),
             "upper": HyperParam(float, 1.0, "cap on the true-class probability in the flattened targets "
-                                            "(1: no cap)", low=0.05, high=1.0)}))
+                                            "(1: no cap)", low=0.0, high=1.0, open_low=True,
+                                  search_range=(0.05, 1.0))}))

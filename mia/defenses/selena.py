@@ -295,8 +295,9 @@ register(DefenseSpec(
     "then self-distillation into one released model",
     scenarios=("centralized",),  # pruned fine-tuning: see docs/protocol.md, "Pruning"
     params={
-        "k": HyperParam(int, 25, "number of Split-AI sub-models", low=5, high=50),
-        "l": HyperParam(int, 10, "sub-models per training row that do not train on it (l < k)", low=1, high=24),
+        "k": HyperParam(int, 25, "number of Split-AI sub-models", low=2, search_range=(5, 50)),
+        "l": HyperParam(int, 10, "sub-models per training row that do not train on it (l < k)", low=1,
+                          search_range=(1, 24)),
         "distill_epochs": HyperParam(int, 0, "epochs of the self-distillation (default 0: the recipe's epochs)", low=0,
-                                     high=500, search=False),  # the recipe's knob, 0 = its epochs
+                                     search=False),  # the recipe's knob, 0 = its epochs
     }))

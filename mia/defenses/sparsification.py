@@ -68,6 +68,7 @@ register(DefenseSpec(
     "upload sparsification: each upload keeps only its top fraction of coordinates by magnitude, the rest zero",
     scenarios=("federated",),
     params={"fraction": HyperParam(float, 0.1, "fraction of coordinates each upload keeps (top-k by magnitude)",
-                                   low=0.01, high=1.0, log=True),
+                                   low=0.0, high=1.0, open_low=True, log=True,
+                                   search_range=(0.01, 1.0)),
             "layerwise": HyperParam(bool, False, "keep the top fraction of every layer instead of the whole "
                                                  "update", choices=(False, True))}))
