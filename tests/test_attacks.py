@@ -171,6 +171,28 @@ def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_
     np.testing.assert_array_equal(out.predictions[cls0], glob.predictions[cls0])
 
 
+def test_a_class_with_few_shadow_rows_takes_the_global_threshold(shadows):
+    """A threshold fitted on a handful of rows is noise: below min_class_rows members or non-members a class
+    takes the global one, above it its own."""
+    from mia.attacks import ATTACKS
+
+    loss = ATTACKS.get("loss").cls
+    labels = np.concatenate([s.signals.labels for s in shadows])
+    member = np.concatenate([s.is_member for s in shadows])
+    rows = np.minimum(np.bincount(labels[member]), np.bincount(labels[~member]))
+    cut = int(np.median(rows))  # about half the classes have fewer rows than this
+    tau_global = loss(thresholds="global").fit(shadows).threshold_
+    own = loss(min_class_rows=1).fit(shadows).class_tau_
+    mixed = loss(min_class_rows=cut).fit(shadows).class_tau_
+    few = rows < cut
+    assert few.any() and (~few).any()
+    np.testing.assert_array_equal(mixed[few], tau_global)
+    np.testing.assert_array_equal(mixed[~few], own[~few])
+    assert not np.allclose(own[few], tau_global)
+    with pytest.raises(MiaError, match="min_class_rows must be >= 1"):
+        loss(min_class_rows=0)
+
+
 @pytest.mark.parametrize("name", ["nn-cls", "nn-nasr", "samia"])
 def test_a_class_the_shadows_lack_does_not_blow_up_learned_attacks(name, shadows, leaky_target):
     target, _ = leaky_target

@@ -17,7 +17,7 @@ import pytest
 
 from mia.attacks import ATTACKS, ReferenceSignals, run_attack
 from mia.attacks.reference import (DEFAULT_A, DEFAULT_GAMMA, SD_FLOOR, TEMPERATURE_GRID, Rmia, RmiaInputs,
-                                   lira_statistics, pseudo_targets, rmia_scores)
+                                   Gaussians, lira_online_scores, lira_statistics, pseudo_targets, rmia_scores)
 from mia.errors import MiaError
 from mia.metrics import attack_metrics
 from mia.signals import Signals, loss
@@ -215,25 +215,30 @@ def test_statistics_match_a_per_sample_loop():
     np.testing.assert_allclose(fixed["in"].sd[5], pooled, rtol=1e-4)
 
 
-def test_a_sample_never_in_gets_no_in_gaussian_from_out_models():
+def test_a_sample_never_in_gets_its_out_gaussian_shifted_by_the_pools_in_out_gap():
     rng = np.random.default_rng(4)
     m, n, v = 8, 30, 2
-    phi = rng.normal(size=(m, n, v)).astype(np.float32)
     inc = rng.random((m, n)) < 0.5
-    inc[:, 0] = False
-    base = lira_statistics(phi, inc)
-    # the marginal IN Gaussian: mean and spread of every IN value (per view), none of sample 0's
-    in_values = np.stack([phi[:, :, j][inc] for j in range(v)], axis=1)
-    np.testing.assert_allclose(base["in"].mu[0], in_values.mean(axis=0), atol=1e-5)
-    np.testing.assert_allclose(base["in"].sd[0], in_values.std(axis=0), atol=1e-5)
-    assert base["in"].count[0] == 0
-    # sample 0's OUT values do not move its IN Gaussian
-    moved = phi.copy()
-    moved[:, 0] += 100.0
-    other = lira_statistics(moved, inc)
-    np.testing.assert_array_equal(other["in"].mu[0], base["in"].mu[0])
-    np.testing.assert_array_equal(other["in"].sd[0], base["in"].sd[0])
-    assert np.abs(other["out"].mu[0] - base["out"].mu[0] - 100).max() < 1e-3
+    inc[:, 0] = False  # no IN model
+    inc[:, 1] = True  # no OUT model
+    phi = rng.normal(size=(m, n, v)).astype(np.float32) + 1.5 * inc[:, :, None]  # IN models sit 1.5 higher
+    for variance in ("per-example", "fixed"):
+        stats = lira_statistics(phi, inc, variance)
+        gap = np.stack([np.median(phi[inc[:, k], k], axis=0) - np.median(phi[~inc[:, k], k], axis=0)
+                        for k in range(2, n)]).mean(axis=0)
+        assert np.all(np.abs(gap - 1.5) < 0.5)
+        # its IN Gaussian: its own OUT Gaussian moved up by the gap (and an OUT-less sample's, down)
+        np.testing.assert_allclose(stats["out"].mu[0], np.median(phi[:, 0], axis=0), atol=1e-4)
+        np.testing.assert_allclose(stats["in"].mu[0], stats["out"].mu[0] + gap, atol=1e-4)
+        np.testing.assert_allclose(stats["out"].mu[1], stats["in"].mu[1] - gap, atol=1e-4)
+        np.testing.assert_array_equal(stats["in"].sd[0], stats["out"].sd[0])
+        np.testing.assert_array_equal(stats["out"].sd[1], stats["in"].sd[1])
+        assert stats["in"].count[0] == 0 and stats["out"].count[1] == 0
+        # so its score grows with the target's phi, as the offline test's does (no two-sided test)
+        t = stats["out"].mu[0] + np.linspace(-3, 5, 17)[:, None]
+        g_in, g_out = (Gaussians(g.mu[[0] * 17], g.sd[[0] * 17], g.count[[0] * 17])
+                       for g in (stats["in"], stats["out"]))
+        assert np.all(np.diff(lira_online_scores(t, g_in, g_out)) > 0)
     # an offline pool has no IN side at all
     assert lira_statistics(phi, np.zeros((m, n), bool))["in"] is None
 

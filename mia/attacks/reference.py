@@ -38,9 +38,19 @@ Choices the papers leave open, and what is done here:
   per-sample spread: it gets the side's global scale (the pooled
   within-sample standard deviation over samples with >= 2 models, the
   "fixed variance" of LiRA; if no sample has 2, the other side's; if
-  neither, the marginal spread). A sample with **no** IN (or OUT) model gets
-  the side's marginal Gaussian (mean and spread of that side's phi over all
-  samples and models, per view): a prior, never the other side's models.
+  neither, the marginal spread). A sample with **no** IN model (about a
+  quarter of them with 4 models: a sample is IN for about a third) gets as
+  IN Gaussian its own OUT Gaussian shifted up by the pool's IN-OUT gap (per
+  view, the mean gap between the two medians over the samples that have
+  both sides); a sample with no OUT model likewise, shifted down. Two
+  Gaussians of one scale make a likelihood ratio that grows with ``phi``:
+  such a sample is ranked as the offline test ranks it, on the online
+  test's scale. (The side's marginal Gaussian, a prior the same for every
+  sample, was used before: its broad scale made the score a two-sided test
+  around the sample's OUT median, so non-members the target was unusually
+  unsure of looked like members. Digits, 4 models, 30 epochs: AUC 0.544 on
+  those samples, 0.637 now, 0.601 -> 0.609 in all; purchase-synth, 2
+  models, seeds 0/1/2: 0.771/0.909/0.873 -> 0.829/0.882/0.862.)
 * **Fixed variance** (``variance="fixed"``): one scale per side, pooled over
   samples and views around each sample's own mean. The official code takes
   ``np.std`` of all IN phi (between-sample spread included) and uses it for
@@ -183,9 +193,8 @@ def lira_statistics(phi: np.ndarray, inclusion: np.ndarray, variance: str = "per
     shift = np.float32(hi - lo + 1.0)
     key = x + np.where(inc, np.float32(0), shift)[:, None, :]
     key.sort(axis=-1)
-    med = {s: _median(key, start[s], count[s]) for s in sides}
-    if "out" in med:
-        med["out"] -= shift
+    med = {s: _median(key, start[s], count[s]) for s in ("in", "out")}  # both: each side's fallback reads the other
+    med["out"] -= shift
     del key
 
     # moments centred on each row's mean over all models, so that float32 does not cancel
@@ -200,11 +209,17 @@ def lira_statistics(phi: np.ndarray, inclusion: np.ndarray, variance: str = "per
     centre = centre[..., 0].astype(np.float64)
 
     moments = {s: _side_moments(centre, *sums[s], count[s]) for s in ("in", "out")}
-    out: dict[str, Gaussians | None] = {}
-    for s in sides:
-        other = "out" if s == "in" else "in"
-        out[s] = _gaussians(med[s], moments[s], moments[other], count[s], variance)
-    return out
+    g = {s: _gaussians(med[s], moments[s], moments["out" if s == "in" else "in"], count[s], variance)
+         for s in ("in", "out")}
+    if g["in"] is not None and g["out"] is not None:  # samples without models of one side: the other's, shifted
+        both = (count["in"] > 0) & (count["out"] > 0)
+        gap = ((med["in"][both] - med["out"][both]).mean(axis=0, dtype=np.float64) if both.any()
+               else moments["in"].marginal_mu - moments["out"].marginal_mu).astype(np.float32)
+        for side, other, sign in (("in", "out", 1), ("out", "in", -1)):
+            none = count[side] == 0
+            g[side].mu[none] = g[other].mu[none] + sign * gap
+            g[side].sd[none] = g[other].sd[none]
+    return {s: g[s] for s in sides}
 
 
 @dataclass
@@ -243,7 +258,8 @@ def _side_moments(centre: np.ndarray, s1: np.ndarray, s2: np.ndarray, count: np.
 
 def _gaussians(median: np.ndarray, own: _Moments, other: _Moments, count: np.ndarray,
                variance: str) -> Gaussians | None:
-    """One side's Gaussians with the fallbacks of the module docstring."""
+    """One side's Gaussians with the scale fallbacks of the module docstring (samples without models of
+    the side are filled in by :func:`lira_statistics`)."""
     if own.marginal_mu is None:
         return None
     if own.pooled_sd is not None:
@@ -252,15 +268,12 @@ def _gaussians(median: np.ndarray, own: _Moments, other: _Moments, count: np.nda
         global_sd = other.pooled_sd
     else:
         global_sd = float(np.sqrt(np.mean(own.marginal_sd ** 2)))
-    none = (count == 0)[:, None]
-    mu = np.where(none, own.marginal_mu[None, :], median).astype(np.float32)
     if variance == "per-example":
         sd = np.where((count >= 2)[:, None], own.sd, np.float32(global_sd))
     else:
         sd = np.full_like(own.sd, global_sd)
-    sd = np.where(none, own.marginal_sd[None, :], sd)
     sd = np.maximum(sd, SD_FLOOR).astype(np.float32)
-    return Gaussians(mu, sd, count)
+    return Gaussians(median.astype(np.float32), sd, count)
 
 
 def _log_normal(t: np.ndarray, g: Gaussians) -> np.ndarray:
