@@ -10,7 +10,10 @@ from entrypoints.options import attack_options, attack_params, common_options, p
 @click.command("attack")
 @click.option("--run-id", required=True, help="The training run to attack (printed by `mia train`).")
 @attack_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shadow models and attacks.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the attacks (learned attack models, RMIA's and LiRA's choices on reference models, "
+                   "bootstrap intervals); default: the training run's, as `mia audit` does. The reference models "
+                   "are the pool's, seeded by its recipe and split so that attacks reuse them.")
 @click.option("--device", default=None,
               help="Where the reference models train and the target is queried (auto, cpu, cuda, cuda:1, ...); "
                    "default: the training run's.")
@@ -40,6 +43,8 @@ def print_table(outcome) -> None:
     for name, r, accuracy in rows:
         click.echo(name.ljust(width) + "".join(f"{r.metrics[key]:>10.4f}" for _, key in COLUMNS)
                    + f"{accuracy:>10.4f}")
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
     if outcome.sparsity is not None:
         click.echo(f"pruned to sparsity {outcome.sparsity:.3f}; the dense.* rows attack the model before pruning")
     click.echo(f"target run: {outcome.target_run_id}  attack run: {outcome.run_id}")

@@ -265,10 +265,11 @@ class AttackOutcome:
     dense: list[AttackResult] = field(default_factory=list)  # pruning: the same attacks on the dense original
     dense_test_accuracy: float = float("nan")
     sparsity: float | None = None  # pruning: the pruned target's measured sparsity
+    notes: list[str] = field(default_factory=list)  # for the reader: e.g. a TPR at low FPR that reads FPR 0
 
 
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
-               attack_params: dict[str, dict] | None = None, seed: int = 0,
+               attack_params: dict[str, dict] | None = None, seed: int | None = None,
                experiment: str | None = None, progress: bool = True,
                data: Dataset | None = None, pool_mode: str = "online", adaptive: bool = False,
                device: str | None = None) -> AttackOutcome:
@@ -280,11 +281,17 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     ``device`` overrides the training run's (a run trained on a GPU, attacked
     on a laptop).
     ``adaptive`` trains the reference models with the target's defense.
+    ``seed`` (default: the training run's, so that train + attack is audit)
+    seeds the attacks: learned attack models, the reference models' turns as
+    pseudo-targets that choose RMIA's and LiRA's settings, bootstrap
+    intervals. The reference models are the pool's, seeded by its key so that
+    every attack of one recipe and split reuses them.
     """
     attacks = audit.as_asked(attacks)
     audit.resolve_attacks(attacks, "federated")  # a name no scenario knows fails before the store is read
     target = tracking.TargetRun(target_run_id)
     config = target.config
+    seed = config.seed if seed is None else seed
     if device is not None:  # where the references train and the target is queried: not where it trained
         config = replace(config, train=replace(config.train, device=device))
     check_device(config.train.device)
@@ -298,9 +305,9 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     timer = Timer()
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
     with tracking.run(f"attack-{config.dataset}-{config.model}", experiment, tags=tags) as active:
-        tracking.log_params({"attacks": attacks if isinstance(attacks, str) else ",".join(names),
-                             "reference_models": reference_models,
-                             "pool": pool_mode, "adaptive": adaptive, "seed": seed,
+        pool_params = {"reference_models": reference_models, "pool": pool_mode, "adaptive": adaptive} if names else {}
+        tracking.log_params({"attacks": attacks if isinstance(attacks, str) else ",".join(names + fl_names),
+                             **pool_params, "seed": seed,
                              "target_run_id": target_run_id,
                              **{f"{a}.{k}": v for a, p in (attack_params or {}).items() for k, v in p.items()}})
         with timer.stage("load_data"):
@@ -308,8 +315,9 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         target.split.check(len(data))
         _check_same_data(target.run, data)
         _, is_member = target.split.query()
-        if names:
-            _log_evaluation_set(is_member)
+        notes = []
+        if names and (note := _log_evaluation_set(is_member)):
+            notes.append(note)
         with timer.stage("signals"):
             signals, population = _target_signals(target, data)
         if attacks == "all":
@@ -317,8 +325,9 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         fl_results = []
         if fl_names:  # first: they read stored rounds in seconds, and fail before any reference model trains
             with timer.stage("fl_attacks"):
-                fl_results = _fl_attacks(target, fl_names, attack_params, seed, config, data,
-                                         skip_unscorable=attacks == "all")
+                fl_results, note = _fl_attacks(target, fl_names, attack_params, seed, config, data,
+                                               skip_unscorable=attacks == "all")
+            notes += [f"FL attacks: {note}"] if note else []
         released_epoch = int(target.metrics.get("best_epoch", -1))  # a pruning run's: its dense original's
         finetune_epochs = [int(e) for e in target.run.data.params.get("finetune_best_epochs", "").split(",") if e]
         results, written, plan = [], [], None
@@ -357,7 +366,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         if results:
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         return AttackOutcome(active.info.run_id, target_run_id, test_accuracy, fl_results + results, dense_results,
-                             target.metrics.get("dense.test_accuracy", float("nan")), target.metrics.get("sparsity"))
+                             target.metrics.get("dense.test_accuracy", float("nan")), target.metrics.get("sparsity"),
+                             notes)
 
 
 def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, signals, population,
@@ -398,7 +408,8 @@ def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size:
 
 
 def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dict | None, seed: int,
-                config: TargetConfig, data: Dataset, skip_unscorable: bool = False) -> list[AttackResult]:
+                config: TargetConfig, data: Dataset,
+                skip_unscorable: bool = False) -> tuple[list[AttackResult], str | None]:
     """The FL attacks on a federated run's recorded server view, with their curves over rounds.
 
     Each attack's ``auc`` and ``tpr_at_fpr_0.001`` are also logged at every
@@ -414,7 +425,7 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     federation = target.arrays(f"{tracking.FL_DIR}/federation.npz")
     is_member, query = federation["is_member"].astype(bool), federation["query"]
     client = config.fl.target_client
-    _log_evaluation_set(is_member, "fl_")
+    note = _log_evaluation_set(is_member, "fl_")
     results = audit.run_fl_attacks(names, signals, client, is_member, attack_params, seed, skip_unscorable)
     names = [r.name for r in results]
     curves = round_curves(names, signals, client, is_member)
@@ -429,7 +440,7 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
         csv.write_text(tracking.scores_csv([r.name for r in results], [r.output.scores for r in results], query,
                                            labels, is_member))
         tracking.log_file(csv)
-    return results
+    return results, note
 
 
 DATA_TAG = "mia.data_fingerprint"
@@ -446,15 +457,17 @@ def _check_same_data(run, data: Dataset) -> None:
                        "changed since); restore those files or that loader, or train a new run")
 
 
-def _log_evaluation_set(is_member: np.ndarray, prefix: str = "") -> None:
+def _log_evaluation_set(is_member: np.ndarray, prefix: str = "") -> str | None:
     """The size of an evaluation set (params ``<prefix>eval.members``/``<prefix>eval.nonmembers``), and the
-    tag ``mia.<prefix>low_fpr_note`` where a TPR at low FPR allows no false positive among its non-members."""
+    tag ``mia.<prefix>low_fpr_note`` where a TPR at low FPR allows no false positive among its non-members
+    (the note, returned for the console too)."""
     from mia.metrics import low_fpr_note
 
     nonmembers = int((~is_member).sum())
     tracking.log_params({f"{prefix}eval.members": int(is_member.sum()), f"{prefix}eval.nonmembers": nonmembers})
     if note := low_fpr_note(nonmembers):
         tracking.set_tags({f"mia.{prefix}low_fpr_note": note})
+    return note
 
 
 def _target_signals(target: tracking.TargetRun, data: Dataset):

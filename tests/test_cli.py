@@ -577,6 +577,16 @@ def test_adaptive_reference_models_train_with_the_targets_defense(mlflow_store):
     assert pools["--adaptive"].data.tags["mia.defense"] == "label-smoothing"
 
 
+def test_attack_takes_the_training_runs_seed_and_notes_a_tpr_that_reads_fpr_0(mlflow_store):
+    run_id = run_id_of(invoke("train", "--seed", "3", *FAST).output)
+    result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    attack = MlflowClient().get_run(run_id_of(result.output, "attack run"))
+    assert attack.data.params["seed"] == "3"  # as `mia audit --seed 3` seeds its attacks
+    nonmembers = attack.data.params["eval.nonmembers"]
+    assert f"note: {nonmembers} non-members: tpr_at_fpr_0.001 allows no false positive" in result.output
+
+
 def test_key_value_options_take_repeats_and_comma_separated_pairs():
     from entrypoints.options import key_values
     from mia.errors import MiaError
