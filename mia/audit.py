@@ -724,7 +724,11 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
             fit_on = [s for s in shadows if s.signals.label_only] or shadows
         out = run_attack(name, target, fit_on, params.get(name), seed=seed, reference=reference, split_ai=split_ai)
         scores, predictions, member = out.restricted(is_member)
-        metrics = {**attack_metrics(scores, member, predictions), **interval_metrics(scores, member, seed=seed)}
+        try:
+            metrics = {**attack_metrics(scores, member, predictions), **interval_metrics(scores, member, seed=seed)}
+        except MiaError as exc:  # NaN scores: say which attack, and the usual cause
+            raise MiaError(f"attack {name}: {exc}; the target or its reference models may have diverged (check "
+                           "their train_loss and test accuracy; lower the learning rate)") from None
         results.append(AttackResult(name, out, metrics, time.perf_counter() - start))
     return results
 

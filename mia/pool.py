@@ -170,14 +170,20 @@ def write_identity(plan: PoolPlan, root: Path) -> None:
     path.write_text(json.dumps({"key": plan.key, **plan.identity}, indent=1, sort_keys=True, default=str))
 
 
+def _half(x: np.ndarray) -> np.ndarray:
+    """float16, saturating: a diverged model's logits beyond float16's range become its largest finite value,
+    not infinities whose differences are NaN in every attack downstream."""
+    limit = np.finfo(np.float16).max
+    return np.clip(x, -limit, limit).astype(np.float16)
+
+
 def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
     path = model_file(root, m)
     tmp = path.with_suffix(".tmp")
     label_only = {f"label_only.{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
     with open(tmp, "wb") as f:
-        np.savez(f, inclusion=inclusion, logits=queried.logits.astype(np.float16),
-                 phi=queried.phi.astype(np.float16), sensitivity=population.sensitivity.astype(np.float16),
-                 **label_only)
+        np.savez(f, inclusion=inclusion, logits=_half(queried.logits), phi=_half(queried.phi),
+                 sensitivity=_half(population.sensitivity), **label_only)
     tmp.rename(path)  # a killed run leaves no half-written model behind
     return path
 

@@ -247,3 +247,12 @@ def test_samia_without_sensitivity_names_the_fix(shadows, leaky_target):
     with pytest.raises(MiaError, match=r"sensitivity=True"):
         run_attack("samia", target, bare_shadows)
     run_attack("loss", bare, bare_shadows)  # threshold attacks do not need it
+
+
+def test_nan_scores_name_the_attack_and_the_likely_cause(shadows, leaky_target):
+    from mia.audit import run_attacks
+
+    target, member = leaky_target
+    broken = Signals(np.full_like(target.logits, np.nan), target.labels)
+    with pytest.raises(MiaError, match=r"^attack loss: .* NaN.* may have diverged"):
+        run_attacks(["loss"], broken, member, shadows, progress=False)

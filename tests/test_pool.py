@@ -155,3 +155,10 @@ def test_bad_pool_requests(task, tmp_path):
         plan_pool({}, split, "sideways")
     with pytest.raises(MiaError, match="at least 1"):
         audit.reference_pool(audit.plan_reference_pool(config, data, split), config, data, 0, tmp_path)
+
+
+def test_a_diverged_models_logits_are_stored_saturated_not_infinite():
+    from mia.pool import _half
+
+    stored = _half(np.array([[1e9, -1e9, 1.5]], dtype=np.float32))
+    assert np.isfinite(stored).all() and stored[0, 0] > stored[0, 2] > stored[0, 1]
