@@ -616,8 +616,11 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
             raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
                            f"{config.dataset} is {data_kind}")
         if kind not in config.label_only:
-            raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed in training: "
-                           f"add {kind} to its label_only (--label-only) (this target has: {','.join(config.label_only) or 'none'})")
+            have = ",".join(config.label_only)
+            raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed with the target and "
+                           f"its reference models in training (this target has: {have or 'none'}); train it with "
+                           f"{kind} in its label_only (`mia train`/`mia audit --label-only "
+                           f"{','.join([*config.label_only, kind])}`)")
 
 
 def check_attack_params(params: dict[str, dict] | None, names: list[str],
