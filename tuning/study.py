@@ -292,8 +292,9 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, measures: dict,
         study.set_user_attr(IDENTITY_ATTR, measures)
     elif stored != measures:
         diff = _differences(stored, measures)
-        raise MiaError(f"study {name} was made with {diff[0]}{' and more' if len(diff) > 1 else ''}; "
-                       "pass the same options to resume it, or a new --study-name")
+        shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise MiaError(f"study {name} was made with {shown}; pass the same options to resume it, or a new "
+                       "--study-name")
     return study
 
 

@@ -165,8 +165,8 @@ def producers(model: nn.Module) -> dict[nn.Module, nn.Module]:
 def slimming(model: nn.Module, sparsity: float) -> None:
     norms = batch_norms(model)
     if not norms:
-        raise MiaError(f"pruner slimming needs BatchNorm layers and {type(model).__name__} has none; "
-                       f"build the model with --norm bn")
+        raise MiaError(f"pruner slimming prunes BatchNorm channels and {type(model).__name__} has none; use a "
+                       "model with BatchNorm (resnet18, wrnD-W, vgg16, densenet121) and --norm bn")
     sync(model)  # already pruned channels read as gamma = 0, so they stay among the pruned
     gammas = torch.cat([bn.weight.detach().abs().flatten().float() for bn in norms])
     drop = torch.zeros_like(gammas, dtype=torch.bool)
