@@ -577,6 +577,8 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
         names = known if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
     if not names:
         raise MiaError("no attacks given; pass --attacks all or a comma-separated list (see `mia attacks`)")
+    by_lower = {k.lower(): k for k in known}
+    names = [n if n in known else by_lower.get(n.lower(), n) for n in names]  # LOSS, Lira-Online: spelt as known
     for name in names:
         if name not in known:
             if scenario != "federated":

@@ -293,6 +293,12 @@ class TargetRun:
     def __init__(self, run_id: str, finished: bool = True):
         self.run = get_run(run_id)
         self.run_id = run_id
+        kind, tags = self.run.data.tags.get("mia.kind"), self.run.data.tags
+        if kind == "attack":
+            raise MiaError(f"run {run_id} is an attack run; pass its training run, "
+                           f"{tags.get('mia.target_run_id', '(see its tag mia.target_run_id)')}")
+        if kind == "pool":
+            raise MiaError(f"run {run_id} holds a reference-model pool; pass a training run (printed by `mia train`)")
         if finished and self.run.info.status != "FINISHED":
             raise MiaError(f"run {run_id} is {self.run.info.status}, not FINISHED; "
                            "attack a training run that completed")

@@ -52,6 +52,7 @@ def test_target_that_never_saw_the_members_scores_chance(setting):
 def test_resolve_attacks():
     assert audit.resolve_attacks("all")[:2] == ["loss", "confidence"]
     assert audit.resolve_attacks("nn, loss,nn") == ["nn", "loss"]
+    assert audit.resolve_attacks("LOSS,Lira-Online") == ["loss", "lira-online"]  # spelt as the registry does
 
 
 def reference_metrics(dataset: str, params: dict, epochs: int, models: int, attacks: list[str], tmp_path,

@@ -585,6 +585,9 @@ def test_attack_takes_the_training_runs_seed_and_notes_a_tpr_that_reads_fpr_0(ml
     assert attack.data.params["seed"] == "3"  # as `mia audit --seed 3` seeds its attacks
     nonmembers = attack.data.params["eval.nonmembers"]
     assert f"note: {nonmembers} non-members: tpr_at_fpr_0.001 allows no false positive" in result.output
+    # an attack run given for a training run: the error names the training run to pass
+    again = invoke("attack", "--run-id", attack.info.run_id, "--attacks", "loss", "--quiet")
+    assert again.exit_code != 0 and f"is an attack run; pass its training run, {run_id}" in again.output
 
 
 def test_key_value_options_take_repeats_and_comma_separated_pairs():
