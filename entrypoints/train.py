@@ -14,7 +14,8 @@ from entrypoints.options import common_options, federated_options, pass_options,
 @federated_options
 @pruning_options
 @click.option("--from-run", metavar="RUN_ID", default=None,
-              help="Pruning: prune the dense model of this centralized run (and reuse its split).")
+              help="Pruning: prune the dense model of this centralized run (taking its data, model, split, seed "
+                   "and recipe).")
 @click.option("--resume", metavar="RUN_ID", default=None,
               help="Federated: continue a killed or crashed run from its last recorded round (its own options).")
 @common_options

@@ -18,8 +18,9 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
 @federated_options
 @pruning_options
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file {param: {low:, high:, log:} | {choices: [...]}}; default: the defense's declared "
-                   "ranges (see `mia defenses`), less the parameters fixed with --defense-param.")
+              help="YAML file {param: {low:, high:, log:} | {choices: [...]}}; default: the defense's default "
+                   "search ranges (`search` in `mia defenses`; a file may search any `valid` range), less the "
+                   "parameters fixed with --defense-param.")
 @click.option("--attacks", default="loss,mentr,nn", show_default=True,
               help="Attacks whose worst case is the leakage (comma-separated, or `all`).")
 @click.option("--reference-models", type=click.IntRange(min=1), default=4, show_default=True,

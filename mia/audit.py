@@ -1,4 +1,4 @@
-"""The centralized audit, without any tracking: train a target, train shadows, attack.
+"""The audit (centralized, federated, pruning), without any tracking: train a target, train shadows, attack.
 
 Everything here is plain Python on torch/numpy, so the same audit runs from a
 notebook or on a GPU image that lacks MLflow. :mod:`mia.tracking` wraps these
@@ -8,8 +8,8 @@ The protocol (REFERENCE.md section 1):
 
 * the target trains on ``split.members``, picks its best epoch on
   ``split.validation`` and is queried on the balanced set ``split.query()``;
-* reference (shadow) models imitate the target's recipe on random halves of
-  the attacker's data (:mod:`mia.pool`); threshold and learned attacks fit
+* reference (shadow) models imitate the target's recipe on random subsets
+  of the attacker's data, as large as the target's training set (:mod:`mia.pool`); threshold and learned attacks fit
   on their outputs on the population, LiRA and RMIA compare the target with
   them on the audited samples;
 * attacks see the target's signals and the shadows' signals with their
@@ -907,7 +907,8 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     if config.scenario == "federated":
         target, signals_of_server, federation = _federate(config, data, split, progress)
         fl_results = run_fl_attacks(fl_names, signals_of_server, config.fl.target_client,
-                                    federation.is_member.astype(bool), attack_params, config.seed)
+                                    federation.is_member.astype(bool), attack_params, config.seed,
+                                    skip_unscorable=attacks == "all")
     elif config.scenario == "pruning":
         dense, mem_scores = None, None
         if models := pool_mem_score_models(config):  # RSW/RMR/SWMR: mem-scores from the dense recipe's pool

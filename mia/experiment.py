@@ -53,8 +53,9 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
 
     A pruning run also stores its dense original (``model/dense_checkpoint.pt``,
     ``signals/dense_target*.npz``, ``dense.test_accuracy``), trained in the
-    run or taken from ``from_run`` (a centralized run of the same dataset and
-    model, whose split it reuses), and logs the measured ``sparsity``. A
+    run or taken from ``from_run`` (an undefended centralized run, whose data,
+    model, split, seed and recipe it takes over: :func:`with_dense_recipe`),
+    and logs the measured ``sparsity``. A
     mem-score driven defense reads its scores from the online reference pool
     of the dense recipe (tags ``mia.mem_pool_key``/``mia.mem_pool_run_id``),
     the pool that attacking the dense original then reuses.

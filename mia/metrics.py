@@ -1,7 +1,8 @@
 """Attack metrics: ROC, AUC, TPR at low FPR, advantage, balanced accuracy.
 
-Every attack reports the same six numbers (:data:`METRICS`), logged to MLflow
-as ``<attack>.<metric>`` (:func:`metric_names`).
+Every attack reports the same six numbers (:data:`METRICS`; and
+``tpr_at_fpr_0.0001`` where there are at least 10,000 non-members), logged to
+MLflow as ``<attack>.<metric>`` (:func:`metric_names`).
 
 Two choices differ from the source systems on purpose:
 

@@ -1,7 +1,7 @@
 """Reference-model pools: trained once, stored, reused and grown.
 
 LiRA and RMIA compare the target with reference models trained on random
-halves of the attacker's data; threshold and learned attacks fit on shadow
+subsets of the attacker's data (as large as the target's training set); threshold and learned attacks fit on shadow
 models; pruning defenses need memorization scores. All of them are served by
 one mechanism: a *pool* of M models with the target's recipe.
 

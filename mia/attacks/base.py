@@ -13,7 +13,8 @@ global-threshold baseline, :mod:`mia.attacks.reference`) compare the target
 with reference models on the audited samples themselves. Their spec lists
 ``"reference"`` in ``needs``; :func:`run_attack` then calls
 ``fit(shadows, reference)`` with a :class:`ReferenceSignals` (the only way
-they receive it), and every other attack keeps ``fit(shadows)``.
+they receive it); an attack that needs ``"split-ai"`` (``selena-adaptive``)
+gets ``fit(shadows, split_ai)``, and every other attack keeps ``fit(shadows)``.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ Choices the papers leave open, and what is done here:
   on the evaluation data. The pseudo-targets' statistics come from M - 1
   models, the target's from M: the threshold is slightly conservative. When
   no pseudo-target can be built (one model, or a population of one class),
-  the natural null thresholds are used: likelihood ratio 0 (LiRA online),
+  the natural null thresholds are used: log-likelihood ratio 0 (LiRA online),
   the OUT median (LiRA offline), half the population (RMIA), ``p_y = 0.5``
   (global threshold).
 """

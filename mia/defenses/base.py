@@ -1,15 +1,18 @@
 """One small interface for every defense, and the registry ``--defense`` reads.
 
 A defense is a registered name with typed, documented hyperparameters (each
-with the range a search explores) and the scenarios it applies to. It acts at
+with the values it may take and, unless ``search=False``, the part of them
+``mia tune`` searches by default) and the scenarios it applies to. It acts at
 one or more hook points, and overrides only those:
 
 * inside the one training loop (:class:`mia.train.TrainHooks`): the batch
   (mixup), the loss (label smoothing, RelaxLoss, HAMP), early stopping;
 * the whole training procedure (:meth:`Defense.fit`: DP-SGD, AdvReg, SELENA);
 * the released outputs (:meth:`Defense.release`: MemGuard, confidence
-  masking): every query of the target (signals, views, label-only attacks)
-  goes through the released model, so attacks see what a user would;
+  masking, HAMP's output modification): every query of the target (signals,
+  views) goes through the released model, so attacks see what a user would
+  (label-only queries of a release that keeps the network's labels go to the
+  network, which answers the same labels);
 * in federated learning, the client uploads (:meth:`Defense.upload`: client
   DP, quantization, sparsification, CoFedMID's perturbation): the server,
   its aggregate and every FL attack see the defended uploads only.

@@ -250,7 +250,7 @@ register(DefenseSpec(
     "the aggregate",
     scenarios=("federated",),
     params={
-        "trusted_clients": HyperParam(int, 2, "coalition size T (clients 0..T-1); 0 = half of the clients",
+        "trusted_clients": HyperParam(int, 2, "coalition size T (clients 0..T-1), not 1; 0 = half of the clients",
                                       low=0, search=False),  # the scenario (pair, half), not a knob
         "parts": HyperParam(int, 2, "class groups a member's data is cut into (one trained per round)",
                             low=2, search_range=(2, 10)),
