@@ -17,7 +17,7 @@ import pytest
 
 from mia.attacks import ATTACKS, ReferenceSignals, run_attack
 from mia.attacks.reference import (DEFAULT_A, DEFAULT_GAMMA, SD_FLOOR, TEMPERATURE_GRID, Rmia, RmiaInputs,
-                                   Gaussians, lira_online_scores, lira_statistics, pseudo_targets, rmia_scores)
+                                   lira_statistics, pseudo_targets, rmia_scores)
 from mia.errors import MiaError
 from mia.metrics import attack_metrics
 from mia.signals import Signals, loss
@@ -215,30 +215,34 @@ def test_statistics_match_a_per_sample_loop():
     np.testing.assert_allclose(fixed["in"].sd[5], pooled, rtol=1e-4)
 
 
-def test_a_sample_never_in_gets_its_out_gaussian_shifted_by_the_pools_in_out_gap():
+def test_a_sample_never_in_gets_an_in_gaussian_predicted_from_its_out_models():
     rng = np.random.default_rng(4)
-    m, n, v = 8, 30, 2
+    m, n, v = 8, 60, 2
     inc = rng.random((m, n)) < 0.5
     inc[:, 0] = False  # no IN model
     inc[:, 1] = True  # no OUT model
-    phi = rng.normal(size=(m, n, v)).astype(np.float32) + 1.5 * inc[:, :, None]  # IN models sit 1.5 higher
-    for variance in ("per-example", "fixed"):
-        stats = lira_statistics(phi, inc, variance)
-        gap = np.stack([np.median(phi[inc[:, k], k], axis=0) - np.median(phi[~inc[:, k], k], axis=0)
-                        for k in range(2, n)]).mean(axis=0)
-        assert np.all(np.abs(gap - 1.5) < 0.5)
-        # its IN Gaussian: its own OUT Gaussian moved up by the gap (and an OUT-less sample's, down)
-        np.testing.assert_allclose(stats["out"].mu[0], np.median(phi[:, 0], axis=0), atol=1e-4)
-        np.testing.assert_allclose(stats["in"].mu[0], stats["out"].mu[0] + gap, atol=1e-4)
-        np.testing.assert_allclose(stats["out"].mu[1], stats["in"].mu[1] - gap, atol=1e-4)
-        np.testing.assert_array_equal(stats["in"].sd[0], stats["out"].sd[0])
-        np.testing.assert_array_equal(stats["out"].sd[1], stats["in"].sd[1])
-        assert stats["in"].count[0] == 0 and stats["out"].count[1] == 0
-        # so its score grows with the target's phi, as the offline test's does (no two-sided test)
-        t = stats["out"].mu[0] + np.linspace(-3, 5, 17)[:, None]
-        g_in, g_out = (Gaussians(g.mu[[0] * 17], g.sd[[0] * 17], g.count[[0] * 17])
-                       for g in (stats["in"], stats["out"]))
-        assert np.all(np.diff(lira_online_scores(t, g_in, g_out)) > 0)
+    difficulty = rng.normal(0, 2, (1, n, v))  # per sample: IN and OUT phi move together
+    phi = (difficulty + 0.3 * rng.normal(size=(m, n, v)) + 1.5 * inc[:, :, None]).astype(np.float32)
+    stats = lira_statistics(phi, inc, "fixed")
+    both = np.arange(2, n)
+    med_in = np.stack([np.median(phi[inc[:, k], k], axis=0) for k in both])
+    med_out = np.stack([np.median(phi[~inc[:, k], k], axis=0) for k in both])
+    for j in range(v):  # the least-squares line OUT -> IN over the samples with both, by hand
+        b, a = np.polyfit(med_out[:, j], med_in[:, j], 1)
+        assert 0.8 < b < 1.2 and 1.0 < a < 2.0  # IN sits about 1.5 above OUT here
+        np.testing.assert_allclose(stats["in"].mu[0, j], a + b * np.median(phi[:, 0, j]), atol=1e-3)
+        b_out, a_out = np.polyfit(med_in[:, j], med_out[:, j], 1)
+        np.testing.assert_allclose(stats["out"].mu[1, j], a_out + b_out * np.median(phi[:, 1, j]), atol=1e-3)
+    # its scale: the side's, widened by the line's residual spread; never its OUT models' own spread
+    assert np.all(stats["in"].sd[0] >= stats["in"].sd[2]) and stats["in"].count[0] == 0
+    # sample 0's OUT values move its IN location along the line, not to a prior the same for all
+    moved = phi.copy()
+    moved[:, 0] += 1.0
+    assert np.all(lira_statistics(moved, inc, "fixed")["in"].mu[0] - stats["in"].mu[0] > 0.8)
+    # one model: no sample has both sides, so the side's marginal Gaussian stands in
+    one = lira_statistics(phi[:1], inc[:1])
+    in_values = phi[0][inc[0]]
+    np.testing.assert_allclose(one["in"].mu[~inc[0]][0], in_values.mean(axis=0), atol=1e-4)
     # an offline pool has no IN side at all
     assert lira_statistics(phi, np.zeros((m, n), bool))["in"] is None
 
