@@ -260,3 +260,6 @@ def test_a_searched_parameter_without_a_valid_search_range_is_refused_at_registr
     with pytest.raises(ValueError, match=r"inside its valid range \(0, inf\)"):
         DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0, open_low=True,
                                                              search_range=(0.0, 1.0))})
+    with pytest.raises(ValueError, match="log scale"):
+        DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0, log=True,
+                                                             search_range=(0.0, 1.0))})

@@ -88,6 +88,9 @@ class DefenseSpec:
                         or not p.search_range[0] < p.search_range[1]:
                     raise ValueError(f"defense {self.name}: searched parameter {key} needs a search_range "
                                      f"(low < high) inside its valid range {p.valid_range()}")
+                if p.log and p.search_range[0] <= 0:
+                    raise ValueError(f"defense {self.name}: parameter {key} is searched on a log scale, so its "
+                                     f"search_range must start above 0, got {p.search_range}")
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", hint=PLUGIN_HINT)
