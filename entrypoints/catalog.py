@@ -55,7 +55,7 @@ def attacks() -> None:
 
 @click.command("defenses")
 def defenses() -> None:
-    """List defenses, the scenarios they apply to, and their hyperparameters: valid values and what `mia tune` searches."""
+    """List defenses, their scenarios and hyperparameters (valid values, what `mia tune` searches)."""
     from mia.defenses import DEFENSES
 
     for name, spec in DEFENSES.items():

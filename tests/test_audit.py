@@ -214,7 +214,8 @@ def test_label_only_needs_follow_the_attack_parameters():
     white = {"boundary": {"mode": "white-box"}}
     config = audit.resolve_config("digits", label_only=["boundary-wb"])
     audit.check_label_only(["boundary"], config, white)  # has what white-box mode reads
-    with pytest.raises(MiaError, match=r"with boundary in its label_only \(`mia train`/`mia audit --label-only boundary-wb,boundary`\)"):
+    with pytest.raises(MiaError, match=r"boundary in its label_only \(`mia train`/`mia audit --label-only "
+                                       r"boundary-wb,boundary`\)"):
         audit.check_label_only(["boundary"], config)  # black-box (the default) reads "boundary"
     signals = Signals(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), label_only={"boundary-wb": np.zeros(2)})
     assert audit.applicable(["boundary", "loss"], signals, params=white) == ["boundary", "loss"]

@@ -64,7 +64,8 @@ class HyperParam(Param):
         """``[0, 1]``, ``(0, inf)``: the valid range as an interval."""
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{'(' if self.open_low or self.low is None else '['}{low}, {high}{']' if self.high is not None else ')'}"
+        left = "(" if self.open_low or self.low is None else "["
+        return f"{left}{low}, {high}{']' if self.high is not None else ')'}"
 
     def check(self, owner: str, name: str, value) -> None:
         if self.choices is not None and value not in self.choices:
