@@ -270,4 +270,4 @@ def test_registered_for_federated_and_round_trips(name):
     as_strings = make_defense(name, {k: str(v) for k, v in defense.params.items()})
     assert as_strings.params == defense.params
     for param in spec.params.values():
-        assert param.choices is not None or param.low <= param.default <= param.high
+        assert param.choices is not None or param.allows(param.default)
