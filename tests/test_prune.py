@@ -177,7 +177,7 @@ def test_slimming_zeroes_the_channels_with_the_smallest_gammas_globally():
 
 def test_slimming_without_batchnorm_is_a_one_line_error():
     for model in (fresh("mlp"), fresh("cnn-small"), fresh("wrn10-1", norm="gn")):
-        with pytest.raises(MiaError, match=r"slimming needs BatchNorm.*--norm bn") as info:
+        with pytest.raises(MiaError, match=r"slimming prunes BatchNorm channels.*--norm bn") as info:
             PRUNERS.get("slimming")(model, 0.5)
         assert "\n" not in str(info.value)
 

@@ -322,7 +322,7 @@ _WINDOW_PARAMS = {
 }
 _DECAY_PARAMS = {
     "tau": HyperParam(float, 0.5, "mem-score from which a row gets the stronger weight decay",
-                       search_range=(0.0, 1.0)),
+                       low=0.0, high=1.0, search_range=(0.0, 1.0)),
     "strong_decay": HyperParam(float, 0.1, "weight decay on high-mem rows (loss + decay/2 * ||w||^2 per row)",
                                low=0.0, log=True, search_range=(1e-3, 1.0)),
 }

@@ -153,7 +153,8 @@ def read_mem_scores_csv(path: str | Path, train_idx: np.ndarray) -> np.ndarray:
         raise MiaError(f"mem-score CSV {str(path)!r} holds non-finite scores")
     if len(scores) and (scores.min() < -1 or scores.max() > 1):
         warnings.warn(f"mem-score CSV {str(path)!r} holds scores in [{scores.min():g}, {scores.max():g}], outside "
-                      "Feldman's [-1, 1]: RSW orders rows by them as they are and RMR compares them with its tau",
+                      "Feldman's [-1, 1]: RSW orders rows by them as they are, but RMR's tau is on Feldman's scale "
+                      "(in [0, 1]): rescale them for RMR",
                       stacklevel=2)
     if index is None:
         if len(scores) != len(train_idx):
