@@ -9,7 +9,8 @@ The protocol (REFERENCE.md section 1):
 * the target trains on ``split.members``, picks its best epoch on
   ``split.validation`` and is queried on the balanced set ``split.query()``;
 * reference (shadow) models imitate the target's recipe on random subsets
-  of the attacker's data, as large as the target's training set (:mod:`mia.pool`); threshold and learned attacks fit
+  of the attacker's data, as large as the target's training set
+  (:mod:`mia.pool`); threshold and learned attacks fit
   on their outputs on the population, LiRA and RMIA compare the target with
   them on the audited samples;
 * attacks see the target's signals and the shadows' signals with their
@@ -38,7 +39,7 @@ from mia.errors import PLUGIN_HINT, MiaError, unknown
 from mia.fl.config import FLConfig
 from mia.prune.schedule import PruneConfig
 from mia.metrics import attack_metrics, interval_metrics
-from mia.models import build_model
+from mia.models import architecture_fingerprint, build_model
 from mia.registry import coerce
 from mia.signals import LABEL_ONLY_KINDS, Signals, compute_signals
 from mia.train import TrainConfig, resolve_device
@@ -445,7 +446,6 @@ def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode:
     autocast (a pool grown on a GPU and on a CPU would mix precisions) and
     :data:`POOL_FORMAT`.
     """
-    from mia.models import architecture_fingerprint
     from mia.pool import plan_pool
 
     architecture = architecture_fingerprint(config.model, data.input_shape, data.num_classes, config.norm)
@@ -464,8 +464,6 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
     dropping the fields, keep the keys (and so the models' seeds) of pools grown
     before this normalization.
     """
-    from mia.models import architecture_fingerprint
-
     default = TargetConfig()
     if config.norm != default.norm and architecture == architecture_fingerprint(
             config.model, data.input_shape, data.num_classes, default.norm):
