@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -58,6 +59,9 @@ def main(ctx: click.Context) -> None:
     """mia: membership inference attacks and defenses, tracked in MLflow."""
     keep_freed_memory()  # CPU steps stop page-faulting their tensors in again (mia/allocator.py)
     warnings.formatwarning = format_warning
+    # MLflow announces the one-time set-up of a new SQLite store at INFO; its other messages (a server's
+    # run links) stay
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     try:
         load_plugins()  # the user's own models, datasets, attacks, defenses (mia/plugins.py)
     except MiaError as exc:
