@@ -6,13 +6,13 @@ The CLI and the Optuna objective call these; they talk to MLflow only through
 
 from __future__ import annotations
 
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mia import audit, tracking
 from mia.attacks import ATTACKS
@@ -179,14 +179,8 @@ def with_dense_recipe(config: TargetConfig, dense: TargetConfig, run_id: str) ->
 
 def _dense_from_run(source: tracking.TargetRun, config: TargetConfig, data: Dataset):
     """The split and dense model of a finished centralized run (``config`` took its recipe)."""
-    run_id, dense_cfg = source.run_id, source.config
     source.split.check(len(data))
-    network = build_model(dense_cfg.model, data.input_shape, data.num_classes, norm=dense_cfg.norm)
-    try:
-        network.load_state_dict(source.state_dict())
-    except RuntimeError:
-        raise MiaError(f"checkpoint of run {run_id} does not fit model {dense_cfg.model!r}") from None
-    network.to(data.x.device).eval()
+    network = _stored_network(source, data)
     split = source.split
     device = config.train.device
     dense = audit.TrainedModel(network, network, int(source.metrics.get("best_epoch", -1)), [],
@@ -433,14 +427,10 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     for name, points in curves.items():
         for point in points[:-1]:  # the last point is the attack's final metrics, logged with the rest
             tracking.log_metrics({f"{name}.{k}": point[k] for k in ("auc", "tpr_at_fpr_0.001")}, step=point["round"])
-    with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_file(plot_round_curves(curves, Path(tmp) / "fl_rounds.png",
-                                            title=f"client {client}: {config.dataset} / {config.model}"), "plots")
-        csv = Path(tmp) / "fl_scores.csv"
-        labels = data.y[query].cpu().numpy()
-        csv.write_text(tracking.scores_csv([r.name for r in results], [r.output.scores for r in results], query,
-                                           labels, is_member))
-        tracking.log_file(csv)
+    tracking.log_written("plots/fl_rounds.png", lambda path: plot_round_curves(
+        curves, path, title=f"client {client}: {config.dataset} / {config.model}"))
+    tracking.log_scores("fl_scores.csv", names, [r.output.scores for r in results], query,
+                        data.y[query].cpu().numpy(), is_member)
     return results, note
 
 
@@ -477,33 +467,35 @@ def _target_signals(target: tracking.TargetRun, data: Dataset):
     population = target.signals(tracking.TARGET_POPULATION_SIGNALS)
     if audited is not None and population is not None and audited.phi is not None:
         return audited, population
-    config = target.config
-    model = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
+    return audit.target_signals(_stored_network(target, data), data, target.split, target.config)
+
+
+def _stored_network(run: tracking.TargetRun, data: Dataset) -> torch.nn.Module:
+    """The network a training run checkpointed, on the data's device, in eval mode."""
+    config = run.config
+    network = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
     try:
-        model.load_state_dict(target.state_dict())
+        network.load_state_dict(run.state_dict())
     except RuntimeError:
-        raise MiaError(f"checkpoint of run {target.run_id} does not fit model {config.model!r}; "
+        raise MiaError(f"checkpoint of run {run.run_id} does not fit model {config.model!r}; "
                        "retrain with `mia train`") from None
-    model.to(data.x.device)
-    return audit.target_signals(model, data, target.split, config)
+    return network.to(data.x.device).eval()
 
 
 def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels: np.ndarray,
                           is_member: np.ndarray, config: TargetConfig) -> None:
+    """The log-log ROC of every attack (``plots/roc.png``) and the per-sample scores (``scores.csv``; empty
+    where an attack is not scored: the rows it knew)."""
     from mia.metrics import roc
 
-    with tempfile.TemporaryDirectory() as tmp:
-        curves = {}
-        for r in results:
-            scores, _, member = r.output.restricted(is_member)
-            fpr, tpr, _ = roc(scores, member)
-            curves[r.name] = (fpr, tpr)
-        plot = plot_roc(curves, Path(tmp) / "roc.png", title=f"{config.dataset} / {config.model}")
-        tracking.log_file(plot, "plots")
-        csv = Path(tmp) / "scores.csv"  # empty where an attack is not scored (rows it knew)
-        csv.write_text(tracking.scores_csv([r.name for r in results], [_scored(r.output) for r in results],
-                                           query, labels, is_member))
-        tracking.log_file(csv)
+    curves = {}
+    for r in results:
+        scores, _, member = r.output.restricted(is_member)
+        curves[r.name] = roc(scores, member)[:2]
+    tracking.log_written("plots/roc.png", lambda path: plot_roc(curves, path,
+                                                                 title=f"{config.dataset} / {config.model}"))
+    tracking.log_scores("scores.csv", [r.name for r in results], [_scored(r.output) for r in results], query,
+                        labels, is_member)
 
 
 def _scored(output) -> np.ndarray:

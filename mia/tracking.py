@@ -12,14 +12,13 @@ the MLflow UI holds utility, leakage and what produced them.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Downloading a run's split and signals is quick; a progress bar per file is noise.
@@ -191,11 +190,6 @@ def log_config(config: TargetConfig, effective: dict[str, object] | None = None)
     mlflow.log_dict(d, CONFIG)
 
 
-def _param(value: object) -> str:
-    text = str(value)
-    return redact(text)[:6000]
-
-
 def log_params(params: dict[str, object]) -> None:
     """Log params; a key that ``mlflow run`` already logged from MLproject keeps its value.
 
@@ -206,7 +200,7 @@ def log_params(params: dict[str, object]) -> None:
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     out = {}
     for key, value in params.items():
-        text = _param(value)
+        text = redact(str(value))[:6000]
         if key not in existing:
             out[key] = text
         elif existing[key] != text:
@@ -228,33 +222,32 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_split(split: Split) -> None:
+def log_written(artifact_path: str, write: Callable[[Path], object]) -> None:
+    """Log what ``write(path)`` puts in a temporary file named like ``artifact_path``, under its folder: how the
+    core's writers (``Signals.save``, plots, ...) become artifacts without a local copy to clean up."""
+    folder = str(Path(artifact_path).parent)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / SPLIT
-        split.save(path)
-        mlflow.log_artifact(str(path))
+        path = Path(tmp) / Path(artifact_path).name
+        write(path)
+        mlflow.log_artifact(str(path), None if folder == "." else folder)
+
+
+def log_split(split: Split) -> None:
+    log_written(SPLIT, split.save)
 
 
 def log_checkpoint(model: torch.nn.Module, artifact_path: str = CHECKPOINT) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_path).name
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    log_written(artifact_path, lambda path: torch.save(state, path))
 
 
 def log_signals(signals: Signals, artifact_path: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_path).name
-        signals.save(path)
-        mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
+    log_written(artifact_path, signals.save)
 
 
 def log_arrays(arrays: dict[str, np.ndarray], artifact_path: str) -> None:
     """Named arrays as one compressed ``.npz`` artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_path).name
-        np.savez_compressed(path, **arrays)
-        mlflow.log_artifact(str(path), str(Path(artifact_path).parent))
+    log_written(artifact_path, lambda path: np.savez_compressed(path, **arrays))
 
 
 def log_file(path: Path, artifact_dir: str | None = None) -> None:
@@ -366,17 +359,15 @@ class TargetRun:
         return state
 
 
-def scores_csv(names: list[str], scores: list[np.ndarray], indices: np.ndarray, labels: np.ndarray,
-               is_member: np.ndarray) -> str:
-    """Per-sample scores of every attack as CSV text (one row per query sample)."""
+def log_scores(artifact_path: str, names: list[str], scores: list[np.ndarray], indices: np.ndarray,
+               labels: np.ndarray, is_member: np.ndarray) -> None:
+    """Per-sample scores of every attack as a CSV artifact (one row per query sample)."""
     import pandas as pd
 
     frame = pd.DataFrame({"index": indices, "label": labels, "is_member": is_member.astype(int)})
     for name, s in zip(names, scores):
         frame[name] = s
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    return buf.getvalue()
+    log_written(artifact_path, lambda path: frame.to_csv(path, index=False))
 
 
 # ---------------------------------------------------------------- reports
