@@ -674,6 +674,23 @@ def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -
     return [n for n in names if n not in ONLINE_ONLY]
 
 
+def check_attacks(asked: str | list[str], config: TargetConfig, params: dict[str, dict] | None = None,
+                  pool_mode: str = "online") -> tuple[list[str], list[str]]:
+    """The FL and the black-box attacks that ``asked`` (:func:`as_asked`'s form) runs on this target.
+
+    Everything a name can get wrong is checked here, before anything trains:
+    the names, their parameters (:func:`check_attack_params`), the label-only
+    signals a named attack reads (:func:`check_label_only`) and the pool mode
+    (:func:`attacks_for_pool`).
+    """
+    everything = resolve_attacks(asked, config.scenario)
+    check_attack_params(params, everything, config)
+    if asked != "all":
+        check_label_only(everything, config, params)
+    fl_names = [n for n in everything if n not in ATTACKS]
+    return fl_names, attacks_for_pool([n for n in everything if n in ATTACKS], asked, pool_mode)
+
+
 def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.ndarray,
                    params: dict[str, dict] | None = None, seed: int = 0,
                    skip_unscorable: bool = False) -> list["AttackResult"]:
@@ -875,12 +892,7 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     if pools.parent.exists() and not pools.parent.is_dir():
         raise MiaError(f"cache_dir {pools.parent} is a file; pass a folder for the reference-model pools")
     attacks = as_asked(attacks)
-    everything = resolve_attacks(attacks, config.scenario)
-    check_attack_params(attack_params, everything, config)
-    if attacks != "all":
-        check_label_only(everything, config, attack_params)
-    fl_names = [n for n in everything if n not in ATTACKS]
-    names = attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
+    fl_names, names = check_attacks(attacks, config, attack_params, pool_mode)
     trained = []
 
     def grow(recipe: TargetConfig, mode: str, size: int):

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from mia import audit, tracking
-from mia.attacks import ATTACKS
 from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.errors import MiaError
@@ -290,12 +289,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     if device is not None:  # where the references train and the target is queried: not where it trained
         config = replace(config, train=replace(config.train, device=device))
     check_device(config.train.device)
-    everything = audit.resolve_attacks(attacks, config.scenario)
-    audit.check_attack_params(attack_params, everything, config)
-    if attacks != "all":
-        audit.check_label_only(everything, config, attack_params)
-    fl_names = [n for n in everything if n not in ATTACKS]
-    names = audit.attacks_for_pool([n for n in everything if n in ATTACKS], attacks, pool_mode)
+    fl_names, names = audit.check_attacks(attacks, config, attack_params, pool_mode)
     experiment = experiment or tracking.experiment_name(target.run)
     timer = Timer()
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
@@ -507,11 +501,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
               progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
     attacks = audit.as_asked(attacks)
-    names = audit.resolve_attacks(attacks, config.scenario)  # fail before training
-    audit.check_attack_params(attack_params, names, config)
-    if attacks != "all":
-        audit.check_label_only(names, config, attack_params)
-    audit.attacks_for_pool([n for n in names if n in ATTACKS], attacks, pool_mode)
+    audit.check_attacks(attacks, config, attack_params, pool_mode)  # fail before training
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
                       experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode,
