@@ -337,16 +337,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
                     reference_models, attack_params, seed, experiment, progress, pool_mode, False, Timer(),
                     released_epoch, prefix="dense_")
             written = written + dense_written
-        test_accuracy = target.metrics.get("test_accuracy", float("nan"))
-        metrics = {"test_accuracy": test_accuracy, "reference_models.trained": len(written),
-                   **audit.leakage_summary(results + fl_results), **timer.seconds}
-        for r in results + fl_results:
-            metrics.update({f"{r.name}.{k}": v for k, v in r.metrics.items()})
-            metrics[f"time.attack.{r.name}"] = r.seconds
-        if dense_results:  # the dense original's leakage beside the pruned model's: what pruning changed
-            metrics.update({f"dense.{r.name}.{k}": v for r in dense_results for k, v in r.metrics.items()})
-            metrics.update({f"dense.{k}": v for k, v in audit.leakage_summary(dense_results).items()})
-            metrics["dense.test_accuracy"] = target.metrics.get("dense.test_accuracy", float("nan"))
+        metrics = _attack_metrics(target, results + fl_results, dense_results, len(written), timer)
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
         chosen = {f"{prefix}{r.name}.chosen.{k}": v for prefix, rs in (("", results), ("dense.", dense_results))
                   for r in rs for k, v in r.output.chosen.items()}  # what attacks picked on reference models
@@ -354,9 +345,26 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             tracking.log_params(chosen)
         if results:
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
-        return AttackOutcome(active.info.run_id, target_run_id, test_accuracy, fl_results + results, dense_results,
-                             target.metrics.get("dense.test_accuracy", float("nan")), target.metrics.get("sparsity"),
-                             notes)
+        return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
+                             dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
+                             target.metrics.get("sparsity"), notes)
+
+
+def _attack_metrics(target: tracking.TargetRun, results: list[AttackResult], dense_results: list[AttackResult],
+                    trained: int, timer: Timer) -> dict[str, float]:
+    """The attack run's metrics: the target's test accuracy beside each attack's metrics and seconds and the
+    worst case over them (a pruning target's dense original's under ``dense.``), so one row holds them all."""
+    nan = float("nan")
+    metrics = {"test_accuracy": target.metrics.get("test_accuracy", nan), "reference_models.trained": trained,
+               **audit.leakage_summary(results), **timer.seconds}
+    for r in results:
+        metrics.update({f"{r.name}.{k}": v for k, v in r.metrics.items()})
+        metrics[f"time.attack.{r.name}"] = r.seconds
+    if dense_results:  # the dense original's leakage beside the pruned model's: what pruning changed
+        metrics.update({f"dense.{r.name}.{k}": v for r in dense_results for k, v in r.metrics.items()})
+        metrics.update({f"dense.{k}": v for k, v in audit.leakage_summary(dense_results).items()})
+        metrics["dense.test_accuracy"] = target.metrics.get("dense.test_accuracy", nan)
+    return metrics
 
 
 def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, signals, population,
