@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -31,20 +32,30 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
+from tqdm.auto import tqdm
+
+from mia.attacks import (ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, SplitAISignals, resolve_params,
+                         run_attack)
 from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
+from mia.data.augment import query_views
 from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
 from mia.errors import PLUGIN_HINT, MiaError, unknown
+from mia.fl.attacks import FL_ATTACKS, LAST_SAMPLED, NothingToScore, run_fl_attack
 from mia.fl.config import FLConfig
-from mia.prune.schedule import PruneConfig
-from mia.metrics import attack_metrics, interval_metrics
+from mia.fl.simulation import simulate
+from mia.metrics import attack_metrics, interval_metrics, roc
 from mia.models import architecture_fingerprint, build_model
+from mia.pool import MODES, grow_pool, load_pool, plan_pool
+from mia.prune import prune_and_finetune
+from mia.prune.layers import FixedMasks
+from mia.prune.memscores import default_cache_dir
+from mia.prune.schedule import PruneConfig
 from mia.registry import coerce
-from mia.signals import LABEL_ONLY_KINDS, Signals, compute_signals
-from mia.train import TrainConfig, resolve_device
+from mia.signals import LABEL_ONLY_KINDS, Signals, compute_signals, label_only_signals
+from mia.train import TrainConfig, predict_logits, resolve_device, seed_everything
+from mia.train.many import train_many
 from mia.train.predict import check_device
-from mia.train.loop import seed_everything
 from mia.train.recipes import default_config
 
 EpochCallback = Callable[[int, dict], None]
@@ -165,6 +176,17 @@ class TrainedModel:
     finetune_epochs: list[int] = field(default_factory=list)  # pruning: each step's released fine-tuning epoch
 
 
+@dataclass
+class AttackResult:
+    """One attack on one target: its per-sample output, its metrics (:func:`mia.metrics.attack_metrics` and
+    the bootstrap intervals) and the seconds it took."""
+
+    name: str
+    output: AttackOutput
+    metrics: dict[str, float]
+    seconds: float
+
+
 def load_data(config: TargetConfig) -> Dataset:
     """Load the dataset of a config onto the training device, once."""
     data = load_dataset(config.dataset, config.data_dir, config.download, **config.dataset_params)
@@ -183,7 +205,7 @@ def fit(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.
         return fit_pruned(config, data, train_idx, val_idx, test_idx, seed, on_epoch=on_epoch, progress=progress)
     seed_everything(seed)
     defense = make_defense(config.defense, config.defense_params, seed=seed)
-    recipe = TrainConfig(**{**config.train.to_dict(), "seed": seed})
+    recipe = replace(config.train, seed=seed)
     network, result = defense.fit(
         lambda: build_model(config.model, data.input_shape, data.num_classes, norm=config.norm),
         data, train_idx, val_idx, recipe, on_epoch=on_epoch, progress=progress)
@@ -213,9 +235,6 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     :func:`pool_mem_score_models`. ``on_epoch`` sees the dense epochs trained
     here, then every fine-tuning epoch, numbered on after them.
     """
-    from mia.prune import prune_and_finetune
-    from mia.prune.layers import FixedMasks
-
     if config.prune is None:
         raise MiaError("scenario pruning needs a prune config (PruneConfig; --pruner, --sparsity)")
     if dense is None:
@@ -225,13 +244,12 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     defense.bind(data.num_classes)
     if mem_scores is not None:
         defense.set_mem_scores(train_idx, mem_scores)
-    recipe = TrainConfig(**{**config.train.to_dict(), "seed": seed})
+    recipe = replace(config.train, seed=seed)
     model = copy.deepcopy(dense.network)
-    steps = [len(dense.history)]  # fine-tuning epochs are reported after the dense ones, numbered on
+    epochs = itertools.count(len(dense.history))  # fine-tuning epochs are reported after the dense ones, numbered on
 
     def finetune_epoch(_: int, metrics: dict) -> None:
-        on_epoch(steps[0], metrics)
-        steps[0] += 1
+        on_epoch(next(epochs), metrics)
 
     def finetune(network: torch.nn.Module, cfg: TrainConfig):
         network.train()  # as a fresh model would be (Opacus checks the mode)
@@ -246,16 +264,15 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     pruned = prune_and_finetune(model, data, train_idx, val_idx, recipe, config.prune, progress=progress,
                                 finetune=finetune)
     released = defense.release(model)
-    history = [r.finetune.history[-1] for r in pruned.history if r.finetune is not None]
-    finetune_epochs = [r.finetune.best_epoch for r in pruned.history if r.finetune is not None]
+    finetuned = [step.finetune for step in pruned.history if step.finetune is not None]
     metrics = {**defense.metrics(), "sparsity": pruned.sparsity}
     if pruned.structured_sparsity is not None:
         metrics["structured_sparsity"] = pruned.structured_sparsity
-    return TrainedModel(released, model, dense.best_epoch, history,
+    return TrainedModel(released, model, dense.best_epoch, [f.history[-1] for f in finetuned],
                         train_accuracy=accuracy(released, data, train_idx, recipe.device),
                         test_accuracy=accuracy(released, data, test_idx, recipe.device),
                         wall_time=dense.wall_time + pruned.wall_time, defense_metrics=metrics, dense=dense,
-                        finetune_epochs=finetune_epochs)
+                        finetune_epochs=[f.best_epoch for f in finetuned])
 
 
 def pool_mem_score_models(config: TargetConfig) -> int:
@@ -297,8 +314,6 @@ def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_id
                            dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model
                 for rows, seed, net in zip(train_sets, seeds, dense)]
     if config.defense == "none":
-        from mia.train.many import train_many
-
         return train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
                           val_idx, config.train, seeds=seeds, progress=progress)
     return [fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
@@ -319,11 +334,6 @@ def fit_federations(config: TargetConfig, data: Dataset, train_sets: np.ndarray,
     against federations, 0.3 and 0.2), and every shadow-fitted threshold
     and Gaussian inherits that offset.
     """
-    from mia.data.splits import Split
-    from mia.defenses import make_defense
-    from mia.fl.simulation import simulate
-    from tqdm.auto import tqdm
-
     models = []
     for rows, seed in tqdm(list(zip(train_sets, seeds)), desc="reference federations", disable=not progress,
                            leave=False):
@@ -358,8 +368,6 @@ def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch
     federated references run the target's rounds (:func:`fit_federations`),
     which select nothing.
     """
-    from mia.defenses import make_defense
-
     cfg = config if adaptive or config.defense == "none" else replace(config, defense="none", defense_params={})
     if adaptive and cfg.defense_params.get("mem_scores_csv"):
         # the defender's CSV scores the target's training rows only: the attacker's copies estimate their own
@@ -382,8 +390,7 @@ def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch
 
 
 def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str = "auto") -> float:
-    from mia.train import predict_logits
-
+    """Top-1 accuracy of ``model`` on rows ``idx``, as its users query it (a release's outputs)."""
     logits = predict_logits(model, data, idx, device=device)
     labels = data.y[torch.as_tensor(idx, device=data.y.device)].cpu()
     return float((logits.argmax(1) == labels).float().mean())
@@ -393,9 +400,6 @@ def query_signals(model: torch.nn.Module, data: Dataset, idx: np.ndarray, seed: 
                   device: str = "auto", augment: bool = False, label_only: tuple | list = ()) -> Signals:
     """The signals every attack needs: logits, SAMIA's sensitivity, LiRA's per-view phi,
     and the ``label_only`` kinds that apply to the data."""
-    from mia.data.augment import query_views
-    from mia.signals import label_only_signals
-
     signals = compute_signals(model, data, idx, sensitivity=True, views=query_views(augment), seed=seed,
                               device=device)
     if label_only:
@@ -446,8 +450,6 @@ def plan_reference_pool(config: TargetConfig, data: Dataset, split: Split, mode:
     autocast (a pool grown on a GPU and on a CPU would mix precisions) and
     :data:`POOL_FORMAT`.
     """
-    from mia.pool import plan_pool
-
     architecture = architecture_fingerprint(config.model, data.input_shape, data.num_classes, config.norm)
     config = _without_inert_settings(config, data, architecture)
     identity = {**pool_identity(config), "format": POOL_FORMAT, "data": data.fingerprint(),
@@ -479,8 +481,6 @@ def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, p
     Returns ``(pool, written)``: the stacked :class:`mia.pool.PoolSignals` and
     the model files trained in this call (none when the pool was complete).
     """
-    from mia.pool import grow_pool, load_pool
-
     if size < 1:
         raise MiaError(f"reference_models (--reference-models) must be at least 1, got {size}")
     written = grow_pool(plan, root, size, config, data, progress=progress)
@@ -512,8 +512,7 @@ def split_ai_reference(config: TargetConfig, data: Dataset, split: Split, target
     sub-models that never saw them, exactly like the audited queries, and the
     target's outputs on them are the stored audited/population signals.
     """
-    from mia.attacks import SplitAISignals, resolve_params
-    from mia.defenses.selena import train_split_ai
+    from mia.defenses.selena import train_split_ai  # looked up per call: tests spy on it there
 
     p = resolve_params(ATTACKS.get("selena-adaptive"), params)
     k, l = _shadow_split(config, p)
@@ -568,8 +567,6 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
     """
     known = ATTACKS.names()
     if scenario == "federated":
-        from mia.fl.attacks import FL_ATTACKS
-
         known = FL_ATTACKS.names() + known
     if isinstance(names, str):
         names = known if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
@@ -579,12 +576,9 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
     names = [n if n in known else by_lower.get(n.lower(), n) for n in names]  # LOSS, Lira-Online: spelt as known
     for name in names:
         if name not in known:
-            if scenario != "federated":
-                from mia.fl.attacks import FL_ATTACKS
-
-                if name in FL_ATTACKS.names():
-                    raise MiaError(f"attack {name!r} reads the rounds of a federated run (FedMIA) and this "
-                                   f"target is {scenario}; use it on a --scenario federated run")
+            if scenario != "federated" and name in FL_ATTACKS.names():
+                raise MiaError(f"attack {name!r} reads the rounds of a federated run (FedMIA) and this "
+                               f"target is {scenario}; use it on a --scenario federated run")
             raise MiaError(f"{unknown('attack', name, known)}{PLUGIN_HINT}")
     return list(dict.fromkeys(names))
 
@@ -592,8 +586,6 @@ def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> li
 def label_only_kind(name: str, params: dict[str, dict] | None = None) -> str | None:
     """The label-only signal attack ``name`` reads with its parameters (``boundary`` with
     ``mode=white-box`` reads ``boundary-wb``), or None for other attacks."""
-    from mia.attacks import resolve_params
-
     spec = ATTACKS.get(name) if name in ATTACKS else None
     if spec is None or spec.family != "label-only":
         return None
@@ -604,8 +596,6 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
     """Named label-only attacks need their signals computed in training (``--label-only``) on data
     they apply to: checked before anything trains (under ``all`` they are left out instead,
     :func:`applicable`)."""
-    from mia.data.datasets import DATASETS
-
     data_kind = DATASETS.get(config.dataset).kind
     for name in names:
         kind = label_only_kind(name, params)
@@ -630,16 +620,13 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str],
     attack not run was logged as if applied). With the target's ``config``, also what only the target
     decides: ``selena-adaptive``'s ``1 <= l < k``, and an FL attack's ``round`` (recorded, with the
     target client sampled in it), which failed after the training they would have wasted."""
-    from mia.attacks import resolve_params
-    from mia.fl.attacks import FL_ATTACKS, LAST_SAMPLED
-
     for name, given in (params or {}).items():
         if not isinstance(given, dict):
             raise MiaError(f"attack parameters go by attack, as {{'loss': {{'thresholds': 'global'}}}}; "
                            f"got {name!r}: {given!r}")
         if name not in names:
-            raise MiaError(f"attack parameter {name}.{next(iter(given), '')} (--attack-param) is set, but attack {name!r} is not among "
-                           f"the attacks run ({', '.join(names)})")
+            raise MiaError(f"attack parameter {name}.{next(iter(given), '')} (--attack-param) is set, but attack "
+                           f"{name!r} is not among the attacks run ({', '.join(names)})")
         if name in ATTACKS:
             spec = ATTACKS.get(name)
             resolved = resolve_params(spec, given)
@@ -693,15 +680,13 @@ def check_attacks(asked: str | list[str], config: TargetConfig, params: dict[str
 
 def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.ndarray,
                    params: dict[str, dict] | None = None, seed: int = 0,
-                   skip_unscorable: bool = False) -> list["AttackResult"]:
+                   skip_unscorable: bool = False) -> list[AttackResult]:
     """The FL attacks on the server's recorded view (:mod:`mia.fl.attacks`), scored like every attack.
 
     ``skip_unscorable`` (``--attacks all``) leaves out, with a warning, an attack
     the recorded rounds cannot feed (a ``*-iii`` attack without two other
     sampled clients in any round); named explicitly, it fails saying why.
     """
-    from mia.fl.attacks import NothingToScore, run_fl_attack
-
     results = []
     for name in names:
         start = time.perf_counter()
@@ -718,21 +703,11 @@ def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.
     return results
 
 
-@dataclass
-class AttackResult:
-    name: str
-    output: AttackOutput
-    metrics: dict[str, float]
-    seconds: float
-
-
 def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
                 shadows: list[ShadowSignals], params: dict[str, dict] | None = None,
                 seed: int = 0, progress: bool = True,
                 reference: ReferenceSignals | None = None, split_ai=None) -> list[AttackResult]:
     """Run each attack on stored signals and score it against the true membership."""
-    from tqdm.auto import tqdm
-
     params = params or {}
     results = []
     bar = tqdm(names, desc="attacks", disable=not progress, leave=False)
@@ -769,11 +744,8 @@ def applicable(names: list[str], target: Signals, defense: str = "none",
 
 def leakage_summary(results: list[AttackResult]) -> dict[str, float]:
     """The headline numbers an Optuna objective or a report row reads: the worst case over the attacks."""
-    return {
-        "leakage.max_auc": max(r.metrics["auc"] for r in results),
-        "leakage.max_tpr_at_fpr_0.01": max(r.metrics["tpr_at_fpr_0.01"] for r in results),
-        "leakage.max_tpr_at_fpr_0.001": max(r.metrics["tpr_at_fpr_0.001"] for r in results),
-    }
+    return {f"leakage.max_{k}": max(r.metrics[k] for r in results)
+            for k in ("auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001")}
 
 
 def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: Split, signals: Signals,
@@ -838,8 +810,7 @@ class Audit:
     def plot_roc(self, path, attacks: list[str] | None = None, dense: bool = False):
         """The log-log ROC of ``attacks`` (default: all) overlaid, as ``mia attack`` logs it; saved to
         ``path`` (a PNG), which is returned. ``dense``: a pruning target's dense original."""
-        from mia.metrics import roc
-        from mia.report.roc import plot_roc
+        from mia.report.roc import plot_roc  # matplotlib, only for a plot
 
         names = attacks or [r.name for r in (self.dense_results if dense else self.results)]
         curves = {name: roc(*self.scores(name, dense))[:2] for name in names}
@@ -880,9 +851,6 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     on the server's view, kept in memory, and by the black-box attacks on its
     global model.
     """
-    from mia.pool import MODES
-    from mia.prune.memscores import default_cache_dir
-
     if not isinstance(reference_models, int) or isinstance(reference_models, bool) or reference_models < 1:
         raise MiaError(f"reference_models must be a whole number of at least 1, got {reference_models!r}")
     if pool_mode not in MODES:
@@ -942,8 +910,6 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
 
 def _federate(config: TargetConfig, data: Dataset, split: Split, progress: bool):
     """FedAvg as ``mia train --scenario federated`` runs it: the global model, the server's view, the federation."""
-    from mia.fl.simulation import simulate
-
     defense = make_defense(config.defense, config.defense_params, seed=config.seed)
     start = time.perf_counter()
     model, state, federation = simulate(config.model, config.norm, data, split, config.fl, config.train, defense,
