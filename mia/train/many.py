@@ -162,6 +162,7 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     return models
 
 
+@lru_cache(maxsize=None)
 def stackable(model_name: str, norm: str) -> bool:
     """Whether ``model_name`` with ``norm`` trains stacked: no buffers, no BatchNorm, no dropout.
 
@@ -172,7 +173,9 @@ def stackable(model_name: str, norm: str) -> bool:
     the model is built already, ask :func:`module_stackable` (a user's own
     model may need another shape).
     """
-    return _stackable_cached(model_name, norm)
+    shape = _PROBE_SHAPES[model_spec(model_name).kinds[0]]
+    with torch.device("meta"):
+        return module_stackable(build_model(model_name, shape, 10, norm))
 
 
 def stack_pays(model: nn.Module, device: torch.device) -> bool:
@@ -244,14 +247,6 @@ def module_stackable(model: nn.Module, batchnorm: bool = False) -> bool:
         return False
     allowed = {id(b) for m in norms for b in m.buffers(recurse=False)}
     return all(id(b) in allowed for b in model.buffers())
-
-
-@lru_cache(maxsize=None)
-def _stackable_cached(model_name: str, norm: str) -> bool:
-    spec = model_spec(model_name)
-    shape = _PROBE_SHAPES[spec.kinds[0]]
-    with torch.device("meta"):
-        return module_stackable(build_model(model_name, shape, 10, norm))
 
 
 def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.device, stack: bool | None) -> bool:
