@@ -48,6 +48,9 @@ LABEL_ONLY_MODELS = 2
 #: Share of the population the pool keeps aside for its models' model selection.
 VALIDATION_FRACTION = 0.1
 IDENTITY_FILE = "pool.json"
+#: The arrays of every model file (:func:`_save_model`), and the prefix of its optional label-only ones.
+_MODEL_ARRAYS = ("inclusion", "logits", "phi", "sensitivity")
+_LABEL_ONLY_PREFIX = "label_only."
 #: Identity fields that tell cached pools apart without changing which models a pool draws: the
 #: architecture's fingerprint (an edited model must not reuse the old one's pool, but the same recipe on
 #: the same data draws the same training sets and seeds, so results recorded before the field stay
@@ -150,7 +153,7 @@ def drop_unreadable(root: Path) -> int:
     for m in range(have):
         try:
             with np.load(model_file(root, m), allow_pickle=False) as f:
-                if not {"inclusion", "logits", "phi", "sensitivity"} <= set(f.files):
+                if not set(_MODEL_ARRAYS) <= set(f.files):
                     raise ValueError("missing arrays")
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             for later in range(m, have):
@@ -180,7 +183,7 @@ def _half(x: np.ndarray) -> np.ndarray:
 def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
     path = model_file(root, m)
     tmp = path.with_suffix(".tmp")
-    label_only = {f"label_only.{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
+    label_only = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
     with open(tmp, "wb") as f:
         np.savez(f, inclusion=inclusion, logits=_half(queried.logits), phi=_half(queried.phi),
                  sensitivity=_half(population.sensitivity), **label_only)
@@ -318,9 +321,9 @@ def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSigna
         raise MiaError(f"pool {plan.key} holds {have} models, {size} asked; grow it first")
     files = [np.load(model_file(root, m), allow_pickle=False) for m in range(size)]
     labels = data.y.cpu().numpy()[plan.samples]
-    stacked = {k: np.stack([f[k] for f in files]) for k in ("inclusion", "logits", "phi", "sensitivity")}
-    label_only = [{k[len("label_only."):]: f[k].astype(np.float64) for k in f.files if k.startswith("label_only.")}
-                  for f in files]
+    stacked = {k: np.stack([f[k] for f in files]) for k in _MODEL_ARRAYS}
+    label_only = [{k.removeprefix(_LABEL_ONLY_PREFIX): f[k].astype(np.float64) for k in f.files
+                   if k.startswith(_LABEL_ONLY_PREFIX)} for f in files]
     for f in files:
         f.close()
     if stacked["inclusion"].shape[1] != len(plan.samples):
