@@ -9,8 +9,12 @@ import platform
 import click
 
 
-def _params(params) -> str:
-    return "; ".join(f"{name}: {p.type.__name__} = {p.default!r} ({p.help})" for name, p in params.items())
+def _echo(line: str, params: dict | None = None) -> None:
+    """One entry of a list: its line, then its parameters (if any) on one indented line."""
+    click.echo(line)
+    if params:
+        click.echo("    params: " + "; ".join(f"{name}: {p.type.__name__} = {p.default!r} ({p.help})"
+                                            for name, p in params.items()))
 
 
 @click.command("datasets")
@@ -19,9 +23,7 @@ def datasets() -> None:
     from mia.data.datasets import DATASETS
 
     for name, spec in DATASETS.items():
-        click.echo(f"{name}  [{spec.kind}, default model {spec.default_model}]  {spec.description}")
-        if spec.params:
-            click.echo(f"    params: {_params(spec.params)}")
+        _echo(f"{name}  [{spec.kind}, default model {spec.default_model}]  {spec.description}", spec.params)
         if spec.files:
             click.echo(f"    files: {spec.files}")
 
@@ -44,13 +46,9 @@ def attacks() -> None:
 
     for name, spec in ATTACKS.items():
         needs = f", needs {', '.join(sorted(spec.needs))}" if spec.needs else ""
-        click.echo(f"{name}  [{spec.family}{needs}]  {spec.description}")
-        if spec.params:
-            click.echo(f"    params: {_params(spec.params)}")
+        _echo(f"{name}  [{spec.family}{needs}]  {spec.description}", spec.params)
     for name, spec in FL_ATTACKS.items():
-        click.echo(f"{name}  [federated{', multi-round' if spec.multi_round else ''}]  {spec.description}")
-        if spec.params:
-            click.echo(f"    params: {_params(spec.params)}")
+        _echo(f"{name}  [federated{', multi-round' if spec.multi_round else ''}]  {spec.description}", spec.params)
 
 
 @click.command("defenses")
