@@ -9,7 +9,7 @@ from mia.data import SplitConfig
 from mia.data.datasets import DATASETS
 from mia.errors import MiaError, unknown
 from mia.train.predict import check_device
-from entrypoints.options import key_values
+from entrypoints.options import flag, key_values, typed
 
 
 _TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device",
@@ -25,15 +25,11 @@ _SCENARIO_OPTIONS = {
 
 def _note_ignored(opts: dict) -> None:
     """Say which options the user typed that this scenario does not read (they are not an error)."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return
     for scenario, names in _SCENARIO_OPTIONS.items():
-        typed = [f"--{n.replace('_', '-')}" for n in names if n in opts and opts["scenario"] != scenario
-                 and ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
-        if typed:
-            verb = "applies" if len(typed) == 1 else "apply"
-            click.echo(f"note: {', '.join(typed)} {verb} to --scenario {scenario}; ignored here", err=True)
+        ignored = [flag(n) for n in names if opts["scenario"] != scenario and typed(n)]
+        if ignored:
+            verb = "applies" if len(ignored) == 1 else "apply"
+            click.echo(f"note: {', '.join(ignored)} {verb} to --scenario {scenario}; ignored here", err=True)
 
 
 def target_config(opts: dict) -> TargetConfig:
@@ -91,12 +87,9 @@ def check_from_run(opts: dict, config: TargetConfig) -> None:
     """
     from mia import tracking
 
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return
     dense = tracking.TargetRun(opts["from_run"]).config
     for name, get in _DENSE_OPTIONS.items():
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE and get(config) != get(dense):
-            flag = f"--{name.replace('_', '-')}"
-            raise MiaError(f"--from-run {opts['from_run']} trained with {flag} {get(dense)!r}, not {get(config)!r}; "
-                           f"drop {flag}: a pruning run keeps its dense run's data, model, split, seed and recipe")
+        if typed(name) and get(config) != get(dense):
+            raise MiaError(f"--from-run {opts['from_run']} trained with {flag(name)} {get(dense)!r}, not "
+                           f"{get(config)!r}; drop {flag(name)}: a pruning run keeps its dense run's data, model, "
+                           "split, seed and recipe")

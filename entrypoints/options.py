@@ -81,6 +81,18 @@ class OptionalInt(click.ParamType):
         return number
 
 
+def typed(name: str) -> bool:
+    """Whether the user typed option ``name`` on the command line (not its default, nor ``mlflow run``'s unset
+    parameter): only a typed option is worth a note or an error."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def flag(name: str) -> str:
+    """The option of parameter ``name`` as the user types it: ``local_epochs`` -> ``--local-epochs``."""
+    return f"--{name.replace('_', '-')}"
+
+
 def compose(*decorators):
     def apply(func):
         for decorator in reversed(decorators):

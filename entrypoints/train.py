@@ -6,7 +6,8 @@ import click
 
 from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
-from entrypoints.options import common_options, federated_options, pass_options, pruning_options, target_options
+from entrypoints.options import (common_options, federated_options, flag, pass_options, pruning_options,
+                                 target_options, typed)
 
 
 @click.command("train")
@@ -25,9 +26,7 @@ def train(opts: dict) -> None:
     from mia.experiment import federated_run, train_run
 
     if opts["resume"]:
-        ctx = click.get_current_context()
-        given = [f"--{name.replace('_', '-')}" for name in opts if name not in ("resume", "experiment", "quiet")
-                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        given = [flag(name) for name in opts if name not in ("resume", "experiment", "quiet") and typed(name)]
         if given:
             raise MiaError(f"--resume continues run {opts['resume']} with its own options; drop {', '.join(given)}")
         outcome = federated_run(None, opts["experiment"], progress=not opts["quiet"], resume=opts["resume"])
