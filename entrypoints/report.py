@@ -23,7 +23,6 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     import pandas as pd
 
     from mia import tracking
-    from mia.metrics import roc as roc_curve
     from mia.report import plot_roc
     from mia.report.frontier import (common_leakage, frontier_table, per_setting, plot_frontiers, worst_per_target,
                                      write_html)
@@ -73,19 +72,7 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
             front[c] = numbers
     images = {"Privacy-utility frontiers": plot_frontiers(points, leakage, folder / "frontier.png", by="front")}
     if roc_ids:
-        curves = {}
-        for run_id, frames in roc_scores.items():
-            row = rows[rows["run_id"] == run_id]
-
-            def auc(attack: str) -> float:
-                return float(row[f"{attack}.auc"].iloc[0]) if f"{attack}.auc" in row else 0.0
-
-            # the strongest attack of the run, black-box (scores.csv) or federated (fl_scores.csv)
-            best, frame = max(((a, f) for f in frames for a in f.columns if a not in ("index", "label", "is_member")),
-                              key=lambda pair: auc(pair[0]))
-            scored = frame[frame[best].notna()]  # empty: rows the attack knew (selena-adaptive's known members)
-            fpr, tpr, _ = roc_curve(scored[best].to_numpy(), scored["is_member"].to_numpy().astype(bool))
-            curves[f"{row[label].iloc[0] if len(row) else '?'} {run_id[:6]} {best}"] = (fpr, tpr)
+        curves = _strongest_rocs(rows, roc_scores, label)
         images["ROC of the chosen runs' strongest attacks"] = plot_roc(curves, folder / "roc.png")
         click.echo(f"roc.png: {'; '.join(curves)}")
     every = rows[[c for c in columns if c in rows]].dropna(axis=1, how="all")
@@ -96,6 +83,26 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     others = " (the others are dominated: runs.csv has all)" if len(front) < len(points) else ""
     click.echo(f"the fronts hold {len(front)} of {len(points)} target models ({len(rows)} attack runs){others}; "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+
+
+def _strongest_rocs(rows, roc_scores: dict[str, list], label: str) -> dict[str, tuple]:
+    """The ROC of each chosen run's strongest attack (by its logged AUC), black-box (``scores.csv``) or federated
+    (``fl_scores.csv``), named by the run's front, its id and the attack."""
+    from mia.metrics import roc
+
+    curves = {}
+    for run_id, frames in roc_scores.items():
+        row = rows[rows["run_id"] == run_id]
+
+        def auc(attack: str) -> float:
+            return float(row[f"{attack}.auc"].iloc[0]) if f"{attack}.auc" in row else 0.0
+
+        best, frame = max(((a, f) for f in frames for a in f.columns if a not in ("index", "label", "is_member")),
+                          key=lambda pair: auc(pair[0]))
+        scored = frame[frame[best].notna()]  # empty: rows the attack knew (selena-adaptive's known members)
+        fpr, tpr, _ = roc(scored[best].to_numpy(), scored["is_member"].to_numpy().astype(bool))
+        curves[f"{row[label].iloc[0] if len(row) else '?'} {run_id[:6]} {best}"] = (fpr, tpr)
+    return curves
 
 
 def _console(front, leakage: str, label: str = "defense") -> str:
