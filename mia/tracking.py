@@ -390,9 +390,8 @@ def attack_rows(experiments: list[str] | None = None, run_ids: list[str] | None 
     import pandas as pd
 
     client = MlflowClient()
-    ids = ([client.get_experiment_by_name(e).experiment_id for e in experiments
-            if client.get_experiment_by_name(e) is not None] if experiments
-           else [e.experiment_id for e in client.search_experiments()])
+    found = [client.get_experiment_by_name(e) for e in experiments] if experiments else client.search_experiments()
+    ids = [e.experiment_id for e in found if e is not None]
     if not ids:
         return pd.DataFrame()
     runs = mlflow.search_runs(ids, filter_string="tags.`mia.kind` = 'attack' and attributes.status = 'FINISHED'",
@@ -445,9 +444,9 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
     runs = client.search_runs(experiments, filter_string=f"tags.`mia.pool_key` = '{key}'",
                               order_by=["metrics.`pool.size` DESC"], max_results=1)
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / POOL_DIR
         if runs:
             run_id = runs[0].info.run_id
-            folder = Path(tmp) / POOL_DIR
             if client.list_artifacts(run_id, POOL_DIR):  # stored models that must come down, or nothing is reused
                 try:
                     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=POOL_DIR,
@@ -458,7 +457,6 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
         else:
             run_id = client.create_run(experiment_id(experiment), run_name=f"pool-{key[:8]}",
                                        tags={**tags, "mia.kind": "pool", "mia.pool_key": key}).info.run_id
-            folder = Path(tmp) / POOL_DIR
         folder.mkdir(parents=True, exist_ok=True)
         store = PoolStore(run_id, folder)
         try:
