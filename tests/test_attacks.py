@@ -212,6 +212,72 @@ def test_learned_attacks_are_seeded(shadows, leaky_target):
     np.testing.assert_array_equal(a.scores, b.scores)
 
 
+def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch():
+    """Random labels on noise: the held-out loss rises once the network memorizes, so training stops
+    ``patience`` epochs after its best one, and keeps the weights a plain run of that many epochs gives."""
+    from torch import nn
+
+    from mia.attacks._train import fit_binary, init_seeded
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(600, 20)), dtype=torch.float32)
+    y = rng.random(600) < 0.5
+
+    def build():
+        return nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 1))
+
+    model, training_batches = init_seeded(build, 0), []
+    model.register_forward_hook(lambda module, args, out: training_batches.append(module.training))
+    kept = fit_binary(model, x[:500], y[:500], epochs=30, lr=1e-2, seed=0, batch_size=50,
+                      holdout=(x[500:], y[500:]), patience=2)
+    assert 1 <= kept < 28 and sum(training_batches) == (kept + 2) * 10  # 10 batches an epoch
+    plain = init_seeded(build, 0)
+    assert fit_binary(plain, x[:500], y[:500], epochs=kept, lr=1e-2, seed=0, batch_size=50) == kept
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_samia_stops_early_and_still_finds_a_memorizing_model(shadows, leaky_target):
+    """With a generous epoch budget it stops after a few epochs, as strong as training them all
+    (patience=0: every epoch, every row)."""
+    target, member = leaky_target
+    samia = ATTACKS.get("samia").cls
+    stopped, full = samia(epochs=8).fit(shadows), samia(epochs=8, patience=0).fit(shadows)
+    assert stopped.epochs_ < 8 and full.epochs_ == 8
+    aucs = [attack_metrics(a.decision_function(target), member)["auc"] for a in (stopped, full)]
+    assert aucs[0] > 0.8 and abs(aucs[0] - aucs[1]) < 0.02, aucs
+
+
+def test_samia_net_computes_what_torch_encoder_layers_compute():
+    """SamiaNet runs its nn.TransformerEncoderLayer weights through its own function: same outputs."""
+    from mia.attacks.samia import SamiaNet
+
+    torch.manual_seed(0)
+    net, tokens = SamiaNet(dim=32, layers=2, heads=4), torch.randn(8, 12, 3)
+
+    def by_torch():
+        return net.head(net.encoder(net.embed(tokens)).mean(dim=1))
+
+    torch.testing.assert_close(net(tokens), by_torch())  # training mode
+    net.eval()
+    with torch.no_grad():  # torch's inference fast path
+        torch.testing.assert_close(net(tokens), by_torch())
+
+
+def test_held_out_rows_come_beyond_max_rows_where_the_shadows_have_more(shadows):
+    from mia.attacks._train import pool_with_holdout
+    from mia.attacks.base import pool
+
+    rows = sum(len(s.is_member) for s in shadows)  # 4000: a tenth held out
+    _, _, held = pool_with_holdout(shadows, 1000, 0, holdout=True)
+    assert held.sum() == rows // 10 and (~held).sum() == 1000
+    _, _, held = pool_with_holdout(shadows, 10 * rows, 0, holdout=True)
+    assert held.sum() == rows // 10 and (~held).sum() == rows - rows // 10
+    plain, plain_member = pool(shadows, 1000, 0)
+    sig, member, held = pool_with_holdout(shadows, 1000, 0, holdout=False)
+    assert not held.any() and np.array_equal(sig.logits, plain.logits) and np.array_equal(member, plain_member)
+
+
 def test_unknown_attack_and_params(shadows, leaky_target):
     target, _ = leaky_target
     with pytest.raises(MiaError, match="unknown attack 'lossy'; known: .*loss"):

@@ -147,7 +147,13 @@ class _Branches(nn.Module):
 
 
 class NasrAttack(MLPAttack):
-    """Nasr et al.'s two-branch network on the log-softmax and the one-hot label."""
+    """Nasr et al.'s two-branch network on the log-softmax and the one-hot label.
+
+    It trains all its epochs: stopping on held-out shadow rows, as SAMIA
+    does, halved its time on 4 purchase-synth shadows (AUC 0.862 -> 0.868),
+    but on digits the held-out loss rises from the first epoch while the
+    ranking still improves (AUC 0.530 -> 0.509, mean of 5 seeds).
+    """
 
     name = "nn-nasr"
 

@@ -17,19 +17,24 @@ are balanced by class weighting; decisions are ``p(member) > 0.5`` on a model
 fitted on shadows only.
 
 It trains on CUDA when there is one (C tokens per sample make it the one
-attack whose cost grows with the class count: 100 classes x a few thousand
-samples is about 6 s per epoch on one CPU core), else on the CPU; 5 epochs by
-default, which separates members well on the synthetic benchmark of the tests.
+attack whose cost grows with the class count: 100 classes x 8192 rows is
+about 15 s per epoch on one CPU core), else on the CPU, for 5 epochs at most:
+a seeded tenth of the shadow rows (at most 2048, taken beyond ``max_rows``
+where the shadows have more) is held out, and training stops once their loss
+has not fallen for ``patience`` epochs, keeping the best epoch's weights
+(:func:`mia.attacks._train.fit_binary`). On 4 purchase-synth shadows it has
+converged after one epoch, which it keeps (target AUC 0.893, as after five).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mia.attacks._train import fit_binary, init_seeded, predict_logit, standardize
-from mia.attacks.base import Attack, AttackSpec, ShadowSignals, pool, register
+from mia.attacks._train import fit_binary, init_seeded, pool_with_holdout, predict_logit, standardize
+from mia.attacks.base import Attack, AttackSpec, ShadowSignals, register
 from mia.errors import MiaError
 from mia.registry import Param
 from mia.signals import Signals, log_softmax
@@ -44,59 +49,93 @@ def class_tokens(signals: Signals) -> np.ndarray:
 
 
 class SamiaNet(nn.Module):
-    """Class tokens -> transformer encoder -> mean over tokens -> member logit."""
+    """Class tokens -> transformer encoder -> mean over tokens -> member logit.
 
-    def __init__(self, dim: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.0):
+    The encoder's layers are ``nn.TransformerEncoderLayer`` (post-norm, GELU,
+    no dropout), for their weights and initialization; :meth:`forward` runs
+    them through :func:`encoder_layer`, the same function computed with less
+    data movement.
+    """
+
+    def __init__(self, dim: int = 64, layers: int = 3, heads: int = 4):
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(3, dim), nn.GELU())
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
                                            activation="gelu", batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(dim, 1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
+        h = self.embed(tokens)
+        for layer in self.encoder.layers:
+            h = encoder_layer(layer, h)
+        return self.head(h.mean(dim=1))
+
+
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for SamiaNet's layers (batch first, post-norm, GELU, no dropout), from its weights.
+
+    Why not ``layer(x)``: in training, ``nn.MultiheadAttention`` moves the
+    batch-first input to sequence-first and back, and takes q, k and v out of
+    the packed projection by indexing, whose backward fills three zero
+    buffers of the projection's size; here one view splits them and one
+    transpose gathers the heads. Measured on one CPU core, 100 class tokens:
+    a training step 16 % faster, inference 1.2x (its fast path does the
+    attention without the fused kernel); outputs equal to 1e-7.
+    """
+    attention = layer.self_attn
+    batch, tokens, dim = x.shape
+    heads = attention.num_heads
+    qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, dim)
+    x = layer.norm1(x + attention.out_proj(mixed))
+    return layer.norm2(x + layer.linear2(F.gelu(layer.linear1(x))))
 
 
 class SamiaAttack(Attack):
     """SAMIA; see the module docstring."""
 
     def __init__(self, epochs: int = 5, layers: int = 3, heads: int = 4, dim: int = 64,
-                 lr: float = 1e-3, max_rows: int = 8192, seed: int = 0):
-        if min(epochs, layers, heads, dim) < 1 or lr <= 0 or max_rows < 2:
-            raise MiaError("attack 'samia': epochs, layers, heads and dim must be >= 1, lr > 0, max_rows >= 2")
+                 lr: float = 1e-3, max_rows: int = 8192, patience: int = 1, seed: int = 0):
+        if min(epochs, layers, heads, dim) < 1 or lr <= 0 or max_rows < 2 or patience < 0:
+            raise MiaError("attack 'samia': epochs, layers, heads and dim must be >= 1, lr > 0, max_rows >= 2, "
+                           "patience >= 0")
         if dim % heads:
             raise MiaError(f"attack 'samia': dim ({dim}) must be a multiple of heads ({heads})")
         self.epochs, self.layers, self.heads, self.dim, self.lr = epochs, layers, heads, dim, lr
-        self.max_rows, self.seed = max_rows, seed
+        self.max_rows, self.patience, self.seed = max_rows, patience, seed
         self.threshold_ = 0.0
 
-    def _tensor(self, signals: Signals) -> torch.Tensor:
-        t = (class_tokens(signals) - self.mean_) / self.std_
-        return torch.as_tensor(t.astype(np.float32), device=self.device_)
+    def _tensor(self, tokens: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(((tokens - self.mean_) / self.std_).astype(np.float32), device=self.device_)
 
     def fit(self, shadows: list[ShadowSignals]) -> "SamiaAttack":
-        sig, member = pool(shadows, self.max_rows, self.seed)
+        sig, member, held = pool_with_holdout(shadows, self.max_rows, self.seed, self.patience > 0)
         tokens = class_tokens(sig)
-        self.mean_, self.std_ = standardize(tokens)
+        self.mean_, self.std_ = standardize(tokens[~held])
         self.device_ = resolve_device("auto")
         self.model_ = init_seeded(lambda: SamiaNet(self.dim, self.layers, self.heads),
                                   self.seed).to(self.device_)
-        fit_binary(self.model_, self._tensor(sig), member, epochs=self.epochs, lr=self.lr,
-                   seed=self.seed)
+        holdout = (self._tensor(tokens[held]), member[held]) if held.any() else None
+        self.epochs_ = fit_binary(self.model_, self._tensor(tokens[~held]), member[~held], epochs=self.epochs,
+                                  lr=self.lr, seed=self.seed, holdout=holdout, patience=self.patience)
         return self
 
     def decision_function(self, signals: Signals) -> np.ndarray:
-        return predict_logit(self.model_, self._tensor(signals), batch_size=1024).astype(np.float64)
+        # batches of 256: at 1024 the 100 x 100 attention maps outgrow the CPU caches
+        return predict_logit(self.model_, self._tensor(class_tokens(signals)), batch_size=256).astype(np.float64)
 
 
 register(AttackSpec(
     "samia", SamiaAttack,
     "transformer over per-class (probability, sensitivity, label) tokens (mia_prune)",
-    {"epochs": Param(int, 5, "training epochs of the attack transformer"),
+    {"epochs": Param(int, 5, "training epochs of the attack transformer, at most (see patience)"),
      "layers": Param(int, 3, "transformer encoder layers"),
      "heads": Param(int, 4, "attention heads"),
      "dim": Param(int, 64, "token width"),
      "lr": Param(float, 1e-3, "Adam learning rate"),
-     "max_rows": Param(int, 8192, "shadow rows it trains on at most (a seeded subsample)")},
+     "max_rows": Param(int, 8192, "shadow rows it trains on at most (a seeded subsample)"),
+     "patience": Param(int, 1, "epochs without a lower loss on held-out shadow rows before training stops "
+                               "(0: train every epoch on every row)")},
     needs=frozenset({"sensitivity"}), family="learned"))
