@@ -84,9 +84,8 @@ def fit_binary(model: nn.Module, x: torch.Tensor, y: np.ndarray, *, epochs: int,
     With ``holdout`` (features and membership of shadow rows it does not
     train on), training stops once the held-out loss has not fallen for
     ``patience`` (>= 1) epochs, and the weights of its best epoch are kept
-    (SAMIA: its fixed 5 epochs were set on small pools; on 4 purchase-synth
-    shadows it has converged after one). Without ``holdout`` it trains all
-    ``epochs``.
+    (SAMIA on 4 purchase-synth shadows has converged after the first of its
+    5 epochs). Without ``holdout`` it trains all ``epochs``.
     """
     gen = torch.Generator().manual_seed(seed)
     target = torch.as_tensor(np.asarray(y, dtype=np.float32), device=x.device)
