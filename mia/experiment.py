@@ -17,12 +17,14 @@ import torch
 from mia import audit, tracking
 from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
+from mia.data.splits import Split
 from mia.errors import MiaError
 from mia.models import build_model
 from mia.defenses import make_defense
 from mia.pool import pool_size
 from mia.train.predict import check_device
 from mia.report import plot_roc
+from mia.signals import Signals
 
 
 class Timer:
@@ -319,11 +321,11 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             notes += [f"FL attacks: {note}"] if note else []
         released_epoch = int(target.metrics.get("best_epoch", -1))  # a pruning run's: its dense original's
         finetune_epochs = [int(e) for e in target.run.data.params.get("finetune_best_epochs", "").split(",") if e]
+        settings = _PoolSettings(reference_models, pool_mode, adaptive, experiment, progress)
         results, written, plan = [], [], None
         if names:
-            results, written, plan = _black_box(names, config, target.split, data, signals, population,
-                                                reference_models, attack_params, seed, experiment, progress,
-                                                pool_mode, adaptive, timer, released_epoch, finetune_epochs)
+            attacked = _Attacked(config, target.split, signals, population, released_epoch, finetune_epochs)
+            results, written, plan = _black_box(names, attacked, data, settings, attack_params, seed, timer)
         dense_results = []
         if names and config.scenario == "pruning":
             dense_signals = target.signals(tracking.DENSE_SIGNALS)
@@ -331,11 +333,12 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             if dense_signals is None or dense_population is None:
                 raise MiaError(f"pruning run {target_run_id} stored no dense signals; retrain it with `mia train`")
             dense_names = [n for n in names if n != "selena-adaptive"]
-            with timer.stage("dense"):
-                dense_results, dense_written, _ = _black_box(
-                    dense_names, audit.dense_config(config), target.split, data, dense_signals, dense_population,
-                    reference_models, attack_params, seed, experiment, progress, pool_mode, False, Timer(),
-                    released_epoch, prefix="dense_")
+            dense = _Attacked(audit.dense_config(config), target.split, dense_signals, dense_population,
+                              released_epoch, prefix="dense_")
+            with timer.stage("dense"):  # its references are the dense recipe's, never defended
+                dense_results, dense_written, _ = _black_box(dense_names, dense, data,
+                                                             replace(settings, adaptive=False), attack_params,
+                                                             seed, Timer())
             written = written + dense_written
         metrics = _attack_metrics(target, results + fl_results, dense_results, len(written), timer)
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
@@ -367,25 +370,51 @@ def _attack_metrics(target: tracking.TargetRun, results: list[AttackResult], den
     return metrics
 
 
-def _black_box(names: list[str], config: TargetConfig, split, data: Dataset, signals, population,
-               reference_models: int, attack_params: dict | None, seed: int, experiment: str,
-               progress: bool, pool_mode: str, adaptive: bool, timer: Timer, released_epoch: int,
-               finetune_epochs: list[int] | None = None, prefix: str = ""):
-    """The black-box attacks on one target's signals, with the reference pool of ``config``'s recipe
-    (stopped at the target's ``released_epoch``: :func:`mia.audit.attacker_config`).
+@dataclass(frozen=True)
+class _PoolSettings:
+    """How an attack run gets its reference models: the same for every target it attacks (a pruned
+    model and its dense original)."""
 
-    The pool's key and run are tagged ``mia.<prefix>pool_key`` / ``mia.<prefix>pool_run_id``.
+    size: int
+    mode: str  # online / offline
+    adaptive: bool  # trained with the target's defense
+    experiment: str
+    progress: bool
+
+
+@dataclass
+class _Attacked:
+    """One target of an attack run: its recipe, split and stored signals, and where its training stopped
+    (what the reference models copy: :func:`mia.audit.attacker_config`). ``prefix`` names its pool's tags
+    ``mia.<prefix>pool_key`` / ``mia.<prefix>pool_run_id``."""
+
+    config: TargetConfig
+    split: Split
+    signals: Signals
+    population: Signals
+    released_epoch: int
+    finetune_epochs: list[int] | None = None
+    prefix: str = ""
+
+
+def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSettings,
+               attack_params: dict | None, seed: int, timer: Timer):
+    """The black-box attacks on one target's signals, with the reference pool of its recipe.
+
+    Returns ``(results, written, plan)``: the attacks' results, the pool
+    models trained for them, and the pool's plan (its query rows).
     """
     with timer.stage("reference_models"):
-        recipe = audit.attacker_config(config, adaptive, released_epoch, finetune_epochs)
-        pool, written, plan = _reference_pool(recipe, data, split, pool_mode, reference_models, experiment, progress,
-                                              prefix)
+        recipe = audit.attacker_config(target.config, pool.adaptive, target.released_epoch, target.finetune_epochs)
+        references, written, plan = _reference_pool(recipe, data, target.split, pool.mode, pool.size,
+                                                    pool.experiment, pool.progress, target.prefix)
     if recipe.train.stop_epoch is not None:  # what the references copied of the target's training
-        tracking.log_params({f"{prefix}reference_stop_epoch": recipe.train.stop_epoch})
+        tracking.log_params({f"{target.prefix}reference_stop_epoch": recipe.train.stop_epoch})
     if recipe.prune is not None and recipe.prune.finetune_stops:
-        tracking.log_params({f"{prefix}reference_finetune_stops": ",".join(map(str, recipe.prune.finetune_stops))})
-    results = audit.attack_target(names, config, data, split, signals, population, pool, attack_params, seed,
-                                  progress, stage=timer.stage)
+        tracking.log_params({f"{target.prefix}reference_finetune_stops":
+                             ",".join(map(str, recipe.prune.finetune_stops))})
+    results = audit.attack_target(names, target.config, data, target.split, target.signals, target.population,
+                                  references, attack_params, seed, pool.progress, stage=timer.stage)
     return results, written, plan
 
 
