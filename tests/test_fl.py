@@ -217,6 +217,17 @@ def test_stacked_local_training_that_diverges_is_an_error(digits):
         StackedClients(model, data, recipe).run(glob, [split.members[:40], split.members[40:80]], [1, 2], epochs=2)
 
 
+def test_stacked_clients_size_their_chunks_with_the_model_on_its_device(digits):
+    """simulate moves the global model to the training device before StackedClients sizes its chunks
+    (default_max_stack's probe forward); the meta device stands in for CUDA, where the probe's CPU input
+    failed every stacked federation (gpu.sh's FL smoke and rounds)."""
+    config, data, _ = digits
+    model = build_model(config.model, data.input_shape, data.num_classes, config.norm)
+    recipe = replace(config.train, device="cpu")
+    on_cpu = StackedClients(model, data, recipe).max_stack
+    assert StackedClients(model.to("meta"), data, recipe).max_stack == on_cpu
+
+
 def test_stacked_clients_in_chunks_equal_all_at_once(digits):
     """The memory bound: a round split into chunks of clients gives every client the same local model."""
     config, data, split = digits

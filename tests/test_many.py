@@ -81,6 +81,16 @@ def test_stack_size_follows_the_memory_budget():
     assert 1 <= default_max_stack(large, (3, 32, 32), 128, cpu) < default_max_stack(large, (3, 32, 32), 8, cpu)
 
 
+def test_stack_size_probes_a_model_on_its_own_device():
+    """A federation asks with its global model already on the training device (CUDA): the probe forward
+    must run there. The meta device stands in for CUDA, where a CPU probe input failed the forward."""
+    cpu = torch.device("cpu")
+    for name, shape in (("mlp", (1, 8, 8)), ("cnn-small", (3, 32, 32))):
+        model = build_model(name, shape, 10)
+        expected = default_max_stack(model, shape, 64, cpu)
+        assert default_max_stack(model.to("meta"), shape, 64, cpu) == expected
+
+
 # ---------------------------------------------------------------- stacked path
 
 

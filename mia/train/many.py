@@ -260,13 +260,17 @@ def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.devic
 
 
 def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Elements output by the leaf modules of ``model`` (on the CPU) for one zero input.
+    """Elements output by the leaf modules of ``model`` for one zero input, on the model's own device.
 
     Counted by hooks on a real one-sample forward: cheap for the models that
     stack, and unlike a meta-device forward it needs no decompositions
-    imported (seconds, once per process).
+    imported (seconds, once per process). The input goes where the model's
+    weights are: :func:`train_many` asks with a model still on the CPU, but a
+    federation's :class:`mia.fl.clients.StackedClients` with its global model
+    already on CUDA, where a CPU input failed the forward.
     """
     total = 0
+    device = next(model.parameters(), next(model.buffers(), torch.zeros(0))).device
 
     def count(module: nn.Module, args, output) -> None:
         nonlocal total
@@ -278,7 +282,7 @@ def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
     model.eval()  # a training-mode forward would move BatchNorm's running statistics of this model
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *shape)))
+            model(torch.zeros((1, *shape), device=device))
     finally:
         model.train(training)
         for h in hooks:
