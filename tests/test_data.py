@@ -174,6 +174,85 @@ def test_imagefolder_resizes_and_converts(tmp_path):
         load_dataset("imagefolder", data_dir=tmp_path / "benign" / "1.png")
 
 
+def test_cifar10_and_svhn_are_found_where_people_keep_them(tmp_path):
+    """--data-dir pointing at cifar-10-batches-py itself, and torchvision's SVHN root made data/svhn."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(8)
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        write_cifar_batch(tmp_path / "batches" / name, rng.integers(0, 256, (1, 3072), dtype=np.uint8), [k])
+    assert load_dataset("cifar10", data_dir=tmp_path / "batches").y.tolist() == [0, 1, 2, 3, 4, 5]
+    x = rng.integers(0, 256, (32, 32, 3, 2), dtype=np.uint8)
+    (tmp_path / "svhn").mkdir()
+    for split in ("train", "test"):
+        savemat(tmp_path / "svhn" / f"{split}_32x32.mat", {"X": x, "y": np.array([[10], [3]], dtype=np.uint8)})
+    assert load_dataset("svhn", data_dir=tmp_path).y.tolist() == [0, 3, 0, 3]
+
+
+@pytest.mark.parametrize("folder", ["CINIC-10", "cinic10", "."])
+def test_cinic10_reads_the_archive_where_it_was_unpacked(tmp_path, folder):
+    """CINIC-10.tar.gz has no top folder: `tar -xzf CINIC-10.tar.gz -C CINIC-10` (or -C <data-dir>)."""
+    rng = np.random.default_rng(9)
+    for part in ("train", "valid", "test"):
+        for cls in ("airplane", "truck"):
+            save_image(tmp_path / folder / part / cls / f"{part}-{cls}.png", rgb(rng, 32))
+    ds = load_dataset("cinic10", data_dir=tmp_path)
+    assert ds.x.shape == (6, 3, 32, 32) and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("val_layout", ["val/<wnid>/images", "val/<wnid>"])
+def test_tinyimagenet_reads_val_sorted_into_class_folders(tmp_path, val_layout):
+    """The scripts that sort val/images into val/<wnid>/ (for torchvision ImageFolder) delete val/images."""
+    rng = np.random.default_rng(10)
+    root = tmp_path / "tiny-imagenet-200"
+    root.mkdir()
+    (root / "wnids.txt").write_text("n02\r\nn01\r\n")
+    save_image(root / "train" / "n01" / "images" / "n01_0.JPEG", rgb(rng, 64))
+    save_image(root / "train" / "n02" / "n02_0.JPEG", rgb(rng, 64))  # train flattened the same way
+    for i, wnid in enumerate(("n01", "n02", "n02")):
+        folder = root / "val" / wnid / ("images" if val_layout.endswith("images") else "")
+        save_image(folder / f"val_{i}.JPEG", rgb(rng, 64))
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t63\t63\n")  # left behind
+    ds = load_dataset("tinyimagenet", data_dir=tmp_path)
+    assert ds.x.shape == (5, 3, 64, 64) and ds.y.tolist() == [0, 1, 0, 0, 1]  # wnids.txt order: n02, n01
+
+
+def test_imagefolder_pools_split_folders_and_enters_a_lone_archive_folder(tmp_path):
+    """Dermnet comes as train/<class>/ and test/<class>/; CH-MNIST's zip unpacks into one folder of classes."""
+    rng = np.random.default_rng(11)
+    dermnet = tmp_path / "dermnet"
+    save_image(dermnet / "train" / "Acne and Rosacea Photos" / "a.jpg", rgb(rng, 20))
+    save_image(dermnet / "train" / "Eczema Photos" / "b.jpg", rgb(rng, 20))
+    save_image(dermnet / "test" / "Eczema Photos" / "c.jpg", rgb(rng, 20))
+    ds = load_dataset("imagefolder", data_dir=dermnet, size=8)
+    assert ds.num_classes == 2 and ds.y.tolist() == [1, 0, 1]  # test/ then train/, classes in both
+    kather = tmp_path / "chmnist" / "Kather_texture_2016_image_tiles_5000"
+    save_image(kather / "01_TUMOR" / "a.tif", rgb(rng, 15))
+    save_image(kather / "02_STROMA" / "b.tif", rgb(rng, 15))
+    ds = load_dataset("imagefolder", data_dir=tmp_path / "chmnist", size=8)
+    assert ds.num_classes == 2 and ds.y.tolist() == [0, 1]
+
+
+def test_imagefolder_scales_16_bit_and_flattens_rgba_and_palette_images(tmp_path):
+    """PIL clips 16-bit greyscale at 255 when converting; mia scales it (x-ray and microscopy PNGs)."""
+    from PIL import Image
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0..64512 of 65535
+    (tmp_path / "a").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "a" / "deep.png")
+    with Image.open(tmp_path / "a" / "deep.png") as image:
+        assert image.mode.startswith("I")
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    save_image(tmp_path / "b" / "alpha.png", rgba)
+    Image.fromarray(np.full((8, 8), 3, dtype=np.uint8)).convert("P").save(tmp_path / "b" / "palette.png")
+    ds = load_dataset("imagefolder", data_dir=tmp_path, size=8, channels=1)
+    deep = ds.x[0, 0].numpy().astype(int)
+    assert np.array_equal(deep, np.rint(ramp / 257.0).astype(int))  # not clipped to a white square
+    rgb_ds = load_dataset("imagefolder", data_dir=tmp_path, size=8)
+    assert rgb_ds.x.shape == (3, 3, 8, 8) and int(rgb_ds.x[1, 0, 0, 0]) == 200
+
+
 # ---------------------------------------------------------------- tabular loaders
 
 
@@ -220,6 +299,142 @@ def test_location_reads_npz_with_one_or_zero_based_labels(tmp_path, labels, expe
     assert ds.y.tolist() == expected and ds.num_classes == 30
 
 
+def test_location_reads_shokri_bangkok_file_with_quoted_labels(tmp_path):
+    """dataset_location.tgz unpacks `bangkok`: rows '"label",f1..f446' with the label in quotes, 1..30."""
+    rng = np.random.default_rng(12)
+    feats = (rng.random((3, 446)) < 0.2).astype(int)
+    (tmp_path / "location").mkdir()
+    lines = [f'"{label}",' + ",".join(map(str, row)) for label, row in zip((30, 1, 7), feats)]
+    (tmp_path / "location" / "bangkok").write_text("\n".join(lines) + "\n")
+    ds = load_dataset("location", data_dir=tmp_path)
+    assert ds.x.shape == (3, 446) and ds.x.dtype == torch.uint8 and ds.y.tolist() == [29, 0, 6]
+    assert np.array_equal(ds.x.numpy(), feats)
+
+
+@pytest.mark.parametrize("name, width", [("purchase100", 600), ("texas100", 6169)])
+def test_purchase_and_texas_read_published_npz_copies(tmp_path, name, width):
+    """purchase100.npz / texas100.npz (Purchase100-Texas100-datasets): features and one-hot labels;
+    other copies hold X and 0-based y."""
+    rng = np.random.default_rng(13)
+    feats = (rng.random((3, width)) < 0.1).astype(np.int64)
+    labels = np.array([0, 99, 41])
+    np.savez_compressed(tmp_path / f"{name}.npz", features=feats, labels=np.eye(100, dtype=np.float32)[labels])
+    ds = load_dataset(name, data_dir=tmp_path)
+    assert ds.x.shape == (3, width) and ds.x.dtype == torch.uint8 and ds.y.tolist() == [0, 99, 41]
+    np.savez(tmp_path / f"{name}.npz", X=feats.astype(np.float32), y=labels)
+    assert load_dataset(name, data_dir=tmp_path).y.tolist() == [0, 99, 41]
+    np.savez(tmp_path / f"{name}.npz", features=feats, labels=np.full((3, 100), 0.5))
+    with pytest.raises(MiaError, match="not one-hot"):
+        load_dataset(name, data_dir=tmp_path)
+
+
+def test_texas100_reads_ml_privacy_meter_folder(tmp_path):
+    """ML Privacy Meter keeps the two files in dataset_texas/ instead of the archive's texas/100/."""
+    root = tmp_path / "dataset_texas"
+    root.mkdir()
+    (root / "feats").write_text("0,1,1\n1,0,0\n")
+    (root / "labels").write_text("100\n1\n")
+    ds = load_dataset("texas100", data_dir=tmp_path)
+    assert ds.x.tolist() == [[0, 1, 1], [1, 0, 0]] and ds.y.tolist() == [99, 0]
+
+
+# ---------------------------------------------------------------- downloads (no network: download_url is faked)
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake_download(monkeypatch):
+    """Replace torchvision's download_url: serve ``archives[url]``, record every call, fail other URLs."""
+    import urllib.error
+
+    import torchvision.datasets.utils
+
+    archives: dict[str, bytes] = {}
+    calls: list[tuple] = []
+
+    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
+        calls.append((url, str(root), filename, md5))
+        if url not in archives:
+            raise urllib.error.URLError("offline")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, filename or os.path.basename(url)), "wb") as f:
+            f.write(archives[url])
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
+    return archives, calls
+
+
+def test_cifar10_download_is_torchvisions(tmp_path, fake_download):
+    """Same URL, file name, checksum and root as torchvision.datasets.CIFAR10(root=data_dir, download=True)."""
+    from torchvision.datasets import CIFAR10
+
+    archives, calls = fake_download
+    stage = tmp_path / "stage"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        write_cifar_batch(stage / name, np.zeros((1, 3072), dtype=np.uint8), [k])
+    archives[CIFAR10.url] = tar_bytes({f"cifar-10-batches-py/{n}": (stage / n).read_bytes() for n in names})
+    data_dir = tmp_path / "data"
+    ds = load_dataset("cifar10", data_dir=data_dir, download=True)
+    assert calls == [(CIFAR10.url, str(data_dir), CIFAR10.filename, CIFAR10.tgz_md5)]
+    assert ds.y.tolist() == [0, 1, 2, 3, 4, 5] and (data_dir / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_svhn_download_is_torchvisions(tmp_path, fake_download):
+    from scipy.io import savemat
+    from torchvision.datasets import SVHN
+
+    archives, calls = fake_download
+    for split in ("train", "test"):
+        url, filename, _ = SVHN.split_list[split]
+        savemat(tmp_path / filename, {"X": np.zeros((32, 32, 3, 1), dtype=np.uint8), "y": np.array([[10]])})
+        archives[url] = (tmp_path / filename).read_bytes()
+        (tmp_path / filename).unlink()
+    load_dataset("svhn", data_dir=tmp_path / "data", download=True)
+    assert calls == [(url, str(tmp_path / "data"), filename, md5)
+                     for url, filename, md5 in (SVHN.split_list["train"], SVHN.split_list["test"])]
+
+
+def test_tabular_downloads_unpack_where_the_loaders_read(tmp_path, fake_download):
+    """Shokri et al.'s archives: dataset_purchase at the top, texas/100/{feats,labels}, bangkok (into location/).
+    A mirror that fails is followed by the next."""
+    archives, calls = fake_download
+    nus = "https://www.comp.nus.edu.sg/~reza/files/dataset_purchase.tgz"
+    archives[nus] = tar_bytes({"dataset_purchase": b"3,0,1\n100,1,0\n"})
+    texas = "https://raw.githubusercontent.com/privacytrustlab/datasets/master/dataset_texas.tgz"
+    archives[texas] = tar_bytes({"texas/100/feats": b"0,1\n1,1\n", "texas/100/labels": b"2\n1\n"})
+    location = "https://raw.githubusercontent.com/privacytrustlab/datasets/master/dataset_location.tgz"
+    archives[location] = tar_bytes({"bangkok": b'"2",1,0\n"30",0,1\n'})
+    data = tmp_path / "data"
+    assert load_dataset("purchase100", data_dir=data, download=True).y.tolist() == [2, 99]
+    assert [call[0] for call in calls][-1] == nus and len(calls) == 2  # the GitHub copy failed first
+    assert load_dataset("texas100", data_dir=data, download=True).y.tolist() == [1, 0]
+    assert load_dataset("location", data_dir=data, download=True).y.tolist() == [1, 29]
+    assert (data / "location" / "bangkok").is_file() and (data / "texas" / "100" / "feats").is_file()
+
+
+def test_downloaded_archive_may_not_write_outside_the_data_dir(tmp_path, fake_download):
+    archives, _ = fake_download
+    url = "https://raw.githubusercontent.com/privacytrustlab/datasets/master/dataset_location.tgz"
+    archives[url] = tar_bytes({"../escaped": b"x", "bangkok": b"1,0\n"})
+    with pytest.raises(MiaError, match="refusing to unpack") as err:
+        load_dataset("location", data_dir=tmp_path / "data", download=True)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "data" / "escaped").exists()
+    assert "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -231,14 +446,14 @@ def test_location_reads_npz_with_one_or_zero_based_labels(tmp_path, labels, expe
     ("tinyimagenet", "tiny-imagenet-200/wnids.txt"),
     ("purchase100", "dataset_purchase"),
     ("texas100", "texas/100/feats"),
-    ("location", "location/data_complete.npz"),
+    ("location", "location/bangkok"),
 ])
 def test_missing_files_name_the_path(tmp_path, name, missing):
     with pytest.raises(MiaError) as err:
         load_dataset(name, data_dir=tmp_path)
     message = str(err.value)
     assert str(tmp_path / missing) in message and "\n" not in message
-    if name in ("cifar10", "cifar100", "svhn", "tinyimagenet", "purchase100", "texas100"):
+    if name in ("cifar10", "cifar100", "svhn", "tinyimagenet", "purchase100", "texas100", "location"):
         assert "--download" in message
 
 

@@ -30,7 +30,8 @@ DATASETS = Registry[DatasetSpec]("dataset", hint=PLUGIN_HINT)
 
 DEFAULT_DATA_DIR = Path("data")  # where files are looked for when no --data-dir is given
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# torchvision ImageFolder's suffixes: a folder it reads, mia reads too
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
@@ -70,6 +71,21 @@ def _dataset(name: str, *, description: str, kind: str, files: str, default_mode
 # ---------------------------------------------------------------- helpers
 
 
+def _first_with(candidates: Sequence[Path], marker: str) -> Path:
+    """The first folder in ``candidates`` that holds ``marker``, else the first (the documented place).
+
+    People keep a dataset where its archive or their last project put it
+    (``data/`` itself, a ``svhn/`` subfolder, ``CINIC-10/``), so each loader
+    looks in those places too; errors and downloads use the documented one.
+    """
+    return next((folder for folder in candidates if (folder / marker).exists()), candidates[0])
+
+
+def _first_file(candidates: Sequence[Path]) -> Path | None:
+    """The first of ``candidates`` that is a file, or ``None``."""
+    return next((path for path in candidates if path.is_file()), None)
+
+
 def _require(dataset: str, paths: Sequence[Path], how: str, download: bool = False,
              fetch: Callable[[], None] | None = None) -> None:
     """Make sure ``paths`` exist: fetch them if asked and possible, else name the first missing one."""
@@ -77,6 +93,8 @@ def _require(dataset: str, paths: Sequence[Path], how: str, download: bool = Fal
     if missing and download and fetch is not None:
         try:
             fetch()
+        except MiaError:
+            raise
         except Exception as exc:  # network, checksum and archive errors all end the same way
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise MiaError(f"{dataset}: download failed ({reason}); fetch it by hand: {how}") from None
@@ -127,7 +145,7 @@ def _read_images(paths: Sequence[Path], size: int, channels: int) -> np.ndarray:
     def read(i: int) -> None:
         try:
             with Image.open(paths[i]) as image:
-                image = image.convert(mode)
+                image = _eight_bit(image).convert(mode)
                 if image.size != (size, size):
                     image = image.resize((size, size), Image.BILINEAR)
                 out[i] = np.asarray(image).reshape(size, size, channels).transpose(2, 0, 1)
@@ -139,15 +157,36 @@ def _read_images(paths: Sequence[Path], size: int, channels: int) -> np.ndarray:
     return out
 
 
+def _eight_bit(image):
+    """A 16-bit greyscale image (medical PNGs and TIFFs) scaled to 8 bits.
+
+    PIL's ``convert("L")`` clips such an image at 255 instead of scaling it,
+    which turns nearly every pixel white.
+    """
+    from PIL import Image
+
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image
+    pixels = np.asarray(image).astype(np.float64)
+    if image.mode == "I" and pixels.max(initial=0) <= 255:  # 8-bit values stored as 32-bit ints
+        return Image.fromarray(pixels.astype(np.uint8))
+    return Image.fromarray(np.rint(np.clip(pixels, 0, 65535) / 257.0).astype(np.uint8))
+
+
 def _image_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder``, sorted (so that loading is deterministic)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    """The sorted subfolders of ``folder``; hidden and tool folders (.ipynb_checkpoints, __MACOSX) are none."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
 def _class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
     """Classes (sorted subfolder names unless given), image paths and labels of ``root/<class>/*``."""
-    if classes is None:  # hidden and tool folders (.ipynb_checkpoints, __MACOSX) are no classes
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if classes is None:
+        classes = [p.name for p in _subfolders(root)]
     paths: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
@@ -167,9 +206,20 @@ def _tabular_dataset(name: str, x: np.ndarray, y: np.ndarray, num_classes: int) 
 
 
 def _zero_based(dataset: str, labels: np.ndarray, num_classes: int, path: Path,
-                one_based: bool = True) -> np.ndarray:
-    """Labels ``1..num_classes`` (or already ``0..num_classes-1``) as int64 ``0..num_classes-1``."""
-    y = np.asarray(labels).reshape(-1).astype(np.int64)
+                one_based: bool | None = True) -> np.ndarray:
+    """Labels ``1..num_classes`` (``one_based``) or ``0..num_classes-1`` as int64 ``0..num_classes-1``.
+
+    ``one_based=None`` tells them apart by the largest label: ``num_classes``
+    exists only in 1-based labels, so a 0-based file is never shifted (a
+    1-based subset that lacks the last class is read as 0-based, a relabeling
+    that changes nothing for membership inference).
+    """
+    y = np.asarray(labels).reshape(-1)
+    if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
+        raise MiaError(f"{dataset}: labels in {path} are not whole numbers; the file is not in the expected format")
+    y = y.astype(np.int64)
+    if one_based is None:
+        one_based = bool(len(y)) and int(y.max()) == num_classes
     if one_based:
         y = y - 1
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -180,19 +230,99 @@ def _zero_based(dataset: str, labels: np.ndarray, num_classes: int, path: Path,
 
 
 def _read_int_table(dataset: str, path: Path, delimiter: str | None = ",") -> np.ndarray:
-    """A text table of small non-negative integers as uint8 (numpy's C parser, no per-line Python)."""
+    """A text table of small non-negative integers as uint8 (numpy's C parser, no per-line Python).
+
+    Quoted fields are read too: the Location file ``bangkok`` quotes its labels (``"1",0,1,...``).
+    """
     try:
-        return np.loadtxt(path, delimiter=delimiter, dtype=np.uint8, ndmin=2)
+        return np.loadtxt(path, delimiter=delimiter, quotechar='"', dtype=np.uint8, ndmin=2)
     except (ValueError, OverflowError) as exc:
         raise MiaError(f"{dataset}: {path} is not comma-separated 0/1 integers ({exc}); "
                        "re-download the file") from None
 
 
-def _download_archive(url: str, root: Path, md5: str | None = None, filename: str | None = None) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
+# array names of the .npz copies MIA repositories publish: features/labels (Purchase100-Texas100-datasets,
+# labels one-hot), x/y (MemGuard's data_complete.npz), X/Y and X/y (caches of the text files)
+_NPZ_KEYS = (("features", "labels"), ("x", "y"), ("X", "Y"), ("X", "y"), ("data", "labels"))
 
+
+def _read_npz(dataset: str, path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and 0-based labels from an .npz of plain arrays (no pickles), whichever names it uses."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = next((pair for pair in _NPZ_KEYS if set(pair) <= set(data.files)), None)
+            if keys is None:
+                raise MiaError(f"{dataset}: {path} must hold arrays features and labels (or x and y), "
+                               f"has {', '.join(data.files) or 'none'}")
+            x, labels = data[keys[0]], data[keys[1]]
+    except MiaError:
+        raise
+    except Exception as exc:  # not a zip, or object arrays (refused without pickle)
+        raise MiaError(f"{dataset}: cannot read {path} ({exc}); it must be an .npz of plain arrays") from None
+    if labels.ndim == 2 and labels.shape[1] == num_classes:  # one-hot rows (keras to_categorical)
+        if not (np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()):
+            raise MiaError(f"{dataset}: {path} labels are N x {num_classes} but not one-hot rows")
+        labels = labels.argmax(axis=1)
+    y = _zero_based(dataset, labels, num_classes, path, one_based=None)
+    if x.ndim != 2 or len(x) != len(y):
+        raise MiaError(f"{dataset}: {path} features must be N x D with one label per row; "
+                       f"got features {x.shape}, labels {y.shape}")
+    return x, y
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack a downloaded .tar(.gz)/.zip into ``dest``, refusing members that would land outside it.
+
+    torchvision's extractor unpacks tar members wherever their names point
+    (``../../.bashrc``, links), and its downloader retries a failed https
+    fetch over plain http, so an archive without a checksum is untrusted.
+    """
+    import tarfile
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:  # ZipFile.extract drops absolute and '..' parts itself
+            zf.extractall(dest)
+        return
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.10.12+, 3.11.4+
+            try:
+                tar.extractall(dest, filter="data")
+            except tarfile.FilterError as exc:
+                raise MiaError(f"refusing to unpack {archive}: {exc}; delete it and download it again") from None
+            return
+        root = dest.resolve()
+        for member in tar.getmembers():
+            target = (dest / member.name).resolve()
+            if root not in (target, *target.parents) or member.issym() or member.islnk():
+                raise MiaError(f"refusing to unpack {archive}: member {member.name!r} leaves {dest} or is a "
+                               "link; delete it and download it again")
+        tar.extractall(dest)
+
+
+def _fetch_archive(urls: Sequence[str], root: Path, md5: str | None = None, filename: str | None = None,
+                   extract_to: Path | None = None) -> None:
+    """Download an archive into ``root`` from the first of ``urls`` that answers, then unpack it.
+
+    An archive already in ``root`` (and matching ``md5``) is unpacked without
+    going online. A failed try deletes what it wrote, so the next mirror, or
+    the next run, does not unpack half a file.
+    """
+    from torchvision.datasets.utils import download_url
+
+    filename = filename or os.path.basename(urls[0])
+    archive = root / filename
     root.mkdir(parents=True, exist_ok=True)
-    download_and_extract_archive(url, download_root=str(root), filename=filename, md5=md5)
+    for i, url in enumerate(urls):
+        try:
+            download_url(url, str(root), filename, md5)
+            break
+        except Exception:
+            archive.unlink(missing_ok=True)
+            if i == len(urls) - 1:
+                raise
+    _extract(archive, extract_to or root)
 
 
 # ---------------------------------------------------------------- offline datasets
@@ -278,10 +408,13 @@ def _cifar_loader(name: str) -> Callable[..., Dataset]:
         import torchvision.datasets
 
         source = getattr(torchvision.datasets, class_name)  # only its URL, checksum and folder are used
-        paths = [data_dir / source.base_folder / batch for batch in batches]
+        # torchvision's layout, or --data-dir pointing at the batch folder itself
+        folder = _first_with([data_dir / source.base_folder, data_dir], batches[0])
+        paths = [folder / batch for batch in batches]
         how = f"extract {source.url} into {data_dir}"
+        # what torchvision's CIFAR10(root=data_dir, download=True) does: the archive into data_dir, unpacked there
         _require(name, paths, how, download,
-                 lambda: _download_archive(source.url, data_dir, source.tgz_md5, source.filename))
+                 lambda: _fetch_archive([source.url], data_dir, source.tgz_md5, source.filename))
         xs, ys = [], []
         for path in paths:
             batch = load_pickle(path)  # restricted: these files are pickles, never trust them
@@ -324,7 +457,9 @@ def _load_svhn(data_dir: Path, download: bool) -> Dataset:
     from torchvision.datasets import SVHN
 
     splits = [SVHN.split_list[split] for split in ("train", "test")]  # [url, filename, md5]
-    paths = [data_dir / filename for _, filename, _ in splits]
+    # torchvision's SVHN(root) keeps the .mat files in root itself; many projects make that root data/svhn
+    folder = _first_with([data_dir, data_dir / "svhn"], splits[0][1])
+    paths = [folder / filename for _, filename, _ in splits]
 
     def fetch() -> None:
         from torchvision.datasets.utils import download_url
@@ -356,12 +491,17 @@ def _load_svhn(data_dir: Path, download: bool) -> Dataset:
           description="CINIC-10: 270000 32x32 colour images (CIFAR-10 + ImageNet), 10 classes "
                       "(train+valid+test pooled)",
           files="<data-dir>/cinic-10/{train,valid,test}/<class>/*.png (get CINIC-10.tar.gz from "
-                "https://datashare.ed.ac.uk/handle/10283/3192 and extract it into <data-dir>/cinic-10)")
+                "https://datashare.ed.ac.uk/handle/10283/3192 and extract it into <data-dir>/cinic-10; "
+                "CINIC-10/, cinic10/ or <data-dir> itself holding train/ also work)")
 def _load_cinic10(data_dir: Path, download: bool) -> Dataset:
-    root = data_dir / "cinic-10"
+    # CINIC-10.tar.gz holds train/, valid/ and test/ with no folder above them: they land wherever it is
+    # unpacked, which projects make CINIC-10/, CINIC10/ or cinic10/, and some make --data-dir itself
+    candidates = [data_dir / name for name in ("cinic-10", "CINIC-10", "cinic10", "CINIC10")] + [data_dir]
+    root = _first_with(candidates, "train")
     parts = [root / part for part in ("train", "valid", "test")]
-    _require("cinic10", parts, "get CINIC-10.tar.gz from https://datashare.ed.ac.uk/handle/10283/3192 "
-                               f"and extract it into {root} (no automatic download)")
+    _require("cinic10", parts, "get CINIC-10.tar.gz from https://datashare.ed.ac.uk/handle/10283/3192 and "
+                               f"unpack it with: mkdir -p {root} && tar -xzf CINIC-10.tar.gz -C {root} "
+                               "(no automatic download)")
     classes, paths, labels = _class_folders(parts[0])
     for part in parts[1:]:
         _, more_paths, more_labels = _class_folders(part, classes)
@@ -374,34 +514,67 @@ def _load_cinic10(data_dir: Path, download: bool) -> Dataset:
 
 
 _TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+_TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # the zip's MD5, as the Tiny ImageNet loaders of other projects pin it
+
+
+def _wnid_images(folder: Path) -> list[Path]:
+    """The images of one class: ``<wnid>/images/*`` as the archive has them, or ``<wnid>/*`` as
+    re-organizing scripts leave them (torchvision ImageFolder wants the images one level down)."""
+    for candidate in (folder / "images", folder):
+        files = _image_files(candidate) if candidate.is_dir() else []
+        if files:
+            return files
+    return []
+
+
+def _tiny_val(root: Path, label_of: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """Tiny ImageNet's labeled val images: ``val/images`` + ``val/val_annotations.txt`` as in the
+    archive, or ``val/<wnid>/`` after the common script that sorts them into class folders."""
+    val, annotations = root / "val", root / "val" / "val_annotations.txt"
+    paths, labels = [], []
+    if not (val / "images").is_dir():  # sorted into val/<wnid>/(images/)
+        for wnid, label in label_of.items():
+            files = _wnid_images(val / wnid)
+            paths += files
+            labels += [label] * len(files)
+        if not paths:
+            raise MiaError(f"tinyimagenet: no images in {val}/images/ or {val}/<wnid>/; re-extract the archive")
+        return paths, labels
+    if not annotations.is_file():
+        raise MiaError(f"tinyimagenet: missing {annotations}; re-extract {_TINY_URL}")
+    for line in annotations.read_text().splitlines():
+        fields = line.split()  # tab-separated in the archive; tolerate spaces and CRLF
+        if not fields:
+            continue
+        if len(fields) < 2 or fields[1] not in label_of:
+            raise MiaError(f"tinyimagenet: bad line in {annotations}: {line!r}; re-download the archive")
+        paths.append(val / "images" / fields[0])
+        labels.append(label_of[fields[1]])
+    return paths, labels
 
 
 @_dataset("tinyimagenet", kind="image", default_model="resnet18",
           description="Tiny ImageNet: 110000 64x64 colour images, 200 classes (train+val pooled; "
                       "the unlabeled test set is not used)",
           files="<data-dir>/tiny-imagenet-200/{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG,"
-                f"val/val_annotations.txt}} (--download fetches {_TINY_URL})")
+                "val/val_annotations.txt} as the archive has them, or with val/ sorted into val/<wnid>/ "
+                f"(--download fetches {_TINY_URL})")
 def _load_tinyimagenet(data_dir: Path, download: bool) -> Dataset:
-    root = data_dir / "tiny-imagenet-200"
-    wnids_file, annotations = root / "wnids.txt", root / "val" / "val_annotations.txt"
-    _require("tinyimagenet", [wnids_file, root / "train", annotations],
-             f"extract {_TINY_URL} into {data_dir}", download, lambda: _download_archive(_TINY_URL, data_dir))
+    root = _first_with([data_dir / "tiny-imagenet-200", data_dir], "wnids.txt")
+    wnids_file = root / "wnids.txt"
+    _require("tinyimagenet", [wnids_file, root / "train", root / "val"], f"extract {_TINY_URL} into {data_dir}",
+             download, lambda: _fetch_archive([_TINY_URL], data_dir, _TINY_MD5))
     wnids = wnids_file.read_text().split()
     label_of = {wnid: i for i, wnid in enumerate(wnids)}
     paths, labels = [], []
     for wnid in wnids:
-        folder = root / "train" / wnid / "images"
-        files = _image_files(folder) if folder.is_dir() else []
+        files = _wnid_images(root / "train" / wnid)
         paths += files
         labels += [label_of[wnid]] * len(files)
-    for line in annotations.read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) < 2 or fields[1] not in label_of:
-            raise MiaError(f"tinyimagenet: bad line in {annotations}: {line!r}; re-download the archive")
-        paths.append(root / "val" / "images" / fields[0])
-        labels.append(label_of[fields[1]])
     if not paths:
         raise MiaError(f"tinyimagenet: no images under {root}/train/<wnid>/images/; re-extract the archive")
+    val_paths, val_labels = _tiny_val(root, label_of)
+    paths, labels = paths + val_paths, labels + val_labels
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
         raise MiaError(f"tinyimagenet: missing {missing}; re-extract {_TINY_URL} into {data_dir}")
@@ -409,10 +582,39 @@ def _load_tinyimagenet(data_dir: Path, download: bool) -> Dataset:
     return _image_dataset("tinyimagenet", x, np.asarray(labels), len(wnids), augment=True)
 
 
+# split folders an image set may be published in (Dermnet: train/ and test/); their classes are pooled
+SPLIT_FOLDERS = ("train", "training", "test", "testing", "val", "valid", "validation")
+
+
+def _imagefolder_roots(data_dir: Path) -> list[Path]:
+    """The folders whose subfolders are the classes.
+
+    That is ``data_dir`` itself, or the one folder an archive unpacked into it
+    (CH-MNIST's zip holds ``Kather_texture_2016_image_tiles_5000/<class>/``),
+    or, when every subfolder is a split (Dermnet's ``train/`` and ``test/``,
+    each with the same class folders), all of those, pooled.
+    """
+    root = data_dir
+    for _ in range(3):  # a lone wrapper folder, nested at most a few deep
+        subfolders = _subfolders(root)
+        if (len(subfolders) == 1 and not _image_files(root) and not _image_files(subfolders[0])
+                and _subfolders(subfolders[0])):
+            root = subfolders[0]
+        else:
+            break
+    subfolders = _subfolders(root)
+    if subfolders and all(folder.name.lower() in SPLIT_FOLDERS and not _image_files(folder)
+                          and _subfolders(folder) for folder in subfolders):
+        return subfolders
+    return [root]
+
+
 @_dataset("imagefolder", kind="image", default_model="resnet18",
           description="any class-per-folder image set (Dermnet, CH-MNIST, ...): one subfolder per "
                       "class, resized to size x size",
-          files="<data-dir>/<class>/*.{png,jpg,jpeg,bmp,tif,tiff}; classes are the sorted folder names",
+          files=f"<data-dir>/<class>/*.{{{','.join(s[1:] for s in IMAGE_SUFFIXES)}}}; classes are the sorted "
+                "folder names; split folders (<data-dir>/{train,test,val}/<class>/) are pooled, and a lone "
+                "folder an archive unpacked into is looked into",
           params={"size": Param(int, 32, "side length images are resized to"),
                   "channels": Param(int, 3, "3 (RGB) or 1 (greyscale)"),
                   "augment": Param(bool, True, "train with random crops and flips (false for "
@@ -426,13 +628,20 @@ def _load_imagefolder(data_dir: Path, download: bool, size: int, channels: int, 
     _require("imagefolder", [data_dir], how)
     if not Path(data_dir).is_dir():
         raise MiaError(f"imagefolder: {data_dir} is a file, not a folder; {how}")
-    classes, paths, labels = _class_folders(data_dir)
+    roots = _imagefolder_roots(data_dir)
+    classes = sorted({folder.name for root in roots for folder in _subfolders(root)})
+    paths, labels = [], []
+    for root in roots:
+        _, more_paths, more_labels = _class_folders(root, classes)
+        paths += more_paths
+        labels += more_labels
+    where = ", ".join(str(root) for root in roots)
     if len(classes) < 2 or not paths:
         raise MiaError(f"imagefolder: found {len(classes)} class folders and {len(paths)} images "
-                       f"in {data_dir}; {how}")
+                       f"in {where}; {how}")
     empty = [c for i, c in enumerate(classes) if i not in set(labels)]
     if empty:
-        raise MiaError(f"imagefolder: class folder(s) {', '.join(empty)} in {data_dir} hold no images "
+        raise MiaError(f"imagefolder: class folder(s) {', '.join(empty)} in {where} hold no images "
                        f"({', '.join(sorted(IMAGE_SUFFIXES))}); fill or remove them")
     x = _read_images(paths, size, channels)
     return _image_dataset("imagefolder", x, np.asarray(labels), len(classes), augment=augment)
@@ -440,35 +649,55 @@ def _load_imagefolder(data_dir: Path, download: bool, size: int, channels: int, 
 
 # ---------------------------------------------------------------- tabular datasets
 
-_PURCHASE_URL = "https://www.comp.nus.edu.sg/~reza/files/dataset_purchase.tgz"
-_TEXAS_URL = "https://www.comp.nus.edu.sg/~reza/files/dataset_texas.tgz"
+# Shokri et al.'s archives: first the copy in their lab's GitHub repository, then the original address
+_SHOKRI_MIRROR = "https://raw.githubusercontent.com/privacytrustlab/datasets/master/"
+_SHOKRI_ORIGINAL = "https://www.comp.nus.edu.sg/~reza/files/"
+_PURCHASE_URLS = (_SHOKRI_MIRROR + "dataset_purchase.tgz", _SHOKRI_ORIGINAL + "dataset_purchase.tgz")
+_TEXAS_URLS = (_SHOKRI_MIRROR + "dataset_texas.tgz", _SHOKRI_ORIGINAL + "dataset_texas.tgz")
+_LOCATION_URLS = (_SHOKRI_MIRROR + "dataset_location.tgz",)
+
+
+def _label_first_table(dataset: str, path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``label,f1,...`` with labels ``1..num_classes``: Shokri et al.'s ``dataset_purchase`` and ``bangkok``."""
+    table = _read_int_table(dataset, path)
+    if table.shape[1] < 2:
+        raise MiaError(f"{dataset}: {path} rows must be 'label,f1,f2,...'; re-download it")
+    return table[:, 1:], _zero_based(dataset, table[:, 0], num_classes, path)
 
 
 @_dataset("purchase100", kind="tabular", default_model="fc",
           description="Purchase100 (Shokri et al.): 197324 shopping baskets, 600 binary features, "
                       "100 classes",
-          files=f"<data-dir>/dataset_purchase (rows 'label,f1..f600', labels 1..100; "
-                f"--download fetches {_PURCHASE_URL})")
+          files=f"<data-dir>/dataset_purchase (rows 'label,f1..f600', labels 1..100; --download fetches "
+                f"{_PURCHASE_URLS[0]}), or <data-dir>/purchase100.npz (arrays features and labels, "
+                "labels one-hot or 0..99)")
 def _load_purchase100(data_dir: Path, download: bool) -> Dataset:
-    path = data_dir / "dataset_purchase"
-    _require("purchase100", [path], f"extract {_PURCHASE_URL} into {data_dir}", download,
-             lambda: _download_archive(_PURCHASE_URL, data_dir))
-    table = _read_int_table("purchase100", path)
-    if table.shape[1] < 2:
-        raise MiaError(f"purchase100: {path} rows must be 'label,f1..f600'; re-download it")
-    y = _zero_based("purchase100", table[:, 0], 100, path)
-    return _tabular_dataset("purchase100", table[:, 1:], y, 100)
+    text = [data_dir / "dataset_purchase", data_dir / "purchase" / "dataset_purchase"]
+    npz = _first_file([data_dir / "purchase100.npz", data_dir / "purchase" / "purchase100.npz"])
+    path = _first_file(text)
+    if path is None and npz is not None:
+        return _tabular_dataset("purchase100", *_read_npz("purchase100", npz, 100), 100)
+    path = path or text[0]
+    _require("purchase100", [path], f"extract {_PURCHASE_URLS[0]} into {data_dir}", download,
+             lambda: _fetch_archive(_PURCHASE_URLS, data_dir))
+    return _tabular_dataset("purchase100", *_label_first_table("purchase100", path, 100), 100)
 
 
 @_dataset("texas100", kind="tabular", default_model="fc",
           description="Texas100 hospital discharges (Shokri et al.): 67330 records, 6169 binary "
                       "features, 100 procedures",
-          files=f"<data-dir>/texas/100/{{feats,labels}} (comma-separated; labels 1..100; "
-                f"--download fetches {_TEXAS_URL})")
+          files=f"<data-dir>/texas/100/{{feats,labels}} (comma-separated; labels 1..100; --download fetches "
+                f"{_TEXAS_URLS[0]}), or <data-dir>/texas100.npz (arrays features and labels, labels one-hot "
+                "or 0..99)")
 def _load_texas100(data_dir: Path, download: bool) -> Dataset:
-    feats, labels = data_dir / "texas" / "100" / "feats", data_dir / "texas" / "100" / "labels"
-    _require("texas100", [feats, labels], f"extract {_TEXAS_URL} into {data_dir}", download,
-             lambda: _download_archive(_TEXAS_URL, data_dir))
+    # the archive unpacks texas/100/{feats,labels}; ML Privacy Meter keeps them in dataset_texas/
+    folder = _first_with([data_dir / "texas" / "100", data_dir / "dataset_texas", data_dir], "feats")
+    npz = _first_file([data_dir / "texas100.npz", data_dir / "texas" / "texas100.npz"])
+    if not (folder / "feats").exists() and npz is not None:
+        return _tabular_dataset("texas100", *_read_npz("texas100", npz, 100), 100)
+    feats, labels = folder / "feats", folder / "labels"
+    _require("texas100", [feats, labels], f"extract {_TEXAS_URLS[0]} into {data_dir}", download,
+             lambda: _fetch_archive(_TEXAS_URLS, data_dir))
     x = _read_int_table("texas100", feats)
     y = _zero_based("texas100", _read_int_table("texas100", labels)[:, 0], 100, labels)
     if len(x) != len(y):
@@ -479,23 +708,16 @@ def _load_texas100(data_dir: Path, download: bool) -> Dataset:
 @_dataset("location", kind="tabular", default_model="fc",
           description="Location (Foursquare check-ins, Shokri et al.): 5010 users, 446 binary "
                       "features, 30 classes",
-          files="<data-dir>/location/data_complete.npz with arrays x (N x 446, 0/1) and y "
-                "(labels 1..30 or 0..29); no public download")
+          files=f"<data-dir>/location/bangkok (rows 'label,f1..f446', labels 1..30; --download fetches "
+                f"{_LOCATION_URLS[0]}), or <data-dir>/location/data_complete.npz (MemGuard's: arrays x and y, "
+                "labels 1..30 or 0..29)")
 def _load_location(data_dir: Path, download: bool) -> Dataset:
-    path = data_dir / "location" / "data_complete.npz"
-    _require("location", [path], "there is no public download: get data_complete.npz from the authors "
-                                 "of the dataset (Shokri et al. 2017) and put it there")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data.files or "y" not in data.files:
-                raise MiaError(f"location: {path} must hold arrays 'x' and 'y', has {data.files}")
-            x, y = data["x"], data["y"].reshape(-1)
-    except MiaError:
-        raise
-    except Exception as exc:  # not a zip, or object arrays (refused without pickle)
-        raise MiaError(f"location: cannot read {path} ({exc}); it must be an .npz of plain arrays") from None
-    if x.ndim != 2 or len(x) != len(y):
-        raise MiaError(f"location: {path} x must be N x 446 with one label in y per row; "
-                       f"got x {x.shape}, y {y.shape}")
-    y = _zero_based("location", y, 30, path, one_based=bool(len(y)) and y.min() >= 1)
-    return _tabular_dataset("location", x, y, 30)
+    text = [data_dir / "location" / "bangkok", data_dir / "bangkok"]
+    npz = _first_file([data_dir / "location" / "data_complete.npz", data_dir / "data_complete.npz"])
+    path = _first_file(text)
+    if path is None and npz is not None:
+        return _tabular_dataset("location", *_read_npz("location", npz, 30), 30)
+    path = path or text[0]
+    _require("location", [path], f"extract {_LOCATION_URLS[0]} into {path.parent}", download,
+             lambda: _fetch_archive(_LOCATION_URLS, data_dir, extract_to=data_dir / "location"))
+    return _tabular_dataset("location", *_label_first_table("location", path, 30), 30)
