@@ -109,7 +109,7 @@ target_options = compose(
     click.option("--dataset", default="digits", show_default=True, help="See `mia datasets`."),
     click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                  help="Where real datasets live (or are downloaded to)."),
-    click.option("--download/--no-download", default=False, help="Download the dataset if torchvision can."),
+    click.option("--download/--no-download", default=False, help="Download the dataset if it has a public download (`mia datasets` says which)."),
     click.option("--dataset-param", multiple=True, metavar="KEY=VALUE", help="Dataset parameter (repeatable, or comma-separated)."),
     click.option("--model", default=None,
                  help="resnet18, wrnD-W (e.g. wrn28-2), vgg16, densenet121, alexnet, fc, mlp, cnn-small; "
