@@ -96,14 +96,19 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
     Inside ``mlflow run`` (``MLFLOW_RUN_ID`` set) the first run of the process
     is the project run itself; later runs (the attack run of ``mia audit``) are
     new runs in the same experiment, linked by tags. ``resume`` reopens an
-    unfinished run (killed: RUNNING, crashed: FAILED) to continue it.
+    unfinished run (killed: RUNNING, crashed: FAILED) to continue it. From a
+    notebook, a run the caller has open becomes the parent of the new run, and
+    an experiment chosen with ``mlflow.set_experiment`` is the default
+    (:func:`_notebook_experiment`): MLflow refuses to start a run elsewhere.
     """
     env_run = os.environ.get("MLFLOW_RUN_ID")
     client = MlflowClient()
+    parent = mlflow.active_run()
     if resume:
         stored = get_run(resume)
         if stored.info.status == "FINISHED":
             raise MiaError(f"run {resume} is FINISHED; there is nothing to resume")
+        _check_notebook_experiment(stored.info.experiment_id)
         run_id = resume
         if "mia.failure_reason" in stored.data.tags:  # the reason it stopped; a new one if it fails again
             client.delete_tag(run_id, "mia.failure_reason")
@@ -115,28 +120,68 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
         if env_run:
             exp_id = client.get_run(env_run).info.experiment_id
         else:
-            exp_id = experiment_id(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-        run_id = client.create_run(exp_id, run_name=name).info.run_id
-    active = mlflow.start_run(run_id=run_id)
+            exp_id = _notebook_experiment() if experiment is None else None
+            exp_id = exp_id or experiment_id(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                                             or DEFAULT_EXPERIMENT)
+        _check_notebook_experiment(exp_id)
+        nested = {"mlflow.parentRunId": parent.info.run_id} if parent else {}
+        run_id = client.create_run(exp_id, run_name=name, tags=nested).info.run_id
+    active = mlflow.start_run(run_id=run_id, nested=parent is not None)
     try:
         if tags:
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
         yield active
     except KeyboardInterrupt as exc:  # the user stopped it: KILLED, and say which run (a federated one resumes)
-        mlflow.set_tag("mia.failure_reason", "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        status, reason = _stop_reason(exc)
+        mlflow.set_tag("mia.failure_reason", reason)
+        mlflow.end_run(status)
         resumable = (tags or {}).get("mia.kind") == "train" and (tags or {}).get("mia.scenario") == "federated"
         print(f"interrupted: run {run_id} is marked KILLED"
               + (f"; go on from its last recorded round with `mia train --resume {run_id}`" if resumable else ""),
               file=sys.stderr)
         raise
     except BaseException as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        mlflow.set_tag("mia.failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        status, reason = _stop_reason(exc)
+        mlflow.set_tag("mia.failure_reason", reason)
+        mlflow.end_run(status)
         raise
     else:
         mlflow.end_run()
+
+
+def _stop_reason(exc: BaseException) -> tuple[str, str]:
+    """The status and ``mia.failure_reason`` of a run that ``exc`` ended: KILLED for Ctrl-C or SIGTERM (the
+    user stopped it; a pool run said FAILED "KeyboardInterrupt: " beside its KILLED attack run), else FAILED
+    with the exception's first line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return RunStatus.to_string(RunStatus.KILLED), "terminated (SIGTERM)" if isinstance(exc, Terminated) \
+            else "interrupted"
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return RunStatus.to_string(RunStatus.FAILED), f"{type(exc).__name__}: {reason}"[:5000]
+
+
+def _notebook_experiment() -> str | None:
+    """The id of the experiment ``mlflow.set_experiment`` made active in this process, if any.
+
+    MLflow's fluent API refuses to start a run of another experiment while one
+    is active ("active experiment ID does not match"), after mia has created
+    the run, which then stayed RUNNING for ever; a notebook that picked its
+    experiment gets mia's runs there instead.
+    """
+    from mlflow.tracking import fluent
+
+    return getattr(fluent, "_active_experiment_id", None)
+
+
+def _check_notebook_experiment(exp_id: str) -> None:
+    """A one-line error, before any run is created, where MLflow would refuse to start a run in ``exp_id``."""
+    active = _notebook_experiment()
+    if active is not None and active != exp_id:
+        client = MlflowClient()
+        mine, theirs = client.get_experiment(active).name, client.get_experiment(exp_id).name
+        raise MiaError(f"mlflow.set_experiment({mine!r}) is active in this process and this run belongs to "
+                       f"experiment {theirs!r}; pass experiment={mine!r} or call "
+                       f"mlflow.set_experiment({theirs!r}) first")
 
 
 def claim_project_run() -> str | None:
@@ -462,8 +507,9 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
         try:
             yield store
         except BaseException as exc:
-            client.set_tag(run_id, "mia.failure_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
-            client.set_terminated(run_id, "FAILED")  # what it holds stays usable: the next attack grows it
+            status, reason = _stop_reason(exc)
+            client.set_tag(run_id, "mia.failure_reason", reason)
+            client.set_terminated(run_id, status)  # what it holds stays usable: the next attack grows it
             raise
         if "mia.failure_reason" in client.get_run(run_id).data.tags:  # an earlier failure, since mended
             client.delete_tag(run_id, "mia.failure_reason")

@@ -51,3 +51,52 @@ def test_a_resumed_run_that_finishes_keeps_no_failure_reason(mlflow_store):
         pass
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and "mia.failure_reason" not in run.data.tags
+
+
+def test_a_pool_run_stopped_with_ctrl_c_is_killed_not_failed(mlflow_store):
+    """Ctrl-C while reference models train: the attack run said KILLED "interrupted", its pool run FAILED
+    "KeyboardInterrupt: " (an empty reason)."""
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.pool_store("c" * 32, "mia", {}) as store:
+            raise KeyboardInterrupt
+    run = MlflowClient().get_run(store.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["mia.failure_reason"] == "interrupted"
+
+
+@pytest.fixture
+def no_notebook_experiment(monkeypatch):
+    """``mlflow.set_experiment`` state, undone after the test (it is process-wide)."""
+    from mlflow.tracking import fluent
+
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+
+
+def test_a_run_opened_inside_a_notebooks_own_run_is_its_child(mlflow_store, no_notebook_experiment):
+    """MLflow refused to start mia's run under the caller's open one, after mia had created it: an exception
+    from MLflow, and a run left RUNNING in the store for ever."""
+    import mlflow
+
+    with mlflow.start_run(run_name="mine") as mine:
+        with tracking.run("train-centralized-digits-mlp", tags={"mia.kind": "train"}) as active:
+            child = active.info.run_id
+        assert mlflow.active_run().info.run_id == mine.info.run_id  # the caller's run stays open
+    run = MlflowClient().get_run(child)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == mine.info.run_id
+    assert mlflow.active_run() is None
+
+
+def test_a_notebooks_set_experiment_is_where_runs_go(mlflow_store, no_notebook_experiment):
+    """After ``mlflow.set_experiment("study")`` every mia run failed to start (MLflow's "active experiment ID
+    does not match") and stayed RUNNING in experiment ``mia``."""
+    import mlflow
+
+    study = mlflow.set_experiment("study").experiment_id
+    with tracking.run("train-centralized-digits-mlp") as active:
+        run_id = active.info.run_id
+    assert MlflowClient().get_run(run_id).info.experiment_id == study
+    with pytest.raises(MiaError, match=r"set_experiment\('study'\) is active.*pass experiment='study'") as err:
+        with tracking.run("attack-digits-mlp", "mia"):
+            pass
+    assert "\n" not in str(err.value)
+    assert [r.info.run_id for r in MlflowClient().search_runs(
+        [e.experiment_id for e in MlflowClient().search_experiments()])] == [run_id]  # nothing left RUNNING
