@@ -614,3 +614,9 @@ def test_a_dataset_of_the_wrong_form_is_a_one_line_error(x, y, kind, classes, ma
     with pytest.raises(MiaError, match=match) as err:
         Dataset("mine", x, y, classes, kind)
     assert "\n" not in str(err.value)
+
+
+def test_a_dataset_shows_its_shape_not_its_tensors():
+    """A notebook echoing anything that holds the data (``train_run``'s outcome) printed every pixel."""
+    data = load_dataset("digits", None, False)
+    assert repr(data) == "Dataset('digits': 1797 image rows of 1x8x8 uint8, 10 classes, on cpu)"

@@ -66,6 +66,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.y)
 
+    def __repr__(self) -> str:
+        """Its name and shape, not its tensors: a notebook echoing ``mia.experiment.train_run``'s outcome (or
+        anything else holding the data) printed every pixel of it."""
+        rows = f"{len(self)} {self.kind} rows of {'x'.join(map(str, self.x.shape[1:]))} {str(self.x.dtype)[6:]}"
+        return f"Dataset({self.name!r}: {rows}, {self.num_classes} classes, on {self.x.device})"
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
