@@ -232,21 +232,30 @@ def _load_svhn(data_dir: Path, download: bool) -> Dataset:
     return _image_dataset("svhn", np.concatenate(xs), np.concatenate(ys), 10, augment=False)
 
 
+# the archive on the Edinburgh DataShare (https://datashare.ed.ac.uk/handle/10283/3192, DOI 10.7488/ds/2448);
+# the second address is the same file through the DataShare's REST API, in case the handle address stops redirecting
+_CINIC_URLS = ("https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz",
+               "https://datashare.ed.ac.uk/server/api/core/bitstreams/e8e186cc-2688-48f1-aa5a-3fda1a43f8b6/content")
+_CINIC_MD5 = "6ee4d0c996905fe93221de577967a372"  # the archive's MD5, as the CINIC-10 loaders of other projects pin it
+
+
 @register_dataset("cinic10", kind="image", default_model="resnet18",
                   description="CINIC-10: 270000 32x32 colour images (CIFAR-10 + ImageNet), 10 classes "
                               "(train+valid+test pooled)",
-                  files="<data-dir>/cinic-10/{train,valid,test}/<class>/*.png (get CINIC-10.tar.gz from "
-                        "https://datashare.ed.ac.uk/handle/10283/3192 and extract it into <data-dir>/cinic-10; "
-                        "CINIC-10/, cinic10/ or <data-dir> itself holding train/ also work)")
+                  files="<data-dir>/cinic-10/{train,valid,test}/<class>/*.png (CINIC-10.tar.gz from "
+                        "https://datashare.ed.ac.uk/handle/10283/3192 extracted into <data-dir>/cinic-10; "
+                        "CINIC-10/, cinic10/ or <data-dir> itself holding train/ also work; --download fetches "
+                        f"{_CINIC_URLS[0]} and unpacks it into <data-dir>/cinic-10)")
 def _load_cinic10(data_dir: Path, download: bool) -> Dataset:
     # CINIC-10.tar.gz holds train/, valid/ and test/ with no folder above them: they land wherever it is
     # unpacked, which projects make CINIC-10/, CINIC10/ or cinic10/, and some make --data-dir itself
     candidates = [data_dir / name for name in ("cinic-10", "CINIC-10", "cinic10", "CINIC10")] + [data_dir]
     root = first_with(candidates, "train")
     parts = [root / part for part in ("train", "valid", "test")]
+    # --download keeps the archive in --data-dir, as for the other datasets, and unpacks it into root (cinic-10/)
     require("cinic10", parts, "get CINIC-10.tar.gz from https://datashare.ed.ac.uk/handle/10283/3192 and "
-                              f"unpack it with: mkdir -p {root} && tar -xzf CINIC-10.tar.gz -C {root} "
-                              "(no automatic download)")
+                              f"unpack it with: mkdir -p {root} && tar -xzf CINIC-10.tar.gz -C {root}",
+            download, lambda: fetch_archive(_CINIC_URLS, data_dir, _CINIC_MD5, extract_to=root))
     classes, paths, labels = _class_folders(parts[0])
     for part in parts[1:]:
         _, more_paths, more_labels = _class_folders(part, classes)
