@@ -182,6 +182,24 @@ def test_slimming_without_batchnorm_is_a_one_line_error():
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("pruner", sorted(PRUNERS.names()))
+def test_pruners_take_channels_last_models_as_cuda_training_leaves_them(pruner):
+    """On CUDA mia.train.train converts image models to channels-last in place, and torch's magnitude pruners
+    flatten weights with .view(-1), which a channels-last tensor refuses: l1-unstructured and l1-global
+    failed the first pruning step of every CNN trained on a GPU. The CPU can hold channels-last tensors
+    too: each step (after a fine-tuning that converts back) must prune exactly what the standard layout does."""
+    name = "wrn10-1" if pruner == "slimming" else "cnn-small"
+    standard, channels_last = fresh(name), fresh(name)
+    for target in sparsity_schedule(0.6, 2):
+        channels_last.to(memory_format=torch.channels_last)  # what fine-tuning on CUDA leaves
+        assert any(p.dim() == 4 and not p.is_contiguous() for p in channels_last.parameters())
+        PRUNERS.get(pruner)(standard, target)
+        PRUNERS.get(pruner)(channels_last, target)
+    for w0, w1 in zip(effective_weights(standard), effective_weights(channels_last)):
+        assert torch.equal(w0, w1)
+    assert PRUNERS.get(pruner).pruned_fraction(channels_last) == PRUNERS.get(pruner).pruned_fraction(standard) > 0
+
+
 # ---------------------------------------------------------------- finalized models
 
 

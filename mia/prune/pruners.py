@@ -58,6 +58,12 @@ class Pruner:
     def __call__(self, model: nn.Module, sparsity: float) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise MiaError(f"pruner {self.name}: sparsity must be in [0, 1), got {sparsity}")
+        # On CUDA the trainer leaves image models channels-last (mia.train.train converts them in place), and
+        # torch.nn.utils.prune's magnitude pruners flatten weights and masks with .view(-1), which a
+        # channels-last tensor refuses: prune on the standard layout (the next fine-tuning converts back).
+        # sync: the pruned layers' weight attributes are recomputed from the converted weight_orig and mask.
+        model.to(memory_format=torch.contiguous_format)
+        sync(model)
         self.prune(model, sparsity)
 
     @property
