@@ -20,6 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, MLflow's own behaviour
+    fcntl = None
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Downloading a run's split and signals is quick; a progress bar per file is noise.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -84,6 +89,43 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+#: Tracking URIs whose store this process has made sure exists (:func:`prepare_store`).
+_prepared: set[str] = set()
+
+
+def prepare_store() -> None:
+    """Create a new SQLite store's tables under a lock on its folder, once per process and store.
+
+    MLflow creates and migrates them on first use without a lock: two ``mia``
+    commands started at once on a new ``./mlflow.db`` both ran the migrations
+    and one died in SQLAlchemy ("duplicate column name: step"). The lock is
+    the folder's (``flock``), so nothing is left beside the store; other
+    stores (a server, PostgreSQL) migrate on their side.
+    """
+    uri = mlflow.get_tracking_uri()
+    if uri in _prepared:
+        return
+    path = _sqlite_file(uri)
+    if path is not None and path.parent.is_dir():
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            MlflowClient().search_experiments(max_results=1)  # builds the store: creates its tables
+        finally:
+            os.close(folder)  # releases the lock
+    _prepared.add(uri)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for any other store, or an in-memory one)."""
+    if not uri.startswith("sqlite:") or fcntl is None:
+        return None
+    from sqlalchemy.engine.url import make_url
+
+    database = make_url(uri).database
+    return None if database in (None, "", ":memory:") else Path(database).absolute()
+
+
 #: The run id that ``mlflow run`` handed this process, once claimed by its first run.
 _used_env_run: list[str] = []
 
@@ -101,6 +143,7 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
     an experiment chosen with ``mlflow.set_experiment`` is the default
     (:func:`_notebook_experiment`): MLflow refuses to start a run elsewhere.
     """
+    prepare_store()
     env_run = os.environ.get("MLFLOW_RUN_ID")
     client = MlflowClient()
     parent = mlflow.active_run()
@@ -304,6 +347,7 @@ def log_file(path: Path, artifact_dir: str | None = None) -> None:
 
 def get_run(run_id: str):
     """The MLflow run with this id, or a one-line error."""
+    prepare_store()
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException:
@@ -420,6 +464,7 @@ def log_scores(artifact_path: str, names: list[str], scores: list[np.ndarray], i
 
 def experiment_names() -> set[str]:
     """The names of the experiments in the tracking store."""
+    prepare_store()
     return {e.name for e in MlflowClient().search_experiments()}
 
 
@@ -434,6 +479,7 @@ def attack_rows(experiments: list[str] | None = None, run_ids: list[str] | None 
     """
     import pandas as pd
 
+    prepare_store()
     client = MlflowClient()
     found = [client.get_experiment_by_name(e) for e in experiments] if experiments else client.search_experiments()
     ids = [e.experiment_id for e in found if e is not None]

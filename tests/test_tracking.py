@@ -100,3 +100,38 @@ def test_a_notebooks_set_experiment_is_where_runs_go(mlflow_store, no_notebook_e
     assert "\n" not in str(err.value)
     assert [r.info.run_id for r in MlflowClient().search_runs(
         [e.experiment_id for e in MlflowClient().search_experiments()])] == [run_id]  # nothing left RUNNING
+
+
+_OPEN_A_RUN = """
+import os, sys, time
+from pathlib import Path
+from mia import tracking
+go = Path(sys.argv[1])
+Path(sys.argv[2]).touch()  # imported: ready
+while not go.exists():
+    time.sleep(0.01)
+with tracking.run("train-centralized-digits-mlp"):
+    pass
+"""
+
+
+def test_commands_started_at_once_on_a_new_store_all_open_their_runs(tmp_path):
+    """MLflow migrates a new SQLite store on first use without a lock: of two ``mia`` commands started
+    together on a new ``./mlflow.db``, one died in SQLAlchemy ("duplicate column name: step")."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_RUN_ID", None)
+    script = tmp_path / "open_a_run.py"
+    script.write_text(_OPEN_A_RUN)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(script), str(go), str(tmp_path / f"ready{i}")], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(3)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(3)) and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outputs)[-3000:]

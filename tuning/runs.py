@@ -57,6 +57,7 @@ def open_parent(name: str, experiment: str | None, params: dict[str, object], ta
     one; each then takes the earliest parent run with that key and deletes
     its own if it is not that one, so that all of them agree on one parent.
     """
+    tracking.prepare_store()
     client = MlflowClient()
     project = tracking.claim_project_run()
     run_id = project or (resume if _exists(resume) else None)
