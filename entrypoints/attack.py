@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entrypoints.options import attack_options, attack_params, common_options, pass_options
+from entrypoints.options import attack_options, attack_params, attack_run_options, pass_options
 
 
 @click.command("attack")
@@ -17,7 +17,7 @@ from entrypoints.options import attack_options, attack_params, common_options, p
 @click.option("--device", default=None,
               help="Where the reference models train and the target is queried (auto, cpu, cuda, cuda:1, ...); "
                    "default: the training run's.")
-@common_options
+@attack_run_options
 @pass_options
 def attack(opts: dict) -> None:
     """Attack a trained target with shadow models on the attacker's population."""

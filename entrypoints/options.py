@@ -197,10 +197,18 @@ attack_options = compose(
                  help="Attack parameter, e.g. loss.thresholds=global (repeatable, or comma-separated)."),
 )
 
-common_options = compose(
-    click.option("--experiment", default=None, help="MLflow experiment (default: mia)."),
-    click.option("--quiet", is_flag=True, help="No progress bars."),
-)
+def run_options(experiment_default: str = "$MLFLOW_EXPERIMENT_NAME, else mia"):
+    """``--experiment`` and ``--quiet``, saying where a command's runs go without ``--experiment``: `mia attack`
+    puts its run beside the training run, which its help said was experiment ``mia``."""
+    return compose(
+        click.option("--experiment", default=None,
+                     help=f"MLflow experiment of the runs (default: {experiment_default})."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    )
+
+
+common_options = run_options()
+attack_run_options = run_options("the training run's")
 
 
 def pass_options(func):

@@ -599,3 +599,11 @@ def test_key_value_options_take_repeats_and_comma_separated_pairs():
     assert key_values(("mem_scores_csv=a,b.csv,k=3",), "--defense-param") == {"mem_scores_csv": "a,b.csv", "k": "3"}
     with pytest.raises(MiaError, match="--defense-param expects key=value, got 'oops'"):
         key_values(("a=1", "oops"), "--defense-param")
+
+
+def test_the_experiment_option_says_where_runs_go_without_it():
+    """`mia attack` puts its run in the training run's experiment; its help said ``mia``."""
+    attack_help = " ".join(invoke("attack", "--help").output.split())
+    assert "(default: the training run's)" in attack_help
+    train_help = " ".join(invoke("train", "--help").output.split())
+    assert "(default: $MLFLOW_EXPERIMENT_NAME, else mia)" in train_help
