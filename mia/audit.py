@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import itertools
 import time
@@ -45,7 +46,7 @@ from mia.fl.attacks import FL_ATTACKS, LAST_SAMPLED, NothingToScore, run_fl_atta
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
 from mia.metrics import attack_metrics, interval_metrics, roc
-from mia.models import architecture_fingerprint, build_model
+from mia.models import NORMS, architecture_fingerprint, build_model
 from mia.pool import MODES, grow_pool, load_pool, plan_pool
 from mia.prune import prune_and_finetune
 from mia.prune.layers import FixedMasks
@@ -54,6 +55,7 @@ from mia.prune.schedule import PruneConfig
 from mia.registry import coerce
 from mia.signals import LABEL_ONLY_KINDS, Signals, compute_signals, label_only_signals
 from mia.train import TrainConfig, predict_logits, resolve_device, seed_everything
+from mia.train.loop import check_recipe
 from mia.train.many import train_many
 from mia.train.predict import check_device
 from mia.train.recipes import default_config
@@ -113,11 +115,41 @@ def resolve_config(dataset: str = "digits", model: str | None = None, seed: int 
     :func:`run_audit` both come through here, so a bad value is a one-line
     :class:`MiaError` before anything trains (:func:`check_config`).
     """
+    _check_fields(fields)
     spec = DATASETS.get(dataset)
     model = model or spec.default_model
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     train_cfg = default_config(spec.kind, model, seed=seed, **overrides)
     return check_config(TargetConfig(dataset=dataset, model=model, seed=seed, train=train_cfg, **fields))
+
+
+def _check_fields(fields: dict) -> None:
+    """``resolve_config``'s keyword fields are :class:`TargetConfig`'s, less the recipe it builds: a training
+    option given as a field (``epochs=3``) was a TypeError naming ``TargetConfig.__init__``."""
+    names = {f.name for f in dataclasses.fields(TargetConfig)} - {"dataset", "model", "seed", "train"}
+    training = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in fields:
+        if name == "train" or name in training and name not in names:
+            example = "{'epochs': 3}" if name == "train" else f"{{{name!r}: ...}}"
+            raise MiaError(f"{name} is set through train_overrides={example}: resolve_config builds the recipe "
+                           "from the dataset's and model's defaults and those overrides")
+        if name not in names:
+            raise MiaError(f"resolve_config has no field {name!r}; fields: dataset, model, seed, train_overrides, "
+                           f"{', '.join(sorted(names))}")
+
+
+#: The nested parts of a :class:`TargetConfig` and the class each must be.
+_PARTS = {"split": SplitConfig, "train": TrainConfig, "fl": FLConfig, "prune": PruneConfig}
+
+
+def _check_parts(config: TargetConfig) -> None:
+    """Each nested part is its config class: a dict (``split={"member_fraction": 0.3}``) failed later with an
+    AttributeError inside the split."""
+    for name, kind in _PARTS.items():
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, kind):
+            raise MiaError(f"{name}= takes a {kind.__module__}.{kind.__name__}, got {type(value).__name__} "
+                           f"{value!r:.60}; e.g. {name}={kind.__name__}(...)")
 
 
 def check_config(config: TargetConfig) -> TargetConfig:
@@ -129,9 +161,16 @@ def check_config(config: TargetConfig) -> TargetConfig:
     typed with every default filled in (so that one setting has one pool key
     however it is spelt), an existing ``mem_scores_csv``, known label-only kinds.
     """
+    if not isinstance(config, TargetConfig):
+        raise MiaError(f"expected a TargetConfig (mia.audit.resolve_config(...)), got {type(config).__name__} "
+                       f"{config!r:.60}")
+    _check_parts(config)
     if config.scenario not in SCENARIOS:
         raise unknown("scenario", config.scenario, SCENARIOS)
     check_device(config.train.device)
+    check_recipe(config.train)
+    if config.norm not in NORMS:
+        raise unknown("norm", config.norm, NORMS)
     check_scenario(config.defense, config.scenario)
     extra = {}
     for name, scenario, default in (("fl", "federated", FLConfig), ("prune", "pruning", PruneConfig)):

@@ -113,11 +113,27 @@ def test_bad_requests_are_one_line_errors_before_anything_trains(kwargs, match, 
     ({"scenario": "pruning", "defense": "rmr", "defense_params": {"mem_scores_csv": "/nope.csv"}}, "no such file"),
     ({"defense": "dp-sgd", "defense_params": {"epsilon": -1}}, "epsilon"),
     ({"dataset_params": {"bogus": 1}}, "takes no parameters"),
+    # what the command line's option ranges refuse; these trained, or failed deep inside torch.optim (nan)
+    ({"train_overrides": {"epochs": 0}}, "epochs must be >= 1, got 0"),
+    ({"train_overrides": {"lr": float("nan")}}, "lr must be a finite number > 0, got nan"),
+    ({"train_overrides": {"weight_decay": -1.0}}, "weight_decay must be a finite number >= 0"),
+    ({"train_overrides": {"optimizer": "adamw"}}, "unknown optimizer 'adamw'"),
+    ({"norm": "ln"}, "unknown norm 'ln'"),
+    # a notebook's slips: these were a TypeError naming TargetConfig.__init__, or an AttributeError in the split
+    ({"epochs": 3}, r"epochs is set through train_overrides=\{'epochs': ...\}"),
+    ({"train": {"epochs": 3}}, "train is set through train_overrides"),
+    ({"bogus": 1}, "resolve_config has no field 'bogus'"),
+    ({"split": {"member_fraction": 0.3}}, r"split= takes a .*SplitConfig, got dict"),
 ])
 def test_configs_are_checked_where_they_are_made_as_on_the_command_line(fields, match):
     with pytest.raises(MiaError, match=match) as err:
         audit.resolve_config("digits", **fields)
     assert "\n" not in str(err.value)
+
+
+def test_run_audit_refuses_what_is_not_a_config_in_one_line(tmp_path):
+    with pytest.raises(MiaError, match=r"expected a TargetConfig \(mia.audit.resolve_config\(...\)\), got str 'digits'"):
+        audit.run_audit("digits", cache_dir=str(tmp_path), progress=False)
 
 
 def test_a_defense_setting_has_one_config_however_it_is_spelt():

@@ -44,7 +44,7 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult, make_optimizer
-from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _check, _resident, _steps_per_epoch, autocast_on
+from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _resident, _steps_per_epoch, autocast_on, check_recipe
 from mia.train.predict import resolve_device
 
 _REFERENCE_STREAM = 0xADE  # keeps the reference draw independent of other uses of the seed
@@ -99,7 +99,7 @@ class AdvReg(Defense):
             progress: bool = True) -> tuple[nn.Module, TrainResult]:
         """Train f against h on ``train_idx``; h's non-members and f's model selection split ``val_idx``."""
         start = time.perf_counter()
-        _check(config)
+        check_recipe(config)
         reference_idx, select_idx = reference_split(val_idx, self.reference_fraction, self.seed)
         if config.select_best and len(select_idx) == 0:
             raise MiaError("advreg selects its best epoch on the validation rows it leaves out of the reference "

@@ -60,7 +60,7 @@ from mia.defenses.accounting import loose_order_note
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult
-from mia.train.loop import OPTIMIZERS, SCHEDULES, EpochLog, _accuracy, _check, _resident_sets
+from mia.train.loop import OPTIMIZERS, SCHEDULES, EpochLog, _accuracy, _resident_sets, check_recipe
 from mia.train.predict import resolve_device
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -177,7 +177,7 @@ class DPSGD(Defense):
 
         start = time.perf_counter()
         config = self.recipe(config)
-        _check(config)
+        check_recipe(config)
         device = resolve_device(config.device)
         x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
         n = len(y_train)

@@ -247,7 +247,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     """
     start = time.perf_counter()
     schedule = SCHEDULES.get(config.schedule)
-    _check(config)
+    check_recipe(config)
     device = resolve_device(config.device)
     cuda = device.type == "cuda"
     x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
@@ -327,15 +327,24 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     return log.result()
 
 
-def _check(config: TrainConfig) -> None:
+def check_recipe(config: TrainConfig) -> None:
+    """A one-line :class:`MiaError` for a recipe no step can train with; :func:`mia.audit.check_config` calls it
+    where a config is made, so a notebook hears of ``epochs=0`` or ``lr=nan`` before loading data (``nan``
+    came back from deep inside ``torch.optim``), as the command line's option ranges do."""
+    OPTIMIZERS.get(config.optimizer)
+    SCHEDULES.get(config.schedule)
+    for name in ("momentum", "weight_decay"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0:
+            raise MiaError(f"{name} must be a finite number >= 0, got {value}")
+    if not math.isfinite(config.lr) or config.lr <= 0:
+        raise MiaError(f"lr must be a finite number > 0, got {config.lr}")
     if config.epochs < 1:
         raise MiaError(f"epochs must be >= 1, got {config.epochs}")
     if config.stop_epoch is not None and not 1 <= config.stop_epoch <= config.epochs:
         raise MiaError(f"stop_epoch must be in [1, epochs={config.epochs}], got {config.stop_epoch}")
     if config.batch_size < 1:
         raise MiaError(f"batch_size must be >= 1, got {config.batch_size}")
-    if config.lr <= 0:
-        raise MiaError(f"lr must be > 0, got {config.lr}")
     if config.nesterov and (config.optimizer != "sgd" or config.momentum <= 0):
         raise MiaError("nesterov needs optimizer='sgd' with momentum > 0")
     if config.cpu_bf16 and resolve_device(config.device).type == "cpu" and not cpu_has_bf16():

@@ -79,7 +79,7 @@ from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.models import build_model, model_spec
 from mia.train.config import TrainConfig
-from mia.train.loop import (OPTIMIZERS, SCHEDULES, _check, _resident, _steps_per_epoch, autocast_on,
+from mia.train.loop import (OPTIMIZERS, SCHEDULES, _resident, _steps_per_epoch, autocast_on, check_recipe,
                             compile_for_cuda, fused_on, train)
 from mia.train.predict import resolve_device
 
@@ -138,7 +138,7 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     ordinary modules in eval mode on ``config.device``.
     """
     sets, seeds = _check_sets(data, train_sets, seeds)
-    _check(config)
+    check_recipe(config)
     if max_stack is not None and max_stack < 1:
         raise MiaError(f"max_stack must be >= 1, got {max_stack}")
     if config.select_best and (val_idx is None or len(val_idx) == 0):
