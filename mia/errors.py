@@ -10,6 +10,11 @@ class MiaError(Exception):
     """A user error with a one-line message that says how to fix it."""
 
 
+class Diverged(MiaError):
+    """Training produced a non-finite loss. Its own class so that a caller that knows more of the cause (a
+    federation whose defense perturbed the last global model) can say so."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, a batch scheduler), raised like Ctrl-C so that open runs are marked KILLED."""
 

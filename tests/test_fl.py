@@ -352,3 +352,14 @@ def test_client_dp_accounts_every_round_across_a_resume(digits, tmp_path):
              state=FLState.load(tmp_path))
     assert resumed.metrics()["dp.epsilon"] == pytest.approx(whole.metrics()["dp.epsilon"])
     assert whole.steps == 4
+
+
+def test_a_divergence_after_perturbed_uploads_names_the_defense_not_the_learning_rate(digits):
+    """Client-dp noise large enough to wreck the global model makes round 2's clients diverge: the error says
+    the defense did it (lowering --local-lr, the hint of a plain divergence, would not help)."""
+    fl = FLConfig(clients=2, rounds=2, local_epochs=1, max_query=20)
+    with pytest.raises(MiaError, match=r"round 2: .*defense client-dp perturbed.*weaken the defense") as caught:
+        run(digits, fl, "client-dp", params={"noise_multiplier": 1e20})
+    assert "local-lr" not in str(caught.value)
+    with pytest.raises(MiaError, match="lower --local-lr"):  # undefended, the learning rate is the cause
+        run(digits, FLConfig(clients=2, rounds=1, local_epochs=1, max_query=20, lr=1e30))

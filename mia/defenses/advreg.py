@@ -42,7 +42,7 @@ from torch import nn
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
-from mia.errors import MiaError
+from mia.errors import Diverged, MiaError
 from mia.train import TrainConfig, TrainResult, make_optimizer
 from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _resident, _steps_per_epoch, autocast_on, check_recipe
 from mia.train.predict import resolve_device
@@ -189,7 +189,7 @@ class AdvReg(Defense):
                 seen += len(rows)
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
-                raise MiaError(f"advreg training diverged (loss {train_loss} in epoch {epoch}); lower the learning "
+                raise Diverged(f"advreg training diverged (loss {train_loss} in epoch {epoch}); lower the learning "
                                f"rate (lr={config.lr}) or alpha ({self.alpha})")
             model.eval()
             val_acc = _accuracy(model, x_val, y_val, lambda xb: prepare(xb, False), amp,

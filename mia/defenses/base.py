@@ -108,6 +108,8 @@ class Defense(TrainHooks):
     against the spec; ``seed`` seeds whatever randomness the defense adds.
     """
 
+    name = "none"  # the registered name, set by make_defense
+
     def __init__(self, seed: int = 0, **params):
         self.seed = seed
         self.params = params
@@ -210,7 +212,9 @@ def make_defense(name: str, params: dict | None = None, seed: int = 0) -> Defens
         spec.params[key].check(f"defense {name}", key, value)
     values = {k: p.default for k, p in spec.params.items()}
     values.update(given)
-    return spec.cls(seed=seed, **values)
+    defense = spec.cls(seed=seed, **values)
+    defense.name = name  # as registered: what messages call it
+    return defense
 
 
 def check_scenario(name: str, scenario: str) -> None:

@@ -58,7 +58,7 @@ from mia.data.augment import crop_flip
 from mia.data.base import Dataset
 from mia.defenses.accounting import loose_order_note
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
-from mia.errors import MiaError
+from mia.errors import Diverged, MiaError
 from mia.train import TrainConfig, TrainResult
 from mia.train.loop import OPTIMIZERS, SCHEDULES, EpochLog, _accuracy, _resident_sets, check_recipe
 from mia.train.predict import resolve_device
@@ -219,7 +219,7 @@ class DPSGD(Defense):
                     accountant.step(noise_multiplier=sigma, sample_rate=q)
                 train_loss = loss_sum.item() / max(seen, 1)  # the one host sync of the epoch
                 if not math.isfinite(train_loss):
-                    raise MiaError(f"dp-sgd training diverged (loss {train_loss} in epoch {epoch}); lower the "
+                    raise Diverged(f"dp-sgd training diverged (loss {train_loss} in epoch {epoch}); lower the "
                                    f"learning rate (lr={config.lr})")
                 model.eval()
                 val_acc = (_accuracy(model, x_val, y_val, lambda xb: prepare(xb, False), False,

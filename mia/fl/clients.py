@@ -40,7 +40,7 @@ from torch.func import functional_call
 
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
-from mia.errors import MiaError
+from mia.errors import Diverged
 from mia.train import TrainConfig, TrainHooks, make_optimizer, resolve_device, train
 from mia.train.loop import autocast_on, compile_for_cuda
 from mia.train.many import default_max_stack
@@ -189,7 +189,7 @@ class StackedClients:
                         step = buf if cfg.momentum else g
                         p.sub_(cfg.lr * on * step)
             if not math.isfinite(loss_sum.item()):  # one host sync per epoch, as the loop path checks
-                raise MiaError(f"federated local training diverged (loss {loss_sum.item()}); lower --local-lr "
+                raise Diverged(f"federated local training diverged (loss {loss_sum.item()}); lower --local-lr "
                                f"(lr={cfg.lr})")
         self.model.eval()
         local = {n: p.detach() for n, p in params.items()}

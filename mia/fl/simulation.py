@@ -31,7 +31,7 @@ import torch
 from mia.data.base import Dataset
 from mia.data.splits import Split
 from mia.defenses.base import Defense
-from mia.errors import MiaError
+from mia.errors import Diverged, MiaError
 from mia.fl.attacks import FLSignals
 from mia.fl.config import FLConfig
 from mia.fl.clients import CPU_STACK_PARAMS, LoopClients, Params, StackedClients, flatten, unflatten
@@ -177,11 +177,14 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
         seeds = [_seed(seed, 3, r, int(c)) for c in clients]
         global_loss = GlobalLoss(model, state, data)
         rows = [defense.local_rows(int(c), fed.clients[c], r, global_loss) for c in clients]
-        if use_stack:
-            result = trainer.run(state.params, rows, seeds, config.local_epochs)
-        else:
-            result = trainer.run(state.params, rows, seeds, config.local_epochs, state.buffers,
-                                 hooks=[defense.client_hooks(int(c)) for c in clients])
+        try:
+            if use_stack:
+                result = trainer.run(state.params, rows, seeds, config.local_epochs)
+            else:
+                result = trainer.run(state.params, rows, seeds, config.local_epochs, state.buffers,
+                                     hooks=[defense.client_hooks(int(c)) for c in clients])
+        except Diverged as exc:
+            raise _diverged(exc, defense, r) from None
         weights = torch.as_tensor(sizes[clients] / sizes[clients].sum(), dtype=torch.float32, device=device)
         _, layers = flatten(state.params)
         uploads = defense.upload(result.updates, clients, weights, r, layers)
@@ -211,6 +214,22 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
                 on_record(state)
     load_global(model, state)
     return model, state, fed
+
+
+def _diverged(exc: Diverged, defense: Defense, round: int) -> Diverged:
+    """The clients' divergence, blamed on the defense where the model they started from is its work.
+
+    A defense that perturbs uploads (client-dp's noise, instahide) can wreck
+    the global model the next round's clients start from, and lowering the
+    local learning rate, what a plain divergence calls for, does not help.
+    """
+    if round == 1 or type(defense).upload is Defense.upload:
+        return exc
+    what = str(exc).split(";")[0]  # not its hint: the learning rate is not the cause here
+    params = ", ".join(f"{k}={v}" for k, v in defense.params.items())
+    return Diverged(f"round {round}: {what}, starting from the aggregate of round {round - 1}'s uploads as "
+                    f"defense {defense.name} perturbed them ({params}); weaken the defense (client-dp: a larger "
+                    "epsilon, a smaller noise_multiplier or max_update_norm, whose product is the noise per weight)")
 
 
 class GlobalLoss:

@@ -36,7 +36,7 @@ from torch import nn
 
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
-from mia.errors import MiaError
+from mia.errors import Diverged, MiaError
 from mia.registry import Registry
 from mia.train.config import TrainConfig
 from mia.train.predict import resolve_device
@@ -314,7 +314,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
             seen += len(rows)
         train_loss = loss_sum.item() / max(seen, 1)  # the one host sync of the epoch
         if not math.isfinite(train_loss):
-            raise MiaError(f"training diverged (loss {train_loss} in epoch {epoch}); lower the learning rate "
+            raise Diverged(f"training diverged (loss {train_loss} in epoch {epoch}); lower the learning rate "
                            f"(lr={config.lr})")
         model.eval()
         val_acc = _accuracy(forward, x_val, y_val, lambda xb: prepare(xb, False), amp,

@@ -76,7 +76,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from mia.data.base import Dataset
-from mia.errors import MiaError
+from mia.errors import Diverged, MiaError
 from mia.models import build_model, model_spec
 from mia.train.config import TrainConfig
 from mia.train.loop import (OPTIMIZERS, SCHEDULES, _resident, _steps_per_epoch, autocast_on, check_recipe,
@@ -506,7 +506,7 @@ def _crop_flip_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flipped: 
 def _check_finite(train_loss: torch.Tensor, which: range, epoch: int, config: TrainConfig) -> None:
     bad = [which.start + i for i, v in enumerate(train_loss.tolist()) if not math.isfinite(v)]
     if bad:
-        raise MiaError(f"training diverged (non-finite loss for model(s) {bad} in epoch {epoch}); lower the "
+        raise Diverged(f"training diverged (non-finite loss for model(s) {bad} in epoch {epoch}); lower the "
                        f"learning rate (lr={config.lr})")
 
 
