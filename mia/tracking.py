@@ -175,7 +175,7 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
         yield active
     except KeyboardInterrupt as exc:  # the user stopped it: KILLED, and say which run (a federated one resumes)
-        status, reason = _stop_reason(exc)
+        status, reason = stop_reason(exc)
         mlflow.set_tag("mia.failure_reason", reason)
         mlflow.end_run(status)
         resumable = (tags or {}).get("mia.kind") == "train" and (tags or {}).get("mia.scenario") == "federated"
@@ -184,7 +184,7 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
               file=sys.stderr)
         raise
     except BaseException as exc:
-        status, reason = _stop_reason(exc)
+        status, reason = stop_reason(exc)
         mlflow.set_tag("mia.failure_reason", reason)
         mlflow.end_run(status)
         raise
@@ -192,7 +192,7 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
         mlflow.end_run()
 
 
-def _stop_reason(exc: BaseException) -> tuple[str, str]:
+def stop_reason(exc: BaseException) -> tuple[str, str]:
     """The status and ``mia.failure_reason`` of a run that ``exc`` ended: KILLED for Ctrl-C or SIGTERM (the
     user stopped it; a pool run said FAILED "KeyboardInterrupt: " beside its KILLED attack run), else FAILED
     with the exception's first line."""
@@ -553,7 +553,7 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
         try:
             yield store
         except BaseException as exc:
-            status, reason = _stop_reason(exc)
+            status, reason = stop_reason(exc)
             client.set_tag(run_id, "mia.failure_reason", reason)
             client.set_terminated(run_id, status)  # what it holds stays usable: the next attack grows it
             raise

@@ -166,6 +166,30 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mlflow_store, monkeyp
     assert "study mia-digits-label-smoothing (memory): 3 trials, 2 complete, 3 new" in result.output
 
 
+def test_ctrl_c_in_a_trial_kills_its_runs_and_says_one_line(mlflow_store, monkeypatch, caplog):
+    """The study and trial runs said FAILED "KeyboardInterrupt" beside the audit's KILLED run, and Optuna's
+    warning carried a page of traceback through torch; a user error in a trial is one line too."""
+    calls = []
+
+    def interrupted(config, *args, **kwargs):
+        calls.append(config)
+        if len(calls) == 1:
+            raise MiaError("epsilon=0.1 is out of reach (simulated)")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuning.objective, "audit_run", interrupted)
+    result = invoke(*TINY, "--trials", "3", "--storage", "memory")
+    assert result.exit_code == 130, result.output
+    parent = MlflowClient().search_runs(["0", *[e.experiment_id for e in MlflowClient().search_experiments()]],
+                                        filter_string="tags.`mia.kind` = 'study'")[0]
+    assert (parent.info.status, parent.data.tags["mia.failure_reason"]) == ("KILLED", "interrupted")
+    by_number = trial_runs(parent.info.run_id)
+    assert [(r.info.status, r.data.tags["mia.failure_reason"]) for _, r in sorted(by_number.items())] == [
+        ("FAILED", "MiaError: epsilon=0.1 is out of reach (simulated)"), ("KILLED", "interrupted")]
+    failed = [r for r in caplog.records if "failed with parameters" in r.getMessage()]
+    assert len(failed) == 2 and all(r.exc_info is None for r in failed)
+
+
 def fake_audit(config, attacks, *args, **kwargs):
     """Two finished runs and known numbers: more smoothing s, less accuracy (1 - s) and less leakage."""
     client = MlflowClient()

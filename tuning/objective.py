@@ -83,10 +83,9 @@ class Objective:
             runs.finish(run_id)
             return utility, leakage
         except BaseException as exc:
-            reason = runs.one_line(exc)
-            trial.set_user_attr("failure_reason", reason)
+            trial.set_user_attr("failure_reason", tracking.stop_reason(exc)[1])
             if run_id is not None:
-                runs.fail(run_id, reason)
+                runs.stop(run_id, exc)
             raise
 
 

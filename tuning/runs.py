@@ -127,6 +127,17 @@ def fail(run_id: str, reason: str) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+def stop(run_id: str, exc: BaseException) -> str:
+    """Mark the run as ``exc`` ended it, as :func:`mia.tracking.run` does: KILLED "interrupted" for Ctrl-C or
+    SIGTERM (a study and its trial said FAILED "KeyboardInterrupt" beside the KILLED audit run), else FAILED
+    with the exception's first line; returns the reason."""
+    status, reason = tracking.stop_reason(exc)
+    client = MlflowClient()
+    client.set_tag(run_id, "mia.failure_reason", reason)
+    client.set_terminated(run_id, status)
+    return reason
+
+
 def log_dict(run_id: str, data: dict, name: str) -> None:
     MlflowClient().log_dict(run_id, data, name)
 

@@ -47,6 +47,25 @@ from tuning.objective import DIRECTIONS, LEAKAGE, Objective
 
 _log = logging.getLogger(__name__)
 
+
+class _OneLineTrialFailures(logging.Filter):
+    """Optuna's warning for a failed trial, without the traceback when it is a user error or Ctrl-C.
+
+    Optuna logs every failed trial with its traceback: a :class:`MiaError` or
+    a Ctrl-C came as a page of frames through the audit and torch, where
+    ``mia`` says one line everywhere else (the trial's run keeps the reason);
+    a bug keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (MiaError, KeyboardInterrupt)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_OneLineTrialFailures())
+
 SAMPLERS = ("tpe", "nsga2", "gp")
 #: Seconds between RDB heartbeats, and the silence after which a running trial counts as dead.
 HEARTBEAT_S, GRACE_S = 60, 180
@@ -353,7 +372,7 @@ def tune(objective: Objective, settings: StudySettings) -> TuneResult:
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             runs.finish(parent)
     except BaseException as exc:
-        runs.fail(parent, runs.one_line(exc))
+        runs.stop(parent, exc)
         raise
     if problems:
         raise MiaError(f"{'; '.join(problems)}; a killed worker's trial is failed and retried by the next "
