@@ -44,8 +44,12 @@ def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tens
                    view: tuple[int, int, bool] = (0, 0, False)) -> torch.Tensor:
     """Float32 logits of ``model`` on rows ``idx`` of ``data``, in eval mode, on the CPU.
 
-    On CUDA the forward runs under bf16 autocast; logits come back as float32
-    so that log-probabilities of confident predictions keep their precision.
+    On CUDA the forward runs under bf16 autocast and the logits carry bf16's
+    precision (about 3 significant digits); they come back as float32, so
+    the log-probabilities computed from them do not round a confident
+    prediction's loss to 0, as a bf16 softmax would. (On a CPU stand-in of
+    this path the signals moved by 0.009 typically, 0.046 at most, and no
+    attack's AUC or TPR changed.)
     ``view`` queries a shifted and/or flipped copy of the raw rows
     (:func:`mia.data.augment.shift_flip`), as LiRA's augmented queries do.
     """
