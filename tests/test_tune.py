@@ -190,6 +190,20 @@ def test_ctrl_c_in_a_trial_kills_its_runs_and_says_one_line(mlflow_store, monkey
     assert len(failed) == 2 and all(r.exc_info is None for r in failed)
 
 
+def test_a_study_resumed_after_ctrl_c_finishes_without_the_reason_it_stopped(mlflow_store, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    storage = f"sqlite:///{mlflow_store / 'optuna.db'}"
+    monkeypatch.setattr(tuning.objective, "audit_run", interrupted)
+    assert invoke(*TINY, "--trials", "1", "--storage", storage).exit_code == 130
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    result = invoke(*TINY, "--trials", "1", "--storage", storage)
+    assert result.exit_code == 0, result.output
+    parent = MlflowClient().get_run(study_run_of(result.output))
+    assert parent.info.status == "FINISHED" and "mia.failure_reason" not in parent.data.tags
+
+
 def fake_audit(config, attacks, *args, **kwargs):
     """Two finished runs and known numbers: more smoothing s, less accuracy (1 - s) and less leakage."""
     client = MlflowClient()

@@ -70,9 +70,9 @@ def open_parent(name: str, experiment: str | None, params: dict[str, object], ta
         if first != run_id:  # another worker created the study's parent first
             client.delete_run(run_id)
             run_id = first
-            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            _reopen(run_id)
     else:
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        _reopen(run_id)
     existing = client.get_run(run_id).data.params
     texts = {k: tracking.redact(str(v))[:6000] for k, v in params.items()}
     new = [Param(k, v) for k, v in texts.items() if k not in existing]
@@ -81,6 +81,15 @@ def open_parent(name: str, experiment: str | None, params: dict[str, object], ta
     for key, value in {**tags, **changed, "mlflow.runName": name, "mia.kind": "study"}.items():
         client.set_tag(run_id, key, str(value))
     return run_id
+
+
+def _reopen(run_id: str) -> None:
+    """RUNNING again, without the reason it stopped: a study resumed after Ctrl-C finished with the tag
+    ``mia.failure_reason`` "interrupted" still on it (:func:`mia.tracking.run` drops it the same way)."""
+    client = MlflowClient()
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if "mia.failure_reason" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "mia.failure_reason")
 
 
 def _first_parent(experiment_id: str, study_key: str) -> str:
