@@ -91,6 +91,25 @@ def test_stack_size_probes_a_model_on_its_own_device():
         assert default_max_stack(model.to("meta"), shape, 64, cpu) == expected
 
 
+def test_cuda_stack_budget_counts_the_allocators_unused_blocks_as_free(monkeypatch):
+    """On CUDA the driver reports blocks torch's caching allocator holds unused (an earlier stack's) as
+    taken; the allocator reuses them, so the budget counts them free and a later stack is not smaller."""
+    model = build_model("cnn-small", (3, 32, 32), 10)
+    cuda = torch.device("cuda")
+    gib = 2 ** 30
+
+    def stack(reserved: int, allocated: int) -> int:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 80 * gib))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+        return default_max_stack(model, (3, 32, 32), 32, cuda)
+
+    fresh = stack(0, 0)
+    assert 1 < fresh < 256
+    assert stack(8 * gib, 2 * gib) > 3 * fresh  # 2 GiB free per the driver, 6 GiB more cached unused
+    assert stack(8 * gib, 8 * gib) == fresh  # cached and in use: not free
+
+
 # ---------------------------------------------------------------- stacked path
 
 

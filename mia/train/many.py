@@ -194,12 +194,16 @@ def default_max_stack(model: nn.Module, input_shape: tuple[int, ...], batch_size
     moments, the best-epoch copy) plus three times the activations of a batch
     (forward outputs, saved tensors, their gradients), in float32. The budget
     is :data:`CPU_STACK_BYTES` on the CPU and :data:`CUDA_STACK_FRACTION` of
-    the free GPU memory on CUDA. At least one model, at most 256.
+    the free GPU memory on CUDA, counting as free what torch's caching
+    allocator holds unused (an earlier stack's blocks, which it reuses; the
+    driver sees them as taken, so later stacks of a process shrank). At least
+    one model, at most 256.
     """
     params = sum(p.numel() for p in model.parameters())
     per_model = 4 * (5 * params + 3 * batch_size * _activations_per_sample(model, input_shape))
     if device.type == "cuda":
-        budget = CUDA_STACK_FRACTION * torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        budget = CUDA_STACK_FRACTION * (torch.cuda.mem_get_info(device)[0] + cached)
     else:
         budget = CPU_STACK_BYTES
     return int(min(256, max(1, budget // per_model)))
