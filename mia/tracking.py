@@ -94,26 +94,62 @@ _prepared: set[str] = set()
 
 
 def prepare_store() -> None:
-    """Create a new SQLite store's tables under a lock on its folder, once per process and store.
+    """Open the tracking store once per process and store: created under a lock, or a one-line error.
 
-    MLflow creates and migrates them on first use without a lock: two ``mia``
-    commands started at once on a new ``./mlflow.db`` both ran the migrations
-    and one died in SQLAlchemy ("duplicate column name: step"). The lock is
-    the folder's (``flock``), so nothing is left beside the store; other
-    stores (a server, PostgreSQL) migrate on their side.
+    MLflow creates and migrates a new SQLite store's tables on first use
+    without a lock: two ``mia`` commands started at once on a new
+    ``./mlflow.db`` both ran the migrations and one died in SQLAlchemy
+    ("duplicate column name: step"); the lock is the folder's (``flock``), so
+    nothing is left beside the store. A store that cannot be used (a server
+    that is down, a ``file:`` store MLflow no longer writes) was a traceback,
+    after minutes of silent retries for a server.
     """
     uri = mlflow.get_tracking_uri()
     if uri in _prepared:
         return
-    path = _sqlite_file(uri)
-    if path is not None and path.parent.is_dir():
-        folder = os.open(path.parent, os.O_RDONLY)
+    with _store_lock(uri), _one_try(uri):
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
-            MlflowClient().search_experiments(max_results=1)  # builds the store: creates its tables
-        finally:
-            os.close(folder)  # releases the lock
+            MlflowClient().search_experiments(max_results=1)  # builds the store: creates a new one's tables
+        except MlflowException as exc:
+            raise MiaError(f"tracking store {redact(uri)} cannot be used: {' '.join(str(exc).split())[:600]}; "
+                           "fix it or point MLFLOW_TRACKING_URI at another store") from None
     _prepared.add(uri)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on the folder of a ``sqlite:///`` store (nothing for other stores), made first if need
+    be, as MLflow would make it."""
+    path = _sqlite_file(uri)
+    if path is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise MiaError(f"tracking store {redact(uri)}: its folder {path.parent} cannot be made or opened "
+                       f"({exc.strerror}); point MLFLOW_TRACKING_URI at a folder you can write") from None
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
+
+
+@contextlib.contextmanager
+def _one_try(uri: str) -> Iterator[None]:
+    """First contact with a tracking server without MLflow's retries, unless the user set them: a server that
+    is down kept ``mia`` silent for minutes of backoff before its traceback. Later requests retry as usual."""
+    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    if not uri.startswith(("http://", "https://")) or name in os.environ:
+        yield
+        return
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        del os.environ[name]
 
 
 def _sqlite_file(uri: str) -> Path | None:

@@ -135,3 +135,39 @@ def test_commands_started_at_once_on_a_new_store_all_open_their_runs(tmp_path):
     go.touch()
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outputs)[-3000:]
+
+
+@pytest.fixture
+def tracking_uri(monkeypatch):
+    """Point MLflow at a store for one test, and back afterwards."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+
+    def point(uri: str) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+
+    yield point
+    mlflow.set_tracking_uri(before)
+
+
+def test_a_tracking_server_that_is_down_is_one_line_at_once(tracking_uri, monkeypatch):
+    """MLflow retried for minutes without a word, then ``mia attack`` said the run was not in the store."""
+    import time
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    tracking_uri("http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(MiaError, match=r"tracking store http://127.0.0.1:9 cannot be used: .*refused") as err:
+        tracking.get_run("0" * 32)
+    assert time.perf_counter() - start < 30 and "\n" not in str(err.value)
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # later requests retry as MLflow's default says
+
+
+def test_a_store_mlflow_no_longer_writes_is_one_line(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    tracking_uri(f"file://{tmp_path / 'a store'}")
+    with pytest.raises(MiaError, match="cannot be used: The filesystem tracking backend .* maintenance mode"):
+        with tracking.run("train-centralized-digits-mlp"):
+            pass
