@@ -436,23 +436,25 @@ def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str
 
 
 def query_signals(model: torch.nn.Module, data: Dataset, idx: np.ndarray, seed: int,
-                  device: str = "auto", augment: bool = False, label_only: tuple | list = ()) -> Signals:
+                  device: str = "auto", augment: bool = False, label_only: tuple | list = (),
+                  progress: bool = False) -> Signals:
     """The signals every attack needs: logits, SAMIA's sensitivity, LiRA's per-view phi,
-    and the ``label_only`` kinds that apply to the data."""
+    and the ``label_only`` kinds that apply to the data (with a bar: the boundary searches take minutes)."""
     signals = compute_signals(model, data, idx, sensitivity=True, views=query_views(augment), seed=seed,
                               device=device)
     if label_only:
         signals.label_only = label_only_signals(model, data, idx, kinds=tuple(label_only), seed=seed,
-                                                device=device) or None
+                                                device=device, progress=progress) or None
     return signals
 
 
-def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: TargetConfig
-                   ) -> tuple[Signals, Signals]:
+def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: TargetConfig,
+                   progress: bool = False) -> tuple[Signals, Signals]:
     """The target on its audited query set and on the attacker's population (RMIA's z)."""
     augment = config.train.augment and data.augment
     query, _ = split.query()
-    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only),
+    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only,
+                          progress),
             query_signals(model, data, split.population, config.seed, config.train.device, augment))
 
 
@@ -910,7 +912,7 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
 
     def attack(names: list[str], recipe: TargetConfig, model: torch.nn.Module, adaptive: bool,
                finetune_epochs: list[int]) -> list[AttackResult]:
-        signals, population = target_signals(model, data, split, recipe)
+        signals, population = target_signals(model, data, split, recipe, progress)
         if attacks == "all":
             names = applicable(names, signals, recipe.defense, attack_params)
         pool = grow(attacker_config(recipe, adaptive, target.best_epoch, finetune_epochs), pool_mode,

@@ -222,7 +222,8 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
                                      device=config.train.device)
         if m < LABEL_ONLY_MODELS:
             population.label_only = label_only_signals(model, data, plan.population, kinds=tuple(config.label_only),
-                                                       seed=plan.seed(m), device=config.train.device)
+                                                       seed=plan.seed(m), device=config.train.device,
+                                                       progress=progress)
         written.append(_save_model(root, m, inclusion, queried, population))
     return written
 
