@@ -202,6 +202,52 @@ def test_a_model_of_the_wrong_form_is_a_one_line_error_when_built(build, match):
     assert "\n" not in str(err.value)
 
 
+class _Returns(nn.Module):
+    """A user's model returning more than its logits: ``form`` of them in eval mode, and in training mode
+    too unless ``training_only`` (torchvision's GoogLeNet/Inception add auxiliary logits in training only)."""
+
+    def __init__(self, features: int, classes: int, form, training_only: bool = False):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, classes))
+        self.form, self.training_only = form, training_only
+
+    def forward(self, x):
+        logits = self.net(x)
+        return self.form(logits) if self.training or not self.training_only else logits
+
+
+class _Output:  # HuggingFace's ModelOutput, as far as the check is concerned
+    def __init__(self, logits):
+        self.logits = logits
+
+
+@pytest.mark.parametrize("form, training_only, match", [
+    (lambda z: {"logits": z}, False, r"got dict with keys logits; .*returns out\['logits'\]"),
+    (_Output, False, r"got _Output; .*returns out.logits \(HuggingFace models: model\(x\).logits\)"),
+    (lambda z: (z, z), True, r"got tuple of 2 in training mode; .*returns out\[0\].*aux_logits=False"),
+])
+def test_a_model_returning_more_than_its_logits_is_a_one_line_error_naming_the_fix(form, training_only, match):
+    spec = ModelSpec("wrapped-net", lambda s, c, n: _Returns(s[0], c, form, training_only), ("tabular",), "x",
+                     recipe="adam")
+    with registered(MODELS, "wrapped-net", spec):
+        with pytest.raises(MiaError, match=match) as err:
+            build_model("wrapped-net", (5,), 3)
+    assert "\n" not in str(err.value)
+
+
+def test_checking_a_model_leaves_its_statistics_and_the_random_stream_as_they_were():
+    spec = ModelSpec("checked-net", lambda s, c, n: _Returns(s[0], c, lambda z: z), ("tabular",), "x",
+                     recipe="adam")
+    with registered(MODELS, "checked-net", spec):
+        torch.manual_seed(0)
+        model = build_model("checked-net", (5,), 3)
+        after_check = torch.rand(3)
+        torch.manual_seed(0)
+        _Returns(5, 3, None)
+        assert torch.equal(after_check, torch.rand(3))
+    assert model.training and int(model.net[1].num_batches_tracked) == 0
+
+
 def test_registrations_and_loaders_of_the_wrong_form_are_one_line_errors():
     with pytest.raises(MiaError, match="kinds must be a tuple"):
         ModelSpec("x", strict_cnn, "image", "a string, not a tuple")

@@ -10,8 +10,10 @@ when the initialization must be reproducible.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -71,25 +73,53 @@ _OUTPUT_CHECKED: set[tuple] = set()
 
 
 def _check_output(model: nn.Module, key: tuple) -> None:
-    """One forward of two zero inputs, in eval mode and without gradients: a ``batch x num_classes`` tensor
-    of logits, or a one-line error (a user's own model that ignores ``num_classes`` trained silently wrong,
-    one that returns a tuple failed deep inside the loss)."""
+    """A forward of two zero inputs in eval mode and in training mode must give a ``batch x num_classes``
+    tensor of logits, or it is a one-line error that says what to return (a user's own model that ignores
+    ``num_classes`` trained silently wrong, and one that returns a tuple or a HuggingFace-style dict, in
+    either mode, failed deep inside the loss with a traceback: torchvision's GoogLeNet and Inception return
+    auxiliary logits in training mode only). Run on a copy, without gradients and under a forked RNG, so
+    that the model's BatchNorm statistics and the caller's random stream (dropout draws) are untouched."""
     name, shape, num_classes, _ = key
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros((2, *shape), device=next(model.parameters(), torch.zeros(0)).device))
-    except Exception as exc:
-        raise MiaError(f"model {name!r} fails on inputs of shape {shape}: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    finally:
-        model.train(training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise MiaError(f"model {name!r} must return logits of shape batch x num_classes = (2, {num_classes}) for "
-                       f"inputs of shape (2, *{shape}), got {got}")
+    probe = copy.deepcopy(model)
+    device = next(probe.parameters(), torch.zeros(0)).device
+    for mode in ("", " in training mode"):
+        probe.train(bool(mode))
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                out = probe(torch.zeros((2, *shape), device=device))
+        except Exception as exc:
+            raise MiaError(f"model {name!r} fails on inputs of shape {shape}{mode}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+            raise MiaError(f"model {name!r} must return logits of shape batch x num_classes = (2, {num_classes}) "
+                           f"for inputs of shape (2, *{shape}), got {_output_form(out)}{mode}"
+                           f"{_output_fix(out)}")
     _OUTPUT_CHECKED.add(key)
+
+
+def _output_form(out: object) -> str:
+    """A shape for a tensor, else the type and what it holds (``tuple of 2``, ``dict with keys logits``)."""
+    if isinstance(out, torch.Tensor):
+        return str(tuple(out.shape))
+    if isinstance(out, Mapping):
+        return f"{type(out).__name__} with keys {', '.join(map(str, out))}"
+    if isinstance(out, (tuple, list)):
+        return f"{type(out).__name__} of {len(out)}"
+    return type(out).__name__
+
+
+def _output_fix(out: object) -> str:
+    """How to get the logits tensor out of a model that returns more than it, for the error's end."""
+    if isinstance(out, torch.Tensor):
+        return ""
+    if isinstance(out, Mapping) or hasattr(out, "logits"):
+        held = "out['logits']" if isinstance(out, Mapping) and "logits" in out else "out.logits"
+        return (f"; return the logits alone, e.g. a wrapper module whose forward returns {held} "
+                "(HuggingFace models: model(x).logits)")
+    if isinstance(out, (tuple, list)):
+        return ("; return the logits alone, e.g. a wrapper module whose forward returns out[0] (torchvision's "
+                "GoogLeNet/Inception: build them with aux_logits=False)")
+    return "; return the logits tensor"
 
 
 def architecture_fingerprint(name: str, input_shape: tuple[int, ...], num_classes: int, norm: str = "bn") -> str:
