@@ -24,11 +24,12 @@ import copy
 import dataclasses
 import functools
 import itertools
+import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -890,8 +891,34 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     (``audit.target.dense``) with the same attacks (``audit.dense_results``);
     a federated one (``config.fl``) by the FL attacks
     on the server's view, kept in memory, and by the black-box attacks on its
-    global model.
+    global model. The caller's global random generators are left as they were
+    (:func:`callers_random_state`).
     """
+    with callers_random_state():
+        return _audit(config, attacks, reference_models, attack_params, pool_mode, adaptive, cache_dir, progress)
+
+
+@contextlib.contextmanager
+def callers_random_state() -> Iterator[None]:
+    """Python's, NumPy's and torch's global generators restored on the way out.
+
+    Every model is seeded through them (:func:`mia.train.seed_everything`), so
+    a notebook's own draws after an audit came out the same after every call
+    (``np.random.rand()`` gave the first draw of seed 0); the audit's results do
+    not depend on their state either way.
+    """
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+
+
+def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int, attack_params: dict | None,
+           pool_mode: str, adaptive: bool, cache_dir: str | None, progress: bool) -> Audit:
+    """:func:`run_audit`'s work, inside :func:`callers_random_state`."""
     if not isinstance(reference_models, int) or isinstance(reference_models, bool) or reference_models < 1:
         raise MiaError(f"reference_models must be a whole number of at least 1, got {reference_models!r}")
     if pool_mode not in MODES:

@@ -183,3 +183,18 @@ def test_the_up_front_sampling_check_predicts_the_simulation():
     _, signals, _ = audit._federate(config, data, split, progress=False)
     for i, r in enumerate(signals.rounds):
         assert set(np.flatnonzero(signals.sampled[i])) == set(config.fl.sampled(int(r), config.seed))
+
+
+def test_an_audit_leaves_the_callers_random_generators_as_they_were(tmp_path):
+    """Every model reseeds the global generators: a notebook's draws after an audit were the same after every
+    call (the first draws of seed 0)."""
+    import random
+
+    import torch
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    config = audit.resolve_config("digits", train_overrides={"epochs": 1}, label_only=[])
+    audit.run_audit(config, attacks="loss", reference_models=1, cache_dir=str(tmp_path), progress=False)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
