@@ -28,8 +28,9 @@ one mechanism: a *pool* of M models with the target's recipe.
 from __future__ import annotations
 
 import hashlib
-import warnings
 import json
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,13 +182,23 @@ def _half(x: np.ndarray) -> np.ndarray:
 
 
 def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
+    """Model ``m``'s file, written whole or not at all (a killed run leaves no half-written model behind).
+
+    The temporary file is this writer's own: two audits of one recipe at once
+    (scripts sharing ``./.mia-cache``) wrote the same ``model_00000.tmp``, one
+    truncating the other's, and the second rename failed.
+    """
     path = model_file(root, m)
-    tmp = path.with_suffix(".tmp")
     label_only = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
-    with open(tmp, "wb") as f:
-        np.savez(f, inclusion=inclusion, logits=_half(queried.logits), phi=_half(queried.phi),
-                 sensitivity=_half(population.sensitivity), **label_only)
-    tmp.rename(path)  # a killed run leaves no half-written model behind
+    with tempfile.NamedTemporaryFile(dir=root, prefix=f"{path.stem}.", suffix=".tmp", delete=False) as f:
+        tmp = Path(f.name)
+        try:
+            np.savez(f, inclusion=inclusion, logits=_half(queried.logits), phi=_half(queried.phi),
+                     sensitivity=_half(population.sensitivity), **label_only)
+        except BaseException:
+            tmp.unlink()
+            raise
+    tmp.replace(path)
     return path
 
 

@@ -162,3 +162,29 @@ def test_a_diverged_models_logits_are_stored_saturated_not_infinite():
 
     stored = _half(np.array([[1e9, -1e9, 1.5]], dtype=np.float32))
     assert np.isfinite(stored).all() and stored[0, 0] > stored[0, 2] > stored[0, 1]
+
+
+def test_two_writers_of_one_model_file_both_finish_with_a_whole_file(tmp_path, monkeypatch):
+    """Two audits of one recipe at once (scripts sharing ./.mia-cache) wrote the same temporary file: the
+    second truncated the first's, and the first's rename then failed. Here the second writes whole while
+    the first is half-way."""
+    import mia.pool
+    from mia.signals import Signals
+
+    real_savez, nested = np.savez, []
+    signals = Signals(np.zeros((6, 3), np.float32), np.zeros(6, np.int64), np.zeros((6, 3), np.float32),
+                      np.zeros((6, 2), np.float32))
+
+    def interleaved(f, **arrays):
+        f.write(b"PK half a zip")
+        if not nested:
+            nested.append("the other writer")
+            mia.pool._save_model(tmp_path, 0, np.ones(6, bool), signals, signals)
+        f.seek(0)
+        real_savez(f, **arrays)
+
+    monkeypatch.setattr(mia.pool.np, "savez", interleaved)
+    path = mia.pool._save_model(tmp_path, 0, np.ones(6, bool), signals, signals)
+    with np.load(path) as stored:
+        assert stored["inclusion"].all() and stored["logits"].shape == (6, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["model_00000.npz"]  # no temporary file left
