@@ -55,8 +55,9 @@ def low_fpr_note(nonmembers: int) -> str | None:
     below = [tpr_metric(a) for a in FPR_TARGETS if nonmembers * a < 1]
     if not below:
         return None
-    return (f"{nonmembers} non-members: {', '.join(below)} allow{'s' if len(below) == 1 else ''} no false "
-            "positive, so it reads the TPR at FPR 0 (docs/protocol.md, Metrics)")
+    one = len(below) == 1
+    return (f"{nonmembers} non-members: {', '.join(below)} allow{'s' if one else ''} no false positive, so "
+            f"{'it reads' if one else 'each reads'} the TPR at FPR 0 (docs/protocol.md, Metrics)")
 
 
 def metric_names(attack: str | None = None) -> list[str]:

@@ -146,4 +146,5 @@ def test_low_fpr_note_names_the_tprs_that_allow_no_false_positive():
 
     assert low_fpr_note(1000) is None
     assert low_fpr_note(449).startswith("449 non-members: tpr_at_fpr_0.001 allows no false positive")
-    assert low_fpr_note(60).startswith("60 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no")
+    assert low_fpr_note(60).startswith("60 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no false "
+                                       "positive, so each reads the TPR at FPR 0")  # not "so it reads"
