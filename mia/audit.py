@@ -655,6 +655,19 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
                            f"{','.join([*config.label_only, kind])}`)")
 
 
+def check_label_only_data(asked: str | list[str], names: list[str], data: Dataset,
+                          params: dict[str, dict] | None = None) -> None:
+    """A named ``noise-flip`` attack on tabular rows that are not all 0/1 fails once the data is loaded,
+    before any reference model trains: its signals are left out of such data, so it failed after the whole
+    pool, saying to train with the ``--label-only noise-flip`` the target had. Under ``all`` it is left
+    out instead (:func:`applicable`)."""
+    if asked == "all" or data.kind != "tabular" or not any(label_only_kind(n, params) == "noise-flip" for n in names):
+        return
+    if not bool(((data.x == 0) | (data.x == 1)).all()):
+        raise MiaError(f"attack 'noise-flip' flips bits of binary tabular rows, but {data.name}'s features are not "
+                       "all 0 or 1; leave it out of --attacks (boundary works on any data)")
+
+
 def check_attack_params(params: dict[str, dict] | None, names: list[str],
                         config: TargetConfig | None = None) -> None:
     """Every ``--attack-param`` names an attack among ``names`` and parameters it has: checked before
@@ -948,6 +961,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
                              progress)
 
     data = load_data(config)
+    check_label_only_data(attacks, names, data, attack_params)
     split = make_split(len(data), config.seed, config.split)
     federation, fl_results = None, []
     if config.scenario == "federated":

@@ -303,6 +303,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
                              **{f"{a}.{k}": v for a, p in (attack_params or {}).items() for k, v in p.items()}})
         with timer.stage("load_data"):
             data = data if data is not None else audit.load_data(config)
+        audit.check_label_only_data(attacks, names, data, attack_params)
         target.split.check(len(data))
         _check_same_data(target.run, data)
         _, is_member = target.split.query()

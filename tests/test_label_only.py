@@ -264,8 +264,11 @@ def test_attacks_are_registered_threshold_on_shadows_and_name_missing_signals():
     bare = Signals(target.logits, target.labels)
     with pytest.raises(MiaError, match="needs the target's label-only 'boundary-wb' signals"):
         run_attack("boundary", bare, [ShadowSignals(shadow, shadow_member)], {"mode": "white-box"})
-    with pytest.raises(MiaError, match=r"'aug' signals \(image data only\)"):
+    with pytest.raises(MiaError, match=r"'aug' signals, which exist for image data only; on such data train"):
         run_attack("aug", target, [ShadowSignals(shadow, shadow_member)])
+    with pytest.raises(MiaError, match=r"'noise-flip' signals, which exist for binary tabular data only \(every "
+                                       r"feature 0 or 1\); on such data train with --label-only noise-flip"):
+        run_attack("noise-flip", target, [ShadowSignals(shadow, shadow_member)])
     with pytest.raises(MiaError, match="mode must be one of black-box, white-box"):
         run_attack("boundary", target, [ShadowSignals(shadow, shadow_member)], {"mode": "grey"})
 

@@ -271,3 +271,16 @@ def test_a_plugin_file_imports_the_modules_beside_it(tmp_path):
     (tmp_path / "helper_for_plugin.py").write_text("VALUE = 7\n")
     (tmp_path / "uses_helper.py").write_text("import helper_for_plugin\n")
     assert load_plugins(str(tmp_path / "uses_helper.py"))
+
+
+def test_noise_flip_on_rows_that_are_not_binary_fails_before_anything_trains(monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing noise-flip")
+
+    monkeypatch.setattr(audit, "fit", no_training)
+    rows = Dataset("real-rows", torch.randn(60, 4), torch.arange(60) % 2, 2, "tabular")
+    with registered(DATASETS, "real-rows", DatasetSpec("real-rows", lambda d, dl: rows, "x", "tabular",
+                                                       default_model="mlp")):
+        config = audit.resolve_config("real-rows", label_only=("noise-flip",))
+        with pytest.raises(MiaError, match="real-rows's features are not all 0 or 1; leave it out of --attacks"):
+            audit.run_audit(config, attacks="loss,noise-flip", reference_models=1, progress=False)

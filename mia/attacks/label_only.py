@@ -35,6 +35,12 @@ BOUNDARY_MODES = {"black-box": "boundary", "white-box": "boundary-wb"}
 """``boundary`` attack mode -> the label-only signal it thresholds."""
 
 
+_ONLY_FOR = {"aug": ", which exist for image data only",
+             "noise-flip": ", which exist for binary tabular data only (every feature 0 or 1)"}
+"""Why a signal asked for in training can still be missing: it is left out of data it does not apply to
+(tabular rows with other values got no ``noise-flip``, and the message said to train with it, as it had)."""
+
+
 def label_only_signal(signals: Signals, kind: str, attack: str, whose: str) -> np.ndarray:
     """Float64 ``signals.label_only[kind]``, or a one-line error that says how to compute it.
 
@@ -42,9 +48,9 @@ def label_only_signal(signals: Signals, kind: str, attack: str, whose: str) -> n
     """
     values = (signals.label_only or {}).get(kind)
     if values is None:
-        where = {"aug": " (image data only)", "noise-flip": " (binary tabular data only)"}.get(kind, "")
-        raise MiaError(f"attack {attack!r} needs the {whose} label-only {kind!r} signals{where}; train with "
-                       f"--label-only {kind} (mia.signals.label_only_signals(..., kinds=({kind!r},)) in Python)")
+        raise MiaError(f"attack {attack!r} needs the {whose} label-only {kind!r} signals{_ONLY_FOR.get(kind, '')}"
+                       f"{'; on such data' if kind in _ONLY_FOR else ';'} train with --label-only {kind} "
+                       f"(mia.signals.label_only_signals(..., kinds=({kind!r},)) in Python)")
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(signals),):
         raise MiaError(f"attack {attack!r}: the {whose} label-only {kind!r} signals hold shape "
