@@ -133,7 +133,8 @@ target_options = compose(
                  default=0.1, show_default=True, help="Share used for model selection only."),
     click.option("--label-only", default="aug,noise-flip", show_default=True,
                  help="Label-only signals to compute: aug, noise-flip, boundary, boundary-wb "
-                      "(the boundary searches cost hundreds of queries per sample)."),
+                      "(the boundary searches cost hundreds of queries per sample); `mia audit` adds those "
+                      "that the label-only attacks named in --attacks read."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
     click.option("--cpu-bf16", is_flag=True, default=None,

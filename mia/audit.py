@@ -643,7 +643,7 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
         kind = label_only_kind(name, params)
         if kind is None:
             continue
-        if kind == "aug" and data_kind != "image" or kind == "noise-flip" and data_kind != "tabular":
+        if not _kind_fits(kind, data_kind):
             what = "image data" if kind == "aug" else "binary tabular data"
             raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
                            f"{config.dataset} is {data_kind}")
@@ -653,6 +653,28 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
                            f"its reference models in training (this target has: {have or 'none'}); train it with "
                            f"{kind} in its label_only (`mia train`/`mia audit --label-only "
                            f"{','.join([*config.label_only, kind])}`)")
+
+
+def with_named_label_only(config: TargetConfig, asked: str | list[str],
+                          params: dict[str, dict] | None = None) -> TargetConfig:
+    """``config`` computing the label-only signals that the attacks named in ``asked`` read, where they apply
+    to its data: ``mia audit``/``run_audit`` train and attack in one call, so naming ``boundary`` is asking
+    for its signals (it was refused until ``--label-only`` repeated it). A stored target (``mia attack``)
+    keeps what it trained with; a signal that cannot apply is left for :func:`check_label_only` to refuse."""
+    if asked == "all":
+        return config
+    names = resolve_attacks(asked, config.scenario)
+    check_attack_params(params, names, config)
+    data_kind = DATASETS.get(config.dataset).kind
+    added = [kind for kind in map(lambda n: label_only_kind(n, params), names)
+             if kind is not None and kind not in config.label_only and _kind_fits(kind, data_kind)]
+    return replace(config, label_only=[*config.label_only, *dict.fromkeys(added)]) if added else config
+
+
+def _kind_fits(kind: str, data_kind: str) -> bool:
+    """Whether label-only signal ``kind`` can exist for ``data_kind`` data (``aug`` images, ``noise-flip``
+    tabular rows, the boundary any)."""
+    return {"aug": "image", "noise-flip": "tabular"}.get(kind, data_kind) == data_kind
 
 
 def check_label_only_data(asked: str | list[str], names: list[str], data: Dataset,
@@ -941,6 +963,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
     if pools.parent.exists() and not pools.parent.is_dir():
         raise MiaError(f"cache_dir {pools.parent} is a file; pass a folder for the reference-model pools")
     attacks = as_asked(attacks)
+    config = with_named_label_only(config, attacks, attack_params)
     fl_names, names = check_attacks(attacks, config, attack_params, pool_mode)
     trained = []
 

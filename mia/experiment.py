@@ -539,6 +539,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
               progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
     attacks = audit.as_asked(attacks)
+    config = audit.with_named_label_only(config, attacks, attack_params)
     audit.check_attacks(attacks, config, attack_params, pool_mode)  # fail before training
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,

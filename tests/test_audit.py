@@ -220,3 +220,26 @@ def test_label_only_needs_follow_the_attack_parameters():
     signals = Signals(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), label_only={"boundary-wb": np.zeros(2)})
     assert audit.applicable(["boundary", "loss"], signals, params=white) == ["boundary", "loss"]
     assert audit.applicable(["boundary", "loss"], signals) == ["loss"]
+
+
+def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkeypatch):
+    """Training and attacking in one call, naming ``boundary`` asks for its signals (it was refused until
+    ``--label-only`` repeated it); ``all`` and signals that cannot exist for the data add nothing."""
+    from mia import experiment
+
+    class Trained(Exception):
+        pass
+
+    def stop(config, *args, **kwargs):
+        raise Trained(config.label_only)
+
+    monkeypatch.setattr(audit, "fit", stop)
+    monkeypatch.setattr(experiment, "train_run", stop)
+    config = audit.resolve_config("digits")
+    for run in (audit.run_audit, experiment.audit_run):
+        with pytest.raises(Trained) as trained:
+            run(config, attacks="loss,boundary,aug", attack_params={"boundary": {"mode": "white-box"}})
+        assert trained.value.args[0] == ["aug", "noise-flip", "boundary-wb"]
+    assert audit.with_named_label_only(config, "all") is config
+    with pytest.raises(MiaError, match="'noise-flip' signals, which exist for binary tabular data only; digits is"):
+        audit.run_audit(config, attacks="noise-flip")
