@@ -277,10 +277,22 @@ def claim_project_run() -> str | None:
 
 
 def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created if it does not exist yet.
+
+    Another process may create it between the look-up and the creation (two
+    ``mia`` commands started at once on a new store: all but one failed with
+    "Experiment(name=mia) already exists"); its experiment is then ours too.
+    """
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return mlflow.create_experiment(name)
+    try:
+        return mlflow.create_experiment(name)
+    except MlflowException:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def run_tags(config: TargetConfig) -> dict[str, str]:

@@ -171,3 +171,19 @@ def test_a_store_mlflow_no_longer_writes_is_one_line(tracking_uri, tmp_path, mon
     with pytest.raises(MiaError, match="cannot be used: The filesystem tracking backend .* maintenance mode"):
         with tracking.run("train-centralized-digits-mlp"):
             pass
+
+
+def test_an_experiment_another_command_creates_at_the_same_moment_is_used(mlflow_store, monkeypatch):
+    """Two commands at once on a new store both found no experiment ``mia`` and both created it: the second
+    failed with "Experiment(name=mia) already exists"."""
+    import mlflow
+
+    made = mlflow.create_experiment("mia")  # by the other command, just after our look-up
+    real, calls = mlflow.get_experiment_by_name, []
+
+    def too_early(name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", too_early)
+    assert tracking.experiment_id("mia") == made
