@@ -34,9 +34,26 @@ class Registry(Generic[T]):
         self.hint = hint  # appended to the unknown-name error (where a user's own names come from)
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, entry: T) -> T:
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} registered twice")
+    def register(self, name: str | T, entry: T | None = None) -> T:
+        """Add ``entry`` under ``name``; ``register(spec)`` alone takes the name the spec carries.
+
+        A spec whose own name differs from ``name`` is refused (its errors and listings would name the
+        other). Registering a name again replaces the entry when it comes from the same place (a notebook
+        cell run again after editing the model, a plugin imported twice), and is refused when another
+        module registered it (a plugin reusing a built-in name). Mistakes are one-line errors.
+        """
+        from mia.errors import MiaError
+
+        if entry is None:
+            entry, name = name, getattr(name, "name", None)
+            if not isinstance(name, str):
+                raise MiaError(f"{self.kind}: register(spec) needs a spec with a name; or register(name, entry)")
+        if getattr(entry, "name", name) != name:
+            raise MiaError(f"{self.kind} {name!r} registered with a spec named {entry.name!r}; give both the same "
+                           f"name, or pass the spec alone: register(spec)")
+        if name in self._entries and _origin(self._entries[name]) != _origin(entry):
+            raise MiaError(f"{self.kind} {name!r} is already registered by {_origin(self._entries[name])}; "
+                           f"register yours under another name")
         self._entries[name] = entry
         return entry
 
@@ -67,6 +84,13 @@ class Registry(Generic[T]):
 
     def items(self):
         return self._entries.items()
+
+
+def _origin(entry: object) -> str:
+    """Where an entry comes from: the module and name of what it wraps (a spec's ``build``, ``load`` or
+    ``cls``), else of the entry itself."""
+    wrapped = next((getattr(entry, a) for a in ("build", "load", "cls") if callable(getattr(entry, a, None))), entry)
+    return f"{getattr(wrapped, '__module__', '?')}.{getattr(wrapped, '__qualname__', type(wrapped).__qualname__)}"
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -284,3 +284,22 @@ def test_noise_flip_on_rows_that_are_not_binary_fails_before_anything_trains(mon
         config = audit.resolve_config("real-rows", label_only=("noise-flip",))
         with pytest.raises(MiaError, match="real-rows's features are not all 0 or 1; leave it out of --attacks"):
             audit.run_audit(config, attacks="loss,noise-flip", reference_models=1, progress=False)
+
+
+def test_registering_checks_the_name_and_a_cell_run_again_replaces_its_own_entry():
+    def net(shape, classes, norm_layer):
+        return nn.Sequential(nn.Linear(shape[0], classes))
+
+    try:
+        MODELS.register(ModelSpec("cell-net", net, ("tabular",), "x", recipe="adam"))  # the spec's own name
+        edited = ModelSpec("cell-net", net, ("tabular",), "edited", recipe="adam")
+        MODELS.register("cell-net", edited)  # the notebook cell run again: no "registered twice"
+        assert MODELS.get("cell-net") is edited
+        with pytest.raises(MiaError, match="model 'resnet18' is already registered by mia.models.resnet.resnet18; "
+                                           "register yours under another name"):
+            MODELS.register(ModelSpec("resnet18", net, ("tabular",), "x"))
+        with pytest.raises(MiaError, match="model 'other-net' registered with a spec named 'cell-net'"):
+            MODELS.register("other-net", edited)
+        assert "other-net" not in MODELS and MODELS.get("resnet18").build is not net
+    finally:
+        MODELS._entries.pop("cell-net", None)
