@@ -303,3 +303,15 @@ def test_registering_checks_the_name_and_a_cell_run_again_replaces_its_own_entry
         assert "other-net" not in MODELS and MODELS.get("resnet18").build is not net
     finally:
         MODELS._entries.pop("cell-net", None)
+
+
+def test_a_model_registered_again_after_an_edit_is_checked_again():
+    try:
+        MODELS.register(ModelSpec("edited-net", lambda s, c, n: nn.Linear(s[0], c), ("tabular",), "x"))
+        build_model("edited-net", (5,), 3)
+        MODELS.register(ModelSpec("edited-net", lambda s, c, n: _Returns(s[0], c, lambda z: {"logits": z}),
+                                  ("tabular",), "x"))
+        with pytest.raises(MiaError, match="got dict with keys logits"):
+            build_model("edited-net", (5,), 3)
+    finally:
+        MODELS._entries.pop("edited-net", None)

@@ -62,14 +62,15 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, norm:
     model = spec.build(shape, num_classes, NORMS[norm])
     if not isinstance(model, nn.Module):
         raise MiaError(f"model {name!r}: its builder returned {type(model).__name__}, not a torch.nn.Module")
-    key = (name, shape, num_classes, norm)
+    # the builder's code: a name registered again after an edit is checked anew (wrn_spec's fresh closures are not)
+    key = (name, shape, num_classes, norm, getattr(spec.build, "__code__", spec.build))
     if key not in _OUTPUT_CHECKED and all(p.device.type != "meta" for p in model.parameters()):
         _check_output(model, key)
     return model
 
 
 _OUTPUT_CHECKED: set[tuple] = set()
-"""(name, input shape, classes, norm) whose output was checked once in this process."""
+"""(name, input shape, classes, norm, builder code) whose output was checked once in this process."""
 
 
 def _check_output(model: nn.Module, key: tuple) -> None:
@@ -79,7 +80,7 @@ def _check_output(model: nn.Module, key: tuple) -> None:
     either mode, failed deep inside the loss with a traceback: torchvision's GoogLeNet and Inception return
     auxiliary logits in training mode only). Run on a copy, without gradients and under a forked RNG, so
     that the model's BatchNorm statistics and the caller's random stream (dropout draws) are untouched."""
-    name, shape, num_classes, _ = key
+    name, shape, num_classes = key[:3]
     probe = copy.deepcopy(model)
     device = next(probe.parameters(), torch.zeros(0)).device
     for mode in ("", " in training mode"):
