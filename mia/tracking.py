@@ -284,6 +284,9 @@ def experiment_id(name: str) -> str:
     "Experiment(name=mia) already exists"); its experiment is then ours too.
     """
     exp = mlflow.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":  # MLflow refused its runs with a traceback
+        raise MiaError(f"experiment {name!r} is deleted in {tracking_uri()}; restore it (`mlflow experiments "
+                       f"restore --experiment-id {exp.experiment_id}`) or pass --experiment with another name")
     if exp is not None:
         return exp.experiment_id
     try:

@@ -187,3 +187,12 @@ def test_an_experiment_another_command_creates_at_the_same_moment_is_used(mlflow
 
     monkeypatch.setattr(mlflow, "get_experiment_by_name", too_early)
     assert tracking.experiment_id("mia") == made
+
+
+def test_a_deleted_experiment_is_one_line_saying_how_to_restore_it(mlflow_store):
+    import mlflow
+
+    mlflow.delete_experiment(mlflow.create_experiment("mia"))
+    with pytest.raises(MiaError, match=r"experiment 'mia' is deleted in .*mlflow experiments restore --experim"):
+        with tracking.run("train-centralized-digits-mlp"):
+            pass
