@@ -47,7 +47,7 @@ from mia.fl.attacks import FL_ATTACKS, LAST_SAMPLED, NothingToScore, run_fl_atta
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
 from mia.metrics import attack_metrics, interval_metrics, roc
-from mia.models import NORMS, architecture_fingerprint, build_model
+from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
 from mia.pool import MODES, grow_pool, load_pool, plan_pool
 from mia.prune import prune_and_finetune
 from mia.prune.layers import FixedMasks
@@ -298,7 +298,7 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
                                       on_epoch=finetune_epoch if on_epoch is not None else None)
         if out is not network:
             raise MiaError(f"defense {config.defense} replaced the pruned model (e.g. BatchNorm by GroupNorm); "
-                           "prune a model without BatchNorm (--norm gn, or an mlp/fc)")
+                           f"prune a model without BatchNorm: {batchnorm_fix(config.model, config.norm)}")
         return result
 
     pruned = prune_and_finetune(model, data, train_idx, val_idx, recipe, config.prune, progress=progress,

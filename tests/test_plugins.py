@@ -315,3 +315,18 @@ def test_a_model_registered_again_after_an_edit_is_checked_again():
             build_model("edited-net", (5,), 3)
     finally:
         MODELS._entries.pop("edited-net", None)
+
+
+def test_a_model_that_ignores_norm_layer_is_told_so_not_to_pass_the_norm_gn_it_passed():
+    from mia.fl.config import FLConfig
+
+    def bn_always(shape, classes, norm_layer):  # norm_layer ignored, as many users' own models do
+        return nn.Sequential(nn.Conv2d(shape[0], 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, classes))
+
+    with registered(MODELS, "bn-always", ModelSpec("bn-always", bn_always, ("image",), "x", recipe="adam")):
+        config = audit.resolve_config("digits", model="bn-always", norm="gn", scenario="federated",
+                                      fl=FLConfig(clients=2, rounds=1), defense="client-dp")
+        with pytest.raises(MiaError, match="model 'bn-always' keeps BatchNorm under --norm gn: its builder must "
+                                           "make its normalization layers with the norm_layer argument"):
+            audit.run_audit(config, attacks="loss", reference_models=1, progress=False)

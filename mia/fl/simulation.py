@@ -37,7 +37,7 @@ from mia.fl.config import FLConfig
 from mia.fl.clients import CPU_STACK_PARAMS, LoopClients, Params, StackedClients, flatten, unflatten
 from mia.fl.partition import partition
 from mia.fl.record import record_round
-from mia.models import build_model
+from mia.models import batchnorm_fix, build_model
 from mia.train import TrainConfig, TrainHooks, predict_logits, resolve_device
 from mia.train.many import module_stackable
 
@@ -138,7 +138,7 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
                     device=str(device), stop_epoch=None)  # local epochs are the federation's, on both paths
     if type(defense).upload is not Defense.upload and any(b.is_floating_point() for b in model.buffers()):
         raise MiaError("this defense protects the uploaded weights, but a BatchNorm model also uploads its "
-                       "running statistics, which it would not cover; use --norm gn")
+                       f"running statistics, which it would not cover; {batchnorm_fix(model_name, norm)}")
     can_stack = module_stackable(model) and not _uses_hooks(defense)
     if stack and not can_stack:
         raise MiaError(f"model {model_name!r} with defense hooks or buffers cannot train stacked")

@@ -23,7 +23,8 @@ from mia.models import alexnet, cnn_small, densenet, mlp, resnet, vgg, wrn  # no
 from mia.models.spec import MODELS, NORMS, ModelSpec, group_norm
 from mia.models.wrn import WRN_NAME, wrn_spec
 
-__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "build_model", "group_norm", "model_spec"]
+__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "batchnorm_fix", "build_model", "group_norm",
+           "model_spec"]
 
 _KIND_BY_RANK = {1: "tabular", 3: "image"}
 
@@ -67,6 +68,16 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, norm:
     if key not in _OUTPUT_CHECKED and all(p.device.type != "meta" for p in model.parameters()):
         _check_output(model, key)
     return model
+
+
+def batchnorm_fix(name: str, norm: str) -> str:
+    """How to get ``name`` without BatchNorm, for an error's end: ``--norm gn``, unless that was asked and the
+    model has BatchNorm anyway, because its builder ignores the ``norm_layer`` it is given (a user's own
+    model, on which "use --norm gn" sent the user round in a circle)."""
+    if norm != "gn":
+        return "use --norm gn"
+    return (f"model {name!r} keeps BatchNorm under --norm gn: its builder must make its normalization layers "
+            "with the norm_layer argument it is given (GroupNorm under --norm gn)")
 
 
 _OUTPUT_CHECKED: set[tuple] = set()
