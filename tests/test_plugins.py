@@ -330,3 +330,10 @@ def test_a_model_that_ignores_norm_layer_is_told_so_not_to_pass_the_norm_gn_it_p
         with pytest.raises(MiaError, match="model 'bn-always' keeps BatchNorm under --norm gn: its builder must "
                                            "make its normalization layers with the norm_layer argument"):
             audit.run_audit(config, attacks="loss", reference_models=1, progress=False)
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 28, 1), (4, 32, 32, 3)])
+def test_channels_last_images_are_a_one_line_error_naming_the_permute(shape):
+    with pytest.raises(MiaError, match=r"look like N x H x W x C .*x.permute\(0, 3, 1, 2\)"):
+        Dataset("nhwc", torch.zeros(shape, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image")
+    Dataset("patches", torch.zeros(4, 200, 3, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image")

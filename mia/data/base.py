@@ -57,6 +57,10 @@ class Dataset:
             if image and stat is not None and len(stat) != self.x.shape[1]:
                 raise MiaError(f"dataset {self.name}: mean/std give {len(stat)} channels but the images have "
                                f"{self.x.shape[1]} (shape {tuple(self.x.shape)}: channels come second, N x C x H x W)")
+        if image and _channels_last(tuple(self.x.shape)):
+            raise MiaError(f"dataset {self.name}: images of shape {tuple(self.x.shape)} look like N x H x W x C "
+                           "(channels last, as PIL, NumPy and TensorFlow keep them); channels come second: "
+                           "x.permute(0, 3, 1, 2).contiguous()")
         if len(self.x) != len(self.y):
             raise MiaError(f"dataset {self.name}: {len(self.x)} rows but {len(self.y)} labels")
         if self.y.dtype.is_floating_point or self.y.dim() != 1:
@@ -114,6 +118,13 @@ class Dataset:
             shift = (-mean / std).view(1, -1, 1, 1).to(device)
             cached = self._affine_cache[device] = (scale, shift)
         return cached
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """``N x H x W x C`` images read as ``N x C x H x W``: a square "C x H" of more than 4 and a last side of
+    1, 3 or 4. They failed later as images "28 wide and 1 high" that no model fits; a real many-channel set
+    (hyperspectral patches, 200 x 3 x 3) has no square C x H and passes."""
+    return shape[1] > 4 and shape[1] == shape[2] and shape[3] in (1, 3, 4)
 
 
 @dataclass(frozen=True)
