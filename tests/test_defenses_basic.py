@@ -255,11 +255,11 @@ def test_values_outside_the_search_range_but_valid_are_accepted(name, params):
 def test_a_searched_parameter_without_a_valid_search_range_is_refused_at_registration():
     from mia.defenses.base import DefenseSpec, HyperParam
 
-    with pytest.raises(ValueError, match="needs a search_range"):
+    with pytest.raises(MiaError, match="needs a search_range"):
         DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0)})
-    with pytest.raises(ValueError, match=r"inside its valid range \(0, inf\)"):
+    with pytest.raises(MiaError, match=r"inside its valid range \(0, inf\)"):
         DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0, open_low=True,
                                                              search_range=(0.0, 1.0))})
-    with pytest.raises(ValueError, match="log scale"):
+    with pytest.raises(MiaError, match="log scale"):
         DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0, log=True,
                                                              search_range=(0.0, 1.0))})

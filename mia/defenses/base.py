@@ -83,15 +83,16 @@ class DefenseSpec:
     params: dict[str, HyperParam] = field(default_factory=dict)
 
     def __post_init__(self):
-        for key, p in self.params.items():  # a plugin's mistake shows at registration, not in a study
+        for key, p in self.params.items():  # a plugin's mistake shows at registration, not in a study,
+            # as a one-line MiaError like every other mistake in what a user registers
             if p.search and p.choices is None and p.type in (int, float):
                 if p.search_range is None or not all(p.allows(v) for v in p.search_range) \
                         or not p.search_range[0] < p.search_range[1]:
-                    raise ValueError(f"defense {self.name}: searched parameter {key} needs a search_range "
-                                     f"(low < high) inside its valid range {p.valid_range()}")
+                    raise MiaError(f"defense {self.name}: searched parameter {key} needs a search_range "
+                                   f"(low < high) inside its valid range {p.valid_range()}")
                 if p.log and p.search_range[0] <= 0:
-                    raise ValueError(f"defense {self.name}: parameter {key} is searched on a log scale, so its "
-                                     f"search_range must start above 0, got {p.search_range}")
+                    raise MiaError(f"defense {self.name}: parameter {key} is searched on a log scale, so its "
+                                   f"search_range must start above 0, got {p.search_range}")
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", hint=PLUGIN_HINT)
