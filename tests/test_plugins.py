@@ -337,3 +337,39 @@ def test_channels_last_images_are_a_one_line_error_naming_the_permute(shape):
     with pytest.raises(MiaError, match=r"look like N x H x W x C .*x.permute\(0, 3, 1, 2\)"):
         Dataset("nhwc", torch.zeros(shape, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image")
     Dataset("patches", torch.zeros(4, 200, 3, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image")
+
+
+def _frozen_first_layer(shape, classes, norm_layer):
+    """A fixed feature layer (a pretrained part, frozen) under a trained head: the target trains only the head."""
+    net = nn.Sequential(nn.Linear(shape[0], 8), nn.ReLU(), nn.Linear(8, classes))
+    net[0].requires_grad_(False)
+    return net
+
+
+def test_frozen_parameters_stay_frozen_when_models_train_stacked():
+    """The one loop trains what requires a gradient; stacked reference models and stacked federated clients
+    trained every parameter, so they no longer imitated the target."""
+    from mia.defenses import make_defense
+    from mia.fl.config import FLConfig
+    from mia.fl.simulation import simulate
+    from mia.train import TrainConfig
+    from mia.train.many import train_many
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    data = Dataset("rows", x, (x[:, 0] > 0).long(), 2, "tabular")
+    config = TrainConfig(epochs=2, optimizer="adam", lr=1e-2, batch_size=32, select_best=False, device="cpu")
+    with registered(MODELS, "frozen-net", ModelSpec("frozen-net", _frozen_first_layer, ("tabular",), "x",
+                                                    recipe="adam")):
+        for stack in (True, False):
+            models = train_many("frozen-net", (6,), 2, "bn", data, np.stack([np.arange(100), np.arange(100, 200)]),
+                                None, config, seeds=[0, 1], progress=False, stack=stack)
+            for seed, model in zip((0, 1), models):
+                torch.manual_seed(seed)
+                assert torch.equal(model[0].weight, _frozen_first_layer((6,), 2, None)[0].weight), stack
+        split = make_split(len(data), 0)
+        torch.manual_seed(0)
+        initial = _frozen_first_layer((6,), 2, None)[0].weight
+        model, _, _ = simulate("frozen-net", "bn", data, split, FLConfig(clients=2, rounds=1), config,
+                               make_defense("none"), seed=0, progress=False, stack=True, record=False)
+        assert torch.equal(model[0].weight.cpu(), initial)

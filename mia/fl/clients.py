@@ -145,8 +145,10 @@ class StackedClients:
     def _run_chunk(self, global_params: Params, client_rows: list[np.ndarray], seeds: list[int], epochs: int
                    ) -> LocalResult:
         k, b, cfg = len(client_rows), self.config.batch_size, self.config
-        params = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())).requires_grad_(True)
+        frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}  # as the loop path keeps them
+        params = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())).requires_grad_(n not in frozen)
                   for n, p in global_params.items()}
+        trained = {n: p for n, p in params.items() if p.requires_grad}
         momentum = {n: torch.zeros_like(p) for n, p in params.items()}
         generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
         sizes = [len(r) for r in client_rows]
@@ -176,12 +178,12 @@ class StackedClients:
                     logits = self.forward(params, x)
                 ce = F.cross_entropy(logits.reshape(k * b, -1).float(), y.reshape(-1), reduction="none").reshape(k, b)
                 loss = ((ce * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()
-                grads = torch.autograd.grad(loss, list(params.values()))
+                grads = torch.autograd.grad(loss, list(trained.values()))
                 loss_sum += loss.detach()
                 active = (mask.sum(1) > 0).float()
                 correct += ((logits.argmax(-1) == y).float() * mask).sum(1).detach()
                 with torch.no_grad():
-                    for (name, p), g in zip(params.items(), grads):
+                    for (name, p), g in zip(trained.items(), grads):
                         on = active.view(-1, *([1] * (p.dim() - 1)))
                         g = g + cfg.weight_decay * p
                         buf = momentum[name]

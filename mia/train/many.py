@@ -402,7 +402,11 @@ class _Stack:
     def __init__(self, models: list[nn.Module], config: TrainConfig, n: int, device: torch.device):
         self.amp = autocast_on(device, config)
         params, buffers = stack_module_state(models)
-        self.params: Params = {name: p.detach().to(device).requires_grad_() for name, p in params.items()}
+        # frozen parameters (requires_grad=False: a fixed or pretrained part) stay frozen, as the one loop
+        # trains only the others: stacked reference models trained them, and no longer imitated the target
+        trainable = {name for name, p in models[0].named_parameters() if p.requires_grad}
+        self.params: Params = {name: p.detach().to(device).requires_grad_(name in trainable)
+                               for name, p in params.items()}
         # BatchNorm's running statistics (stack=True only): updated in place, slice m by model m's batches
         self.buffers: Params = {name: b.to(device) for name, b in buffers.items()}
         self.base = base = copy.deepcopy(models[0]).to("meta")
@@ -412,8 +416,8 @@ class _Stack:
 
         self.forward = torch.vmap(one)  # each model its own batch
         self.forward_shared = torch.vmap(one, in_dims=(0, 0, None))  # every model on the same rows
-        self.optimizer = OPTIMIZERS.get(config.optimizer)(list(self.params.values()), config,
-                                                          fused_on(device))
+        self.optimizer = OPTIMIZERS.get(config.optimizer)([p for p in self.params.values() if p.requires_grad],
+                                                          config, fused_on(device))
         schedule = SCHEDULES.get(config.schedule)
         total = _steps_per_epoch(n, config.batch_size) * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s / total))
