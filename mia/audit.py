@@ -877,6 +877,7 @@ class Audit:
         scored on (``selena-adaptive`` leaves out the members it was told about): what its ROC is drawn
         from, e.g. with :func:`mia.metrics.roc`. ``dense``: on a pruning target's dense original."""
         results = {r.name: r for r in (self.dense_results if dense else self.results)}
+        attack = {name.lower(): name for name in results}.get(str(attack).lower(), attack)  # as run_audit spells it
         if attack not in results:
             raise MiaError(f"no result for attack {attack!r}; this audit ran: {', '.join(results) or 'none'}")
         fl = self.federation is not None and attack not in ATTACKS

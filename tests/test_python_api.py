@@ -198,3 +198,19 @@ def test_an_audit_leaves_the_callers_random_generators_as_they_were(tmp_path):
     config = audit.resolve_config("digits", train_overrides={"epochs": 1}, label_only=[])
     audit.run_audit(config, attacks="loss", reference_models=1, cache_dir=str(tmp_path), progress=False)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_an_attacks_scores_are_found_however_its_name_is_spelt():
+    """``run_audit(attacks="RMIA")`` runs ``rmia`` (names match regardless of case); ``scores("RMIA")`` said
+    there was no such result."""
+    from mia.attacks import AttackOutput
+
+    config = audit.resolve_config("digits")
+    split = make_split(1797, 0, config.split)
+    _, is_member = split.query()
+    output = AttackOutput(np.linspace(0, 1, len(is_member)), np.zeros(len(is_member), bool))
+    report = audit.Audit(config, None, split, [audit.AttackResult("rmia", output, {}, 0.0)], 0)
+    scores, member = report.scores("RMIA")
+    assert np.array_equal(scores, output.scores) and np.array_equal(member, is_member)
+    with pytest.raises(MiaError, match="no result for attack 'lira'; this audit ran: rmia"):
+        report.scores("lira")
