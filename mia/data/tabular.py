@@ -8,6 +8,7 @@ loaders do).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -146,15 +147,11 @@ _LOCATION_URLS = (_SHOKRI_MIRROR + "dataset_location.tgz",)
                         f"{_PURCHASE_URLS[0]}), or <data-dir>/purchase100.npz (arrays features and labels, "
                         "labels one-hot or 0..99)")
 def _load_purchase100(data_dir: Path, download: bool) -> Dataset:
-    text = [data_dir / "dataset_purchase", data_dir / "purchase" / "dataset_purchase"]
-    npz = first_file([data_dir / "purchase100.npz", data_dir / "purchase" / "purchase100.npz"])
-    path = first_file(text)
-    if path is None and npz is not None:
-        return _tabular_dataset("purchase100", *_read_npz("purchase100", npz, 100), 100)
-    path = path or text[0]
-    require("purchase100", [path], f"extract {_PURCHASE_URLS[0]} into {data_dir}", download,
-            lambda: fetch_archive(_PURCHASE_URLS, data_dir))
-    return _tabular_dataset("purchase100", *_label_first_table("purchase100", path, 100), 100)
+    return _label_first_or_npz("purchase100", 100,
+                               [data_dir / "dataset_purchase", data_dir / "purchase" / "dataset_purchase"],
+                               [data_dir / "purchase100.npz", data_dir / "purchase" / "purchase100.npz"],
+                               f"extract {_PURCHASE_URLS[0]} into {data_dir}", download,
+                               lambda: fetch_archive(_PURCHASE_URLS, data_dir))
 
 
 @register_dataset("texas100", kind="tabular", default_model="fc",
@@ -186,12 +183,19 @@ def _load_texas100(data_dir: Path, download: bool) -> Dataset:
                         f"{_LOCATION_URLS[0]}), or <data-dir>/location/data_complete.npz (MemGuard's: arrays "
                         "x and y, labels 1..30 or 0..29)")
 def _load_location(data_dir: Path, download: bool) -> Dataset:
-    text = [data_dir / "location" / "bangkok", data_dir / "bangkok"]
-    npz = first_file([data_dir / "location" / "data_complete.npz", data_dir / "data_complete.npz"])
-    path = first_file(text)
-    if path is None and npz is not None:
-        return _tabular_dataset("location", *_read_npz("location", npz, 30), 30)
+    return _label_first_or_npz("location", 30, [data_dir / "location" / "bangkok", data_dir / "bangkok"],
+                               [data_dir / "location" / "data_complete.npz", data_dir / "data_complete.npz"],
+                               f"extract {_LOCATION_URLS[0]} into {data_dir / 'location'}", download,
+                               lambda: fetch_archive(_LOCATION_URLS, data_dir, extract_to=data_dir / "location"))
+
+
+def _label_first_or_npz(name: str, classes: int, text: list[Path], npz: list[Path], how: str, download: bool,
+                        fetch: Callable[[], None]) -> Dataset:
+    """A Shokri-style table (the first of ``text`` that exists, else downloaded to ``text[0]``), or an .npz copy
+    (the first of ``npz``) where no table is there: the table wins, as the file the archive ships."""
+    path, copy = first_file(text), first_file(npz)
+    if path is None and copy is not None:
+        return _tabular_dataset(name, *_read_npz(name, copy, classes), classes)
     path = path or text[0]
-    require("location", [path], f"extract {_LOCATION_URLS[0]} into {path.parent}", download,
-            lambda: fetch_archive(_LOCATION_URLS, data_dir, extract_to=data_dir / "location"))
-    return _tabular_dataset("location", *_label_first_table("location", path, 30), 30)
+    require(name, [path], how, download, fetch)
+    return _tabular_dataset(name, *_label_first_table(name, path, classes), classes)
