@@ -373,3 +373,40 @@ def test_frozen_parameters_stay_frozen_when_models_train_stacked():
         model, _, _ = simulate("frozen-net", "bn", data, split, FLConfig(clients=2, rounds=1), config,
                                make_defense("none"), seed=0, progress=False, stack=True, record=False)
         assert torch.equal(model[0].weight.cpu(), initial)
+
+
+class _Branching(nn.Module):
+    """A user's forward that branches on its activations, which torch.vmap refuses."""
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.a, self.b = nn.Linear(features, 8), nn.Linear(8, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h / 2 if h.mean() > 100 else h)
+
+
+def test_a_model_whose_forward_vmap_refuses_trains_one_by_one():
+    """It crashed the stacked reference pool and the stacked federated clients with a vmap traceback."""
+    from mia.defenses import make_defense
+    from mia.fl.config import FLConfig
+    from mia.fl.simulation import simulate
+    from mia.train import TrainConfig
+    from mia.train.many import train_many
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    data = Dataset("rows", x, (x[:, 0] > 0).long(), 2, "tabular")
+    config = TrainConfig(epochs=1, optimizer="adam", lr=1e-2, batch_size=32, select_best=False, device="cpu")
+    sets = np.stack([np.arange(100), np.arange(100, 200)])
+    with registered(MODELS, "branching", ModelSpec("branching", lambda s, c, n: _Branching(s[0], c), ("tabular",),
+                                                   "x", recipe="adam")):
+        assert len(train_many("branching", (6,), 2, "bn", data, sets, None, config, seeds=[0, 1],
+                              progress=False)) == 2
+        with pytest.raises(MiaError, match="'branching' cannot train stacked: its forward fails under torch.vmap"):
+            train_many("branching", (6,), 2, "bn", data, sets, None, config, seeds=[0, 1], progress=False,
+                       stack=True)
+        model, _, _ = simulate("branching", "bn", data, make_split(len(data), 0), FLConfig(clients=2, rounds=1),
+                               config, make_defense("none"), seed=0, progress=False, record=False)
+        assert isinstance(model, _Branching)

@@ -39,7 +39,7 @@ from mia.fl.partition import partition
 from mia.fl.record import record_round
 from mia.models import batchnorm_fix, build_model
 from mia.train import TrainConfig, TrainHooks, predict_logits, resolve_device
-from mia.train.many import module_stackable
+from mia.train.many import module_stackable, vmap_runs
 
 
 @dataclass
@@ -139,7 +139,7 @@ def simulate(model_name: str, norm: str, data: Dataset, split: Split, config: FL
     if type(defense).upload is not Defense.upload and any(b.is_floating_point() for b in model.buffers()):
         raise MiaError("this defense protects the uploaded weights, but a BatchNorm model also uploads its "
                        f"running statistics, which it would not cover; {batchnorm_fix(model_name, norm)}")
-    can_stack = module_stackable(model) and not _uses_hooks(defense)
+    can_stack = module_stackable(model) and not _uses_hooks(defense) and vmap_runs(model, data.input_shape)
     if stack and not can_stack:
         raise MiaError(f"model {model_name!r} with defense hooks or buffers cannot train stacked")
     if stack is None:

@@ -84,7 +84,7 @@ from mia.train.loop import (OPTIMIZERS, SCHEDULES, _resident, _steps_per_epoch, 
 from mia.train.predict import resolve_device
 
 __all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "module_stackable",
-           "stack_pays", "stackable", "train_many"]
+           "stack_pays", "stackable", "train_many", "vmap_runs"]
 
 CPU_STACK_BYTES = 2 << 30
 """Memory budget of one stack of models on the CPU (2 GiB): plenty for the small models that stack."""
@@ -146,7 +146,7 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     shape = tuple(int(s) for s in input_shape)
     first = _init_model(model_name, shape, num_classes, norm, seeds[0])
     device = resolve_device(config.device)
-    if not _use_stack(first, model_name, norm, device, stack):
+    if not _use_stack(first, model_name, norm, device, stack, shape):
         return _train_one_by_one(first, model_name, shape, num_classes, norm, data, sets, val_idx, config,
                                  seeds, progress)
     chunk = max_stack or default_max_stack(first, shape, config.batch_size, device)
@@ -253,13 +253,40 @@ def module_stackable(model: nn.Module, batchnorm: bool = False) -> bool:
     return all(id(b) in allowed for b in model.buffers())
 
 
-def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.device, stack: bool | None) -> bool:
+def vmap_runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether ``model``'s forward runs under ``torch.vmap`` over stacked copies of it, as a stacked step runs it.
+
+    The module tree cannot tell: a user's own model may branch on its activations (``if h.mean() > t``) or
+    call ``.item()``, which vmap refuses, and such a model crashed the stacked pool with a traceback; it
+    trains one by one instead. One forward of two copies on two zero inputs, on a copy of the model,
+    without gradients and under a forked RNG (the caller's draws and BatchNorm statistics untouched).
+    """
+    probe = copy.deepcopy(model)
+    params, buffers = stack_module_state([probe, probe])
+    device = next(probe.parameters(), torch.zeros(0)).device
+
+    def one(p: Params, b: Params, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(probe, (p, b), (xb,))
+
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.vmap(one, randomness="different")(params, buffers, torch.zeros((2, 2, *shape), device=device))
+    except Exception:
+        return False
+    return True
+
+
+def _use_stack(model: nn.Module, model_name: str, norm: str, device: torch.device, stack: bool | None,
+               shape: tuple[int, ...]) -> bool:
     """The path :func:`train_many` takes: the caller's ``stack``, or where it can and it pays."""
     if stack is None:
-        return module_stackable(model) and stack_pays(model, device)
+        return module_stackable(model) and stack_pays(model, device) and vmap_runs(model, shape)
     if stack and not module_stackable(model, batchnorm=True):
         raise MiaError(f"model {model_name!r} with norm {norm!r} cannot train stacked (it has dropout or "
                        f"buffers other than BatchNorm's); pass stack=None to train it one by one")
+    if stack and not vmap_runs(model, shape):
+        raise MiaError(f"model {model_name!r} cannot train stacked: its forward fails under torch.vmap "
+                       "(data-dependent control flow, .item()); pass stack=None to train it one by one")
     return stack
 
 
