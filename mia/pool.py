@@ -165,13 +165,26 @@ def drop_unreadable(root: Path) -> int:
 
 
 def write_identity(plan: PoolPlan, root: Path) -> None:
+    """Name the folder's pool in ``pool.json``, or refuse a folder that holds another pool.
+
+    Written whole or not at all, like the model files: another audit of the
+    recipe reading it while it was written (scripts sharing ``./.mia-cache``)
+    found it empty and failed in ``json``; one left unreadable is a one-line error.
+    """
     path = Path(root) / IDENTITY_FILE
     if path.is_file():
-        stored = json.loads(path.read_text()).get("key")
+        try:
+            stored = json.loads(path.read_text()).get("key")
+        except (ValueError, AttributeError):
+            raise MiaError(f"pool folder {root} has an unreadable {IDENTITY_FILE}; delete the folder and its "
+                           "models are trained again") from None
         if stored != plan.key:
             raise MiaError(f"pool folder {root} holds pool {stored}, not {plan.key}; use another folder")
         return
-    path.write_text(json.dumps({"key": plan.key, **plan.identity}, indent=1, sort_keys=True, default=str))
+    text = json.dumps({"key": plan.key, **plan.identity}, indent=1, sort_keys=True, default=str)
+    with tempfile.NamedTemporaryFile("w", dir=root, prefix=f"{IDENTITY_FILE}.", suffix=".tmp", delete=False) as f:
+        f.write(text)
+    Path(f.name).replace(path)
 
 
 def _half(x: np.ndarray) -> np.ndarray:

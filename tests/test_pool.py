@@ -188,3 +188,19 @@ def test_two_writers_of_one_model_file_both_finish_with_a_whole_file(tmp_path, m
     with np.load(path) as stored:
         assert stored["inclusion"].all() and stored["logits"].shape == (6, 3)
     assert [p.name for p in tmp_path.iterdir()] == ["model_00000.npz"]  # no temporary file left
+
+
+def test_a_pool_folder_names_its_pool_whole_or_says_it_cannot_be_read(task, tmp_path):
+    """``pool.json`` was written in place: another audit reading it half-written (or a folder left so by a killed
+    one) failed with a JSONDecodeError traceback."""
+    from mia.pool import write_identity
+
+    config, data, split = task
+    plan = audit.plan_reference_pool(config, data, split, "online")
+    write_identity(plan, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["pool.json"]  # no temporary file left
+    write_identity(plan, tmp_path)  # read back: the same pool
+    (tmp_path / "pool.json").write_text('{"key": "ab')
+    with pytest.raises(MiaError, match=r"unreadable pool.json; delete the folder") as err:
+        write_identity(plan, tmp_path)
+    assert "\n" not in str(err.value)
