@@ -388,7 +388,8 @@ class _Branching(nn.Module):
 
 
 def test_a_model_whose_forward_vmap_refuses_trains_one_by_one():
-    """It crashed the stacked reference pool and the stacked federated clients with a vmap traceback."""
+    """It crashed the stacked reference pool, the stacked federated clients and the server's per-sample
+    gradients with a vmap traceback."""
     from mia.defenses import make_defense
     from mia.fl.config import FLConfig
     from mia.fl.simulation import simulate
@@ -407,6 +408,7 @@ def test_a_model_whose_forward_vmap_refuses_trains_one_by_one():
         with pytest.raises(MiaError, match="'branching' cannot train stacked: its forward fails under torch.vmap"):
             train_many("branching", (6,), 2, "bn", data, sets, None, config, seeds=[0, 1], progress=False,
                        stack=True)
-        model, _, _ = simulate("branching", "bn", data, make_split(len(data), 0), FLConfig(clients=2, rounds=1),
-                               config, make_defense("none"), seed=0, progress=False, record=False)
+        model, state, _ = simulate("branching", "bn", data, make_split(len(data), 0), FLConfig(clients=2, rounds=1),
+                                   config, make_defense("none"), seed=0, progress=False)
         assert isinstance(model, _Branching)
+        assert len(state.signals.rounds) and np.isfinite(state.signals.grad_norm).all()  # the server's view

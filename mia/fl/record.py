@@ -50,7 +50,7 @@ def gradient_signals(model: nn.Module, global_params: Params, buffers: Params, u
         logits = functional_call(model, {**params, **buffers}, (xq.unsqueeze(0),))
         return F.cross_entropy(logits.float(), yq.unsqueeze(0))
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+    per_sample = _per_sample_gradients(loss)
     d = -uploads  # K x P: w_global - w_local
     d_norm = d.norm(dim=1)
     dots, norms = [], []
@@ -63,6 +63,32 @@ def gradient_signals(model: nn.Module, global_params: Params, buffers: Params, u
     dot, g2 = torch.cat(dots, 1), torch.cat(norms)
     cos = dot / (d_norm[:, None] * g2.sqrt()[None, :]).clamp_min(1e-30)
     return cos, 2 * dot - g2[None, :], g2
+
+
+def _per_sample_gradients(loss):
+    """``(params, xs, ys) -> {name: chunk x *shape}``: vmapped, or sample by sample for a model whose forward
+    vmap refuses (a user's own that branches on its activations or calls ``.item()``, which crashed the
+    recording with a vmap traceback; it trains one by one too, :func:`mia.train.many.vmap_runs`). Decided
+    on the first chunk and kept."""
+    vmapped = vmap(grad(loss), in_dims=(None, 0, 0))
+    looped = grad(loss)
+    use_vmap = [True]
+
+    def one_by_one(params: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
+        grads = [looped(params, xq, yq) for xq, yq in zip(xs, ys)]
+        return {n: torch.stack([g[n] for g in grads]) for n in params}
+
+    def per_sample(params: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
+        if use_vmap[0]:
+            try:
+                return vmapped(params, xs, ys)
+            except RuntimeError as exc:
+                if "vmap" not in str(exc):
+                    raise
+                use_vmap[0] = False
+        return one_by_one(params, xs, ys)
+
+    return per_sample
 
 
 def record_round(model: nn.Module, global_params: Params, buffers: Params, uploads: torch.Tensor,
