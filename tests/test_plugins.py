@@ -412,3 +412,11 @@ def test_a_model_whose_forward_vmap_refuses_trains_one_by_one():
                                    config, make_defense("none"), seed=0, progress=False)
         assert isinstance(model, _Branching)
         assert len(state.signals.rounds) and np.isfinite(state.signals.grad_norm).all()  # the server's view
+
+
+@pytest.mark.parametrize("mean, std", [((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)), ((0.5,) * 3, (64.0,) * 3)])
+def test_mean_and_std_on_the_wrong_scale_are_a_one_line_error(mean, std):
+    """CIFAR's statistics written on the 0..255 scale trained on inputs near -2 everywhere, silently."""
+    with pytest.raises(MiaError, match="mean/std are per channel on the 0..1 scale .*divide them by 255"):
+        Dataset("scaled", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image",
+                mean=mean, std=std)

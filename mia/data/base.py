@@ -57,6 +57,9 @@ class Dataset:
             if image and stat is not None and len(stat) != self.x.shape[1]:
                 raise MiaError(f"dataset {self.name}: mean/std give {len(stat)} channels but the images have "
                                f"{self.x.shape[1]} (shape {tuple(self.x.shape)}: channels come second, N x C x H x W)")
+        if image and any(not 0 <= v <= 1 for v in (*(self.mean or ()), *(self.std or ()))):
+            raise MiaError(f"dataset {self.name}: mean/std are per channel on the 0..1 scale (images are divided by "
+                           f"255 first), got mean={self.mean} std={self.std}; on the 0..255 scale divide them by 255")
         if image and _channels_last(tuple(self.x.shape)):
             raise MiaError(f"dataset {self.name}: images of shape {tuple(self.x.shape)} look like N x H x W x C "
                            "(channels last, as PIL, NumPy and TensorFlow keep them); channels come second: "
