@@ -420,3 +420,9 @@ def test_mean_and_std_on_the_wrong_scale_are_a_one_line_error(mean, std):
     with pytest.raises(MiaError, match="mean/std are per channel on the 0..1 scale .*divide them by 255"):
         Dataset("scaled", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2, "image",
                 mean=mean, std=std)
+
+
+def test_a_dataset_registered_without_a_default_model_gets_its_kinds():
+    assert DatasetSpec("rows", lambda d, dl: None, "x", "tabular").default_model == "mlp"
+    assert DatasetSpec("pics", lambda d, dl: None, "x", "image").default_model == "resnet18"
+    assert DatasetSpec("pics", lambda d, dl: None, "x", "image", default_model="cnn-small").default_model == "cnn-small"

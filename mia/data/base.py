@@ -140,4 +140,13 @@ class DatasetSpec:
     kind: Literal["image", "tabular"]
     files: str = ""  # where the files go under --data-dir (shown in errors and `mia datasets`)
     params: dict[str, Param] = field(default_factory=dict)
-    default_model: str = "resnet18"
+    default_model: str = ""  # empty: the kind's (DEFAULT_MODELS)
+
+    def __post_init__(self):
+        """An unnamed default model is the kind's: a user's tabular set defaulted to resnet18 and failed."""
+        if not self.default_model:
+            object.__setattr__(self, "default_model", DEFAULT_MODELS.get(self.kind, "resnet18"))
+
+
+DEFAULT_MODELS = {"image": "resnet18", "tabular": "mlp"}
+"""The model a dataset registered without ``default_model`` trains, by its kind."""
