@@ -426,3 +426,9 @@ def test_a_dataset_registered_without_a_default_model_gets_its_kinds():
     assert DatasetSpec("rows", lambda d, dl: None, "x", "tabular").default_model == "mlp"
     assert DatasetSpec("pics", lambda d, dl: None, "x", "image").default_model == "resnet18"
     assert DatasetSpec("pics", lambda d, dl: None, "x", "image", default_model="cnn-small").default_model == "cnn-small"
+
+
+def test_a_model_registered_without_a_recipe_gets_one_for_its_data():
+    assert ModelSpec("rows-net", strict_cnn, ("tabular",), "x").recipe == "adam"
+    assert ModelSpec("pics-net", strict_cnn, ("image",), "x").recipe == "sgd-cnn"
+    assert ModelSpec("pics-net", strict_cnn, ("image", "tabular"), "x", recipe="adam-small").recipe == "adam-small"

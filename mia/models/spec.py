@@ -34,7 +34,7 @@ class ModelSpec:
     ``kinds`` are the data kinds it accepts (``"image"``: ``C x H x W`` inputs,
     ``"tabular"``: ``D`` features); ``min_size`` is the smallest image side its
     down-sampling survives; ``recipe`` names its default training recipe in
-    :mod:`mia.train.recipes`.
+    :mod:`mia.train.recipes` (unnamed: ``adam`` for a tabular-only model, ``sgd-cnn`` otherwise).
     """
 
     name: str
@@ -42,13 +42,15 @@ class ModelSpec:
     kinds: tuple[str, ...]
     description: str
     min_size: int = 1
-    recipe: str = "sgd-cnn"
+    recipe: str = ""  # empty: "adam" for a tabular-only model, else "sgd-cnn"
 
     def __post_init__(self):
         from mia.errors import MiaError
 
         if isinstance(self.kinds, str) or not set(self.kinds) <= {"image", "tabular"} or not self.kinds:
             raise MiaError(f"model {self.name}: kinds must be a tuple of 'image'/'tabular', got {self.kinds!r}")
+        if not self.recipe:  # a user's tabular model without a recipe trained with the CIFAR CNN's SGD at lr 0.1
+            object.__setattr__(self, "recipe", "adam" if set(self.kinds) == {"tabular"} else "sgd-cnn")
 
 
 MODELS: Registry[ModelSpec] = Registry("model", hint=PLUGIN_HINT)
