@@ -432,3 +432,42 @@ def test_a_model_registered_without_a_recipe_gets_one_for_its_data():
     assert ModelSpec("rows-net", strict_cnn, ("tabular",), "x").recipe == "adam"
     assert ModelSpec("pics-net", strict_cnn, ("image",), "x").recipe == "sgd-cnn"
     assert ModelSpec("pics-net", strict_cnn, ("image", "tabular"), "x", recipe="adam-small").recipe == "adam-small"
+
+
+def test_an_attack_of_the_wrong_form_is_a_one_line_error_and_a_fit_without_return_self_works():
+    from mia.attacks import ATTACKS
+    from mia.attacks.base import Attack, AttackSpec, ShadowSignals, run_attack
+    from mia.signals import Signals
+
+    class NoSeed(Attack):
+        def fit(self, shadows):
+            return self
+
+        def decision_function(self, signals):
+            return signals.logits.max(1)
+
+    class Forgetful(NoSeed):
+        def __init__(self, seed=0):
+            self.seed = seed
+
+        def fit(self, shadows):  # no ``return self``, as scikit-learn users sometimes write
+            self.threshold_ = 0.0
+
+    class PerClass(Forgetful):
+        def decision_function(self, signals):
+            return signals.logits  # N x C, not one score per sample
+
+    with pytest.raises(MiaError, match=r"NoSeed\(\) must take its parameters and the seed as keyword arguments: "
+                                       r"def __init__\(self, seed=0\)"):
+        AttackSpec("no-seed", NoSeed, "x")
+    with pytest.raises(MiaError, match="cls must be a subclass of mia.attacks.base.Attack"):
+        AttackSpec("not-attack", object, "x")
+    rng = np.random.default_rng(0)
+    signals = Signals(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 3, 6))
+    shadows = [ShadowSignals(signals, np.arange(6) % 2 == 0)]
+    with registered(ATTACKS, "forgetful", AttackSpec("forgetful", Forgetful, "x")), \
+            registered(ATTACKS, "per-class", AttackSpec("per-class", PerClass, "x")):
+        assert run_attack("forgetful", signals, shadows).scores.shape == (6,)
+        with pytest.raises(MiaError, match=r"decision_function returned shape \(6, 3\) for 6 samples; return one "
+                                           r"score per sample, shape \(6,\)"):
+            run_attack("per-class", signals, shadows)

@@ -19,6 +19,7 @@ gets ``fit(shadows, split_ai)``, and every other attack keeps ``fit(shadows)``.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -139,6 +140,18 @@ class AttackSpec:
     needs: frozenset[str] = frozenset()  # extra inputs beyond logits: {"sensitivity"}, {"reference"}
     family: str = "threshold"  # "threshold" | "learned" | "reference"
 
+    def __post_init__(self):
+        """A user's attack class (``MIA_PLUGINS``) of the wrong form is a one-line error when registered, not a
+        TypeError traceback when the audit reaches it: it is constructed as ``cls(**params, seed=seed)``."""
+        if not (isinstance(self.cls, type) and issubclass(self.cls, Attack)):
+            raise MiaError(f"attack {self.name}: cls must be a subclass of mia.attacks.base.Attack, got {self.cls!r}")
+        try:
+            inspect.signature(self.cls).bind(**{k: p.default for k, p in self.params.items()}, seed=0)
+        except TypeError:
+            wanted = ", ".join([*self.params, "seed=0"])
+            raise MiaError(f"attack {self.name}: {self.cls.__name__}{inspect.signature(self.cls)} must take its "
+                           f"parameters and the seed as keyword arguments: def __init__(self, {wanted})") from None
+
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", hint=PLUGIN_HINT)
 
@@ -231,14 +244,18 @@ def run_attack(name: str, target: Signals, shadows: list[ShadowSignals],
     attack = spec.cls(**kwargs, seed=seed)
     if "reference" in spec.needs:
         check_reference(name, target, reference)
-        attack = attack.fit(shadows, reference)
+        fitted = attack.fit(shadows, reference)
     elif "split-ai" in spec.needs:
         if split_ai is None:
             raise MiaError(f"attack {name!r} needs a shadow Split-AI's answers; build them with "
                            "mia.audit.split_ai_reference (mia attack does when the attack is asked for)")
-        attack = attack.fit(shadows, split_ai)
+        fitted = attack.fit(shadows, split_ai)
     else:
-        attack = attack.fit(shadows)
+        fitted = attack.fit(shadows)
+    attack = attack if fitted is None else fitted  # a user's fit that forgot ``return self``
     scores = np.asarray(attack.decision_function(target), dtype=np.float64)
+    if scores.shape != (len(target),):
+        raise MiaError(f"attack {name!r}: decision_function returned shape {scores.shape} for {len(target)} "
+                       f"samples; return one score per sample, shape ({len(target)},), larger for members")
     return AttackOutput(scores=scores, predictions=scores > attack.threshold_, chosen=attack.chosen(),
                         evaluated=getattr(attack, "evaluated_", None))
