@@ -219,10 +219,11 @@ class TrainedModel:
 @dataclass
 class AttackResult:
     """One attack on one target: its per-sample output, its metrics (:func:`mia.metrics.attack_metrics` and
-    the bootstrap intervals) and the seconds it took."""
+    the bootstrap intervals) and the seconds it took. Its repr leaves out the per-sample arrays: a notebook
+    echoing ``mia.experiment.audit_run``'s outcome printed every attack's scores."""
 
     name: str
-    output: AttackOutput
+    output: AttackOutput = field(repr=False)
     metrics: dict[str, float]
     seconds: float
 

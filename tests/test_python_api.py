@@ -214,3 +214,10 @@ def test_an_attacks_scores_are_found_however_its_name_is_spelt():
     assert np.array_equal(scores, output.scores) and np.array_equal(member, is_member)
     with pytest.raises(MiaError, match="no result for attack 'lira'; this audit ran: rmia"):
         report.scores("lira")
+
+
+def test_an_attack_result_shows_its_metrics_not_its_scores():
+    from mia.attacks import AttackOutput
+
+    result = audit.AttackResult("rmia", AttackOutput(np.zeros(898), np.zeros(898, bool)), {"auc": 0.5}, 1.0)
+    assert repr(result) == "AttackResult(name='rmia', metrics={'auc': 0.5}, seconds=1.0)"
