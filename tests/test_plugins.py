@@ -471,3 +471,15 @@ def test_an_attack_of_the_wrong_form_is_a_one_line_error_and_a_fit_without_retur
         with pytest.raises(MiaError, match=r"decision_function returned shape \(6, 3\) for 6 samples; return one "
                                            r"score per sample, shape \(6,\)"):
             run_attack("per-class", signals, shadows)
+
+
+def test_a_python_audit_notes_a_tpr_at_low_fpr_that_allows_no_false_positive():
+    """``mia audit`` prints the note; a notebook's report showed TPR 1.0 at 0.1 % FPR over a handful of
+    non-members without it."""
+    rows = Dataset("few-rows", torch.randn(100, 4, generator=torch.Generator().manual_seed(0)),
+                   torch.arange(100) % 2, 2, "tabular")
+    with registered(DATASETS, "few-rows", DatasetSpec("few-rows", lambda d, dl: rows, "x", "tabular")):
+        config = audit.resolve_config("few-rows", train_overrides={"epochs": 1})
+        report = audit.run_audit(config, attacks="loss", reference_models=1, progress=False)
+    assert report.notes == ["25 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no false positive, so each "
+                            "reads the TPR at FPR 0 (docs/protocol.md, Metrics)"]
