@@ -110,11 +110,11 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
                                     seed=config.seed, progress=progress, on_epoch=log_epoch)
         tracking.log_checkpoint(trained.network)
         with timer.stage("signals"):
-            audited, population = audit.target_signals(trained.model, data, split, config)
+            audited, population = audit.target_signals(trained.model, data, split, config, progress=progress)
             if trained.dense is not None:
                 tracking.log_checkpoint(trained.dense.network, tracking.DENSE_CHECKPOINT)
                 dense_audited, dense_population = audit.target_signals(trained.dense.model, data, split,
-                                                                       audit.dense_config(config))
+                                                                       audit.dense_config(config), progress=progress)
                 tracking.log_signals(dense_audited, tracking.DENSE_SIGNALS)
                 tracking.log_signals(dense_population, tracking.DENSE_POPULATION_SIGNALS)
         tracking.log_signals(audited, tracking.TARGET_SIGNALS)
@@ -240,7 +240,7 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
                              "client_sizes": np.asarray([len(c) for c in fed.clients]),
                              "client_rows": np.concatenate(fed.clients)}, f"{tracking.FL_DIR}/federation.npz")
         with timer.stage("signals"):
-            audited, population = audit.target_signals(model, data, split, config)
+            audited, population = audit.target_signals(model, data, split, config, progress=progress)
         tracking.log_signals(audited, tracking.TARGET_SIGNALS)
         tracking.log_signals(population, tracking.TARGET_POPULATION_SIGNALS)
         test_accuracy = state.history[-1]["test_accuracy"]  # logged per round; the last round's is the final

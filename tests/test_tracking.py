@@ -196,3 +196,24 @@ def test_a_deleted_experiment_is_one_line_saying_how_to_restore_it(mlflow_store)
     with pytest.raises(MiaError, match=r"experiment 'mia' is deleted in .*mlflow experiments restore --experim"):
         with tracking.run("train-centralized-digits-mlp"):
             pass
+
+
+def test_a_training_run_shows_the_progress_of_its_signals(mlflow_store, monkeypatch):
+    """The target's signals (minutes with the boundary searches) show a bar where the run shows its own."""
+    from mia import audit
+    from mia.experiment import train_run
+
+    shown = []
+    query = audit.query_signals
+
+    def spy(*args, **kwargs):
+        shown.append(args[7] if len(args) > 7 else kwargs.get("progress", False))
+        return query(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "query_signals", spy)
+    config = audit.resolve_config("digits", train_overrides={"epochs": 1})
+    train_run(config, progress=True)
+    assert shown[0] is True  # the audited query set, where the label-only signals are computed
+    shown.clear()
+    train_run(config, progress=False)
+    assert not any(shown)
