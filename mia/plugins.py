@@ -24,7 +24,7 @@ from mia.errors import MiaError
 
 ENV = "MIA_PLUGINS"
 
-__all__ = ["ENV", "load_plugins"]
+__all__ = ["ENV", "call_users", "load_plugins"]
 
 
 def load_plugins(names: str | None = None) -> list[str]:
@@ -79,3 +79,18 @@ def _one_line(exc: BaseException) -> str:
              and not f.filename.startswith(str(Path(__file__).parent))]
     at = f" ({Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
     return (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__) + at
+
+
+def call_users(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, where ``fn`` may be a user's own loader or builder: an exception it raises is
+    a one-line :class:`MiaError` naming ``what`` and the line of the user's code (the traceback stays
+    chained for a notebook), where it was a traceback through mia. mia's own functions raise as they are:
+    an exception there is a bug to see whole."""
+    try:
+        return fn(*args, **kwargs)
+    except MiaError:
+        raise
+    except Exception as exc:
+        if getattr(fn, "__module__", "").split(".")[0] == "mia":
+            raise
+        raise MiaError(f"{what} failed: {_one_line(exc)}") from exc

@@ -483,3 +483,20 @@ def test_a_python_audit_notes_a_tpr_at_low_fpr_that_allows_no_false_positive():
         report = audit.run_audit(config, attacks="loss", reference_models=1, progress=False)
     assert report.notes == ["25 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no false positive, so each "
                             "reads the TPR at FPR 0 (docs/protocol.md, Metrics)"]
+
+
+def test_a_users_loader_or_builder_that_raises_is_a_one_line_error_naming_its_line():
+    def loader(data_dir, download):
+        return {"rows": [1, 2]}["labels"]  # a bug in the user's own loader
+
+    def builder(shape, classes, norm_layer):
+        return nn.Linear(shape[1], classes)  # and one in their builder: rows have one dimension
+
+    with registered(DATASETS, "buggy-set", DatasetSpec("buggy-set", loader, "x", "tabular")):
+        with pytest.raises(MiaError, match=r"dataset buggy-set: its loader failed: KeyError: 'labels' "
+                                           r"\(test_plugins.py:\d+\)") as err:
+            load_dataset("buggy-set")
+        assert isinstance(err.value.__cause__, KeyError)  # chained, for a notebook's traceback
+    with registered(MODELS, "buggy-net", ModelSpec("buggy-net", builder, ("tabular",), "x")):
+        with pytest.raises(MiaError, match=r"model .buggy-net.: its builder failed: IndexError: .*\(test_plugins.py"):
+            build_model("buggy-net", (5,), 3)

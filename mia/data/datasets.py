@@ -29,6 +29,7 @@ from typing import Callable
 
 from mia.data.base import Dataset, DatasetSpec
 from mia.errors import PLUGIN_HINT, MiaError
+from mia.plugins import call_users
 from mia.registry import Param, Registry, coerce
 
 DATASETS = Registry[DatasetSpec]("dataset", hint=PLUGIN_HINT)
@@ -49,7 +50,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     values = {key: param.default for key, param in spec.params.items()}
     values.update(coerce(spec.params, params, f"dataset {name}"))
     root = Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DATA_DIR
-    data = spec.load(root, download, **values)
+    data = call_users(f"dataset {name}: its loader", spec.load, root, download, **values)
     if not isinstance(data, Dataset):  # a user's own loader (MIA_PLUGINS)
         raise MiaError(f"dataset {name}: its loader returned {type(data).__name__}, not a mia.data.Dataset")
     if data.kind != spec.kind:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mia.errors import MiaError, unknown
+from mia.plugins import call_users
 from mia.models import alexnet, cnn_small, densenet, mlp, resnet, vgg, wrn  # noqa: F401  (registers models)
 from mia.models.spec import MODELS, NORMS, ModelSpec, group_norm
 from mia.models.wrn import WRN_NAME, wrn_spec
@@ -60,7 +61,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, norm:
                        f"got {shape[1]}x{shape[2]}; models that fit: {', '.join(fitting)}")
     if num_classes < 2:
         raise MiaError(f"model {name!r}: need at least 2 classes, got {num_classes}")
-    model = spec.build(shape, num_classes, NORMS[norm])
+    model = call_users(f"model {name!r}: its builder", spec.build, shape, num_classes, NORMS[norm])
     if not isinstance(model, nn.Module):
         raise MiaError(f"model {name!r}: its builder returned {type(model).__name__}, not a torch.nn.Module")
     # the builder's code: a name registered again after an edit is checked anew (wrn_spec's fresh closures are not)
