@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import device_name, write_section  # noqa: E402
 
 from mia import audit  # noqa: E402
+from mia.attacks import selection  # noqa: E402
 from mia.attacks import ATTACKS  # noqa: E402
 from mia.data import make_split  # noqa: E402
 
@@ -70,7 +71,7 @@ def run(dataset: str, models: int, device: str, only: list[str] | None = None) -
             pool, _ = audit.reference_pool(plan, recipe, data, models, Path(root) / plan.key, progress=False)
             shadows = pool.shadows()
             audited, population = audit.target_signals(target.model, data, split, defended)
-            usable = audit.applicable(names, audited, defense)
+            usable = selection.applicable(names, audited, defense)
             split_ai = (audit.split_ai_reference(defended, data, split, audited, population, progress=False)
                         if "selena-adaptive" in usable else None)
             results = audit.run_attacks(usable, audited, is_member, shadows, progress=False, split_ai=split_ai,

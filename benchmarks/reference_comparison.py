@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import device_name, write_section  # noqa: E402
 
 from mia import audit  # noqa: E402
+from mia.attacks import selection  # noqa: E402
 from mia.attacks import ATTACKS  # noqa: E402
 from mia.data import make_split  # noqa: E402
 
@@ -52,7 +53,7 @@ def run(dataset: str, sizes: list[int], device: str, seed: int = 0) -> list[dict
         pool_seconds = time.perf_counter() - start
         for m in sizes:
             pool, _ = audit.reference_pool(plan, recipe, data, m, root, progress=False)
-            results = audit.run_attacks(audit.applicable(ATTACKS.names(), audited), audited, is_member,
+            results = audit.run_attacks(selection.applicable(ATTACKS.names(), audited), audited, is_member,
                                         pool.shadows(), progress=False,
                                         reference=pool.reference(audited, population, split.population))
             for r in results:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mia import audit, tracking
+from mia.attacks import selection
 from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.data.splits import Split
@@ -283,15 +284,15 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     intervals. The reference models are the pool's, seeded by its key so that
     every attack of one recipe and split reuses them.
     """
-    attacks = audit.as_asked(attacks)
-    audit.resolve_attacks(attacks, "federated")  # a name no scenario knows fails before the store is read
+    attacks = selection.as_asked(attacks)
+    selection.resolve_attacks(attacks, "federated")  # a name no scenario knows fails before the store is read
     target = tracking.TargetRun(target_run_id)
     config = target.config
     seed = config.seed if seed is None else seed
     if device is not None:  # where the references train and the target is queried: not where it trained
         config = replace(config, train=replace(config.train, device=device))
     check_device(config.train.device)
-    fl_names, names = audit.check_attacks(attacks, config, attack_params, pool_mode)
+    fl_names, names = selection.check_attacks(attacks, config, attack_params, pool_mode)
     experiment = experiment or tracking.experiment_name(target.run)
     timer = Timer()
     tags = {**tracking.run_tags(config), "mia.kind": "attack", "mia.target_run_id": target_run_id}
@@ -303,7 +304,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
                              **{f"{a}.{k}": v for a, p in (attack_params or {}).items() for k, v in p.items()}})
         with timer.stage("load_data"):
             data = data if data is not None else audit.load_data(config)
-        audit.check_label_only_data(attacks, names, data, attack_params)
+        selection.check_label_only_data(attacks, names, data, attack_params)
         target.split.check(len(data))
         _check_same_data(target.run, data)
         _, is_member = target.split.query()
@@ -313,7 +314,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         with timer.stage("signals"):
             signals, population = _target_signals(target, data)
         if attacks == "all":
-            names = audit.applicable(names, signals, config.defense, attack_params)
+            names = selection.applicable(names, signals, config.defense, attack_params)
         fl_results = []
         if fl_names:  # first: they read stored rounds in seconds, and fail before any reference model trains
             with timer.stage("fl_attacks"):
@@ -538,9 +539,9 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
               attack_params: dict[str, dict] | None = None, experiment: str | None = None,
               progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
     """``mia audit``: a training run, then an attack run linked to it."""
-    attacks = audit.as_asked(attacks)
-    config = audit.with_named_label_only(config, attacks, attack_params)
-    audit.check_attacks(attacks, config, attack_params, pool_mode)  # fail before training
+    attacks = selection.as_asked(attacks)
+    config = selection.with_named_label_only(config, attacks, attack_params)
+    selection.check_attacks(attacks, config, attack_params, pool_mode)  # fail before training
     trained = train_run(config, experiment, progress=progress)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
                       experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode,

@@ -7,6 +7,7 @@ import pytest
 import numpy as np
 
 from mia import audit
+from mia.attacks import selection
 from mia.attacks.reference import lira_statistics
 from mia.data import make_split
 from mia.errors import MiaError
@@ -50,9 +51,9 @@ def test_target_that_never_saw_the_members_scores_chance(setting):
 
 
 def test_resolve_attacks():
-    assert audit.resolve_attacks("all")[:2] == ["loss", "confidence"]
-    assert audit.resolve_attacks("nn, loss,nn") == ["nn", "loss"]
-    assert audit.resolve_attacks("LOSS,Lira-Online") == ["loss", "lira-online"]  # spelt as the registry does
+    assert selection.resolve_attacks("all")[:2] == ["loss", "confidence"]
+    assert selection.resolve_attacks("nn, loss,nn") == ["nn", "loss"]
+    assert selection.resolve_attacks("LOSS,Lira-Online") == ["loss", "lira-online"]  # spelt as the registry does
 
 
 def reference_metrics(dataset: str, params: dict, epochs: int, models: int, attacks: list[str], tmp_path,
@@ -213,13 +214,13 @@ def test_label_only_needs_follow_the_attack_parameters():
 
     white = {"boundary": {"mode": "white-box"}}
     config = audit.resolve_config("digits", label_only=["boundary-wb"])
-    audit.check_label_only(["boundary"], config, white)  # has what white-box mode reads
+    selection.check_label_only(["boundary"], config, white)  # has what white-box mode reads
     with pytest.raises(MiaError, match=r"boundary in its label_only \(`mia train`/`mia audit --label-only "
                                        r"boundary-wb,boundary`\)"):
-        audit.check_label_only(["boundary"], config)  # black-box (the default) reads "boundary"
+        selection.check_label_only(["boundary"], config)  # black-box (the default) reads "boundary"
     signals = Signals(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), label_only={"boundary-wb": np.zeros(2)})
-    assert audit.applicable(["boundary", "loss"], signals, params=white) == ["boundary", "loss"]
-    assert audit.applicable(["boundary", "loss"], signals) == ["loss"]
+    assert selection.applicable(["boundary", "loss"], signals, params=white) == ["boundary", "loss"]
+    assert selection.applicable(["boundary", "loss"], signals) == ["loss"]
 
 
 def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkeypatch):
@@ -240,6 +241,6 @@ def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkey
         with pytest.raises(Trained) as trained:
             run(config, attacks="loss,boundary,aug", attack_params={"boundary": {"mode": "white-box"}})
         assert trained.value.args[0] == ["aug", "noise-flip", "boundary-wb"]
-    assert audit.with_named_label_only(config, "all") is config
+    assert selection.with_named_label_only(config, "all") is config
     with pytest.raises(MiaError, match="'noise-flip' signals, which exist for binary tabular data only; digits is"):
         audit.run_audit(config, attacks="noise-flip")

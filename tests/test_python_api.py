@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mia import audit
+from mia.attacks import selection
 from mia.errors import MiaError
 from mia.data import make_split
 from mia.prune import PruneConfig
@@ -148,8 +149,8 @@ def test_a_defense_setting_has_one_config_however_it_is_spelt():
 
 
 def test_all_is_all_however_it_is_spelt():
-    assert audit.as_asked(" all") == audit.as_asked(["all"]) == "all"
-    assert audit.as_asked(["loss", "rmia"]) == ["loss", "rmia"] and audit.as_asked("loss") == "loss"
+    assert selection.as_asked(" all") == selection.as_asked(["all"]) == "all"
+    assert selection.as_asked(["loss", "rmia"]) == ["loss", "rmia"] and selection.as_asked("loss") == "loss"
 
 
 def test_attack_parameters_only_the_target_decides_are_checked_before_it_trains(tmp_path, monkeypatch):
