@@ -52,7 +52,7 @@ def tune(opts: dict) -> None:
     import optuna
 
     from mia import tracking
-    from mia.audit import resolve_attacks
+    from mia.attacks.selection import resolve_attacks
     from tuning import frontier
     from tuning.objective import LEAKAGE, Objective
     from tuning.space import defense_space, load_space
