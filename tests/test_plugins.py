@@ -1,7 +1,9 @@
-"""Your own models and datasets: README's plugin module, through Python and the command (``MIA_PLUGINS``)."""
+"""Your own models, datasets, attacks and defenses: README's plugin modules, through Python and the command
+(``MIA_PLUGINS``)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -21,16 +23,22 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 MIA = str(Path(sys.executable).parent / "mia")
 
 
-def readme_plugin() -> str:
-    section = README.read_text().split("## Your own models and datasets", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+PLUGINS = ("my_models.py", "my_plugins.py")
+"""README's plugin modules, each a python block that begins with ``# <its file name>``."""
+
+
+def readme_block(name: str) -> str:
+    """README's python block that begins ``# <name>``: what a user saves under that name and runs as it is."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(f"# {name}\n")]
     return block
 
 
 @pytest.fixture
 def plugin_dir(tmp_path, migrated_db):
-    """A working folder holding README's ``my_models.py`` and a migrated MLflow store."""
-    (tmp_path / "my_models.py").write_text(readme_plugin())
+    """A working folder holding README's ``my_models.py`` and ``my_plugins.py`` and a migrated MLflow store."""
+    for name in PLUGINS:
+        (tmp_path / name).write_text(readme_block(name))
     shutil.copy(migrated_db, tmp_path / "mlflow.db")
     return tmp_path
 
@@ -43,6 +51,14 @@ def run(args: list[str], folder: Path, plugins: str | None = "my_models.py") -> 
     return subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
 
+def audit_rows(stdout: str, attacks: set[str]) -> dict[str, list[str]]:
+    """The rows of ``mia audit``'s table for ``attacks``: name, AUC, balanced accuracy, TPRs, test accuracy."""
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.split()[:1] and
+            line.split()[0] in attacks}
+    assert set(rows) == attacks, stdout
+    return rows
+
+
 def test_the_readme_plugin_makes_its_model_and_dataset_known_to_every_command(plugin_dir):
     listed = run([MIA, "datasets"], plugin_dir)
     assert listed.returncode == 0 and "blobs" in listed.stdout, listed.stderr
@@ -51,12 +67,13 @@ def test_the_readme_plugin_makes_its_model_and_dataset_known_to_every_command(pl
     assert "plugins (MIA_PLUGINS): my_models.py" in info.stdout
 
     done = run([MIA, "audit", "--dataset", "blobs", "--epochs", "20", "--reference-models", "2",
-                "--attacks", "loss,rmia", "--quiet"], plugin_dir)
+                "--attacks", "loss,rmia,class-zloss", "--attack-param", "class-zloss.temperature=2", "--quiet"],
+               plugin_dir, plugins=",".join(PLUGINS))  # README's attack (my_plugins.py) beside them
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["loss"], ["rmia"])}
-    assert set(rows) == {"loss", "rmia"}
+    rows = audit_rows(done.stdout, {"loss", "rmia", "class-zloss"})
     assert float(rows["loss"][-1]) > 0.5  # test accuracy of small-net on 10 blobs: it learned them
-    assert float(rows["loss"][1]) > 0.6  # 128 hidden units memorize 750 noisy rows: the loss attack sees it
+    assert float(rows["loss"][1]) > 0.6  # 128 hidden units memorize 375 noisy rows: the loss attack sees it
+    assert float(rows["class-zloss"][1]) > 0.55
 
 
 def test_the_readme_plugin_serves_python_users_as_it_is(plugin_dir):
@@ -67,6 +84,85 @@ def test_the_readme_plugin_serves_python_users_as_it_is(plugin_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     model, auc = done.stdout.split()
     assert model == "small-net" and 0.0 <= float(auc) <= 1.0
+
+
+def test_mia_tune_searches_the_readme_defense(plugin_dir):
+    """``mia tune`` and its workers know a plugin's defense and search its declared range: each trial audits a
+    target trained with it (README's own audit command runs the plugin attack, above)."""
+    done = run([MIA, "tune", "--dataset", "blobs", "--defense", "confidence-penalty", "--epochs", "3",
+                "--reference-models", "1", "--attacks", "class-zloss", "--trials", "1",
+                "--storage", f"sqlite:///{plugin_dir / 'optuna.db'}", "--quiet"], plugin_dir, plugins=",".join(PLUGINS))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 trials, 1 complete" in done.stdout and "beta" in done.stdout
+
+
+@pytest.fixture
+def readme_plugins(tmp_path, monkeypatch):
+    """README's plugin modules imported in this process; what they registered is removed afterwards (an attack
+    left in ATTACKS would join every later test's ``--attacks all``)."""
+    from mia.attacks import ATTACKS
+    from mia.defenses import DEFENSES
+
+    for name in PLUGINS:
+        (tmp_path / name).write_text(readme_block(name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registries = (ATTACKS, DEFENSES, DATASETS, MODELS)
+    before = [set(r.names()) for r in registries]
+    try:
+        yield [importlib.import_module(name.removesuffix(".py")) for name in PLUGINS]
+    finally:
+        for registry, names in zip(registries, before):
+            for name in set(registry.names()) - names:
+                registry._entries.pop(name)
+        for name in PLUGINS:
+            sys.modules.pop(name.removesuffix(".py"), None)
+
+
+def test_mia_attacks_and_mia_defenses_list_the_readme_attack_and_defense(readme_plugins):
+    from click.testing import CliRunner
+
+    from entrypoints.cli import main
+
+    attacks = CliRunner().invoke(main, ["attacks"], catch_exceptions=False).output
+    assert "class-zloss  [threshold]  loss z-scored per class against shadow non-members" in attacks
+    assert "temperature: float = 1.0 (softmax temperature of the loss)" in attacks
+    defenses = CliRunner().invoke(main, ["defenses"], catch_exceptions=False).output
+    assert "confidence-penalty  [centralized, pruning]" in defenses
+    assert "beta: float = 0.5  valid [0, inf), search [0, 2]  (weight of the entropy bonus)" in defenses
+
+
+def test_the_readme_attack_finds_the_members_of_a_memorizing_target(readme_plugins, tmp_path):
+    config = audit.resolve_config("blobs")  # small-net, 30 epochs of Adam: it memorizes its 375 noisy rows
+    report = audit.run_audit(config, attacks="class-zloss,loss", reference_models=1, progress=False,
+                             cache_dir=str(tmp_path), attack_params={"class-zloss": {"temperature": 2.0}})
+    assert report.metrics["class-zloss"]["auc"] > 0.6
+    with pytest.raises(MiaError, match="attack 'class-zloss' has no parameter 'temp'; known: temperature"):
+        audit.run_audit(config, attacks="class-zloss", reference_models=1, progress=False,
+                        cache_dir=str(tmp_path), attack_params={"class-zloss": {"temp": 2.0}})
+
+
+def member_confidence(beta: float) -> float:
+    """Mean true-label confidence of a blobs target on its own members, trained under confidence-penalty."""
+    from mia.signals import compute_signals, confidence
+
+    config = audit.resolve_config("blobs", defense="confidence-penalty", defense_params={"beta": beta},
+                                  train_overrides={"epochs": 20})
+    data = audit.load_data(config)
+    split = make_split(len(data), config.seed, config.split)
+    target = audit.fit(config, data, split.members, split.validation, split.nonmembers, config.seed, progress=False)
+    signals = compute_signals(target.model, data, split.members)
+    return float(confidence(signals.logits, signals.labels).mean())
+
+
+def test_the_readme_defense_lowers_member_confidence_and_declares_its_search(readme_plugins):
+    from mia.defenses import make_defense
+    from tuning.space import defense_space
+
+    plain, penalized = member_confidence(0.0), member_confidence(2.0)
+    assert penalized < 0.85 * plain, (plain, penalized)  # 0.31 -> 0.23 on blobs
+    assert defense_space("confidence-penalty").describe() == {"beta": "float [0.0, 2.0]"}
+    with pytest.raises(MiaError, match=r"defense confidence-penalty parameter beta=-1.0 must be in \[0, inf\)"):
+        make_defense("confidence-penalty", {"beta": "-1"})
 
 
 def test_a_plugin_that_is_missing_or_breaks_is_a_one_line_error(plugin_dir, monkeypatch):
@@ -437,18 +533,22 @@ def test_a_model_registered_without_a_recipe_gets_one_for_its_data():
 def test_an_attack_of_the_wrong_form_is_a_one_line_error_and_a_fit_without_return_self_works():
     from mia.attacks import ATTACKS
     from mia.attacks.base import Attack, AttackSpec, ShadowSignals, run_attack
+    from mia.registry import Param
     from mia.signals import Signals
 
-    class NoSeed(Attack):
+    class Scaled(Attack):  # no __init__: its parameters arrive as attributes, as a Defense's do
         def fit(self, shadows):
             return self
 
         def decision_function(self, signals):
-            return signals.logits.max(1)
+            return signals.logits.max(1) * self.scale
 
-    class Forgetful(NoSeed):
-        def __init__(self, seed=0):
-            self.seed = seed
+    class NoSeed(Scaled):
+        def __init__(self, scale=1.0):  # an __init__ of its own that forgets the seed
+            self.scale = scale
+
+    class Forgetful(Scaled):
+        scale = 1.0
 
         def fit(self, shadows):  # no ``return self``, as scikit-learn users sometimes write
             self.threshold_ = 0.0
@@ -457,17 +557,20 @@ def test_an_attack_of_the_wrong_form_is_a_one_line_error_and_a_fit_without_retur
         def decision_function(self, signals):
             return signals.logits  # N x C, not one score per sample
 
-    with pytest.raises(MiaError, match=r"NoSeed\(\) must take its parameters and the seed as keyword arguments: "
-                                       r"def __init__\(self, seed=0\)"):
-        AttackSpec("no-seed", NoSeed, "x")
+    scale = {"scale": Param(float, 1.0, "x")}
+    with pytest.raises(MiaError, match=r"NoSeed\(scale=1.0\) must take its parameters and the seed as keyword "
+                                       r"arguments: def __init__\(self, scale, seed=0\)"):
+        AttackSpec("no-seed", NoSeed, "x", scale)
     with pytest.raises(MiaError, match="cls must be a subclass of mia.attacks.base.Attack"):
         AttackSpec("not-attack", object, "x")
     rng = np.random.default_rng(0)
     signals = Signals(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 3, 6))
     shadows = [ShadowSignals(signals, np.arange(6) % 2 == 0)]
     with registered(ATTACKS, "forgetful", AttackSpec("forgetful", Forgetful, "x")), \
+            registered(ATTACKS, "scaled", AttackSpec("scaled", Scaled, "x", scale)), \
             registered(ATTACKS, "per-class", AttackSpec("per-class", PerClass, "x")):
         assert run_attack("forgetful", signals, shadows).scores.shape == (6,)
+        assert np.allclose(run_attack("scaled", signals, shadows, {"scale": "3"}).scores, 3 * signals.logits.max(1))
         with pytest.raises(MiaError, match=r"decision_function returned shape \(6, 3\) for 6 samples; return one "
                                            r"score per sample, shape \(6,\)"):
             run_attack("per-class", signals, shadows)
@@ -500,3 +603,11 @@ def test_a_users_loader_or_builder_that_raises_is_a_one_line_error_naming_its_li
     with registered(MODELS, "buggy-net", ModelSpec("buggy-net", builder, ("tabular",), "x")):
         with pytest.raises(MiaError, match=r"model .buggy-net.: its builder failed: IndexError: .*\(test_plugins.py"):
             build_model("buggy-net", (5,), 3)
+
+
+def test_best_threshold_is_the_cut_an_attack_sets_as_its_threshold():
+    """An attack's ``fit`` sets ``threshold_`` with one call; it unpacked arrays of :func:`fit_thresholds` before."""
+    from mia.attacks import best_threshold
+
+    assert best_threshold([0.1, 0.2, 0.8, 0.9], np.array([0, 0, 1, 1], bool)) == pytest.approx(0.5)
+    assert best_threshold(np.array([3.0, 1.0]), np.array([1, 0], bool)) == pytest.approx(2.0)

@@ -9,12 +9,13 @@ attacks aug, boundary and noise-flip (which read ``Signals.label_only``), then
 selena-adaptive (``run_attack(..., split_ai=...)``).
 """
 
-from mia.attacks.base import (ATTACKS, Attack, AttackOutput, AttackSpec, ReferenceSignals, ShadowSignals,
+from mia.attacks.base import (ATTACKS, Attack, AttackOutput, AttackSpec, ReferenceSignals, ShadowSignals, pool,
                               resolve_params, run_attack)
 from mia.attacks import threshold, learned, samia, reference  # noqa: F401  (registers the attacks)
 from mia.attacks import label_only  # noqa: F401  (registers aug, boundary, noise-flip)
 from mia.attacks import adaptive  # noqa: F401  (registers selena-adaptive)
 from mia.attacks.adaptive import SplitAISignals
+from mia.attacks.threshold import best_threshold
 
 __all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackSpec", "ReferenceSignals", "ShadowSignals",
-           "SplitAISignals", "resolve_params", "run_attack"]
+           "SplitAISignals", "best_threshold", "pool", "resolve_params", "run_attack"]

@@ -94,6 +94,13 @@ class Attack(ABC):
 
     threshold_: float = 0.0
 
+    def __init__(self, seed: int = 0, **params):
+        """The spec's parameters become attributes, as a :class:`mia.defenses.Defense`'s do: a user's attack
+        needs no ``__init__`` of its own (one it writes must take the parameters and ``seed=0``)."""
+        self.seed = seed
+        for key, value in params.items():
+            setattr(self, key, value)
+
     @abstractmethod
     def fit(self, shadows: list[ShadowSignals]) -> "Attack":
         """Learn from shadow models' signals on their own members and non-members."""

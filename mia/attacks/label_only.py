@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from mia.attacks.base import Attack, AttackSpec, ShadowSignals, register
-from mia.attacks.threshold import fit_thresholds
+from mia.attacks.threshold import best_threshold
 from mia.errors import MiaError
 from mia.registry import Param
 from mia.signals import Signals
@@ -71,8 +71,7 @@ class LabelOnlyAttack(Attack):
         scores = np.concatenate([label_only_signal(s.signals, self.kind, self.name, "shadow models'")
                                  for s in shadows])
         member = np.concatenate([s.is_member for s in shadows])
-        (tau,), _ = fit_thresholds(scores, member, np.zeros(len(scores), dtype=np.int64), 1)
-        self.threshold_ = float(tau)
+        self.threshold_ = best_threshold(scores, member)
         return self
 
     def decision_function(self, signals: Signals) -> np.ndarray:

@@ -73,6 +73,14 @@ def fit_thresholds(scores: np.ndarray, is_member: np.ndarray, groups: np.ndarray
     return tau, fitted
 
 
+def best_threshold(scores: np.ndarray, is_member: np.ndarray) -> float:
+    """The one threshold tau maximizing the balanced accuracy of ``score > tau`` on shadow rows: what an
+    attack's ``fit`` sets as ``threshold_`` (:func:`fit_thresholds` with one group, without its arrays)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    (tau,), _ = fit_thresholds(scores, is_member, np.zeros(len(scores), dtype=np.int64), 1)
+    return float(tau)
+
+
 class ThresholdAttack(Attack):
     """Threshold on one signal; see the module docstring."""
 
@@ -95,7 +103,7 @@ class ThresholdAttack(Attack):
     def fit(self, shadows: list[ShadowSignals]) -> "ThresholdAttack":
         sig, member = pool(shadows)
         s = self.raw_score(sig)
-        (tau_global,), _ = fit_thresholds(s, member, np.zeros(len(s), dtype=np.int64), 1)
+        tau_global = best_threshold(s, member)
         if self.thresholds == "global":
             self.class_tau_ = None
             self.threshold_ = float(tau_global)
