@@ -13,8 +13,17 @@ def _echo(line: str, params: dict | None = None) -> None:
     """One entry of a list: its line, then its parameters (if any) on one indented line."""
     click.echo(line)
     if params:
-        click.echo("    params: " + "; ".join(f"{name}: {p.type.__name__} = {p.default!r} ({p.help})"
+        click.echo("    params: " + "; ".join(f"{name}: {p.type.__name__} = {p.default!r}{_values(p)} ({p.help})"
                                             for name, p in params.items()))
+
+
+def _values(p) -> str:
+    """`` in (0, inf)``, `` one of a, b``: the values a parameter declares it may take, when it declares any."""
+    if getattr(p, "choices", None) is not None:
+        return f" one of {', '.join(map(str, p.choices))}"
+    if getattr(p, "low", None) is not None or getattr(p, "high", None) is not None:
+        return f" in {p.valid_range()}"
+    return ""
 
 
 @click.command("datasets")

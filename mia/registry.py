@@ -19,11 +19,43 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Param:
-    """A documented, typed parameter of a registered object (dataset, attack, ...)."""
+    """A documented, typed parameter of a registered object (dataset, attack, ...), and the values it may take.
+
+    ``low``/``high`` bound the valid numbers (``None``: unbounded; ``open_low``:
+    ``low`` itself excluded, for what must be positive); ``choices`` lists
+    categorical values. An attack's values are checked before anything trains,
+    as a defense's are (:class:`mia.defenses.base.HyperParam` adds what ``mia tune``
+    searches): ``temperature=0`` is a one-line error, not NaN scores after the training.
+    """
 
     type: type
     default: object
     help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple | None = None
+
+    def allows(self, value) -> bool:
+        """Whether a number is in the valid range."""
+        return not (self.low is not None and (value < self.low or self.open_low and value == self.low)
+                    or self.high is not None and value > self.high)
+
+    def valid_range(self) -> str:
+        """``[0, 1]``, ``(0, inf)``: the valid range as an interval."""
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        left = "(" if self.open_low or self.low is None else "["
+        return f"{left}{low}, {high}{']' if self.high is not None else ')'}"
+
+    def check(self, owner: str, name: str, value) -> None:
+        """A one-line :class:`MiaError` for a value outside the declared choices or range."""
+        from mia.errors import MiaError
+
+        if self.choices is not None and value not in self.choices:
+            raise MiaError(f"{owner} parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
+        if self.choices is None and self.type in (int, float) and not self.allows(value):
+            raise MiaError(f"{owner} parameter {name}={value!r} must be in {self.valid_range()}")
 
 
 class Registry(Generic[T]):

@@ -125,7 +125,7 @@ def test_mia_attacks_and_mia_defenses_list_the_readme_attack_and_defense(readme_
 
     attacks = CliRunner().invoke(main, ["attacks"], catch_exceptions=False).output
     assert "class-zloss  [threshold]  loss z-scored per class against shadow non-members" in attacks
-    assert "temperature: float = 1.0 (softmax temperature of the loss)" in attacks
+    assert "temperature: float = 1.0 in (0, inf) (softmax temperature of the loss)" in attacks
     defenses = CliRunner().invoke(main, ["defenses"], catch_exceptions=False).output
     assert "confidence-penalty  [centralized, pruning]" in defenses
     assert "beta: float = 0.5  valid [0, inf), search [0, 2]  (weight of the entropy bonus)" in defenses
@@ -136,9 +136,24 @@ def test_the_readme_attack_finds_the_members_of_a_memorizing_target(readme_plugi
     report = audit.run_audit(config, attacks="class-zloss,loss", reference_models=1, progress=False,
                              cache_dir=str(tmp_path), attack_params={"class-zloss": {"temperature": 2.0}})
     assert report.metrics["class-zloss"]["auc"] > 0.6
-    with pytest.raises(MiaError, match="attack 'class-zloss' has no parameter 'temp'; known: temperature"):
-        audit.run_audit(config, attacks="class-zloss", reference_models=1, progress=False,
-                        cache_dir=str(tmp_path), attack_params={"class-zloss": {"temp": 2.0}})
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"temp": 2.0}, "attack 'class-zloss' has no parameter 'temp'; known: temperature"),
+    ({"temperature": "0"}, r"attack 'class-zloss' parameter temperature=0.0 must be in \(0, inf\)"),
+])
+def test_the_readme_attack_with_a_wrong_parameter_fails_before_anything_trains(readme_plugins, monkeypatch,
+                                                                               params, match):
+    """An attack's parameter declares its range as a defense's does: temperature=0 gave NaN scores after the
+    training, read as 'the target or its reference models may have diverged'."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing the parameter")
+
+    monkeypatch.setattr(audit, "fit", no_training)
+    with pytest.raises(MiaError, match=match) as err:
+        audit.run_audit(audit.resolve_config("blobs"), attacks="class-zloss,loss", reference_models=1,
+                        progress=False, attack_params={"class-zloss": params})
+    assert "\n" not in str(err.value)
 
 
 def member_confidence(beta: float) -> float:

@@ -178,6 +178,7 @@ def resolve_params(spec: AttackSpec, params: dict | None) -> dict:
         elif not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
             raise MiaError(f"attack {spec.name!r} parameter {k}={v!r} is not a valid "
                            f"{kind.__name__}")
+        spec.params[k].check(f"attack {spec.name!r}", k, given[k])
     return {k: given.get(k, p.default) for k, p in spec.params.items()}
 
 

@@ -35,43 +35,20 @@ from mia.train import TrainConfig, TrainHooks, TrainResult, train
 
 @dataclass(frozen=True)
 class HyperParam(Param):
-    """A defense hyperparameter: type, default, help, the values it may take, and what a search explores.
+    """A defense hyperparameter: a :class:`mia.registry.Param` (type, default, help, the values it may take:
+    ``low``/``high``/``open_low``, ``choices``) and what a search explores.
 
-    ``low``/``high`` bound the valid numbers (``None``: unbounded; ``open_low``:
-    ``low`` itself excluded, for what must be positive); ``choices`` lists
-    categorical values. ``search_range`` (with ``log`` for a log scale) is what
-    ``mia tune`` explores by default, a sensible part of the valid range; a
-    user may set any valid value, and a YAML space may search any valid range.
+    ``search_range`` (with ``log`` for a log scale) is what ``mia tune``
+    explores by default, a sensible part of the valid range; a user may set
+    any valid value, and a YAML space may search any valid range.
     ``search=False`` keeps a validated setting out of the default search space:
     one that changes how a quantity is estimated (mem-score models), not where
     the defense sits between privacy and utility.
     """
 
-    low: float | None = None
-    high: float | None = None
     log: bool = False
-    choices: tuple | None = None
     search: bool = True
     search_range: tuple[float, float] | None = None
-    open_low: bool = False
-
-    def allows(self, value) -> bool:
-        """Whether a number is in the valid range."""
-        return not (self.low is not None and (value < self.low or self.open_low and value == self.low)
-                    or self.high is not None and value > self.high)
-
-    def valid_range(self) -> str:
-        """``[0, 1]``, ``(0, inf)``: the valid range as an interval."""
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        left = "(" if self.open_low or self.low is None else "["
-        return f"{left}{low}, {high}{']' if self.high is not None else ')'}"
-
-    def check(self, owner: str, name: str, value) -> None:
-        if self.choices is not None and value not in self.choices:
-            raise MiaError(f"{owner} parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
-        if self.choices is None and self.type in (int, float) and not self.allows(value):
-            raise MiaError(f"{owner} parameter {name}={value!r} must be in {self.valid_range()}")
 
 
 @dataclass(frozen=True)
