@@ -626,3 +626,21 @@ def test_best_threshold_is_the_cut_an_attack_sets_as_its_threshold():
 
     assert best_threshold([0.1, 0.2, 0.8, 0.9], np.array([0, 0, 1, 1], bool)) == pytest.approx(0.5)
     assert best_threshold(np.array([3.0, 1.0]), np.array([1, 0], bool)) == pytest.approx(2.0)
+
+
+def test_a_defense_of_the_wrong_form_is_a_one_line_error_when_registered():
+    """As an attack's: a class that is no Defense, or an __init__ without the seed, failed with a TypeError
+    traceback in the audit (and in every trial of a study)."""
+    from mia.defenses import Defense, DefenseSpec, HyperParam
+
+    class NoSeed(Defense):
+        def __init__(self, beta=0.5):
+            super().__init__(beta=beta)
+
+    beta = {"beta": HyperParam(float, 0.5, "x", low=0.0, search_range=(0.0, 1.0))}
+    with pytest.raises(MiaError, match=r"defense no-seed: NoSeed\(beta=0.5\) must take the seed and its "
+                                       r"hyperparameters as keyword arguments: def __init__\(self, seed=0, beta\)"):
+        DefenseSpec("no-seed", NoSeed, "x", params=beta)
+    with pytest.raises(MiaError, match="defense not-defense: cls must be a subclass of mia.defenses.Defense"):
+        DefenseSpec("not-defense", object, "x")
+    assert DefenseSpec("plain", type("Plain", (Defense,), {}), "x", params=beta).cls.__name__ == "Plain"

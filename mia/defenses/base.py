@@ -20,6 +20,7 @@ one or more hook points, and overrides only those:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -70,6 +71,20 @@ class DefenseSpec:
                 if p.log and p.search_range[0] <= 0:
                     raise MiaError(f"defense {self.name}: parameter {key} is searched on a log scale, so its "
                                    f"search_range must start above 0, got {p.search_range}")
+        self._check_class()
+
+    def _check_class(self) -> None:
+        """A user's defense class of the wrong form is a one-line error when registered, as an attack's is, not a
+        TypeError traceback in an audit or in every trial of a study: it is built as ``cls(seed=seed, **params)``."""
+        if not (isinstance(self.cls, type) and issubclass(self.cls, Defense)):
+            raise MiaError(f"defense {self.name}: cls must be a subclass of mia.defenses.Defense, got {self.cls!r}")
+        try:
+            inspect.signature(self.cls).bind(seed=0, **{k: p.default for k, p in self.params.items()})
+        except TypeError:
+            wanted = ", ".join(["seed=0", *self.params])
+            raise MiaError(f"defense {self.name}: {self.cls.__name__}{inspect.signature(self.cls)} must take the seed "
+                           f"and its hyperparameters as keyword arguments: def __init__(self, {wanted}) (or no "
+                           f"__init__: Defense's sets them as attributes)") from None
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", hint=PLUGIN_HINT)
