@@ -644,3 +644,24 @@ def test_a_defense_of_the_wrong_form_is_a_one_line_error_when_registered():
     with pytest.raises(MiaError, match="defense not-defense: cls must be a subclass of mia.defenses.Defense"):
         DefenseSpec("not-defense", object, "x")
     assert DefenseSpec("plain", type("Plain", (Defense,), {}), "x", params=beta).cls.__name__ == "Plain"
+
+
+def test_a_users_attack_that_raises_is_a_one_line_error_naming_its_line():
+    """As a user's loader or builder: a bug in their fit was a traceback through mia's audit."""
+    from mia.attacks import ATTACKS, Attack, AttackSpec, ShadowSignals, run_attack
+    from mia.signals import Signals
+
+    class Buggy(Attack):
+        def fit(self, shadows):
+            self.mean_ = {"members": 1.0}["nonmembers"]  # the user's bug
+
+        def decision_function(self, signals):
+            return signals.logits.max(1)
+
+    rng = np.random.default_rng(0)
+    signals = Signals(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 3, 6))
+    with registered(ATTACKS, "buggy", AttackSpec("buggy", Buggy, "x")):
+        with pytest.raises(MiaError, match=r"attack 'buggy': its fit failed: KeyError: 'nonmembers' "
+                                           r"\(test_plugins.py:\d+\)") as err:
+            run_attack("buggy", signals, [ShadowSignals(signals, np.arange(6) % 2 == 0)])
+    assert isinstance(err.value.__cause__, KeyError)  # chained, for a notebook's traceback

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mia.errors import PLUGIN_HINT, MiaError
+from mia.plugins import call_users
 from mia.registry import Param, Registry, coerce
 from mia.signals import Signals
 
@@ -249,19 +250,21 @@ def run_attack(name: str, target: Signals, shadows: list[ShadowSignals],
     spec = ATTACKS.get(name)
     kwargs = resolve_params(spec, params)
     _check_inputs(spec, target, shadows)
-    attack = spec.cls(**kwargs, seed=seed)
+    attack = call_users(f"attack {name!r}: its constructor", spec.cls, **kwargs, seed=seed)
     if "reference" in spec.needs:
         check_reference(name, target, reference)
-        fitted = attack.fit(shadows, reference)
+        extra = (reference,)
     elif "split-ai" in spec.needs:
         if split_ai is None:
             raise MiaError(f"attack {name!r} needs a shadow Split-AI's answers; build them with "
                            "mia.audit.split_ai_reference (mia attack does when the attack is asked for)")
-        fitted = attack.fit(shadows, split_ai)
+        extra = (split_ai,)
     else:
-        fitted = attack.fit(shadows)
+        extra = ()
+    fitted = call_users(f"attack {name!r}: its fit", attack.fit, shadows, *extra)  # a user's bug: one line
     attack = attack if fitted is None else fitted  # a user's fit that forgot ``return self``
-    scores = np.asarray(attack.decision_function(target), dtype=np.float64)
+    scores = np.asarray(call_users(f"attack {name!r}: its decision_function", attack.decision_function, target),
+                        dtype=np.float64)
     if scores.shape != (len(target),):
         raise MiaError(f"attack {name!r}: decision_function returned shape {scores.shape} for {len(target)} "
                        f"samples; return one score per sample, shape ({len(target)},), larger for members")
