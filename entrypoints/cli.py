@@ -22,7 +22,7 @@ from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
 from mia.allocator import keep_freed_memory  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
-from mia.plugins import load_plugins  # noqa: E402
+from mia.plugins import load_plugins, users_failure  # noqa: E402
 
 MIA_PACKAGE = str(Path(__file__).resolve().parents[1] / "mia")
 _library_format = warnings.formatwarning
@@ -36,7 +36,9 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 class Group(click.Group):
-    """Turns a :class:`MiaError` into a one-line message and exit code 1, no traceback."""
+    """Turns a :class:`MiaError`, and an exception the user's own code raised (a plugin's defense hook or
+    model forward, :func:`mia.plugins.users_failure`), into a one-line message and exit code 1, no traceback.
+    An exception in mia's own code stays a traceback: a bug to see whole."""
 
     def invoke(self, ctx):
         try:
@@ -46,6 +48,11 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:  # the run (if any) said which one it was; exit as shells expect
             click.echo("Terminated." if isinstance(exc, Terminated) else "Aborted.", err=True)
             ctx.exit(143 if isinstance(exc, Terminated) else 130)
+        except Exception as exc:
+            failure = users_failure(exc)
+            if failure is None:
+                raise
+            raise click.ClickException(f"your code failed: {failure}") from None
 
 
 def _terminate(signum, frame):

@@ -24,7 +24,7 @@ from mia.errors import MiaError
 
 ENV = "MIA_PLUGINS"
 
-__all__ = ["ENV", "call_users", "load_plugins"]
+__all__ = ["ENV", "call_users", "load_plugins", "users_failure"]
 
 
 def load_plugins(names: str | None = None) -> list[str]:
@@ -68,6 +68,39 @@ def _load(plugin: str) -> None:
                        f"module or the path of a .py file{beside}") from None
     except Exception as exc:
         raise MiaError(f"{ENV}: plugin {plugin} failed while loading: {_one_line(exc)}") from None
+
+
+def users_failure(exc: BaseException) -> str | None:
+    """``exc`` as one line naming the user's line, where the user's own code raised it; ``None`` for the others.
+
+    For what no :func:`call_users` wraps: a hook of the user's defense or the forward of their model, called
+    from deep inside the training loop. The frame that decides is the innermost one outside the installed
+    libraries (torch, numpy, the standard library): the user's own code (a plugin, a script) makes the failure
+    theirs, ``Type: message (file:line, in function)``; mia's own (this package, its commands) makes it a
+    bug of mia, to be seen whole.
+    """
+    import sysconfig
+    import traceback
+
+    libraries = {str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("stdlib", "platstdlib", "purelib",
+                                                                             "platlib")}
+    ours = str(Path(__file__).resolve().parents[1])  # mia/ and entrypoints/
+
+    def owner(filename: str) -> str:
+        path = str(Path(filename).resolve())
+        if path.startswith(ours) and Path(path).relative_to(ours).parts[0] in ("mia", "entrypoints"):
+            return "mia"
+        if filename.startswith("<") or any(path.startswith(lib) for lib in libraries):
+            return "library"
+        return "user"
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if owner(f.filename) != "library"]
+    if not frames or owner(frames[-1].filename) != "user":
+        return None
+    text = str(exc).strip().splitlines()
+    last = frames[-1]
+    message = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{message} ({Path(last.filename).name}:{last.lineno}, in {last.name})"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -665,3 +665,42 @@ def test_a_users_attack_that_raises_is_a_one_line_error_naming_its_line():
                                            r"\(test_plugins.py:\d+\)") as err:
             run_attack("buggy", signals, [ShadowSignals(signals, np.arange(6) % 2 == 0)])
     assert isinstance(err.value.__cause__, KeyError)  # chained, for a notebook's traceback
+
+
+BUGGY_DEFENSE = '''
+import torch.nn.functional as F
+
+from mia.defenses import DEFENSES, Defense, DefenseSpec
+
+
+class Buggy(Defense):
+    def loss(self, logits, targets, labels, epoch):
+        return F.cross_entropy(logits, targets) * self.wieght  # the user's typo
+'''
+
+
+def test_an_exception_in_a_users_defense_hook_is_a_one_line_error_naming_its_line(plugin_dir):
+    """A hook the training loop calls deep inside mia: the command names the user's line, no traceback."""
+    (plugin_dir / "buggy.py").write_text(BUGGY_DEFENSE + 'DEFENSES.register(DefenseSpec("buggy", Buggy, "x"))\n')
+    done = run([MIA, "train", "--dataset", "blobs", "--defense", "buggy", "--epochs", "1", "--quiet"], plugin_dir,
+               plugins="my_models.py,buggy.py")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("Error: your code failed: AttributeError: 'Buggy' object has no "
+                                                     "attribute 'wieght' (buggy.py:9, in loss)")
+
+
+def test_only_an_exception_the_users_own_code_raised_is_theirs():
+    from mia.plugins import users_failure
+    from mia.signals import entropy
+
+    def users_forward():
+        return torch.zeros(2, 3) @ torch.zeros(2, 3)  # torch raises; the user's line called it
+
+    with pytest.raises(RuntimeError) as err:
+        users_forward()
+    assert re.fullmatch(r"RuntimeError: mat1 and mat2 shapes cannot be multiplied .*"
+                        r"\(test_plugins.py:\d+, in users_forward\)", users_failure(err.value))
+    with pytest.raises(Exception) as err:
+        entropy("not logits")  # fails inside mia (called from here): mia's, shown whole
+    assert users_failure(err.value) is None
