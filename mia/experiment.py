@@ -200,8 +200,9 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
     and ``train_accuracy`` (mean over the round's clients) at step = round;
     then, at step rounds + 1, the final global model's ``train_accuracy`` on
     the members.
-    Every recorded round replaces the checkpoint ``fl/state.pt`` and the
-    server's view ``fl/signals.npz``; the end logs the final global model,
+    Every recorded round writes the checkpoint (``fl/state-0.pt`` and
+    ``fl/state-1.pt`` in turn: :class:`mia.fl.simulation.FLState`) and
+    replaces the server's view ``fl/signals.npz``; the end logs the final global model,
     the federation (``fl/federation.npz``: query set, target membership,
     client rows) and the global model's black-box signals, like a
     centralized target. A killed or crashed run goes on from its last

@@ -361,7 +361,7 @@ def test_federated_audit_logs_rounds_the_server_view_and_fl_attacks(mlflow_store
     target_id, attack_id = run_id_of(result.output, "target run"), run_id_of(result.output, "attack run")
     assert [m.step for m in client.get_metric_history(target_id, "test_accuracy")][:4] == [1, 2, 3, 4]
     stored = {a.path for a in client.list_artifacts(target_id, "fl")}
-    assert {"fl/state.pt", "fl/signals.npz", "fl/federation.npz"} <= stored
+    assert {"fl/state-0.pt", "fl/state-1.pt", "fl/signals.npz", "fl/federation.npz"} <= stored
     params = client.get_run(target_id).data.params
     assert "fl.lr" in params and "train.lr" not in params and "train.epochs" not in params  # clients run fl's SGD
     assert params["train.device"] == "cpu" and "train.weight_decay" in params

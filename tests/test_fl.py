@@ -276,7 +276,12 @@ def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(digits, tmp_pat
 
     with pytest.raises(Killed):
         run(digits, fl, on_record=checkpoint_then_die)
-    (tmp_path / "signals.npz").unlink()  # state.pt alone resumes: a copy killed between the two files is harmless
+    (tmp_path / "signals.npz").unlink()  # the state alone resumes: a copy killed between the files is harmless
+    newest = max(tmp_path.glob("state-*.pt"), key=lambda p: p.stat().st_mtime_ns)
+    whole_file = newest.read_bytes()
+    newest.write_bytes(whole_file[: len(whole_file) // 2])  # killed while copying round 4's checkpoint:
+    assert FLState.load(tmp_path).round == 2  # round 2's, in the other file, is still there
+    newest.write_bytes(whole_file)
     state = FLState.load(tmp_path)
     assert state.round == 4
     resumed, resumed_state, _ = run(digits, fl, state=state)

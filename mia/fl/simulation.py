@@ -65,7 +65,12 @@ class Federation:
 
 @dataclass
 class FLState:
-    """A checkpoint: rounds done, global weights and buffers, the signals so far, history, defense state."""
+    """A checkpoint: rounds done, global weights and buffers, the signals so far, history, defense state.
+
+    ``saves`` counts the checkpoints written: they alternate between two files, ``state-0.pt`` and
+    ``state-1.pt``, so that a run killed while one is copied into the artifact store still has the
+    other, one recorded round older, to resume from (one file replaced in place was lost with it).
+    """
 
     round: int
     params: Params
@@ -73,35 +78,48 @@ class FLState:
     signals: FLSignals
     history: list[dict] = field(default_factory=list)
     defense: dict = field(default_factory=dict)
+    saves: int = 0
 
     def save(self, folder: str | Path) -> None:
-        """``state.pt``, everything a resume needs in one file (the server's view included: two files
-        copied one after the other could be caught half-way, a new state beside an old view), and
+        """``state-<saves % 2>.pt``, everything a resume needs in one file (the server's view included: two
+        files copied one after the other could be caught half-way, a new state beside an old view), and
         ``signals.npz``, the view the attacks read."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        self.saves += 1
         signals = {k: torch.from_numpy(np.ascontiguousarray(getattr(self.signals, k)))
                    for k in ("rounds", "loss", "cos", "grad_diff", "grad_norm")}
         torch.save({"round": self.round, "params": {k: v.cpu() for k, v in self.params.items()},
                     "buffers": {k: v.cpu() for k, v in self.buffers.items()}, "history": self.history,
-                    "defense": self.defense, "signals": signals}, folder / "state.pt")
+                    "defense": self.defense, "signals": signals, "saves": self.saves},
+                   folder / f"state-{self.saves % 2}.pt")
         self.signals.save(folder / "signals.npz")
 
     @classmethod
     def load(cls, folder: str | Path) -> "FLState":
+        """The latest checkpoint in ``folder`` that reads whole (``state.pt``: one from before the two files)."""
         folder = Path(folder)
-        try:
-            blob = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-            signals = (FLSignals(**{k: v.numpy() for k, v in blob["signals"].items()}) if "signals" in blob
-                       else FLSignals.load(folder / "signals.npz"))  # a checkpoint from before the view moved in
-        except FileNotFoundError:
-            raise MiaError(f"no federated checkpoint in {folder}: the run recorded no round yet; start it again") \
-                from None
-        except Exception as e:  # a truncated or foreign file
-            raise MiaError(f"federated checkpoint in {folder} cannot be read ({type(e).__name__}); start the run "
-                           "again") from None
+        paths = [folder / name for name in ("state-0.pt", "state-1.pt", "state.pt") if (folder / name).is_file()]
+        if not paths:
+            raise MiaError(f"no federated checkpoint in {folder}: the run recorded no round yet; start it again")
+        states, errors = [], []
+        for path in paths:
+            try:
+                states.append(cls._read(path))
+            except Exception as e:  # a truncated or foreign file
+                errors.append(type(e).__name__)
+        if not states:
+            raise MiaError(f"federated checkpoint in {folder} cannot be read ({', '.join(errors)}); start the run "
+                           "again")
+        return max(states, key=lambda state: (state.round, state.saves))
+
+    @classmethod
+    def _read(cls, path: Path) -> "FLState":
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        signals = (FLSignals(**{k: v.numpy() for k, v in blob["signals"].items()}) if "signals" in blob
+                   else FLSignals.load(path.parent / "signals.npz"))  # a checkpoint from before the view moved in
         return cls(int(blob["round"]), blob["params"], blob["buffers"], signals, list(blob["history"]),
-                   dict(blob["defense"]))
+                   dict(blob["defense"]), int(blob.get("saves", 0)))
 
 
 RoundCallback = Callable[[int, dict], None]
