@@ -368,3 +368,12 @@ def test_a_divergence_after_perturbed_uploads_names_the_defense_not_the_learning
     assert "local-lr" not in str(caught.value)
     with pytest.raises(MiaError, match="lower --local-lr"):  # undefended, the learning rate is the cause
         run(digits, FLConfig(clients=2, rounds=1, local_epochs=1, max_query=20, lr=1e30))
+
+
+def test_a_folder_without_a_readable_checkpoint_is_a_one_line_error(tmp_path):
+    with pytest.raises(MiaError, match="recorded no round yet"):
+        FLState.load(tmp_path)
+    for name in ("state-0.pt", "state-1.pt"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04 half a zip")  # both copies killed half-way
+    with pytest.raises(MiaError, match=r"cannot be read \(.*\); start the run again"):
+        FLState.load(tmp_path)
