@@ -97,6 +97,22 @@ def test_mlp_learns_digits(digits):
     assert not model.training
 
 
+def test_training_leaves_cudnn_benchmark_mode_as_it_found_it(digits, monkeypatch):
+    """Training on CUDA turns the mode on for its fixed shapes; what runs after (boundary searches, queries)
+    must not re-tune per new batch shape. On this CPU a loss hook plays the CUDA branch's part."""
+    from mia.train import TrainHooks
+
+    class TurnsItOn(TrainHooks):
+        def loss(self, logits, targets, labels, epoch):
+            torch.backends.cudnn.benchmark = True
+            return super().loss(logits, targets, labels, epoch)
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    data, tr, va = digits
+    fit(data, tr[:128], va[:64], adam(epochs=1), hooks=TurnsItOn())
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_same_seed_same_weights(digits):
     data, tr, va = digits
     cfg = adam(select_best=False)

@@ -23,6 +23,7 @@ waits for the next permutation.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -227,6 +228,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _restores_cudnn_benchmark(fn):
+    """``fn`` leaving cuDNN's benchmark mode as it found it: training turns it on for its fixed batch shapes,
+    where what runs after (a boundary search, queries of varying batch sizes) would re-tune per new shape."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.backends.cudnn.benchmark
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = before
+    return wrapper
+
+
+@_restores_cudnn_benchmark
 def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices | None,
           config: TrainConfig, on_epoch: EpochCallback | None = None,
           progress: bool = True,
