@@ -277,3 +277,17 @@ def test_default_config_rejects_unknown_names():
         default_config("digits", "mlp", epochz=3)
     with pytest.raises(MiaError, match="unknown model"):
         default_config("digits", "resnet19")
+
+
+def test_a_compiled_forward_compiles_a_bounded_number_of_shapes_and_runs_the_others_eagerly():
+    """A federation of uneven clients ends each client on a last batch of its own size: with a static graph
+    every one of them compiled again (CUDA only; here the two callables stand in for compiled and eager)."""
+    from mia.train.loop import ShapeBoundedForward
+
+    calls = []
+    forward = ShapeBoundedForward(lambda x: calls.append(("compiled", len(x))), lambda x: calls.append(("eager", len(x))),
+                                  max_shapes=2)
+    for size in (128, 116, 128, 97, 116, 53):
+        forward(torch.zeros(size, 3))
+    assert calls == [("compiled", 128), ("compiled", 116), ("compiled", 128), ("eager", 97), ("compiled", 116),
+                     ("eager", 53)]

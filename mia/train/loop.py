@@ -76,7 +76,12 @@ def autocast_on(device: torch.device, config: TrainConfig) -> bool:
     return device.type == "cpu" and config.amp and config.cpu_bf16
 
 
-def compile_for_cuda(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+COMPILED_SHAPES = 4
+"""Input shapes one compiled forward serves before it runs new ones eagerly: a centralized run's four
+(full and last training batch, full and last validation batch) stay compiled."""
+
+
+def compile_for_cuda(model: nn.Module, max_shapes: int = COMPILED_SHAPES) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` under ``torch.compile`` with CUDA graphs (mode ``"reduce-overhead"``), for ``config.compile``.
 
     Why CUDA graphs and not the default mode: on an H100 a ResNet-18 step at
@@ -85,13 +90,31 @@ def compile_for_cuda(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     replaying one captured graph took 4 ms; benchmarks/RESULTS.md, CUDA
     sections). Each call begins a new CUDA-graph step, so a caller must use a
     call's outputs before the next call, as the trainer does.
+
+    The graph is static (``dynamic=False``): every new input shape compiles
+    again, which a federation of uneven clients, each ending on a last batch
+    of its own size, paid in one compilation per client. So the first
+    ``max_shapes`` shapes are compiled and any later one runs ``model``
+    eagerly (the same parameters, the same gradients).
     """
     compiled = torch.compile(model, dynamic=False, mode="reduce-overhead")
+    return ShapeBoundedForward(compiled, model, max_shapes)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+
+class ShapeBoundedForward:
+    """``compiled`` for the first ``max_shapes`` input shapes it sees, ``eager`` for the others."""
+
+    def __init__(self, compiled: Callable, eager: Callable, max_shapes: int):
+        self.compiled, self.eager, self.max_shapes = compiled, eager, max_shapes
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self.shapes and len(self.shapes) >= self.max_shapes:
+            return self.eager(x)
+        self.shapes.add(shape)
         torch.compiler.cudagraph_mark_step_begin()
-        return compiled(x)
-    return forward
+        return self.compiled(x)
 
 
 def fused_on(device: torch.device) -> bool:
