@@ -48,6 +48,7 @@ from mia.errors import MiaError, unknown
 from mia.fl.attacks import NothingToScore, run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
+from mia.label_signals import LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
 from mia.pool import MODES, grow_pool, load_pool, plan_pool
@@ -56,7 +57,7 @@ from mia.prune.layers import FixedMasks
 from mia.prune.memscores import default_cache_dir
 from mia.prune.schedule import PruneConfig
 from mia.registry import coerce
-from mia.signals import LABEL_ONLY_KINDS, Signals, compute_signals, label_only_signals
+from mia.signals import Signals, compute_signals
 from mia.train import TrainConfig, predict_logits, resolve_device, seed_everything
 from mia.train.loop import check_recipe
 from mia.train.many import train_many

@@ -40,7 +40,8 @@ from mia.attacks import ReferenceSignals, ShadowSignals
 from mia.data import Dataset, Split
 from mia.data.augment import query_views
 from mia.errors import MiaError
-from mia.signals import Signals, compute_signals, label_only_signals
+from mia.label_signals import label_only_signals
+from mia.signals import Signals, compute_signals
 
 MODES = ("online", "offline")
 #: Models of a pool that also store label-only signals on the population: they are what

@@ -148,7 +148,7 @@ def test_hamp_leaks_less_and_keeps_labels(task, undefended):
     released, network = predict_logits(trained.model, data, query), predict_logits(trained.network, data, query)
     assert torch.equal(released.argmax(1), network.argmax(1))  # output modification keeps the ranking
     assert not torch.allclose(released, network)
-    from mia.signals import label_only_signals  # label-only queries read the kept labels, gradients included
+    from mia.label_signals import label_only_signals  # label-only queries read the kept labels, gradients included
     rows = query[:8]
     via_release = label_only_signals(trained.model, data, rows, kinds=("boundary-wb",), seed=0)
     direct = label_only_signals(trained.network, data, rows, kinds=("boundary-wb",), seed=0)

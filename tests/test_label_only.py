@@ -14,9 +14,10 @@ from mia.data import SplitConfig, load_dataset, make_split
 from mia.data.augment import crop_flip
 from mia.data.base import Dataset
 from mia.errors import MiaError
+from mia.label_signals import label_only_signals
 from mia.metrics import attack_metrics
 from mia.models import build_model
-from mia.signals import Signals, compute_signals, label_only_signals
+from mia.signals import Signals, compute_signals
 
 
 @pytest.fixture(autouse=True, scope="module")

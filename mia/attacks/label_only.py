@@ -4,7 +4,7 @@ A model that releases only labels still leaks membership through how robust
 its correct labels are (Choquette-Choo et al., ICML 2021; Li & Zhang, CCS
 2021): a training sample sits deeper inside its class region, so its label
 survives more perturbations. The perturbation statistics are per-sample
-signals computed once per model (:func:`mia.signals.label_only_signals`,
+signals computed once per model (:func:`mia.label_signals.label_only_signals`,
 stored in :attr:`mia.signals.Signals.label_only`); each attack here is a
 threshold on one of them, larger = member:
 
@@ -50,7 +50,7 @@ def label_only_signal(signals: Signals, kind: str, attack: str, whose: str) -> n
     if values is None:
         raise MiaError(f"attack {attack!r} needs the {whose} label-only {kind!r} signals{_ONLY_FOR.get(kind, '')}"
                        f"{'; on such data' if kind in _ONLY_FOR else ';'} train with --label-only {kind} "
-                       f"(mia.signals.label_only_signals(..., kinds=({kind!r},)) in Python)")
+                       f"(mia.label_signals.label_only_signals(..., kinds=({kind!r},)) in Python)")
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(signals),):
         raise MiaError(f"attack {attack!r}: the {whose} label-only {kind!r} signals hold shape "
