@@ -60,7 +60,7 @@ from mia.registry import coerce
 from mia.signals import Signals, compute_signals
 from mia.train import TrainConfig, predict_logits, resolve_device, seed_everything
 from mia.train.loop import check_recipe
-from mia.train.many import train_many
+from mia.train.many import Trained, train_many
 from mia.train.predict import check_device
 from mia.train.recipes import default_config
 
@@ -343,30 +343,39 @@ def check_mem_pool(config: TargetConfig, split: Split) -> None:
 
 
 def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
-             seeds: list[int], progress: bool = True) -> list[torch.nn.Module]:
+             seeds: list[int], progress: bool = True, on_trained: Trained | None = None) -> list[torch.nn.Module]:
     """Reference models: many at a time without a defense, else one by one through the defense.
 
     Pruned reference models train dense many at a time, then each is pruned
     and fine-tuned like the target. Federated ones are each a federation
-    like the target's (:func:`fit_federations`).
+    like the target's (:func:`fit_federations`). ``on_trained(m, model)``
+    is called as each model is done, in order (see :func:`mia.train.many.train_many`).
     """
-    if config.scenario == "federated":
-        return fit_federations(config, data, train_sets, val_idx, seeds, progress)
-    if config.scenario == "pruning":
-        dense = fit_many(dense_config(config), data, train_sets, val_idx, seeds, progress)
-        return [fit_pruned(config, data, rows, val_idx, val_idx, seed, progress=False,
-                           dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model
-                for rows, seed, net in zip(train_sets, seeds, dense)]
-    if config.defense == "none":
+    if config.defense == "none" and config.scenario == "centralized":
         return train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
-                          val_idx, config.train, seeds=seeds, progress=progress)
-    return [fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
-            for rows, seed in zip(train_sets, seeds)]
+                          val_idx, config.train, seeds=seeds, progress=progress, on_trained=on_trained)
+    if config.scenario == "federated":
+        trained = fit_federations(config, data, train_sets, val_idx, seeds, progress)
+    elif config.scenario == "pruning":
+        dense = fit_many(dense_config(config), data, train_sets, val_idx, seeds, progress)
+        trained = (fit_pruned(config, data, rows, val_idx, val_idx, seed, progress=False,
+                              dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model
+                   for rows, seed, net in zip(train_sets, seeds, dense))
+    else:
+        trained = (fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
+                   for rows, seed in zip(train_sets, seeds))
+    models = []
+    for m, model in enumerate(trained):
+        models.append(model)
+        if on_trained is not None:
+            on_trained(m, model)
+    return models
 
 
 def fit_federations(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
-                    seeds: list[int], progress: bool = True) -> list[torch.nn.Module]:
-    """Reference models of a federated target: each the global model of a FedAvg run like the target's.
+                    seeds: list[int], progress: bool = True) -> Iterator[torch.nn.Module]:
+    """Reference models of a federated target, one after another: each the global model of a FedAvg run
+    like the target's.
 
     Its rows are partitioned among as many clients, the same way (IID or
     Dirichlet), for as many rounds, local epochs and sampled clients, with
@@ -378,15 +387,13 @@ def fit_federations(config: TargetConfig, data: Dataset, train_sets: np.ndarray,
     against federations, 0.3 and 0.2), and every shadow-fitted threshold
     and Gaussian inherits that offset.
     """
-    models = []
     for rows, seed in tqdm(list(zip(train_sets, seeds)), desc="reference federations", disable=not progress,
                            leave=False):
         split = Split(np.sort(rows), val_idx, val_idx, np.zeros(0, dtype=np.int64), seed)
         defense = make_defense(config.defense, config.defense_params, seed=seed)
         model, _, _ = simulate(config.model, config.norm, data, split, config.fl, config.train, defense, seed,
                                progress=False, record=False)
-        models.append(model)
-    return models
+        yield model
 
 
 def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch: int | None = None,
@@ -521,15 +528,17 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
     return config
 
 
-def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True):
+def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True,
+                   on_saved: Callable[[Path], None] | None = None):
     """Grow the pool of ``plan`` in folder ``root`` to ``size`` models and load them.
 
     Returns ``(pool, written)``: the stacked :class:`mia.pool.PoolSignals` and
-    the model files trained in this call (none when the pool was complete).
+    the model files trained in this call (none when the pool was complete);
+    ``on_saved(path)`` is called as each is written (:func:`mia.pool.grow_pool`).
     """
     if size < 1:
         raise MiaError(f"reference_models (--reference-models) must be at least 1, got {size}")
-    written = grow_pool(plan, root, size, config, data, progress=progress)
+    written = grow_pool(plan, root, size, config, data, progress=progress, on_saved=on_saved)
     return load_pool(plan, root, size, data), written
 
 

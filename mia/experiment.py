@@ -430,8 +430,8 @@ def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size:
     """
     plan = audit.plan_reference_pool(config, data, split, mode)
     with tracking.pool_store(plan.key, experiment, tracking.run_tags(config)) as store:
-        pool, written = audit.reference_pool(plan, config, data, size, store.folder, progress=progress)
-        store.save(written, pool_size(store.folder))
+        pool, written = audit.reference_pool(plan, config, data, size, store.folder, progress=progress,
+                                             on_saved=lambda path: store.save(path, pool_size(store.folder)))
     tracking.set_tags({f"mia.{prefix}pool_key": plan.key, f"mia.{prefix}pool_run_id": store.run_id})
     return pool, written, plan
 

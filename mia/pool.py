@@ -33,6 +33,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -220,11 +221,14 @@ def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, pop
 
 
 def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
-              progress: bool = True) -> list[Path]:
+              progress: bool = True, on_saved: Callable[[Path], None] | None = None) -> list[Path]:
     """Make sure ``root`` holds models ``0 .. size-1``; train only the missing ones.
 
-    ``config`` is the target's :class:`mia.audit.TargetConfig`. Returns the
-    files written (for the caller to store).
+    ``config`` is the target's :class:`mia.audit.TargetConfig`. Each model's
+    file is written as soon as it is trained (its stack, when models train
+    stacked), and ``on_saved(path)`` called, so that a run killed or crashed
+    while growing a large pool keeps the models already trained: the next
+    one trains only the rest. Returns the files written.
     """
     from mia.audit import fit_many
 
@@ -239,9 +243,10 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     inclusions = np.stack([plan.inclusion(m) for m in missing])
     samples = plan.samples
     train_sets = np.stack([samples[row] for row in inclusions])
-    models = fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in missing], progress)
     written = []
-    for m, model, inclusion in zip(missing, models, inclusions):
+
+    def save(i: int, model) -> None:
+        m = missing[i]
         queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device)
         population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
                                      device=config.train.device)
@@ -249,7 +254,11 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
             population.label_only = label_only_signals(model, data, plan.population, kinds=tuple(config.label_only),
                                                        seed=plan.seed(m), device=config.train.device,
                                                        progress=progress)
-        written.append(_save_model(root, m, inclusion, queried, population))
+        written.append(_save_model(root, m, inclusions[i], queried, population))
+        if on_saved is not None:
+            on_saved(written[-1])
+
+    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in missing], progress, on_trained=save)
     return written
 
 

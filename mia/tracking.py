@@ -619,11 +619,12 @@ class PoolStore:
     def __init__(self, run_id: str, folder: Path):
         self.run_id, self.folder = run_id, folder
 
-    def save(self, files: list[Path], size: int) -> None:
+    def save(self, path: Path, size: int) -> None:
+        """Store one model file as soon as it is written (a run killed later keeps it), the pool's identity
+        beside it, and the pool's size now."""
         client = MlflowClient()
-        for path in files:
-            client.log_artifact(self.run_id, str(path), POOL_DIR)
+        client.log_artifact(self.run_id, str(path), POOL_DIR)
         identity = self.folder / "pool.json"
-        if files and identity.is_file():
+        if identity.is_file():
             client.log_artifact(self.run_id, str(identity), POOL_DIR)
         client.log_metric(self.run_id, "pool.size", size)

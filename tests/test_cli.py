@@ -340,6 +340,34 @@ def test_reference_pool_is_cached_and_grown_across_attacks(mlflow_store):
     assert pools[0].data.metrics["pool.size"] == 3
 
 
+def test_a_pool_killed_while_it_grows_keeps_the_models_already_trained(mlflow_store, monkeypatch):
+    """Each reference model is stored as soon as it is trained: a 64-model pool killed at model 50 kept
+    nothing, every model being logged to the tracking store after the last one."""
+    import mia.pool
+
+    run_id = run_id_of(invoke("train", *FAST).output)
+    queried, calls = mia.pool.compute_signals, []
+
+    def killed_at_the_third_model(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # two queries per model: the third model's first
+            raise KeyboardInterrupt
+        return queried(*args, **kwargs)
+
+    monkeypatch.setattr(mia.pool, "compute_signals", killed_at_the_third_model)
+    killed = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "3", "--quiet")
+    assert killed.exit_code == 130
+    client = MlflowClient()
+    (pool,) = client.search_runs([client.get_experiment_by_name("mia").experiment_id],
+                                 filter_string="tags.`mia.kind` = 'pool'")
+    assert pool.info.status == "KILLED" and pool.data.metrics["pool.size"] == 2
+    monkeypatch.setattr(mia.pool, "compute_signals", queried)
+    again = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "3", "--quiet")
+    assert again.exit_code == 0, again.output
+    metrics = client.get_run(run_id_of(again.output, "attack run")).data.metrics
+    assert metrics["reference_models.trained"] == 1
+
+
 def test_selena_audit_runs_the_adaptive_attack_under_all(mlflow_store):
     result = invoke("audit", "--defense", "selena", "--defense-param", "k=5", "--defense-param", "l=2",
                     "--reference-models", "1", "--attacks", "all", "--label-only", "", *FAST)

@@ -122,6 +122,32 @@ def test_stacked_models_learn_and_differ(digits):
     assert not any(same(a, b) for i, a in enumerate(models) for b in models[i + 1:])
 
 
+@pytest.mark.parametrize("stack", [True, False], ids=["stacked", "one-by-one"])
+def test_each_model_is_handed_over_as_it_is_done_in_order(digits, stack):
+    """What a pool stores as it grows: model m when its stack (or itself) is done, before the next trains."""
+    data, pool, val = digits
+    handed, starts = [], []
+    import mia.train.many as many
+
+    stack_of, one = many._train_stack, many.train
+
+    def note_stack(models, *args, **kwargs):
+        starts.append(len(handed))
+        return stack_of(models, *args, **kwargs)
+
+    def note_one(*args, **kwargs):
+        starts.append(len(handed))
+        return one(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(many, "_train_stack", note_stack)
+        patch.setattr(many, "train", note_one)
+        models = run(data, halves(pool, 3, 200), val[:100], adam(epochs=1), seeds=[0, 1, 2], stack=stack,
+                     max_stack=2, on_trained=lambda m, model: handed.append((m, model)))
+    assert [m for m, _ in handed] == [0, 1, 2] and all(a is b for (_, a), b in zip(handed, models))
+    assert starts == ([0, 2] if stack else [0, 1, 2])  # each chunk starts once the one before was handed over
+
+
 @pytest.mark.parametrize("config", [adam(), sgd()], ids=["adam", "sgd-nesterov-wd-step"])
 def test_a_model_does_not_depend_on_its_neighbours_or_the_chunking(digits, config):
     """Model m's RNG streams and arithmetic are its own: alone, in a stack of 5, or in chunks of 2.

@@ -22,7 +22,7 @@ def test_a_pool_run_that_fails_is_marked_failed_and_mended_by_the_next_use(mlflo
     assert run.info.status == "FAILED" and "boom" in run.data.tags["mia.failure_reason"]
     with tracking.pool_store("k" * 32, "mia", {}) as store:
         (store.folder / "model_00000.npz").write_bytes(b"x")
-        store.save([store.folder / "model_00000.npz"], 1)
+        store.save(store.folder / "model_00000.npz", 1)
     run = MlflowClient().get_run(first)
     assert store.run_id == first and run.info.status == "FINISHED" and "mia.failure_reason" not in run.data.tags
 
@@ -30,7 +30,7 @@ def test_a_pool_run_that_fails_is_marked_failed_and_mended_by_the_next_use(mlflo
 def test_a_stored_pool_that_cannot_be_downloaded_is_an_error_not_a_retraining(mlflow_store, monkeypatch):
     with tracking.pool_store("p" * 32, "mia", {}) as store:
         (store.folder / "model_00000.npz").write_bytes(b"x")
-        store.save([store.folder / "model_00000.npz"], 1)
+        store.save(store.folder / "model_00000.npz", 1)
 
     def unreachable(**_):
         raise OSError("connection reset")

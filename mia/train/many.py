@@ -67,7 +67,7 @@ import copy
 import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -117,12 +117,13 @@ _PROBE_SHAPES = {"image": (3, 32, 32), "tabular": (600,)}
 """Input shapes used to build a model only to look at its modules (on the meta device: no memory)."""
 
 Params = dict[str, torch.Tensor]
+Trained = Callable[[int, nn.Module], None]  # (index of the model in the call, the trained model)
 
 
 def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, norm: str, data: Dataset,
                train_sets: np.ndarray, val_idx: np.ndarray | None, config: TrainConfig,
                seeds: Sequence[int], progress: bool = True, max_stack: int | None = None,
-               stack: bool | None = None) -> list[nn.Module]:
+               stack: bool | None = None, on_trained: Trained | None = None) -> list[nn.Module]:
     """Train one ``model_name`` per row of ``train_sets``; model ``m`` is seeded with ``seeds[m]``.
 
     ``train_sets`` is ``M x n``: row ``m`` holds the dataset indices model
@@ -136,6 +137,10 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     docstring); ``stack=True`` (BatchNorm models included) or ``False``
     picks the path. Returns M
     ordinary modules in eval mode on ``config.device``.
+
+    ``on_trained(m, model)`` is called as each model is done, in order (a
+    stack's models when the stack is), so that a caller keeps what is trained
+    before the rest train: a reference pool killed at model 50 of 64 keeps 50.
     """
     sets, seeds = _check_sets(data, train_sets, seeds)
     check_recipe(config)
@@ -148,7 +153,7 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     device = resolve_device(config.device)
     if not _use_stack(first, model_name, norm, device, stack, shape):
         return _train_one_by_one(first, model_name, shape, num_classes, norm, data, sets, val_idx, config,
-                                 seeds, progress)
+                                 seeds, progress, on_trained)
     chunk = max_stack or default_max_stack(first, shape, config.batch_size, device)
     pool = _Pool.of(data, sets, val_idx, device)
     models = []
@@ -159,6 +164,9 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
         label = f"train {start}-{stop - 1} of {len(seeds)}" if len(seeds) > 1 else "train"
         models += _train_stack(built, pool, data, range(start, stop), config, seeds[start:stop],
                                progress, label)
+        for m in range(start, stop):
+            if on_trained is not None:
+                on_trained(m, models[m])
     return models
 
 
@@ -326,7 +334,7 @@ def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
 
 def _train_one_by_one(model: nn.Module, model_name: str, shape: tuple[int, ...], num_classes: int, norm: str,
                       data: Dataset, sets: np.ndarray, val_idx: np.ndarray | None, config: TrainConfig,
-                      seeds: list[int], progress: bool) -> list[nn.Module]:
+                      seeds: list[int], progress: bool, on_trained: Trained | None = None) -> list[nn.Module]:
     """:func:`mia.train.train` per model on ``model``, reloaded with each model's initialization.
 
     The reused module keeps one compiled graph (``config.compile`` on CUDA)
@@ -346,6 +354,8 @@ def _train_one_by_one(model: nn.Module, model_name: str, shape: tuple[int, ...],
         train(model, data, sets[m], val_idx, replace(config, seed=seeds[m]), progress=False, forward=forward)
         fresh.to(device=device, memory_format=memory_format).load_state_dict(model.state_dict())
         models.append(fresh.eval())
+        if on_trained is not None:
+            on_trained(m, models[m])
     return models
 
 
