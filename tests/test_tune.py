@@ -412,10 +412,28 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
                           ("alpha: {low: -0.5, high: 0.9}", "leaves the valid range [0, inf)"),
                           ("alpha: {low: 0.01}", "needs both low and high"),
                           ("alpha: {low: 0.0, high: 0.01, log: true}", "log scale needs low > 0"),
-                          ("alpha: [1, 2", "not valid YAML")):
+                          ("alpha: [1, 2", "not valid YAML"),
+                          ("alpha: 0.1", "must be {low: .., high: .., log: ..} or {choices: [..]}, got 0.1"),
+                          ("alpha: {low: 0.1, high: 0.2, step: 0.01}", "unknown key(s) step; use low, high"),
+                          ("alpha: {low: 0.1, high: 0.2, choices: [0.1]}", "give either choices"),
+                          ("alpha: {low: 0.2, high: 0.1}", "low (0.2) must be below high (0.1)"),
+                          ("alpha: {low: 0.1, high: 0.2, log: 'yes'}", "log must be true or false, got 'yes'"),
+                          ("alpha: {low: 0.1, high: many}", "high must be a number, got 'many'"),
+                          ("modify_output: {low: 0, high: 1}", "is a bool; give choices: [..]"),
+                          ("modify_output: {choices: [3]}", "choice 3 is not a bool"),
+                          ("alpha: {choices: [0.1, -1]}", "alpha=-1.0 must be in [0, inf)"),
+                          ("[1, 2]", "must map parameter names to ranges")):
         path.write_text(text)
         with pytest.raises(MiaError, match=re.escape(message)):
             load_space(path, "hamp")
+    path.write_text("k: {low: 1, high: 2.5}")
+    with pytest.raises(MiaError, match=re.escape("high must be an integer, got 2.5")):
+        load_space(path, "advreg")
+    path.write_text("k: {low: 1, high: 3}")
+    with pytest.raises(MiaError, match="k is both fixed with --defense-param and searched in"):
+        load_space(path, "advreg", fixed={"k"})
+    with pytest.raises(MiaError, match="cannot read search space"):
+        load_space(tmp_path / "missing.yaml", "advreg")
     path.write_text("smoothing: {low: 0.0, high: 1.2}\n")
     assert_user_error(invoke(*TINY, "--space", str(path), "--storage", "memory"), "valid range [0, 1]")
     assert_user_error(invoke(*TINY, "--storage", "redis://x"), "unknown Optuna storage")
