@@ -442,6 +442,39 @@ def test_cinic10_download_unpacks_into_cinic_10(tmp_path, fake_download):
     assert (data / "CINIC-10.tar.gz").is_file()
 
 
+def test_tinyimagenet_download_unpacks_its_zip(tmp_path, fake_download):
+    """cs231n's tiny-imagenet-200.zip, checksummed and unpacked into --data-dir (zip, not tar)."""
+    import io
+    import zipfile
+
+    archives, calls = fake_download
+    save_image(tmp_path / "stage.png", rgb(np.random.default_rng(6), 64))
+    png = (tmp_path / "stage.png").read_bytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("tiny-imagenet-200/wnids.txt", "n01\nn02\n")
+        for wnid in ("n01", "n02"):
+            zf.writestr(f"tiny-imagenet-200/train/{wnid}/images/{wnid}_0.JPEG", png)
+        zf.writestr("tiny-imagenet-200/val/images/val_0.JPEG", png)
+        zf.writestr("tiny-imagenet-200/val/val_annotations.txt", "val_0.JPEG\tn02\t0\t0\t63\t63\n")
+    url = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+    archives[url] = buffer.getvalue()
+    ds = load_dataset("tinyimagenet", data_dir=tmp_path / "data", download=True)
+    assert calls == [(url, str(tmp_path / "data"), "tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de")]
+    assert ds.x.shape == (3, 3, 64, 64) and ds.y.tolist() == [0, 1, 1]
+
+
+def test_a_download_with_no_mirror_answering_is_a_one_line_error_naming_the_file_to_fetch(tmp_path, fake_download):
+    """What an offline machine gets from --download: every mirror tried, nothing half-written left behind."""
+    _, calls = fake_download
+    with pytest.raises(MiaError) as err:
+        load_dataset("purchase100", data_dir=tmp_path, download=True)
+    message = str(err.value)
+    assert message.startswith("purchase100: download failed (<urlopen error offline>); fetch it by hand: ")
+    assert "dataset_purchase" in message and "\n" not in message
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []  # both mirrors, no partial archive
+
+
 def test_downloaded_archive_may_not_write_outside_the_data_dir(tmp_path, fake_download):
     archives, _ = fake_download
     url = "https://raw.githubusercontent.com/privacytrustlab/datasets/master/dataset_location.tgz"
