@@ -263,3 +263,30 @@ def test_a_searched_parameter_without_a_valid_search_range_is_refused_at_registr
     with pytest.raises(MiaError, match="log scale"):
         DefenseSpec("x", object, "", params={"a": HyperParam(float, 1.0, "", low=0.0, log=True,
                                                              search_range=(0.0, 1.0))})
+
+
+@pytest.mark.parametrize("kind", ["image", "binary", "real"])
+def test_hamps_random_inputs_look_like_the_data_they_stand_in_for(kind):
+    """HAMP releases the scores of random inputs: images of random pixels, random bits for binary rows, each
+    feature uniform in its training range for real-valued rows (then normalized like real queries)."""
+    from mia.data.base import Dataset
+    from mia.defenses.hamp import noise_sampler
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "image":
+        x = torch.randint(0, 256, (20, 1, 8, 8), generator=g, dtype=torch.uint8)
+        data = Dataset("img", x, torch.arange(20) % 2, 2, "image", mean=(0.5,), std=(0.25,))
+    else:
+        x = torch.randint(0, 2, (20, 6), generator=g).float() if kind == "binary" else \
+            torch.rand(20, 6, generator=g) * torch.arange(1, 7) - 3.0
+        data = Dataset("rows", x, torch.arange(20) % 2, 2, "tabular")
+    noise = noise_sampler(data, np.arange(20))(500, torch.Generator().manual_seed(1))
+    assert noise.shape == (500, *data.input_shape) and noise.dtype == torch.float32
+    raw = noise * 0.25 + 0.5 if kind == "image" else noise  # undo the image normalization
+    if kind == "image":
+        assert raw.min() >= 0 and raw.max() <= 1 and raw.std() > 0.2  # pixels spread over the whole range
+    elif kind == "binary":
+        assert set(raw.unique().tolist()) == {0.0, 1.0}
+    else:
+        lo, hi = x.amin(0), x.amax(0)
+        assert (raw >= lo).all() and (raw <= hi).all() and ((raw.amax(0) - raw.amin(0)) > 0.8 * (hi - lo)).all()
