@@ -375,6 +375,26 @@ def test_selena_recognizes_the_registry_model_to_train_many_at_once(s):
     assert identify_model(lambda: nn.Linear(600, 10), s.data) is None
 
 
+def test_split_ai_of_a_model_the_registry_does_not_know_trains_each_sub_model_on_its_own_rows(s):
+    """A Python user's own factory (no registry name to stack): the sub-models train one after another,
+    each on the rows of its set and none of the rows it answers for."""
+    from mia.defenses.selena import train_split_ai
+
+    def own():
+        return nn.Sequential(nn.Linear(s.data.input_shape[0], 64), nn.ReLU(), nn.Linear(64, s.data.num_classes))
+
+    assert identify_model(own, s.data) is None
+    config = dataclasses.replace(s.config.train, epochs=15, select_best=False)
+    ai = train_split_ai(own, s.data, s.split.members, s.split.validation, config, k=4, l=2, seed=0, progress=False)
+    assert len(ai.models) == 4 and len({id(m) for m in ai.models}) == 4
+    for m, model in enumerate(ai.models):
+        seen = ai.train_idx[ai.train_sets[m]]
+        answered = ai.train_idx[ai.assignment[:, m]]
+        assert not set(seen.tolist()) & set(answered.tolist())
+        fit_seen = audit.accuracy(model, s.data, seen)
+        assert fit_seen > 0.85 and fit_seen > audit.accuracy(model, s.data, answered) + 0.15, m  # 0.91 vs 0.64
+
+
 # ---------------------------------------------------------------- user errors
 
 
