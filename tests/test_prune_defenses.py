@@ -353,6 +353,12 @@ def test_read_mem_scores_csv(digits, tmp_path):
     (tmp_path / "binary.csv").write_bytes(b"\x00\xff\xfe" * 100)  # not text: a one-line error, no UnicodeDecodeError
     with pytest.raises(MiaError, match="not a UTF-8 text file"):
         read_mem_scores_csv(tmp_path / "binary.csv", train_idx)
+    for text, message in (("mem_score\n0.5\nhigh\n0.1\n", "holds a value that is not a number"),
+                          ("mem_score\n0.5\nnan\n0.1\n", "holds non-finite scores"),
+                          ("index,mem_score\n3,0.1\n3,0.2\n7,0.3\n11,0.4\n", "lists some index more than once")):
+        (tmp_path / "wrong.csv").write_text(text)
+        with pytest.raises(MiaError, match=message):
+            read_mem_scores_csv(tmp_path / "wrong.csv", train_idx)
 
     defense = make_defense("rsw", {"mem_scores_csv": str(tmp_path / "two.csv")})
     defense.prepare(lambda: None, digits, train_idx, quick())
