@@ -235,6 +235,30 @@ def test_a_corrupt_stored_artifact_is_reported_in_one_line(mlflow_store, artifac
     assert_user_error(result, f"{artifact} of run {run_id} is corrupt", "retrain")
 
 
+@pytest.mark.parametrize("artifact, damage, message", [
+    ("config.json", b"{not json", "config.json is unreadable"),
+    ("config.json", None, "has no config.json; is it a training run made by `mia train`?"),
+    ("split.npz", None, "has no split.npz; retrain with `mia train`"),
+])
+def test_a_training_run_with_a_damaged_or_missing_record_is_a_one_line_error(mlflow_store, artifact, damage, message):
+    run_id = run_id_of(invoke("train", *FAST).output)
+    stored = next(Path("mlruns").glob(f"*/{run_id}/artifacts")).joinpath(artifact)
+    stored.write_bytes(damage) if damage is not None else stored.unlink()
+    result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    assert_user_error(result, message)
+
+
+def test_a_pool_run_or_an_unfinished_run_given_for_a_training_run_is_a_one_line_error(mlflow_store):
+    run_id = run_id_of(invoke("train", *FAST).output)
+    done = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    pool_run = MlflowClient().get_run(run_id_of(done.output, "attack run")).data.tags["mia.pool_run_id"]
+    result = invoke("attack", "--run-id", pool_run, "--attacks", "loss", "--quiet")
+    assert_user_error(result, "holds a reference-model pool; pass a training run")
+    MlflowClient().set_terminated(run_id, "FAILED")
+    result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--quiet")
+    assert_user_error(result, "is FAILED, not FINISHED; attack a training run that completed")
+
+
 def test_an_interrupted_federated_run_is_killed_and_names_its_resume(mlflow_store, monkeypatch):
     import mia.fl.simulation
 
