@@ -59,6 +59,17 @@ def test_partitions_are_disjoint_and_cover_the_members():
     assert np.mean([classes(p) for p in skewed]) < np.mean([classes(p) for p in iid]) - 3
 
 
+def test_a_partition_that_cannot_give_every_client_rows_is_a_one_line_error():
+    """Settings that are valid alone but not for the data: more clients than rows, or a label skew so strong
+    that some client ends up (nearly) empty in every draw."""
+    members, labels = np.arange(30), np.repeat(np.arange(3), 10)
+    with pytest.raises(MiaError, match="30 member rows are too few for 20 clients of at least 2 rows"):
+        partition(members, labels, 20, "iid")
+    with pytest.raises(MiaError, match=r"Dirichlet\(alpha=0.001\) partition left some of 10 clients with fewer than "
+                                       r"2 rows in 100 draws; raise --alpha"):
+        partition(members, labels, 10, "dirichlet", alpha=0.001)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(clients=0), "clients"), (dict(rounds=0), "rounds"), (dict(fraction=1.5), "fraction"),
     (dict(partition="zipf"), "partition"), (dict(target_client=10), "target-client"), (dict(alpha=0), "alpha")])
