@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mia.audit import TargetConfig  # noqa: E402
 from mia.data import Split  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
+from mia.plugins import users_failure  # noqa: E402
 from mia.signals import Signals  # noqa: E402
 
 DEFAULT_EXPERIMENT = "mia"
@@ -231,12 +232,12 @@ def run(name: str, experiment: str | None = None, tags: dict | None = None,
 def stop_reason(exc: BaseException) -> tuple[str, str]:
     """The status and ``mia.failure_reason`` of a run that ``exc`` ended: KILLED for Ctrl-C or SIGTERM (the
     user stopped it; a pool run said FAILED "KeyboardInterrupt: " beside its KILLED attack run), else FAILED
-    with the exception's first line."""
+    with the exception's first line (and the line of the user's own code that raised it, where it did)."""
     if isinstance(exc, KeyboardInterrupt):
         return RunStatus.to_string(RunStatus.KILLED), "terminated (SIGTERM)" if isinstance(exc, Terminated) \
             else "interrupted"
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return RunStatus.to_string(RunStatus.FAILED), f"{type(exc).__name__}: {reason}"[:5000]
+    return RunStatus.to_string(RunStatus.FAILED), (users_failure(exc) or f"{type(exc).__name__}: {reason}")[:5000]
 
 
 def _notebook_experiment() -> str | None:

@@ -688,6 +688,12 @@ def test_an_exception_in_a_users_defense_hook_is_a_one_line_error_naming_its_lin
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == ("Error: your code failed: AttributeError: 'Buggy' object has no "
                                                      "attribute 'wieght' (buggy.py:9, in loss)")
+    from mlflow.tracking import MlflowClient  # the run says so too: what `mia tune` shows for a failed trial
+
+    client = MlflowClient(f"sqlite:///{plugin_dir / 'mlflow.db'}")
+    (failed,) = client.search_runs([client.get_experiment_by_name("mia").experiment_id])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["mia.failure_reason"].endswith("'wieght' (buggy.py:9, in loss)")
 
 
 def test_only_an_exception_the_users_own_code_raised_is_theirs():
