@@ -77,9 +77,12 @@ def users_failure(exc: BaseException) -> str | None:
     from deep inside the training loop. The frame that decides is the innermost one outside the installed
     libraries (torch, numpy, the standard library): the user's own code (a plugin, a script) makes the failure
     theirs, ``Type: message (file:line, in function)``; mia's own (this package, its commands) makes it a
-    bug of mia, to be seen whole.
+    bug of mia, to be seen whole. A :class:`MiaError` is a message for the user already, wherever it came from.
     """
     import sysconfig
+
+    if isinstance(exc, MiaError):
+        return None
     import traceback
 
     libraries = {str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("stdlib", "platstdlib", "purelib",
