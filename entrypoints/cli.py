@@ -21,7 +21,7 @@ from entrypoints.report import report  # noqa: E402
 from entrypoints.train import train  # noqa: E402
 from entrypoints.tune import tune  # noqa: E402
 from mia.allocator import keep_freed_memory  # noqa: E402
-from mia.errors import MiaError, Terminated  # noqa: E402
+from mia.errors import MiaError, Terminated, storage_failure  # noqa: E402
 from mia.plugins import load_plugins, users_failure  # noqa: E402
 
 MIA_PACKAGE = str(Path(__file__).resolve().parents[1] / "mia")
@@ -36,7 +36,8 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 class Group(click.Group):
-    """Turns a :class:`MiaError`, and an exception the user's own code raised (a plugin's defense hook or
+    """Turns a :class:`MiaError`, a full or unwritable disk (:func:`mia.errors.storage_failure`), and an
+    exception the user's own code raised (a plugin's defense hook or
     model forward, :func:`mia.plugins.users_failure`), into a one-line message and exit code 1, no traceback.
     An exception in mia's own code stays a traceback: a bug to see whole."""
 
@@ -49,6 +50,8 @@ class Group(click.Group):
             click.echo("Terminated." if isinstance(exc, Terminated) else "Aborted.", err=True)
             ctx.exit(143 if isinstance(exc, Terminated) else 130)
         except Exception as exc:
+            if (full := storage_failure(exc)) is not None:
+                raise click.ClickException(full) from None
             failure = users_failure(exc)
             if failure is None:
                 raise

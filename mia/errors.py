@@ -26,3 +26,26 @@ def unknown(kind: str, name: str, known) -> MiaError:
 
 PLUGIN_HINT = "; one of your own: name the module that registers it in MIA_PLUGINS"
 """Appended to an unknown model, dataset, attack or defense name: where a user's own names come from."""
+
+
+_DISK = {28: "free space there", 122: "free space there", 30: "use a folder you can write"}  # ENOSPC, EDQUOT, EROFS
+_ELSEWHERE = "or point MLFLOW_TRACKING_URI (runs), MIA_CACHE (reference pools) or TMPDIR at another disk"
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """One line for an exception that a full or read-only disk caused (seen in its cause chain), else ``None``.
+
+    A full disk shows as an ``OSError`` deep inside MLflow, torch or numpy (or SQLite's "database or disk is
+    full" inside an MLflow error): a traceback through three libraries for what the user fixes by freeing
+    space or pointing the store elsewhere.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK:
+            where = f" {exc.filename}" if exc.filename else ""
+            return f"cannot write{where}: {exc.strerror or 'disk error'}; {_DISK[exc.errno]}, {_ELSEWHERE}"
+        if "database or disk is full" in str(exc):
+            return f"the tracking store's database or disk is full; free space there, {_ELSEWHERE}"
+        exc = exc.__cause__ or exc.__context__
+    return None

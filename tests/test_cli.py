@@ -259,6 +259,41 @@ def test_a_pool_run_or_an_unfinished_run_given_for_a_training_run_is_a_one_line_
     assert_user_error(result, "is FAILED, not FINISHED; attack a training run that completed")
 
 
+def test_a_full_disk_is_a_one_line_error_and_the_run_is_marked_failed(mlflow_store, monkeypatch):
+    """CI's own disk filled up once: torch.save deep inside the checkpoint's logging raised a traceback."""
+    import errno
+
+    import mia.tracking
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(mia.tracking.torch, "save", full)
+    result = invoke("train", *FAST)
+    assert_user_error(result, "cannot write ", "checkpoint.pt: No space left on device; free space there, or point "
+                      "MLFLOW_TRACKING_URI (runs), MIA_CACHE (reference pools) or TMPDIR at another disk")
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["mia.failure_reason"]
+
+
+def test_only_a_full_or_read_only_disk_reads_as_one(tmp_path):
+    import errno
+    import sqlite3
+
+    from mia.errors import storage_failure
+
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as inner:
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full [SQL: INSERT ...]") from inner
+    except RuntimeError as exc:
+        assert storage_failure(exc).startswith("the tracking store's database or disk is full")
+    assert "use a folder you can write" in storage_failure(OSError(errno.EROFS, "Read-only file system", "/ro"))
+    assert storage_failure(OSError(errno.EACCES, "Permission denied", "/data/x")) is None  # reading: not the disk
+    assert storage_failure(ValueError("x")) is None
+
+
 def test_an_interrupted_federated_run_is_killed_and_names_its_resume(mlflow_store, monkeypatch):
     import mia.fl.simulation
 
