@@ -29,7 +29,7 @@ PLUGIN_HINT = "; one of your own: name the module that registers it in MIA_PLUGI
 
 
 _DISK = {28: "free space there", 122: "free space there", 30: "use a folder you can write"}  # ENOSPC, EDQUOT, EROFS
-_ELSEWHERE = "or point MLFLOW_TRACKING_URI (runs), MIA_CACHE (reference pools) or TMPDIR at another disk"
+_ELSEWHERE = "or point MLFLOW_TRACKING_URI (runs), MIA_CACHE (caches) or TMPDIR at another disk"
 
 
 def storage_failure(exc: BaseException) -> str | None:

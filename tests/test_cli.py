@@ -271,7 +271,7 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_is_marked_failed(mlflow_sto
     monkeypatch.setattr(mia.tracking.torch, "save", full)
     result = invoke("train", *FAST)
     assert_user_error(result, "cannot write ", "checkpoint.pt: No space left on device; free space there, or point "
-                      "MLFLOW_TRACKING_URI (runs), MIA_CACHE (reference pools) or TMPDIR at another disk")
+                      "MLFLOW_TRACKING_URI (runs), MIA_CACHE (caches) or TMPDIR at another disk")
     (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])
     assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["mia.failure_reason"]
 
