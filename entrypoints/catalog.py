@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import tempfile
+from pathlib import Path
 
 import click
 
@@ -103,7 +105,11 @@ def info() -> None:
         click.echo("cuda: pass --compile for long runs (torch.compile with CUDA graphs)")
     else:
         click.echo("cuda: not available (training runs on the CPU)")
-    click.echo(f"tracking URI: {tracking.tracking_uri()}")
+    uri = tracking.tracking_uri()
+    store = tracking._sqlite_file(uri)
+    click.echo(f"tracking URI: {uri}{_free(store.parent) if store else ''}")
+    click.echo(f"temporary files (TMPDIR; pools pass through it): {tempfile.gettempdir()}"
+               f"{_free(Path(tempfile.gettempdir()))}")
     from mia.errors import MiaError
     from mia.plugins import ENV, load_plugins
 
@@ -111,3 +117,21 @@ def info() -> None:
         click.echo(f"plugins ({ENV}): {', '.join(load_plugins()) or 'none'}")
     except MiaError as exc:
         click.echo(f"plugins: {exc}")
+
+
+LOW_DISK_GIB = 5
+
+
+def _free(folder: Path) -> str:
+    """`` (N GiB free)`` on the disk of ``folder`` (its nearest existing parent), flagged when low: a full disk
+    stops a run at its next write."""
+    import shutil
+
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        gib = shutil.disk_usage(folder).free / 2**30
+    except OSError:
+        return ""
+    return f" ({gib:.1f} GiB free{', low: runs stop when it is full' if gib < LOW_DISK_GIB else ''})"
+

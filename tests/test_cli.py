@@ -72,6 +72,22 @@ def test_info_reports_versions_devices_and_store(mlflow_store):
 
     assert ("cpu bf16: native" if cpu_has_bf16() else "cpu bf16: not native") in result.output
     assert f"sqlite:///{mlflow_store}" in result.output
+    # the free space where runs and temporary pool files are written: a full disk stops a run
+    assert re.search(r"tracking URI: sqlite:///\S+ \(\d+\.\d GiB free", result.output)
+    assert re.search(r"temporary files \(TMPDIR; pools pass through it\): \S+ \(\d+\.\d GiB free", result.output)
+
+
+def test_low_free_space_is_flagged(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from entrypoints.catalog import _free
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(100 * 2**30, 99 * 2**30, 2**30))
+    assert _free(tmp_path / "not" / "yet") == " (1.0 GiB free, low: runs stop when it is full)"
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(100 * 2**30, 50 * 2**30, 50 * 2**30))
+    assert _free(tmp_path) == " (50.0 GiB free)"
 
 
 def test_models_lists_each_model_with_its_data_and_recipe():
