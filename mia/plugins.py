@@ -79,14 +79,15 @@ def users_failure(exc: BaseException) -> str | None:
     theirs, ``Type: message (file:line, in function)``; mia's own (this package, its commands) makes it a
     bug of mia, to be seen whole. A :class:`MiaError` is a message for the user already, wherever it came from.
     """
+    import site
     import sysconfig
+    import traceback
 
     if isinstance(exc, MiaError):
         return None
-    import traceback
-
-    libraries = {str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("stdlib", "platstdlib", "purelib",
-                                                                             "platlib")}
+    installed = [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    installed += [*site.getsitepackages(), site.getusersitepackages()]  # pip install --user too
+    libraries = {str(Path(path).resolve()) for path in installed}
     ours = str(Path(__file__).resolve().parents[1])  # mia/ and entrypoints/
 
     def owner(filename: str) -> str:
