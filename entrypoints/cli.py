@@ -36,10 +36,10 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 class Group(click.Group):
-    """Turns a :class:`MiaError`, a full or unwritable disk (:func:`mia.errors.storage_failure`), and an
-    exception the user's own code raised (a plugin's defense hook or
-    model forward, :func:`mia.plugins.users_failure`), into a one-line message and exit code 1, no traceback.
-    An exception in mia's own code stays a traceback: a bug to see whole."""
+    """Turns a :class:`MiaError`, a full or read-only disk (:func:`mia.errors.storage_failure`) and an
+    exception the user's own code raised (a plugin's defense hook or model forward,
+    :func:`mia.plugins.users_failure`) into a one-line message and exit code 1, no traceback. An exception
+    in mia's own code stays a traceback: a bug to see whole."""
 
     def invoke(self, ctx):
         try:

@@ -5,6 +5,8 @@ bad value). Its message is one line that names the problem and the fix; the CLI
 prints it without a traceback and exits non-zero. Anything else is a bug.
 """
 
+import errno
+
 
 class MiaError(Exception):
     """A user error with a one-line message that says how to fix it."""
@@ -28,7 +30,7 @@ PLUGIN_HINT = "; one of your own: name the module that registers it in MIA_PLUGI
 """Appended to an unknown model, dataset, attack or defense name: where a user's own names come from."""
 
 
-_DISK = {28: "free space there", 122: "free space there", 30: "use a folder you can write"}  # ENOSPC, EDQUOT, EROFS
+_DISK = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there", errno.EROFS: "use a folder you can write"}
 _ELSEWHERE = "or point MLFLOW_TRACKING_URI (runs), MIA_CACHE (caches) or TMPDIR at another disk"
 
 
