@@ -30,7 +30,8 @@ PLUGIN_HINT = "; one of your own: name the module that registers it in MIA_PLUGI
 """Appended to an unknown model, dataset, attack or defense name: where a user's own names come from."""
 
 
-_DISK = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there", errno.EROFS: "use a folder you can write"}
+_DISK = {errno.ENOSPC: "free space there", getattr(errno, "EDQUOT", errno.ENOSPC): "free space there",
+         errno.EROFS: "use a folder you can write"}
 _ELSEWHERE = "or point MLFLOW_TRACKING_URI (runs), MIA_CACHE (caches) or TMPDIR at another disk"
 
 
