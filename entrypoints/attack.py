@@ -45,6 +45,18 @@ def print_table(outcome) -> None:
                    + f"{accuracy:>10.4f}")
     for note in outcome.notes:
         click.echo(f"note: {note}")
+    if outcome.reference_models:  # a pool stored by an earlier (or a killed) attack is reused, not retrained
+        click.echo(f"reference models: {outcome.reference_models}, {_provenance(outcome)}")
     if outcome.sparsity is not None:
         click.echo(f"pruned to sparsity {outcome.sparsity:.3f}; the dense.* rows attack the model before pruning")
     click.echo(f"target run: {outcome.target_run_id}  attack run: {outcome.run_id}")
+
+
+def _provenance(outcome) -> str:
+    trained = outcome.reference_models_trained
+    if trained == 0:
+        return "all from the stored pool"
+    if trained < outcome.reference_models:
+        return f"{trained} trained now, the rest from the stored pool"
+    return "all trained now (stored for later attacks)"
+

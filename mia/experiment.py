@@ -264,6 +264,8 @@ class AttackOutcome:
     dense_test_accuracy: float = float("nan")
     sparsity: float | None = None  # pruning: the pruned target's measured sparsity
     notes: list[str] = field(default_factory=list)  # for the reader: e.g. a TPR at low FPR that reads FPR 0
+    reference_models: int = 0  # the pool size the black-box attacks used (0: none ran)
+    reference_models_trained: int = 0  # of them (and of a pruning run's dense pool), trained by this call
 
 
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
@@ -353,7 +355,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
                              dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
-                             target.metrics.get("sparsity"), notes)
+                             target.metrics.get("sparsity"), notes, reference_models if results else 0,
+                             len(written))
 
 
 def _attack_metrics(target: tracking.TargetRun, results: list[AttackResult], dense_results: list[AttackResult],

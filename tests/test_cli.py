@@ -403,6 +403,8 @@ def test_reference_pool_is_cached_and_grown_across_attacks(mlflow_store):
     assert attack("2").metrics["reference_models.trained"] == 2
     again = attack("2")
     assert again.metrics["reference_models.trained"] == 0
+    said = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "2", "--quiet").output
+    assert "reference models: 2, all from the stored pool" in said
     grown = attack("3", "loss,rmia,lira-offline")
     assert grown.metrics["reference_models.trained"] == 1
     # what the attacks chose on the reference models is on record
@@ -441,6 +443,7 @@ def test_a_pool_killed_while_it_grows_keeps_the_models_already_trained(mlflow_st
     assert again.exit_code == 0, again.output
     metrics = client.get_run(run_id_of(again.output, "attack run")).data.metrics
     assert metrics["reference_models.trained"] == 1
+    assert "reference models: 3, 1 trained now, the rest from the stored pool" in again.output
 
 
 def test_selena_audit_runs_the_adaptive_attack_under_all(mlflow_store):
