@@ -106,7 +106,7 @@ def info() -> None:
     else:
         click.echo("cuda: not available (training runs on the CPU)")
     uri = tracking.tracking_uri()
-    store = tracking._sqlite_file(uri)
+    store = tracking.sqlite_file(uri)
     click.echo(f"tracking URI: {uri}{_free(store.parent) if store else ''}")
     click.echo(f"temporary files (TMPDIR; pools pass through it): {tempfile.gettempdir()}"
                f"{_free(Path(tempfile.gettempdir()))}")

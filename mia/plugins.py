@@ -101,21 +101,24 @@ def users_failure(exc: BaseException) -> str | None:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if owner(f.filename) != "library"]
     if not frames or owner(frames[-1].filename) != "user":
         return None
-    text = str(exc).strip().splitlines()
     last = frames[-1]
-    message = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return f"{message} ({Path(last.filename).name}:{last.lineno}, in {last.name})"
+    return f"{_first_line(exc)} ({Path(last.filename).name}:{last.lineno}, in {last.name})"
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (``Type`` alone for an empty message)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _one_line(exc: BaseException) -> str:
     """``Type: first line of the message (file:line)``, the line being the last one in the user's code."""
     import traceback
 
-    text = str(exc).strip().splitlines()
     where = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
              and not f.filename.startswith(str(Path(__file__).parent))]
     at = f" ({Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
-    return (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__) + at
+    return _first_line(exc) + at
 
 
 def call_users(what: str, fn, *args, **kwargs):

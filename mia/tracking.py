@@ -121,7 +121,7 @@ def prepare_store() -> None:
 def _store_lock(uri: str) -> Iterator[None]:
     """An exclusive lock on the folder of a ``sqlite:///`` store (nothing for other stores), made first if need
     be, as MLflow would make it."""
-    path = _sqlite_file(uri)
+    path = sqlite_file(uri)
     if path is None:
         yield
         return
@@ -153,7 +153,7 @@ def _one_try(uri: str) -> Iterator[None]:
         del os.environ[name]
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI (None for any other store, or an in-memory one)."""
     if not uri.startswith("sqlite:") or fcntl is None:
         return None

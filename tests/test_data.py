@@ -329,20 +329,16 @@ def test_purchase_and_texas_read_published_npz_copies(tmp_path, name, width):
         load_dataset(name, data_dir=tmp_path)
 
 
-def _write_npz(path, **arrays):
-    np.savez(path, **arrays)
-
-
 @pytest.mark.parametrize("write, message", [
     (lambda d: (d / "dataset_purchase").write_text("1,0,1\n2,0.5,1\n"), "is not comma-separated 0/1 integers"),
     (lambda d: (d / "dataset_purchase").write_text("1\n2\n"), "rows must be 'label,f1,f2,...'"),
     (lambda d: (d / "dataset_purchase").write_text("0,1,1\n101,0,1\n"), "labels in"),
-    (lambda d: _write_npz(d / "purchase100.npz", a=np.zeros(3), b=np.zeros(3)),
+    (lambda d: np.savez(d / "purchase100.npz", a=np.zeros(3), b=np.zeros(3)),
      "must hold arrays features and labels (or x and y), has a, b"),
-    (lambda d: _write_npz(d / "purchase100.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1)),
+    (lambda d: np.savez(d / "purchase100.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1)),
      "it must be an .npz of plain arrays"),
     (lambda d: (d / "purchase100.npz").write_text("not a zip"), "it must be an .npz of plain arrays"),
-    (lambda d: _write_npz(d / "purchase100.npz", x=np.zeros((3, 2, 2)), y=np.zeros(3)),
+    (lambda d: np.savez(d / "purchase100.npz", x=np.zeros((3, 2, 2)), y=np.zeros(3)),
      "features must be N x D with one label per row; got features (3, 2, 2)"),
 ])
 def test_a_tabular_file_in_the_wrong_format_is_a_one_line_error(tmp_path, write, message):
