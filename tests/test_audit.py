@@ -76,7 +76,7 @@ def reference_metrics(dataset: str, params: dict, epochs: int, models: int, atta
 
 
 def test_lira_online_beats_the_global_threshold_at_low_fpr(tmp_path):
-    m = reference_metrics("purchase-synth", {"n": 3000}, 25, 16, ["lira-online", "global-threshold"], tmp_path)
+    m = reference_metrics("purchase-synth", {"n": 3000}, 25, 8, ["lira-online", "global-threshold"], tmp_path)
     lira, base = m["lira-online"]["tpr_at_fpr_0.01"], m["global-threshold"]["tpr_at_fpr_0.01"]
     assert lira > base + 0.1, (lira, base)
 
