@@ -215,6 +215,26 @@ def test_statistics_match_a_per_sample_loop():
     np.testing.assert_allclose(fixed["in"].sd[5], pooled, rtol=1e-4)
 
 
+def test_per_example_scales_survive_sides_far_apart():
+    # a memorizing target: IN phi ~ 15 with a tight spread, OUT ~ 0 and wide; and samples whose
+    # 2 OUT models agree closely beside many wide IN models. float32 moments about a centre shared
+    # by both sides (or an OUT sum taken as all minus IN) lost these spreads (here up to 80% off)
+    rng = np.random.default_rng(12)
+    m, n, v = 16, 400, 2
+    inc = rng.random((m, n)) < 0.5
+    inc[:, :50] = np.arange(m)[:, None] >= 2  # 14 IN, 2 OUT
+    tight = 0.01 * np.exp(rng.uniform(-1, 1, (1, n, 1)))
+    phi = np.where(inc[..., None], 15.0 + tight * rng.normal(size=(m, n, v)), rng.normal(size=(m, n, v)))
+    phi[:, :50] = np.where(inc[:, :50, None], 3.0 + rng.normal(size=(m, 50, v)),
+                           1.0 + tight[:, :50] * rng.normal(size=(m, 50, v)))
+    phi = phi.astype(np.float32)
+    stats = lira_statistics(phi, inc, "per-example")
+    x = phi.astype(np.float64)
+    for side, mask in (("in", inc), ("out", ~inc)):
+        want = np.stack([x[mask[:, k], k].std(axis=0) for k in range(n)])
+        np.testing.assert_allclose(stats[side].sd, np.maximum(want, SD_FLOOR), rtol=1e-4)
+
+
 def test_a_sample_never_in_gets_an_in_gaussian_predicted_from_its_out_models():
     rng = np.random.default_rng(4)
     m, n, v = 8, 60, 2
