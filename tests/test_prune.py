@@ -175,6 +175,23 @@ def test_slimming_zeroes_the_channels_with_the_smallest_gammas_globally():
     assert not activations[:, expected[:8]].any()  # the pruned channels are switched off
 
 
+def test_slimming_never_switches_off_every_channel_of_a_layer():
+    """Global ranking would take all 8 channels of a layer whose gammas are all small, cutting the network in
+    two; each layer keeps its largest channel and the count comes from the other layer."""
+    model = bn_net()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.linspace(0.01, 0.08, 8))
+        model[4].weight.copy_(torch.linspace(1.0, 2.1, 12))
+    PRUNERS.get("slimming")(model, 0.5)
+    sync(model)
+    assert (model[1].weight != 0).tolist() == [False] * 7 + [True]  # its largest channel stays
+    assert int((model[4].weight == 0).sum()) == 3  # 10 of 20 pruned in all
+    assert PRUNERS.get("slimming").pruned_fraction(model) == 0.5
+    PRUNERS.get("slimming")(model, 0.99)  # as far as it goes: one channel a layer
+    sync(model)
+    assert [int((bn.weight != 0).sum()) for bn in (model[1], model[4])] == [1, 1]
+
+
 def test_slimming_without_batchnorm_is_a_one_line_error():
     for model in (fresh("mlp"), fresh("cnn-small"), fresh("wrn10-1", norm="gn")):
         with pytest.raises(MiaError, match=r"slimming prunes BatchNorm channels.*--norm bn") as info:

@@ -24,12 +24,15 @@ The unit depends on the pruner:
   the filter of the Conv/Linear layer that feeds that BatchNorm directly
   (found by ``torch.fx`` tracing; pre-activation BatchNorms, as in WRN and
   DenseNet, are fed by no single layer, and an untraceable model has only its
-  BatchNorm parameters masked). Slimming's L1 penalty on ``gamma`` during
-  training is not applied here.
+  BatchNorm parameters masked); every BatchNorm keeps at least its largest
+  channel. Slimming's L1 penalty on ``gamma`` during training is not applied
+  here.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,8 +178,15 @@ def slimming(model: nn.Module, sparsity: float) -> None:
                        "model with BatchNorm (resnet18, wrnD-W, vgg16, densenet121) and --norm bn")
     sync(model)  # already pruned channels read as gamma = 0, so they stay among the pruned
     gammas = torch.cat([bn.weight.detach().abs().flatten().float() for bn in norms])
+    # Each BatchNorm keeps its largest channel: one whose channels all go cuts the network in two (a plain
+    # stack such as vgg16 then answers one class for every input), which Liu et al.'s global threshold allows
+    # once a layer's gammas are all small; the count is taken from the other layers instead.
+    starts = [0] + list(itertools.accumulate(bn.num_features for bn in norms))[:-1]
+    for start, bn in zip(starts, norms):
+        gammas[start + int(gammas[start:start + bn.num_features].argmax())] = math.inf
     drop = torch.zeros_like(gammas, dtype=torch.bool)
-    drop[torch.topk(gammas, target_count(sparsity, len(gammas)), largest=False).indices] = True
+    count = min(target_count(sparsity, len(gammas)), len(gammas) - len(norms))
+    drop[torch.topk(gammas, count, largest=False).indices] = True
     feeding = producers(model)
     for bn, dropped in zip(norms, drop.split([bn.num_features for bn in norms])):
         if not dropped.any():
