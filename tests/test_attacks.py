@@ -159,6 +159,11 @@ def test_fit_thresholds_by_hand():
     tau, _ = fit_thresholds(np.array([1.0, 1.0, 0.0]), np.array([1, 0, 0], bool),
                             np.zeros(3, int), 1)
     assert tau[0] == 0.5
+    # equally good cuts: the highest wins. Top 2 (TPR 2/3, FPR 0) ties top 5 (TPR 1, FPR 2/6),
+    # which won when J was a float difference (1 - 1/3 rounds above 2/3)
+    member = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0], dtype=bool)
+    tau, _ = fit_thresholds(np.arange(9.0)[::-1], member, np.zeros(9, int), 1)
+    assert tau[0] == 6.5
 
 
 def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_target):

@@ -60,8 +60,9 @@ def fit_thresholds(scores: np.ndarray, is_member: np.ndarray, groups: np.ndarray
     # members / non-members at or above position k within its group
     above_in = cum_in - cum_in[start] + m[start]
     above_out = cum_out - cum_out[start] + ~m[start]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        j = above_in / n_in[g] - above_out / n_out[g]
+    # TPR - FPR times n_in * n_out (constant within a group): integers, so that equally good cuts
+    # tie exactly and the highest wins; as floats 1 - 1/3 rounds above 2/3 and a lower cut won
+    j = above_in * n_out[g] - above_out * n_in[g]
     last = np.r_[g[1:] != g[:-1], True]
     nxt = np.r_[s[1:], -np.inf]
     cut_ok = last | (nxt < s)  # never cut inside a run of tied scores
