@@ -27,8 +27,7 @@ attack's operating point at FPR 1% proves (:func:`epsilon_lower_bound`).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.special import betaincinv
 
 from mia.errors import MiaError
 
@@ -104,6 +103,8 @@ def roc(scores, is_member) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _roc(is_member: np.ndarray, scores: np.ndarray):
+    from sklearn.metrics import roc_curve  # here, not at the top: scikit-learn's import is a second of every `mia` start
+
     return roc_curve(is_member, scores, drop_intermediate=False)
 
 
@@ -137,6 +138,8 @@ def attack_metrics(scores, is_member, predictions=None) -> dict[str, float]:
     ``0.5 + advantage / 2`` (see the module docstring for why the attacker's
     decisions are the honest figure).
     """
+    from sklearn.metrics import roc_auc_score  # as in _roc
+
     scores, is_member = _check(scores, is_member)
     fpr, tpr, _ = _roc(is_member, scores)
     advantage = float(np.max(tpr - fpr))
@@ -226,8 +229,8 @@ def bootstrap_intervals(scores, is_member, n_boot: int = 200, level: float = 0.9
 def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
     """One-sided Clopper-Pearson bounds ``(lower, upper)`` on a binomial rate, each holding
     with probability ``confidence``: ``Beta(1 - c; k, n - k + 1)`` and ``Beta(c; k + 1, n - k)``."""
-    lower = 0.0 if k == 0 else float(beta.ppf(1 - confidence, k, n - k + 1))
-    upper = 1.0 if k == n else float(beta.ppf(confidence, k + 1, n - k))
+    lower = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, 1 - confidence))  # the Beta quantile
+    upper = 1.0 if k == n else float(betaincinv(k + 1, n - k, confidence))
     return lower, upper
 
 

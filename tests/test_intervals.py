@@ -107,7 +107,7 @@ def test_bootstrap_is_one_vectorized_pass(monkeypatch):
     original = metrics._weighted_metrics
     monkeypatch.setattr(metrics, "_weighted_metrics",
                         lambda s_in, s_out, w_in, w_out: calls.append(w_in.shape) or original(s_in, s_out, w_in, w_out))
-    monkeypatch.setattr(metrics, "roc_curve", lambda *a, **k: pytest.fail("a ROC per resample"))
+    monkeypatch.setattr("sklearn.metrics.roc_curve", lambda *a, **k: pytest.fail("a ROC per resample"))
     scores, member = scored(1000, 0.7, 6)
     bootstrap_intervals(scores, member, n_boot=200)
     assert calls == [(200, int(member.sum()))]

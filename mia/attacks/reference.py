@@ -101,7 +101,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr
-from scipy.stats import rankdata
 
 from mia.attacks.base import Attack, AttackSpec, ReferenceSignals, ShadowSignals, register
 from mia.attacks.threshold import fit_thresholds
@@ -453,6 +452,8 @@ def rmia_scores(log_rx: np.ndarray, log_rz: np.ndarray, gammas) -> np.ndarray:
 
 def _auc_rows(scores: np.ndarray, is_member: np.ndarray) -> np.ndarray:
     """Rank-based AUC (ties count half) of every row of ``scores``."""
+    from scipy.stats import rankdata  # here, not at the top: scipy.stats' import is a second of every `mia` start
+
     ranks = rankdata(scores, axis=-1)
     n_in = int(is_member.sum())
     n_out = len(is_member) - n_in
