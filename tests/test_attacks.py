@@ -176,6 +176,27 @@ def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_
     np.testing.assert_array_equal(out.predictions[cls0], glob.predictions[cls0])
 
 
+@pytest.mark.parametrize("name", ["loss", "mentr"])
+def test_threshold_attacks_score_one_shadow_at_a_time(name, shadows, leaky_target, monkeypatch):
+    """The fit computes the signal shadow by shadow, never on all shadows' logits at once (float64 copies of
+    M x Z x C logits: 16 GB for 64 reference models on Purchase100), and fits what the pooled rows give."""
+    from mia.attacks import ATTACKS
+    from mia.signals import SIGNALS
+
+    signal, seen = SIGNALS[name], []
+    monkeypatch.setitem(SIGNALS, name, lambda logits, labels: seen.append(len(logits)) or signal(logits, labels))
+    cls = ATTACKS.get(name).cls
+    split = cls().fit(shadows)
+    assert seen and max(seen) == max(len(s.signals) for s in shadows)
+    pooled = Signals(np.concatenate([s.signals.logits for s in shadows]),
+                     np.concatenate([s.signals.labels for s in shadows]))
+    one = cls().fit([ShadowSignals(pooled, np.concatenate([s.is_member for s in shadows]))])
+    np.testing.assert_array_equal(split.class_tau_, one.class_tau_)
+    assert cls(thresholds="global").fit(shadows).threshold_ == cls(thresholds="global").fit(
+        [ShadowSignals(pooled, np.concatenate([s.is_member for s in shadows]))]).threshold_
+    np.testing.assert_array_equal(split.decision_function(leaky_target[0]), one.decision_function(leaky_target[0]))
+
+
 def test_a_class_with_few_shadow_rows_takes_the_global_threshold(shadows):
     """A threshold fitted on a handful of rows is noise: below min_class_rows members or non-members a class
     takes the global one, above it its own."""
