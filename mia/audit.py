@@ -451,9 +451,10 @@ def query_signals(model: torch.nn.Module, data: Dataset, idx: np.ndarray, seed: 
                   device: str = "auto", augment: bool = False, label_only: tuple | list = (),
                   progress: bool = False) -> Signals:
     """The signals every attack needs: logits, SAMIA's sensitivity, LiRA's per-view phi,
-    and the ``label_only`` kinds that apply to the data (with a bar: the boundary searches take minutes)."""
+    and the ``label_only`` kinds that apply to the data (with bars where ``progress``: on a real-size set
+    each part takes minutes)."""
     signals = compute_signals(model, data, idx, sensitivity=True, views=query_views(augment), seed=seed,
-                              device=device)
+                              device=device, progress=progress)
     if label_only:
         signals.label_only = label_only_signals(model, data, idx, kinds=tuple(label_only), seed=seed,
                                                 device=device, progress=progress) or None
@@ -467,7 +468,8 @@ def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: 
     query, _ = split.query()
     return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only,
                           progress),
-            query_signals(model, data, split.population, config.seed, config.train.device, augment))
+            query_signals(model, data, split.population, config.seed, config.train.device, augment,
+                          progress=progress))
 
 
 def pool_identity(config: TargetConfig) -> dict:

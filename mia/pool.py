@@ -247,9 +247,10 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
 
     def save(i: int, model) -> None:
         m = missing[i]
-        queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device)
+        queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device,
+                                  progress=progress)
         population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
-                                     device=config.train.device)
+                                     device=config.train.device, progress=progress)
         if m < LABEL_ONLY_MODELS:
             population.label_only = label_only_signals(model, data, plan.population, kinds=tuple(config.label_only),
                                                        seed=plan.seed(m), device=config.train.device,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -41,7 +43,8 @@ def check_device(device: str) -> torch.device:
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tensor,
                    batch_size: int = 1024, device: str | torch.device = "auto",
-                   view: tuple[int, int, bool] = (0, 0, False)) -> torch.Tensor:
+                   view: tuple[int, int, bool] = (0, 0, False),
+                   on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
     """Float32 logits of ``model`` on rows ``idx`` of ``data``, in eval mode, on the CPU.
 
     On CUDA the forward runs under bf16 autocast and the logits carry bf16's
@@ -52,6 +55,7 @@ def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tens
     attack's AUC or TPR changed.)
     ``view`` queries a shifted and/or flipped copy of the raw rows
     (:func:`mia.data.augment.shift_flip`), as LiRA's augmented queries do.
+    ``on_batch(rows)`` is called after each batch (a progress bar's ``update``).
     """
     device = resolve_device(device)
     was_training = model.training
@@ -66,6 +70,8 @@ def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tens
         xb = data.inputs(xb)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(model(xb).float().cpu())
+        if on_batch is not None:
+            on_batch(len(rows))
     model.train(was_training)
     if not out:
         return torch.empty(0, 0)
