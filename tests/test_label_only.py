@@ -132,6 +132,39 @@ def test_aug_of_a_translation_invariant_model_is_one_where_correct():
     np.testing.assert_array_equal(got, np.r_[np.zeros(5), np.ones(35)])
 
 
+def test_images_go_through_the_model_in_passes_of_at_most_image_query_rows():
+    """aug's 128 samples x 50 views went through a CNN in one pass of 6400 images (9.3 GB for a resnet18 on
+    CIFAR-10, one CPU core); image passes are capped, binary rows keep query_batch's chunks (noise-flip's
+    random draws follow them), and the signals are those of the smaller passes."""
+    from mia.label_signals import IMAGE_QUERY_ROWS
+
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            seen.append(len(x))
+            return self.net(x)
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    images = Dataset("blobs", torch.randint(0, 256, (130, 1, 8, 8), generator=g, dtype=torch.uint8),
+                     torch.randint(0, 2, (130,), generator=g), 2, "image", augment=True)
+    cnn = Spy(nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    got = label_only_signals(cnn, images, np.arange(130), kinds=("aug",))["aug"]
+    assert seen and max(seen) == IMAGE_QUERY_ROWS and sum(seen) == 130 * 50  # 25 shifts x 2 flips
+    small = label_only_signals(cnn, images, np.arange(130), kinds=("aug",), query_batch=IMAGE_QUERY_ROWS)["aug"]
+    np.testing.assert_array_equal(got, small)
+    seen.clear()
+    rows = Dataset("toy", torch.randint(0, 2, (100, 12), generator=g, dtype=torch.uint8),
+                   torch.randint(0, 3, (100,), generator=g), 3, "tabular")
+    label_only_signals(Spy(nn.Linear(12, 3)), rows, np.arange(100), kinds=("noise-flip",), batch_size=100)
+    assert seen == [8192, 100 * 100 - 8192]
+
+
 # ---------------------------------------------------------------- options, storage, errors
 
 
