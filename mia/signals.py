@@ -175,20 +175,23 @@ def output_sensitivity(model: nn.Module, data: Dataset, idx, *, draws: int = 10,
     gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
     step = max(1, batch_size // (draws + 1))
-    out = []
+    out = None  # filled in place: see mia.train.predict.predict_logits
     for start in range(0, len(idx), step):
         rows = idx[start:start + step].to(data.x.device)
         x = data.inputs(data.x[rows].to(device))
         noise = torch.randn((draws, *x.shape), generator=gen, device=device, dtype=x.dtype)
         batch = torch.cat([x.unsqueeze(0), x.unsqueeze(0) + eps * noise]).flatten(0, 1)
         p = torch.softmax(model(batch).float(), dim=-1).view(draws + 1, len(x), -1)
-        out.append(((p[1:] - p[0]).abs().mean(0) / eps).cpu())
+        sens = (p[1:] - p[0]).abs().mean(0) / eps
+        if out is None:
+            out = torch.empty((len(idx), *sens.shape[1:]), dtype=torch.float32)
+        out[start:start + len(rows)].copy_(sens)
         if on_batch is not None:
             on_batch(len(batch))
     model.train(was_training)
-    if not out:
+    if out is None:
         return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
+    return out.numpy()
 
 
 # ---------------------------------------------------------------- derived signals
