@@ -281,6 +281,32 @@ def test_texas100_reads_feats_and_labels(tmp_path):
     assert np.array_equal(ds.x.numpy(), feats)
 
 
+@pytest.mark.parametrize("text", [
+    "0,1,0\n1,1,0\n", "0,1,0\n1,1,0", "1\n0\n1\n", "7,0\n3,9\n",  # one-digit fields: the byte shortcut
+    "0,1,0\r\n1,1,0\r\n", "10,1\n2,3\n", "3\n100\n1\n55\n", '"1",0,1\n"2",1,1\n',  # parsed
+])
+def test_int_tables_read_the_same_with_or_without_the_one_digit_shortcut(tmp_path, text):
+    from mia.data.tabular import _read_digit_table, _read_int_table
+    path = tmp_path / "table"
+    path.write_bytes(text.encode())
+    shortcut = _read_digit_table(path, chunk_rows=1)
+    parsed = np.loadtxt(path, delimiter=",", quotechar='"', dtype=np.uint8, ndmin=2)
+    one_digit = all(len(field) == 1 for line in text.split("\n") if line for field in line.split(","))
+    assert (shortcut is not None) == one_digit
+    if shortcut is not None:
+        assert shortcut.dtype == np.uint8 and np.array_equal(shortcut, parsed)
+    assert np.array_equal(_read_int_table("texas100", path), parsed)
+
+
+def test_a_ragged_one_digit_table_is_refused_not_misread(tmp_path):
+    from mia.data.tabular import _read_digit_table, _read_int_table
+    path = tmp_path / "feats"
+    path.write_text("0,1\n1,0\n1\n0,1,1\n")  # 16 bytes: as many as four lines like the first
+    assert _read_digit_table(path) is None
+    with pytest.raises(MiaError, match="not comma-separated"):
+        _read_int_table("texas100", path)
+
+
 def test_texas100_rejects_out_of_range_labels(tmp_path):
     root = tmp_path / "texas" / "100"
     root.mkdir(parents=True)

@@ -35,12 +35,44 @@ def _read_int_table(dataset: str, path: Path, delimiter: str | None = ",") -> np
     """A text table of small non-negative integers as uint8 (numpy's C parser, no per-line Python).
 
     Quoted fields are read too: the Location file ``bangkok`` quotes its labels (``"1",0,1,...``).
+    A table of one-character fields (Texas100's 830 MB ``feats``) takes :func:`_read_digit_table`'s
+    shortcut, about 10x faster than the parser.
     """
+    if delimiter == "," and (table := _read_digit_table(path)) is not None:
+        return table
     try:
         return np.loadtxt(path, delimiter=delimiter, quotechar='"', dtype=np.uint8, ndmin=2)
     except (ValueError, OverflowError) as exc:
         raise MiaError(f"{dataset}: {path} is not comma-separated 0/1 integers ({exc}); "
                        "re-download the file") from None
+
+
+def _read_digit_table(path: Path, chunk_rows: int = 4096) -> np.ndarray | None:
+    """The table of ``path`` if every line is ``d,d,...,d\\n`` with one digit per field and the same count
+    of fields, else None (the caller parses it in full).
+
+    Such a file is a byte matrix: one row per line, the digits in the even columns, commas and the newline
+    in the odd ones; checking that layout row block by row block and subtracting ``'0'`` reads it without
+    a parser, in a few passes over the bytes.
+    """
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size and raw[-1] != ord("\n"):  # a last line without its newline
+        raw = np.append(raw, np.uint8(ord("\n")))
+    newline = np.flatnonzero(raw[: 1 << 20] == ord("\n"))  # the first line ends within the first MB
+    # k one-digit fields are 2k bytes with the newline: it ends the first line at an odd index
+    if not newline.size or newline[0] % 2 == 0 or raw.size % (newline[0] + 1):
+        return None
+    lines = raw.reshape(-1, newline[0] + 1)
+    table = np.empty((len(lines), lines.shape[1] // 2), dtype=np.uint8)
+    for start in range(0, len(lines), chunk_rows):
+        block = lines[start:start + chunk_rows]
+        if not ((block[:, 1:-1:2] == ord(",")).all() and (block[:, -1] == ord("\n")).all()):
+            return None
+        digits = block[:, 0::2] - np.uint8(ord("0"))  # wraps below '0' to large values
+        if (digits > 9).any():
+            return None
+        table[start:start + len(block)] = digits
+    return table
 
 
 # array names of the .npz copies MIA repositories publish: features/labels (Purchase100-Texas100-datasets,
