@@ -161,8 +161,8 @@ def test_querying_keeps_no_piece_per_batch():
 
     for query in (lambda live: output_sensitivity(model, data, np.arange(200), batch_size=22, device="cpu",
                                                   on_batch=count(live)),
-                  lambda live: predict_logits(model, data, np.arange(200), batch_size=4, device="cpu",
+                  lambda live: predict_logits(model, data, np.arange(200), batch_size=20, device="cpu",
                                               on_batch=count(live))):
-        live = []
+        live = []  # a census of the heap per batch costs about half a second: ten batches each
         query(live)
-        assert len(live) >= 50 and max(live) == min(live)
+        assert len(live) >= 10 and max(live) == min(live)
