@@ -343,32 +343,42 @@ def check_mem_pool(config: TargetConfig, split: Split) -> None:
 
 
 def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
-             seeds: list[int], progress: bool = True, on_trained: Trained | None = None) -> list[torch.nn.Module]:
+             seeds: list[int], progress: bool = True, on_trained: Trained | None = None,
+             keep: bool = True) -> list[torch.nn.Module]:
     """Reference models: many at a time without a defense, else one by one through the defense.
 
-    Pruned reference models train dense many at a time, then each is pruned
-    and fine-tuned like the target. Federated ones are each a federation
-    like the target's (:func:`fit_federations`). ``on_trained(m, model)``
-    is called as each model is done, in order (see :func:`mia.train.many.train_many`).
+    Pruned reference models train dense many at a time, each then pruned
+    and fine-tuned like the target as its dense stack is done. Federated ones
+    are each a federation like the target's (:func:`fit_federations`).
+    ``on_trained(m, model)`` is called as each model is done, in order, and
+    ``keep=False`` returns none of them, holding one model (or stack) at a
+    time (see :func:`mia.train.many.train_many`).
     """
     if config.defense == "none" and config.scenario == "centralized":
         return train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
-                          val_idx, config.train, seeds=seeds, progress=progress, on_trained=on_trained)
+                          val_idx, config.train, seeds=seeds, progress=progress, on_trained=on_trained, keep=keep)
+    models = []
+
+    def done(m: int, model: torch.nn.Module) -> None:
+        if on_trained is not None:
+            on_trained(m, model)
+        if keep:
+            models.append(model)
+
+    if config.scenario == "pruning":
+        def prune(m: int, net: torch.nn.Module) -> None:
+            done(m, fit_pruned(config, data, train_sets[m], val_idx, val_idx, seeds[m], progress=False,
+                               dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model)
+
+        fit_many(dense_config(config), data, train_sets, val_idx, seeds, progress, on_trained=prune, keep=False)
+        return models
     if config.scenario == "federated":
         trained = fit_federations(config, data, train_sets, val_idx, seeds, progress)
-    elif config.scenario == "pruning":
-        dense = fit_many(dense_config(config), data, train_sets, val_idx, seeds, progress)
-        trained = (fit_pruned(config, data, rows, val_idx, val_idx, seed, progress=False,
-                              dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model
-                   for rows, seed, net in zip(train_sets, seeds, dense))
     else:
         trained = (fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
                    for rows, seed in zip(train_sets, seeds))
-    models = []
     for m, model in enumerate(trained):
-        models.append(model)
-        if on_trained is not None:
-            on_trained(m, model)
+        done(m, model)
     return models
 
 

@@ -259,7 +259,8 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
         if on_saved is not None:
             on_saved(written[-1])
 
-    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in missing], progress, on_trained=save)
+    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in missing], progress, on_trained=save,
+             keep=False)
     return written
 
 

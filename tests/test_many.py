@@ -148,6 +148,32 @@ def test_each_model_is_handed_over_as_it_is_done_in_order(digits, stack):
     assert starts == ([0, 2] if stack else [0, 1, 2])  # each chunk starts once the one before was handed over
 
 
+@pytest.mark.parametrize("stack", [True, False], ids=["stacked", "one-by-one"])
+def test_models_not_kept_are_freed_before_the_next_stack_trains(digits, stack):
+    """``keep=False`` (a growing pool, which stores each model as it is handed over): none is returned, and
+    the models of a stack are garbage once the next stack trains, so memory holds one stack however many
+    train. The models handed over are those ``keep=True`` returns."""
+    import gc
+    import weakref
+
+    data, pool, val = digits
+    sets, config = halves(pool, 4, 200), adam(epochs=1)
+    alive, handed = [], []
+
+    def note(m: int, model: nn.Module) -> None:
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in handed))  # earlier stacks' models still reachable
+        handed.append(weakref.ref(model))
+        copies.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    copies = []
+    assert run(data, sets, val[:100], config, seeds=[0, 1, 2, 3], stack=stack, max_stack=2, on_trained=note,
+               keep=False) == []
+    kept = run(data, sets, val[:100], config, seeds=[0, 1, 2, 3], stack=stack, max_stack=2)
+    assert alive == ([0, 1, 0, 1] if stack else [0, 0, 0, 0])  # only the own stack's earlier model
+    assert all(torch.equal(copy[k], v) for copy, model in zip(copies, kept) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("config", [adam(), sgd()], ids=["adam", "sgd-nesterov-wd-step"])
 def test_a_model_does_not_depend_on_its_neighbours_or_the_chunking(digits, config):
     """Model m's RNG streams and arithmetic are its own: alone, in a stack of 5, or in chunks of 2.

@@ -109,11 +109,14 @@ def estimate_mem_scores(model_name: str, norm: str, data: Dataset, train_idx: np
     inclusion = mem_splits(len(train_idx), models, seed)
     seeds = [int(s) for s in np.random.default_rng([seed, _SPLIT_STREAM, 1]).integers(0, 2 ** 31 - 1, models)]
     sets = np.stack([train_idx[row] for row in inclusion])
-    trained = train_many(model_name, data.input_shape, data.num_classes, norm, data, sets, None, config,
-                         seeds=seeds, progress=progress)
     labels = data.y[torch.as_tensor(train_idx, device=data.y.device)].cpu().numpy()
-    correct = np.stack([predict_logits(m, data, train_idx, device=config.device).argmax(1).numpy() == labels
-                        for m in trained])
+    correct = np.empty((models, len(train_idx)), dtype=bool)
+
+    def score(m: int, model: torch.nn.Module) -> None:
+        correct[m] = predict_logits(model, data, train_idx, device=config.device).argmax(1).numpy() == labels
+
+    train_many(model_name, data.input_shape, data.num_classes, norm, data, sets, None, config, seeds=seeds,
+               progress=progress, on_trained=score, keep=False)
     scores = feldman_scores(correct, inclusion)
     _write_atomic(path, scores)
     return scores

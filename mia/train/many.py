@@ -123,7 +123,7 @@ Trained = Callable[[int, nn.Module], None]  # (index of the model in the call, t
 def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, norm: str, data: Dataset,
                train_sets: np.ndarray, val_idx: np.ndarray | None, config: TrainConfig,
                seeds: Sequence[int], progress: bool = True, max_stack: int | None = None,
-               stack: bool | None = None, on_trained: Trained | None = None) -> list[nn.Module]:
+               stack: bool | None = None, on_trained: Trained | None = None, keep: bool = True) -> list[nn.Module]:
     """Train one ``model_name`` per row of ``train_sets``; model ``m`` is seeded with ``seeds[m]``.
 
     ``train_sets`` is ``M x n``: row ``m`` holds the dataset indices model
@@ -141,6 +141,10 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     ``on_trained(m, model)`` is called as each model is done, in order (a
     stack's models when the stack is), so that a caller keeps what is trained
     before the rest train: a reference pool killed at model 50 of 64 keeps 50.
+    With ``keep=False`` the models are only handed to ``on_trained`` and an
+    empty list is returned, so that memory holds one model (or one stack) at a
+    time however many train: a pool of 256 ResNet-18s would otherwise hold
+    11 GB of weights until the last is done.
     """
     sets, seeds = _check_sets(data, train_sets, seeds)
     check_recipe(config)
@@ -153,7 +157,7 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
     device = resolve_device(config.device)
     if not _use_stack(first, model_name, norm, device, stack, shape):
         return _train_one_by_one(first, model_name, shape, num_classes, norm, data, sets, val_idx, config,
-                                 seeds, progress, on_trained)
+                                 seeds, progress, on_trained, keep)
     chunk = max_stack or default_max_stack(first, shape, config.batch_size, device)
     pool = _Pool.of(data, sets, val_idx, device)
     models = []
@@ -162,11 +166,14 @@ def train_many(model_name: str, input_shape: Sequence[int], num_classes: int, no
         built = [first if m == 0 else _init_model(model_name, shape, num_classes, norm, seeds[m])
                  for m in range(start, stop)]
         label = f"train {start}-{stop - 1} of {len(seeds)}" if len(seeds) > 1 else "train"
-        models += _train_stack(built, pool, data, range(start, stop), config, seeds[start:stop],
-                               progress, label)
-        for m in range(start, stop):
+        first = None  # held past its stack only through ``models``
+        trained = _train_stack(built, pool, data, range(start, stop), config, seeds[start:stop], progress, label)
+        for m, model in zip(range(start, stop), trained):
             if on_trained is not None:
-                on_trained(m, models[m])
+                on_trained(m, model)
+        if keep:
+            models += trained
+        del built, trained, model  # before the next stack trains
     return models
 
 
@@ -334,7 +341,8 @@ def _activations_per_sample(model: nn.Module, shape: tuple[int, ...]) -> int:
 
 def _train_one_by_one(model: nn.Module, model_name: str, shape: tuple[int, ...], num_classes: int, norm: str,
                       data: Dataset, sets: np.ndarray, val_idx: np.ndarray | None, config: TrainConfig,
-                      seeds: list[int], progress: bool, on_trained: Trained | None = None) -> list[nn.Module]:
+                      seeds: list[int], progress: bool, on_trained: Trained | None = None,
+                      keep: bool = True) -> list[nn.Module]:
     """:func:`mia.train.train` per model on ``model``, reloaded with each model's initialization.
 
     The reused module keeps one compiled graph (``config.compile`` on CUDA)
@@ -353,9 +361,12 @@ def _train_one_by_one(model: nn.Module, model_name: str, shape: tuple[int, ...],
         model.load_state_dict(fresh.state_dict())
         train(model, data, sets[m], val_idx, replace(config, seed=seeds[m]), progress=False, forward=forward)
         fresh.to(device=device, memory_format=memory_format).load_state_dict(model.state_dict())
-        models.append(fresh.eval())
+        fresh.eval()
         if on_trained is not None:
-            on_trained(m, models[m])
+            on_trained(m, fresh)
+        if keep:
+            models.append(fresh)
+        del fresh
     return models
 
 
