@@ -19,10 +19,11 @@ one mechanism: a *pool* of M models with the target's recipe.
   behaviour calibrated to the target's (LiRA, section V). Because model
   ``m``'s draw depends only on ``m``, a pool of 32 grows to 64 by training
   32 more.
-* **Storage.** One ``.npz`` per model (its inclusion row, its float16 logits
-  and per-view ``phi`` on all pool samples, float16 SAMIA sensitivity on the
-  population) in a folder; :mod:`mia.tracking` keeps that folder as the
-  artifacts of an MLflow run, so the core runs without MLflow.
+* **Storage.** One ``.npz`` per model in a folder: its inclusion row, per-view
+  ``phi`` (float16) and whether its top-1 label is right (what mem-scores
+  read) on all pool samples, and its float16 logits and SAMIA sensitivity on
+  the population (what it serves as a shadow). :mod:`mia.tracking` keeps that
+  folder as the artifacts of an MLflow run, so the core runs without MLflow.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ LABEL_ONLY_MODELS = 2
 VALIDATION_FRACTION = 0.1
 IDENTITY_FILE = "pool.json"
 #: The arrays of every model file (:func:`_save_model`), and the prefix of its optional label-only ones.
-_MODEL_ARRAYS = ("inclusion", "logits", "phi", "sensitivity")
+_MODEL_ARRAYS = ("inclusion", "correct", "population_logits", "phi", "sensitivity")
+#: Files written before 2026-12-07 hold ``logits`` on every pool sample instead of ``correct`` and
+#: ``population_logits`` (the audited rows' logits, 42% of a Purchase100 file, served only their argmax).
+_OLD_MODEL_ARRAYS = ("inclusion", "logits", "phi", "sensitivity")
 _LABEL_ONLY_PREFIX = "label_only."
 #: Identity fields that tell cached pools apart without changing which models a pool draws: the
 #: architecture's fingerprint (an edited model must not reuse the old one's pool, but the same recipe on
@@ -156,7 +160,7 @@ def drop_unreadable(root: Path) -> int:
     for m in range(have):
         try:
             with np.load(model_file(root, m), allow_pickle=False) as f:
-                if not set(_MODEL_ARRAYS) <= set(f.files):
+                if not (set(_MODEL_ARRAYS) <= set(f.files) or set(_OLD_MODEL_ARRAYS) <= set(f.files)):
                     raise ValueError("missing arrays")
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             for later in range(m, have):
@@ -199,6 +203,10 @@ def _half(x: np.ndarray) -> np.ndarray:
 def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
     """Model ``m``'s file, written whole or not at all (a killed run leaves no half-written model behind).
 
+    ``queried`` are its signals on every pool sample, the population last; ``population`` its signals with
+    the sensitivity on the population. Correctness is that of the stored float16 logits, as it was when
+    whole logits were stored.
+
     The temporary file is this writer's own: two audits of one recipe at once
     (scripts sharing ``./.mia-cache``) wrote the same ``model_00000.tmp``, one
     truncating the other's, and the second rename failed.
@@ -208,7 +216,9 @@ def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, pop
     with tempfile.NamedTemporaryFile(dir=root, prefix=f"{path.stem}.", suffix=".tmp", delete=False) as f:
         tmp = Path(f.name)
         try:
-            np.savez(f, inclusion=inclusion, logits=_half(queried.logits), phi=_half(queried.phi),
+            logits = _half(queried.logits)
+            np.savez(f, inclusion=inclusion, correct=logits.argmax(axis=1) == queried.labels,
+                     population_logits=logits[len(logits) - len(population):], phi=_half(queried.phi),
                      sensitivity=_half(population.sensitivity), **label_only)
         except BaseException:
             tmp.unlink()
@@ -282,7 +292,8 @@ class PoolSignals:
     plan: PoolPlan
     labels: np.ndarray  # over plan.samples
     inclusion: np.ndarray  # M x (N + Z) bool
-    logits: np.ndarray  # M x (N + Z) x C float16
+    correct: np.ndarray  # M x (N + Z) bool: the model's top-1 label is the true one
+    population_logits: np.ndarray  # M x Z x C float16
     phi: np.ndarray  # M x (N + Z) x V float16
     sensitivity: np.ndarray  # M x Z x C float16
     label_only: list[dict[str, np.ndarray]]  # per model: {kind: Z}, empty past LABEL_ONLY_MODELS
@@ -295,7 +306,7 @@ class PoolSignals:
         """Each model as a shadow: its signals on the population, members being what it trained on."""
         n = len(self.plan.audited)
         pop_labels = self.labels[n:]
-        return [ShadowSignals(Signals(self.logits[m, n:].astype(np.float32), pop_labels,
+        return [ShadowSignals(Signals(self.population_logits[m].astype(np.float32), pop_labels,
                                       self.sensitivity[m].astype(np.float32), self.phi[m, n:].astype(np.float32),
                                       self.label_only[m] or None),
                               self.inclusion[m, n:])
@@ -329,7 +340,7 @@ class PoolSignals:
         Estimated from the pool's own IN/OUT models; a sample no model trained
         on (or none left out) scores 0, the estimator's value without evidence.
         """
-        return feldman_scores(self.logits.argmax(axis=2) == self.labels[None, :], self.inclusion)
+        return feldman_scores(self.correct, self.inclusion)
 
     def mem_scores_of(self, rows: np.ndarray) -> np.ndarray:
         """:meth:`mem_scores` of the dataset rows ``rows`` (aligned with it); each must be a pool sample.
@@ -351,6 +362,16 @@ class PoolSignals:
         return self.mem_scores()[where]
 
 
+def _model_array(f, name: str, labels: np.ndarray) -> np.ndarray:
+    """Array ``name`` of an open model file, derived from the whole ``logits`` of a file of the old layout."""
+    if name in f.files or "logits" not in f.files:
+        return f[name]
+    logits = f["logits"]
+    if name == "correct":
+        return logits.argmax(axis=1) == labels
+    return logits[len(logits) - len(f["sensitivity"]):]  # population_logits: the population comes last
+
+
 def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSignals:
     """The first ``size`` models of the pool in ``root``, stacked."""
     have = pool_size(root)
@@ -358,7 +379,7 @@ def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSigna
         raise MiaError(f"pool {plan.key} holds {have} models, {size} asked; grow it first")
     files = [np.load(model_file(root, m), allow_pickle=False) for m in range(size)]
     labels = data.y.cpu().numpy()[plan.samples]
-    stacked = {k: np.stack([f[k] for f in files]) for k in _MODEL_ARRAYS}
+    stacked = {k: np.stack([_model_array(f, k, labels) for f in files]) for k in _MODEL_ARRAYS}
     label_only = [{k.removeprefix(_LABEL_ONLY_PREFIX): f[k].astype(np.float64) for k in f.files
                    if k.startswith(_LABEL_ONLY_PREFIX)} for f in files]
     for f in files:

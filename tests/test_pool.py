@@ -80,11 +80,45 @@ def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
 
     # stored compactly, and shaped as the plan says
     n, z = len(plan.audited), len(plan.population)
-    assert grown.phi.dtype == np.float16 and grown.logits.dtype == np.float16
+    assert grown.phi.dtype == np.float16 and grown.population_logits.dtype == np.float16
     assert grown.phi.shape == (3, n + z, 1) and grown.sensitivity.shape == (3, z, 10)
     shadows = grown.shadows()
     assert len(shadows) == 3 and len(shadows[0].signals) == z
     assert 0.1 < shadows[0].is_member.mean() < 0.6
+
+
+def test_model_files_of_the_old_layout_load_as_the_new_ones(task, tmp_path):
+    """Pool files written before 2026-12-07 hold the logits of every pool sample; now the audited rows keep only
+    whether the top-1 label was right (what mem-scores read), a Purchase100 file 47 -> 27 MB. A cached pool of
+    the old files, or one grown past them with new ones, loads the same arrays and mem-scores."""
+    from mia.pool import _save_model, load_pool
+    from mia.signals import Signals
+
+    config, data, split = task
+    plan = audit.plan_reference_pool(config, data, split, "online")
+    samples, z = plan.samples, len(plan.population)
+    labels = data.y.numpy()[samples]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(samples), 10)).astype(np.float16)
+    logits[np.arange(len(samples)) % 3 == 0, labels[np.arange(len(samples)) % 3 == 0]] = 9  # some right
+    phi = rng.normal(size=(len(samples), 1)).astype(np.float16)
+    sensitivity = rng.normal(size=(z, 10)).astype(np.float16)
+    for m in range(2):
+        np.savez(model_file(tmp_path, m), inclusion=plan.inclusion(m), logits=logits, phi=phi,
+                 sensitivity=sensitivity)
+    old = load_pool(plan, tmp_path, 2, data)
+    queried = Signals(logits.astype(np.float32), labels, None, phi.astype(np.float32))
+    population = Signals(logits[-z:].astype(np.float32), labels[-z:], sensitivity.astype(np.float32))
+    old_size = model_file(tmp_path, 1).stat().st_size
+    _save_model(tmp_path, 1, plan.inclusion(1), queried, population)
+    assert model_file(tmp_path, 1).stat().st_size < 0.8 * old_size
+    mixed = load_pool(plan, tmp_path, 2, data)
+    for pool in (old, mixed):
+        np.testing.assert_array_equal(pool.correct[1], logits.argmax(1) == labels)
+        np.testing.assert_array_equal(pool.population_logits[1], logits[-z:])
+        np.testing.assert_array_equal(pool.shadows()[1].signals.logits, logits[-z:].astype(np.float32))
+    np.testing.assert_array_equal(old.mem_scores(), mixed.mem_scores())
+    assert 0.3 < old.correct.mean() < 0.5
 
 
 def test_key_depends_on_the_data_contents_not_only_its_name(task):
@@ -186,7 +220,7 @@ def test_two_writers_of_one_model_file_both_finish_with_a_whole_file(tmp_path, m
     monkeypatch.setattr(mia.pool.np, "savez", interleaved)
     path = mia.pool._save_model(tmp_path, 0, np.ones(6, bool), signals, signals)
     with np.load(path) as stored:
-        assert stored["inclusion"].all() and stored["logits"].shape == (6, 3)
+        assert stored["inclusion"].all() and stored["population_logits"].shape == (6, 3)
     assert [p.name for p in tmp_path.iterdir()] == ["model_00000.npz"]  # no temporary file left
 
 
