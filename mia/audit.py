@@ -48,6 +48,7 @@ from mia.errors import MiaError, unknown
 from mia.fl.attacks import NothingToScore, run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
+from mia.imported import load_network
 from mia.label_signals import LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
@@ -265,6 +266,23 @@ def dense_config(config: TargetConfig) -> TargetConfig:
     return replace(config, scenario="centralized", defense="none", defense_params={}, prune=None)
 
 
+def check_importable(config: TargetConfig) -> None:
+    """A model trained elsewhere is attacked as it is released: centralized, without a defense of mia's."""
+    if config.scenario != "centralized" or config.defense != "none":
+        raise MiaError("a checkpoint trained elsewhere is audited as it is released: scenario centralized, "
+                       "defense none (drop --scenario / --defense)")
+
+
+def fit_imported(config: TargetConfig, data: Dataset, split: Split, checkpoint: str | Path) -> TrainedModel:
+    """A target trained elsewhere (:mod:`mia.imported`): ``checkpoint``'s weights in ``config.model``, with
+    ``split.members`` the rows it trained on; its accuracies measured as :func:`fit`'s are. Its best epoch is
+    unknown (-1), so reference models select their own (:func:`attacker_config`)."""
+    check_importable(config)
+    network = load_network(checkpoint, config.model, config.norm, data)
+    return TrainedModel(network, network, -1, [], accuracy(network, data, split.members, config.train.device),
+                        accuracy(network, data, split.nonmembers, config.train.device), wall_time=0.0)
+
+
 def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
                test_idx: np.ndarray, seed: int, dense: TrainedModel | None = None,
                on_epoch: EpochCallback | None = None, progress: bool = True,
@@ -377,8 +395,13 @@ def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_id
     else:
         trained = (fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
                    for rows, seed in zip(train_sets, seeds))
-    for m, model in enumerate(trained):
+    # model m is not held while model m + 1 trains (keep=False): neither by the loop variable nor by
+    # enumerate, whose result tuple (m, model) lives on in it until the next item is drawn
+    m = 0
+    for model in trained:
         done(m, model)
+        del model
+        m += 1
     return models
 
 
@@ -404,6 +427,7 @@ def fit_federations(config: TargetConfig, data: Dataset, train_sets: np.ndarray,
         model, _, _ = simulate(config.model, config.norm, data, split, config.fl, config.train, defense, seed,
                                progress=False, record=False)
         yield model
+        del model  # nor by this frame while the next federation trains (fit_many's keep=False)
 
 
 def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch: int | None = None,

@@ -174,6 +174,39 @@ def test_models_not_kept_are_freed_before_the_next_stack_trains(digits, stack):
     assert all(torch.equal(copy[k], v) for copy, model in zip(copies, kept) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("scenario", ["defense", "federated"])
+def test_fit_many_not_keeping_frees_each_model_before_the_next_trains(scenario, monkeypatch):
+    """``fit_many(keep=False)`` past :func:`train_many` (one model at a time through a defense, or a federation
+    each): model m is garbage once model m + 1 starts training. Its loop variable (and the federations'
+    generator frame) held it on, two models in memory where the docstring promises one."""
+    import gc
+    import weakref
+
+    from mia import audit
+    from mia.data import make_split
+    from mia.fl.config import FLConfig
+
+    fields = ({"defense": "label-smoothing"} if scenario == "defense" else
+              {"scenario": "federated", "fl": FLConfig(clients=2, rounds=1)})
+    config = audit.resolve_config("digits", seed=0, train_overrides={"epochs": 1}, **fields)
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+    sets = halves(split.members, 3, 100)
+    handed, alive = [], []
+    starts = "fit" if scenario == "defense" else "simulate"
+    trains = getattr(audit, starts)
+
+    def counted(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in handed))
+        return trains(*args, **kwargs)
+
+    monkeypatch.setattr(audit, starts, counted)
+    assert audit.fit_many(config, data, sets, split.members[:100], [0, 1, 2], progress=False, keep=False,
+                          on_trained=lambda m, model: handed.append(weakref.ref(model))) == []
+    assert len(handed) == 3 and alive == [0, 0, 0]
+
+
 @pytest.mark.parametrize("config", [adam(), sgd()], ids=["adam", "sgd-nesterov-wd-step"])
 def test_a_model_does_not_depend_on_its_neighbours_or_the_chunking(digits, config):
     """Model m's RNG streams and arithmetic are its own: alone, in a stack of 5, or in chunks of 2.
