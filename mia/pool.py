@@ -379,11 +379,14 @@ def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSigna
         raise MiaError(f"pool {plan.key} holds {have} models, {size} asked; grow it first")
     files = [np.load(model_file(root, m), allow_pickle=False) for m in range(size)]
     labels = data.y.cpu().numpy()[plan.samples]
-    stacked = {k: np.stack([_model_array(f, k, labels) for f in files]) for k in _MODEL_ARRAYS}
-    label_only = [{k.removeprefix(_LABEL_ONLY_PREFIX): f[k].astype(np.float64) for k in f.files
-                   if k.startswith(_LABEL_ONLY_PREFIX)} for f in files]
-    for f in files:
-        f.close()
-    if stacked["inclusion"].shape[1] != len(plan.samples):
-        raise MiaError(f"pool {plan.key} in {root} does not match its plan; delete the folder and retrain")
+    try:
+        # before anything is derived: an old-layout file's correctness is its logits' argmax against ``labels``
+        if any(f["inclusion"].shape != (len(plan.samples),) for f in files):
+            raise MiaError(f"pool {plan.key} in {root} does not match its plan; delete the folder and retrain")
+        stacked = {k: np.stack([_model_array(f, k, labels) for f in files]) for k in _MODEL_ARRAYS}
+        label_only = [{k.removeprefix(_LABEL_ONLY_PREFIX): f[k].astype(np.float64) for k in f.files
+                       if k.startswith(_LABEL_ONLY_PREFIX)} for f in files]
+    finally:
+        for f in files:
+            f.close()
     return PoolSignals(plan, labels.astype(np.int64), label_only=label_only, **stacked)

@@ -121,6 +121,23 @@ def test_model_files_of_the_old_layout_load_as_the_new_ones(task, tmp_path):
     assert 0.3 < old.correct.mean() < 0.5
 
 
+@pytest.mark.parametrize("layout", ["old", "new"])
+def test_model_files_of_another_plan_are_refused_in_either_layout(task, tmp_path, layout):
+    """Files over other samples than the plan's are the one-line "does not match its plan" error; those of the
+    old layout were a numpy broadcast error, from deriving their correctness against the plan's labels."""
+    from mia.pool import load_pool
+
+    config, data, split = task
+    plan = audit.plan_reference_pool(config, data, split, "online")
+    k, z = len(plan.samples) - 1, len(plan.population)
+    arrays = {"logits": np.zeros((k, 10), np.float16)} if layout == "old" else \
+        {"correct": np.zeros(k, bool), "population_logits": np.zeros((z, 10), np.float16)}
+    np.savez(model_file(tmp_path, 0), inclusion=np.zeros(k, bool), phi=np.zeros((k, 1), np.float16),
+             sensitivity=np.zeros((z, 10), np.float16), **arrays)
+    with pytest.raises(MiaError, match="does not match its plan"):
+        load_pool(plan, tmp_path, 1, data)
+
+
 def test_key_depends_on_the_data_contents_not_only_its_name(task):
     """Two folders read by one loader (imagefolder, a local Purchase100) share a name and maybe a size."""
     from dataclasses import replace
