@@ -307,6 +307,43 @@ def test_a_ragged_one_digit_table_is_refused_not_misread(tmp_path):
         _read_int_table("texas100", path)
 
 
+@pytest.mark.parametrize("last_newline", [True, False])
+def test_a_one_digit_table_that_grows_while_read_is_not_cut_short(tmp_path, monkeypatch, last_newline):
+    """Rows appended after the shortcut measured the file (a copy still being written) were left out without a
+    word; shrinking was caught. Now either change hands the file to the parser, which reads what is there."""
+    import builtins
+
+    import mia.data.tabular as tabular
+    path = tmp_path / "feats"
+    path.write_bytes(b"0,1\n1,0" + b"\n" * last_newline)
+
+    class Growing:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def seek(self, *args):
+            at = self.f.seek(*args)
+            if args == (0,) and not appended:  # measured, about to read the rows: another writer appends one
+                appended.append(True)
+                with builtins.open(path, "ab") as g:
+                    g.write(b"\n1,1\n"[last_newline:])
+            return at
+
+    appended = []
+    monkeypatch.setattr(tabular, "open", lambda *a: Growing(builtins.open(*a)), raising=False)
+    assert tabular._read_digit_table(path) is None
+    assert np.array_equal(tabular._read_int_table("texas100", path), [[0, 1], [1, 0], [1, 1]])
+
+
 def test_texas100_rejects_out_of_range_labels(tmp_path):
     root = tmp_path / "texas" / "100"
     root.mkdir(parents=True)

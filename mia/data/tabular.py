@@ -85,6 +85,8 @@ def _read_digit_table(path: Path, chunk_rows: int = 4096) -> np.ndarray | None:
             if (digits > 9).any():
                 return None
             table[start:start + len(block)] = digits
+        if f.read(1):  # it grew under us: rows past the measured size would be left out
+            return None
     return table
 
 
