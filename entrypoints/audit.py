@@ -6,8 +6,8 @@ import click
 
 from entrypoints.attack import print_table
 from entrypoints.config import target_config
-from entrypoints.options import (attack_options, attack_params, common_options, federated_options, pass_options,
-                                 pruning_options, target_options)
+from entrypoints.options import (attack_options, attack_params, common_options, federated_options,
+                                 imported_options, pass_options, pruning_options, target_options)
 
 
 @click.command("audit")
@@ -15,6 +15,7 @@ from entrypoints.options import (attack_options, attack_params, common_options, 
 @federated_options
 @pruning_options
 @attack_options
+@imported_options
 @common_options
 @pass_options
 def audit(opts: dict) -> None:
@@ -24,5 +25,5 @@ def audit(opts: dict) -> None:
     config = target_config(opts)
     outcome = audit_run(config, opts["attacks"], opts["reference_models"], attack_params(opts["attack_param"]),
                         experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"],
-                        adaptive=opts["adaptive"])
+                        adaptive=opts["adaptive"], checkpoint=opts["checkpoint"], members=opts["members"])
     print_table(outcome)

@@ -30,6 +30,8 @@ def _note_ignored(opts: dict) -> None:
         if ignored:
             verb = "applies" if len(ignored) == 1 else "apply"
             click.echo(f"note: {', '.join(ignored)} {verb} to --scenario {scenario}; ignored here", err=True)
+    if opts.get("members") and typed("member_fraction"):
+        click.echo("note: --member-fraction is ignored: the members are the rows --members lists", err=True)
 
 
 def target_config(opts: dict) -> TargetConfig:

@@ -184,6 +184,15 @@ pruning_options = compose(
                  help="Pruning: fine-tuning epochs after each pruning step (the defense acts here)."),
 )
 
+imported_options = compose(
+    click.option("--checkpoint", metavar="FILE", default=None,
+                 help="Audit a model trained elsewhere: its torch.save(model.state_dict()) file, for --model "
+                      "(and --norm) on --dataset; nothing trains. Needs --members."),
+    click.option("--members", metavar="FILE", default=None,
+                 help="With --checkpoint: the dataset rows it trained on, one index per line (or an .npy); "
+                      "non-members, validation and population are drawn from the other rows."),
+)
+
 attack_options = compose(
     click.option("--attacks", default="all", show_default=True, help="Comma-separated names or `all`."),
     click.option("--reference-models", type=click.IntRange(min=1), default=4, show_default=True,

@@ -6,8 +6,8 @@ import click
 
 from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
-from entrypoints.options import (common_options, federated_options, flag, pass_options, pruning_options,
-                                 target_options, typed)
+from entrypoints.options import (common_options, federated_options, flag, imported_options, pass_options,
+                                 pruning_options, target_options, typed)
 
 
 @click.command("train")
@@ -19,6 +19,7 @@ from entrypoints.options import (common_options, federated_options, flag, pass_o
                    "and recipe).")
 @click.option("--resume", metavar="RUN_ID", default=None,
               help="Federated: continue a killed or crashed run from its last recorded round (its own options).")
+@imported_options
 @common_options
 @pass_options
 def train(opts: dict) -> None:
@@ -36,6 +37,7 @@ def train(opts: dict) -> None:
         config = target_config(opts)
         if opts["from_run"]:
             check_from_run(opts, config)
-        outcome = train_run(config, opts["experiment"], progress=not opts["quiet"], from_run=opts["from_run"])
+        outcome = train_run(config, opts["experiment"], progress=not opts["quiet"], from_run=opts["from_run"],
+                            checkpoint=opts["checkpoint"], members=opts["members"])
     click.echo(f"test accuracy {outcome.test_accuracy:.4f}  train accuracy {outcome.train_accuracy:.4f}")
     click.echo(f"run id: {outcome.run_id}")

@@ -19,6 +19,7 @@ from mia.attacks import selection
 from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.data.splits import Split
+from mia.imported import read_members, split_around
 from mia.errors import MiaError
 from mia.models import build_model
 from mia.defenses import make_defense
@@ -50,7 +51,8 @@ class TrainOutcome:
 
 
 def train_run(config: TargetConfig, experiment: str | None = None, progress: bool = True,
-              from_run: str | None = None) -> TrainOutcome:
+              from_run: str | None = None, checkpoint: str | None = None,
+              members: str | None = None) -> TrainOutcome:
     """Train a target model in one MLflow run: config, per-epoch metrics, split, checkpoint, signals.
 
     A pruning run also stores its dense original (``model/dense_checkpoint.pt``,
@@ -61,7 +63,18 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
     mem-score driven defense reads its scores from the online reference pool
     of the dense recipe (tags ``mia.mem_pool_key``/``mia.mem_pool_run_id``),
     the pool that attacking the dense original then reuses.
+
+    With ``checkpoint`` and ``members`` nothing trains: the run records a model
+    trained elsewhere (:mod:`mia.imported`), its members the rows the
+    ``members`` file lists, and is attacked like any target.
     """
+    if (checkpoint is None) != (members is None):
+        raise MiaError("a model trained elsewhere needs both --checkpoint (its weights) and --members (the rows "
+                       "it trained on)")
+    if checkpoint is not None:
+        if from_run:
+            raise MiaError("--from-run starts a pruning run from a dense one; a --checkpoint is audited as it is")
+        audit.check_importable(config)
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
     if from_run and config.scenario != "pruning":
@@ -71,9 +84,10 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         source = tracking.TargetRun(from_run)
         config = with_dense_recipe(config, source.config, from_run)
     timer = Timer()
-    with tracking.run(f"train-{config.scenario}-{config.dataset}-{config.model}", experiment,
-                      tags={**tracking.run_tags(config), "mia.kind": "train",
-                            **({"mia.dense_run_id": from_run} if from_run else {})}) as active:
+    with tracking.run(f"{'import' if checkpoint else 'train'}-{config.scenario}-{config.dataset}-{config.model}",
+                      experiment, tags={**tracking.run_tags(config), "mia.kind": "train",
+                                        **({"mia.dense_run_id": from_run} if from_run else {}),
+                                        **({"mia.imported": Path(checkpoint).name} if checkpoint else {})}) as active:
         tracking.log_config(config, _effective_recipe(config))
         if csv := config.defense_params.get("mem_scores_csv"):
             tracking.log_file(Path(csv), "defense")  # the run is reproducible from its artifacts alone
@@ -83,6 +97,8 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         dense = None
         if source is not None:
             split, dense = _dense_from_run(source, config, data)
+        elif members is not None:
+            split = split_around(len(data), read_members(members, len(data)), config.seed, config.split)
         else:
             split = make_split(len(data), config.seed, config.split)
         tracking.log_split(split)
@@ -101,8 +117,10 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             with timer.stage("mem_scores"):
                 mem_scores = _pool_mem_scores(config, dense.best_epoch, data, split, models,
                                               tracking.experiment_name(active), progress)
-        with timer.stage("train"):
-            if config.scenario == "pruning":
+        with timer.stage("import" if checkpoint else "train"):
+            if checkpoint is not None:
+                trained = audit.fit_imported(config, data, split, checkpoint)
+            elif config.scenario == "pruning":
                 trained = audit.fit_pruned(config, data, split.members, split.validation, split.nonmembers,
                                            seed=config.seed, dense=dense, progress=progress,
                                            on_epoch=log_epoch, mem_scores=mem_scores)
@@ -541,12 +559,14 @@ def _scored(output) -> np.ndarray:
 
 def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,
               attack_params: dict[str, dict] | None = None, experiment: str | None = None,
-              progress: bool = True, pool_mode: str = "online", adaptive: bool = False) -> AttackOutcome:
-    """``mia audit``: a training run, then an attack run linked to it."""
+              progress: bool = True, pool_mode: str = "online", adaptive: bool = False,
+              checkpoint: str | None = None, members: str | None = None) -> AttackOutcome:
+    """``mia audit``: a training run (or a model trained elsewhere: ``checkpoint``/``members``, see
+    :func:`train_run`), then an attack run linked to it."""
     attacks = selection.as_asked(attacks)
     config = selection.with_named_label_only(config, attacks, attack_params)
     selection.check_attacks(attacks, config, attack_params, pool_mode)  # fail before training
-    trained = train_run(config, experiment, progress=progress)
+    trained = train_run(config, experiment, progress=progress, checkpoint=checkpoint, members=members)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,
                       experiment=experiment, progress=progress, data=trained.data, pool_mode=pool_mode,
                       adaptive=adaptive)
