@@ -48,7 +48,7 @@ from mia.errors import MiaError, unknown
 from mia.fl.attacks import NothingToScore, run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
-from mia.imported import load_network
+from mia.imported import checked_members, load_network, read_members, split_around
 from mia.label_signals import LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
@@ -791,7 +791,8 @@ class Audit:
 
 def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_models: int = 4,
               attack_params: dict[str, dict] | None = None, pool_mode: str = "online", adaptive: bool = False,
-              cache_dir: str | None = None, progress: bool = True) -> Audit:
+              cache_dir: str | None = None, progress: bool = True, checkpoint: str | Path | None = None,
+              members=None) -> Audit:
     """``mia audit`` without tracking, for notebooks and scripts: train the target, then attack it.
 
     The same protocol and results as the tracked command (a seed gives the
@@ -802,11 +803,18 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     (``audit.target.dense``) with the same attacks (``audit.dense_results``);
     a federated one (``config.fl``) by the FL attacks
     on the server's view, kept in memory, and by the black-box attacks on its
-    global model. The caller's global random generators are left as they were
-    (:func:`callers_random_state`).
+    global model. A model trained elsewhere is audited from its ``checkpoint``
+    (a state dict file) and ``members`` (the dataset rows it trained on: an
+    array, or a file as :func:`mia.imported.read_members` reads). The caller's
+    global random generators are left as they were (:func:`callers_random_state`).
     """
+    if (checkpoint is None) != (members is None):
+        raise MiaError("a model trained elsewhere needs both checkpoint= (its weights) and members= (its rows)")
+    if checkpoint is not None:
+        check_importable(config)
     with callers_random_state():
-        return _audit(config, attacks, reference_models, attack_params, pool_mode, adaptive, cache_dir, progress)
+        return _audit(config, attacks, reference_models, attack_params, pool_mode, adaptive, cache_dir, progress,
+                      checkpoint, members)
 
 
 @contextlib.contextmanager
@@ -828,7 +836,8 @@ def callers_random_state() -> Iterator[None]:
 
 
 def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int, attack_params: dict | None,
-           pool_mode: str, adaptive: bool, cache_dir: str | None, progress: bool) -> Audit:
+           pool_mode: str, adaptive: bool, cache_dir: str | None, progress: bool, checkpoint=None,
+           members=None) -> Audit:
     """:func:`run_audit`'s work, inside :func:`callers_random_state`."""
     if not isinstance(reference_models, int) or isinstance(reference_models, bool) or reference_models < 1:
         raise MiaError(f"reference_models must be a whole number of at least 1, got {reference_models!r}")
@@ -861,9 +870,16 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
 
     data = load_data(config)
     check_label_only_data(attacks, names, data, attack_params)
-    split = make_split(len(data), config.seed, config.split)
+    if members is None:
+        split = make_split(len(data), config.seed, config.split)
+    else:
+        rows = (read_members(members, len(data)) if isinstance(members, (str, Path))
+                else checked_members(members, len(data)))
+        split = split_around(len(data), rows, config.seed, config.split)
     federation, fl_results = None, []
-    if config.scenario == "federated":
+    if checkpoint is not None:
+        target = fit_imported(config, data, split, checkpoint)
+    elif config.scenario == "federated":
         target, signals_of_server, federation = _federate(config, data, split, progress)
         fl_results = run_fl_attacks(fl_names, signals_of_server, config.fl.target_client,
                                     federation.is_member.astype(bool), attack_params, config.seed,

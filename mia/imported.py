@@ -43,18 +43,24 @@ def read_members(path: str | Path, n: int) -> np.ndarray:
     except (ValueError, OSError) as exc:
         raise MiaError(f"members file {path} must hold one dataset row index per line (or an .npy of "
                        f"integers): {exc}") from None
+    return checked_members(rows, n, f"members file {path}")
+
+
+def checked_members(rows, n: int, what: str = "members") -> np.ndarray:
+    """``rows`` as sorted int64 dataset indices, refused with a one-line error unless they are distinct
+    integers in ``0..n-1``, at least one."""
     rows = np.asarray(rows).ravel()
     if rows.size and not np.issubdtype(rows.dtype, np.integer):
-        raise MiaError(f"members file {path} holds {rows.dtype} values; row indices are integers")
+        raise MiaError(f"{what} holds {rows.dtype} values; row indices are integers")
     rows = rows.astype(np.int64)
     if rows.size == 0:
-        raise MiaError(f"members file {path} is empty; it lists the dataset rows the model trained on")
+        raise MiaError(f"{what} is empty; it lists the dataset rows the model trained on")
     if rows.min() < 0 or rows.max() >= n:
-        raise MiaError(f"members file {path} has rows outside 0..{n - 1} (min {rows.min()}, max {rows.max()}); "
+        raise MiaError(f"{what} has rows outside 0..{n - 1} (min {rows.min()}, max {rows.max()}); "
                        "the indices are positions in the dataset as mia loads it")
     unique = np.unique(rows)
     if len(unique) != len(rows):
-        raise MiaError(f"members file {path} lists {len(rows) - len(unique)} rows twice; list each once")
+        raise MiaError(f"{what} lists {len(rows) - len(unique)} rows twice; list each once")
     return unique
 
 

@@ -136,3 +136,24 @@ def test_imported_audits_refuse_what_they_cannot_be(tmp_path, mlflow_store):
                              str(tmp_path / "members.txt"), "--defense", "relaxloss"), "defense none")
     assert_user_error(invoke(*base, "--checkpoint", str(tmp_path / "model.pt"), "--members",
                              str(tmp_path / "members.txt")), "does not fit model 'mlp'")
+
+
+def test_run_audit_takes_a_model_trained_elsewhere_from_python(blobs, tmp_path):
+    from mia import audit
+
+    members = np.sort(np.random.default_rng(1).permutation(len(blobs))[:400])
+    torch.save(train_elsewhere(blobs, members).state_dict(), tmp_path / "model.pt")
+    np.save(tmp_path / "members.npy", members)
+    config = audit.resolve_config("purchase-synth", model="fc", dataset_params={"n": 2000}, label_only=[],
+                                  train_overrides={"epochs": 5})
+    runs = [audit.run_audit(config, attacks="loss", reference_models=1, cache_dir=str(tmp_path), progress=False,
+                            checkpoint=tmp_path / "model.pt", members=rows)
+            for rows in (members, tmp_path / "members.npy")]
+    assert all(np.array_equal(r.split.members, members) for r in runs)
+    assert runs[0].metrics["loss"]["auc"] == runs[1].metrics["loss"]["auc"] > 0.9
+    assert runs[0].target.train_accuracy == 1.0
+    with pytest.raises(MiaError, match="both checkpoint"):
+        audit.run_audit(config, checkpoint=tmp_path / "model.pt")
+    with pytest.raises(MiaError, match="twice"):
+        audit.run_audit(config, attacks="loss", checkpoint=tmp_path / "model.pt", members=[1, 1, 2],
+                        cache_dir=str(tmp_path), progress=False)
