@@ -157,3 +157,32 @@ def test_run_audit_takes_a_model_trained_elsewhere_from_python(blobs, tmp_path):
     with pytest.raises(MiaError, match="twice"):
         audit.run_audit(config, attacks="loss", checkpoint=tmp_path / "model.pt", members=[1, 1, 2],
                         cache_dir=str(tmp_path), progress=False)
+
+
+def test_an_image_model_sees_its_inputs_as_its_own_loop_prepared_them(tmp_path):
+    """README: images reach an imported model as ``(x / 255 - mean) / std`` with the dataset's statistics. A
+    user's loop that prepared them so finds its own accuracies in the run's."""
+    from mia import audit
+
+    data = load_dataset("digits")
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    x = (data.x.float() / 255 - mean) / std
+    members = np.sort(np.random.default_rng(2).permutation(len(data))[:300])
+    torch.manual_seed(0)
+    net = build_model("cnn-small", data.input_shape, data.num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(15):
+        for batch in torch.from_numpy(members)[torch.randperm(len(members))].split(32):
+            opt.zero_grad()
+            F.cross_entropy(net(x[batch]), data.y[batch]).backward()
+            opt.step()
+    net.eval()
+    torch.save(net.state_dict(), tmp_path / "cnn.pt")
+    config = audit.resolve_config("digits", model="cnn-small", label_only=[], train_overrides={"epochs": 2})
+    report = audit.run_audit(config, attacks="loss", reference_models=1, cache_dir=str(tmp_path), progress=False,
+                             checkpoint=tmp_path / "cnn.pt", members=members)
+    with torch.no_grad():
+        own = [float((net(x[rows]).argmax(1) == data.y[rows]).float().mean())
+               for rows in (torch.from_numpy(members), torch.from_numpy(report.split.nonmembers))]
+    assert own[0] > 0.95 and 0.6 < own[1] < own[0]  # it learned, and generalizes less than it memorized
+    assert (report.target.train_accuracy, report.target.test_accuracy) == pytest.approx(own, abs=1e-6)
