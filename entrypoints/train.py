@@ -32,6 +32,9 @@ def train(opts: dict) -> None:
             raise MiaError(f"--resume continues run {opts['resume']} with its own options; drop {', '.join(given)}")
         outcome = federated_run(None, opts["experiment"], progress=not opts["quiet"], resume=opts["resume"])
     else:
+        if opts["from_run"] and (opts["checkpoint"] or opts["members"]):  # not "use it with --scenario pruning"
+            raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
+                           "trained: drop --from-run")
         if opts["from_run"] and opts["scenario"] != "pruning":  # before target_config notes it as ignored
             raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
         config = target_config(opts)

@@ -48,7 +48,8 @@ from mia.errors import MiaError, unknown
 from mia.fl.attacks import NothingToScore, run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
-from mia.imported import checked_members, load_network, read_members, split_around
+from mia.imported import (CHECKPOINT_FIX, MEMBERS_FIX, check_file, checked_members, load_network,
+                          read_members, split_around)
 from mia.label_signals import LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
@@ -812,6 +813,9 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
         raise MiaError("a model trained elsewhere needs both checkpoint= (its weights) and members= (its rows)")
     if checkpoint is not None:
         check_importable(config)
+        check_file(checkpoint, "checkpoint", CHECKPOINT_FIX)  # before the data loads
+        if isinstance(members, (str, Path)):
+            check_file(members, "members file", MEMBERS_FIX)
     with callers_random_state():
         return _audit(config, attacks, reference_models, attack_params, pool_mode, adaptive, cache_dir, progress,
                       checkpoint, members)

@@ -15,6 +15,7 @@ best epoch, since the target's is unknown.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,30 +27,70 @@ from mia.errors import MiaError
 from mia.models import build_model
 
 
-def read_members(path: str | Path, n: int) -> np.ndarray:
-    """The sorted dataset rows of a members file: ``.npy`` of integers, or text with one integer per line (a
-    first line that is not a number, a CSV header such as ``index``, is skipped)."""
+def check_file(path: str | Path, what: str, fix: str) -> Path:
+    """``path`` as a :class:`Path` if it is a file, else a one-line error that says what it is instead."""
     path = Path(path)
+    if path.is_dir():
+        raise MiaError(f"{what} {str(path)!r} is a folder; {fix}")
     if not path.is_file():
-        raise MiaError(f"members file {str(path)!r} not found; pass the list of dataset rows the model trained on")
-    try:
-        if path.suffix == ".npy":
+        raise MiaError(f"{what} {str(path)!r} not found; {fix}")
+    return path
+
+
+MEMBERS_FIX = "pass the list of dataset rows the model trained on"
+CHECKPOINT_FIX = "pass the file of torch.save(model.state_dict(), path)"
+
+
+def read_members(path: str | Path, n: int) -> np.ndarray:
+    """The sorted dataset rows of a members file: ``.npy`` of integers, or text with one integer per line
+    (``np.savetxt``'s ``9.000000000000000000e+00`` too). A first line that is not numbers, a CSV header such as
+    ``index,label``, is skipped and the rows are the first column (separated by commas, tabs, semicolons or
+    spaces). Refused rather than misread: several values on the one line of a file (a joined list), and a
+    header whose first column has no name (pandas' ``to_csv()`` writes its own index there)."""
+    path = check_file(path, "members file", MEMBERS_FIX)
+    if path.suffix == ".npy":
+        try:
             rows = np.load(path, allow_pickle=False)
-        else:
-            lines = [line.split(",")[0].strip() for line in path.read_text().splitlines() if line.strip()]
-            if lines and not lines[0].lstrip("-").isdigit():
-                lines = lines[1:]  # a header
-            rows = np.array([int(line) for line in lines])
+        except (ValueError, OSError) as exc:
+            raise MiaError(f"members file {path} is not a readable .npy of integers: {exc}") from None
+        return checked_members(rows, n, f"members file {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
     except (ValueError, OSError) as exc:
-        raise MiaError(f"members file {path} must hold one dataset row index per line (or an .npy of "
+        raise MiaError(f"members file {path} must be text with one dataset row index per line (or an .npy of "
                        f"integers): {exc}") from None
-    return checked_members(rows, n, f"members file {path}")
+    lines = [re.split(r"[,;\s]+", line.strip().rstrip(",;")) for line in text.splitlines() if line.strip()]
+    if lines and (lines[0][0] == "" or any(_number(field) is None for field in lines[0])):  # a header
+        header, lines = lines[0], lines[1:]
+        if len(header) > 1 and header[0] == "":
+            raise MiaError(f"members file {path} has a header whose first column has no name, as pandas writes "
+                           "its index: the rows would be that index; save it with to_csv(index=False)")
+    elif len(lines) == 1 and len(lines[0]) > 1:
+        raise MiaError(f"members file {path} holds {len(lines[0])} values on one line; list one dataset row "
+                       "index per line (np.savetxt(path, rows, fmt='%d'))")
+    values = []
+    for number, fields in enumerate(lines, start=1):
+        value = _number(fields[0])
+        if value is None or not value.is_integer():
+            raise MiaError(f"members file {path} must hold one dataset row index per line (or an .npy of "
+                           f"integers); data line {number} starts with {fields[0]!r}")
+        values.append(int(value))
+    return checked_members(np.array(values, dtype=np.int64), n, f"members file {path}")
+
+
+def _number(field: str) -> float | None:
+    try:
+        return float(field)
+    except ValueError:
+        return None
 
 
 def checked_members(rows, n: int, what: str = "members") -> np.ndarray:
     """``rows`` as sorted int64 dataset indices, refused with a one-line error unless they are distinct
     integers in ``0..n-1``, at least one."""
     rows = np.asarray(rows).ravel()
+    if rows.size and rows.dtype == bool:
+        raise MiaError(f"{what} holds a boolean mask; it lists row indices: pass np.flatnonzero(mask)")
     if rows.size and not np.issubdtype(rows.dtype, np.integer):
         raise MiaError(f"{what} holds {rows.dtype} values; row indices are integers")
     rows = rows.astype(np.int64)
@@ -58,9 +99,12 @@ def checked_members(rows, n: int, what: str = "members") -> np.ndarray:
     if rows.min() < 0 or rows.max() >= n:
         raise MiaError(f"{what} has rows outside 0..{n - 1} (min {rows.min()}, max {rows.max()}); "
                        "the indices are positions in the dataset as mia loads it")
-    unique = np.unique(rows)
+    unique, counts = np.unique(rows, return_counts=True)
     if len(unique) != len(rows):
-        raise MiaError(f"{what} lists {len(rows) - len(unique)} rows twice; list each once")
+        twice = unique[counts > 1]
+        shown = ", ".join(map(str, twice[:5])) + (", ..." if len(twice) > 5 else "")
+        raise MiaError(f"{what} lists {len(twice)} row{'s' if len(twice) > 1 else ''} more than once ({shown}); "
+                       "list each once")
     return unique
 
 
@@ -86,28 +130,45 @@ def split_around(n: int, members: np.ndarray, seed: int, config: SplitConfig | N
 
 def load_network(path: str | Path, model: str, norm: str, data: Dataset) -> nn.Module:
     """The weights of ``path`` (``torch.save(net.state_dict(), path)``) in ``model`` built for ``data``, in eval
-    mode on the data's device. Loaded with ``weights_only=True``; a ``{"state_dict": ...}`` wrapper and the
-    ``module.`` prefix of ``nn.DataParallel`` are taken off."""
-    path = Path(path)
-    if not path.is_file():
-        raise MiaError(f"checkpoint {str(path)!r} not found; pass the file of torch.save(model.state_dict(), path)")
+    mode on the data's device. Loaded with ``weights_only=True``; the wrappers of common checkpoints are taken
+    off: a ``{"state_dict": ...}`` (Lightning) or ``{"model_state_dict": ...}`` (PyTorch's tutorial) dict, the
+    ``module.`` prefix of ``nn.DataParallel`` and the ``_orig_mod.`` of ``torch.compile``."""
+    path = check_file(path, "checkpoint", CHECKPOINT_FIX)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or pickled-object file
         raise MiaError(f"cannot read checkpoint {path} as weights ({type(exc).__name__}); save it with "
                        "torch.save(model.state_dict(), path)") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MiaError(f"checkpoint {path} is not a state dict; save it with torch.save(model.state_dict(), path)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        held = (f"a dict with keys {', '.join(map(str, list(state)[:8]))}{', ...' if len(state) > 8 else ''}"
+                if isinstance(state, dict) else f"a {type(state).__name__}")
+        raise MiaError(f"checkpoint {path} holds {held}, not a state dict; save it with "
+                       "torch.save(model.state_dict(), path)")
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     network = build_model(model, data.input_shape, data.num_classes, norm=norm)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+    if mismatch := _mismatch(state, network.state_dict()):
         raise MiaError(f"checkpoint {path} does not fit model {model!r} (norm {norm}) for this dataset's "
-                       f"{tuple(data.input_shape)} inputs and {data.num_classes} classes ({first}); pass the "
-                       "--model and --norm it was trained as") from None
+                       f"{tuple(data.input_shape)} inputs and {data.num_classes} classes ({mismatch}); pass the "
+                       "--model and --norm it was trained as")
+    network.load_state_dict(state)
     return network.to(data.x.device).eval()
+
+
+def _mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    """How ``state`` differs from the state dict ``expected`` in keys and shapes, a few names each; empty if not."""
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} in the checkpoint, {list(v.shape)} in the model"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = [f"{len(names)} {what}: {some(names)}" for what, names in (
+        ("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if names]
+    return "; ".join(parts)

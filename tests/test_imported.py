@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from mia.data import Dataset, SplitConfig, load_dataset
 from mia.errors import MiaError
-from mia.imported import load_network, read_members, split_around
+from mia.imported import checked_members, load_network, read_members, split_around
 from mia.models import build_model
 from test_cli import assert_user_error, invoke, run_id_of
 
@@ -46,7 +46,7 @@ def test_members_files_in_text_csv_and_npy(tmp_path):
 
 
 @pytest.mark.parametrize("content, fragment", [
-    ("1\n12\n", "outside 0..9"), ("1\n1\n", "twice"), ("", "empty"), ("1\nx\n", "one dataset row index"),
+    ("1\n12\n", "outside 0..9"), ("1\n1\n", "more than once"), ("", "empty"), ("1\nx\n", "one dataset row index"),
 ])
 def test_bad_members_files(tmp_path, content, fragment):
     (tmp_path / "rows.txt").write_text(content)
@@ -154,7 +154,7 @@ def test_run_audit_takes_a_model_trained_elsewhere_from_python(blobs, tmp_path):
     assert runs[0].target.train_accuracy == 1.0
     with pytest.raises(MiaError, match="both checkpoint"):
         audit.run_audit(config, checkpoint=tmp_path / "model.pt")
-    with pytest.raises(MiaError, match="twice"):
+    with pytest.raises(MiaError, match="more than once"):
         audit.run_audit(config, attacks="loss", checkpoint=tmp_path / "model.pt", members=[1, 1, 2],
                         cache_dir=str(tmp_path), progress=False)
 
@@ -186,3 +186,79 @@ def test_an_image_model_sees_its_inputs_as_its_own_loop_prepared_them(tmp_path):
                for rows in (torch.from_numpy(members), torch.from_numpy(report.split.nonmembers))]
     assert own[0] > 0.95 and 0.6 < own[1] < own[0]  # it learned, and generalizes less than it memorized
     assert (report.target.train_accuracy, report.target.test_accuracy) == pytest.approx(own, abs=1e-6)
+
+
+# ---------------------------------------------------------------- what users save, and how it could be misread
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("5,3,9\n", "on one line"),  # a list joined with commas: read as the one row 5 before
+    ("5 3 9\n", "on one line"),  # with spaces: said the file was empty
+    (",0\n0,5\n1,3\n2,9\n", "index=False"),  # pandas' Series.to_csv(): its index 0, 1, 2 were taken as the rows
+    (",row\n0,5\n1,3\n2,9\n", "index=False"),
+    ("5.5\n3\n", "5.5"),
+])
+def test_members_files_that_would_be_misread_are_refused(tmp_path, content, fragment):
+    (tmp_path / "rows.txt").write_text(content)
+    with pytest.raises(MiaError, match=fragment):
+        read_members(tmp_path / "rows.txt", 10)
+
+
+def test_members_files_as_numpy_and_spreadsheets_write_them(tmp_path):
+    np.savetxt(tmp_path / "savetxt.txt", np.array([9, 5, 3]))  # numpy's default format: 9.000000000000000000e+00
+    (tmp_path / "rows.tsv").write_text("index\tlabel\n5\t1\n3\t0\n9\t2\n")
+    (tmp_path / "excel.csv").write_text("\ufeffindex;label\r\n5;1\r\n3;0\r\n9;2\r\n")
+    for name in ("savetxt.txt", "rows.tsv", "excel.csv"):
+        assert read_members(tmp_path / name, 10).tolist() == [3, 5, 9], name
+
+
+def test_members_messages_say_what_to_do(tmp_path):
+    with pytest.raises(MiaError, match=r"lists 1 row more than once \(2\)"):
+        checked_members([1, 2, 2], 10)
+    with pytest.raises(MiaError, match="np.flatnonzero"):
+        checked_members(np.arange(10) < 3, 10)
+    with pytest.raises(MiaError, match="is a folder"):
+        read_members(tmp_path, 10)
+
+
+def test_checkpoints_of_compiled_models_and_of_the_pytorch_tutorial_load(blobs, tmp_path):
+    net = build_model("fc", blobs.input_shape, blobs.num_classes).eval()
+    state = net.state_dict()
+    probe = blobs.x[:5].float()
+    optimizer = torch.optim.Adam(net.parameters())
+    for name, saved in (("compiled", {f"_orig_mod.{k}": v for k, v in state.items()}),
+                        ("ddp-compiled", {f"module._orig_mod.{k}": v for k, v in state.items()}),
+                        ("tutorial", {"epoch": 3, "model_state_dict": state,
+                                      "optimizer_state_dict": optimizer.state_dict()})):
+        torch.save(saved, tmp_path / f"{name}.pt")
+        assert torch.equal(load_network(tmp_path / f"{name}.pt", "fc", "bn", blobs)(probe), net(probe)), name
+    torch.save({"epoch": 3, "net": 1}, tmp_path / "other.pt")
+    with pytest.raises(MiaError, match="keys epoch, net"):
+        load_network(tmp_path / "other.pt", "fc", "bn", blobs)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_a_short_message(tmp_path):
+    data = load_dataset("digits")
+    torch.save(build_model("resnet18", data.input_shape, data.num_classes).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(MiaError) as error:
+        load_network(tmp_path / "r18.pt", "cnn-small", "bn", data)
+    message = str(error.value)
+    assert len(message) < 600 and "unexpected" in message and "missing" in message, message
+
+
+def test_a_checkpoint_with_from_run_is_refused_for_what_it_is(tmp_path, mlflow_store):
+    (tmp_path / "members.txt").write_text("1\n2\n")
+    torch.save({}, tmp_path / "model.pt")
+    # said "use it with --scenario pruning"; followed, that was refused too
+    assert_user_error(invoke("train", "--checkpoint", str(tmp_path / "model.pt"), "--members",
+                             str(tmp_path / "members.txt"), "--from-run", "0" * 32, "--quiet"),
+                      "--from-run", "--checkpoint")
+
+
+def test_a_missing_file_fails_before_any_run_is_opened(tmp_path, mlflow_store):
+    (tmp_path / "members.txt").write_text("1\n2\n")
+    torch.save({}, tmp_path / "model.pt")
+    for checkpoint, members in (("nope.pt", "members.txt"), ("model.pt", "nope.txt")):
+        assert_user_error(invoke("train", "--checkpoint", str(tmp_path / checkpoint), "--members",
+                                 str(tmp_path / members), "--quiet"), "not found")
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
