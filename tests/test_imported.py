@@ -262,3 +262,18 @@ def test_a_missing_file_fails_before_any_run_is_opened(tmp_path, mlflow_store):
         assert_user_error(invoke("train", "--checkpoint", str(tmp_path / checkpoint), "--members",
                                  str(tmp_path / members), "--quiet"), "not found")
     assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+
+
+def test_lira_online_without_models_that_trained_on_the_audited_samples_says_why_under_an_online_pool():
+    """A model trained elsewhere on few listed rows gets reference models that train on as few, which may miss
+    every audited sample: the message said "build the pool with --pool online" to a pool that was online."""
+    from mia.attacks.base import ReferenceSignals
+    from mia.attacks.reference import LiraOnline
+
+    rng = np.random.default_rng(0)
+    population_inclusion = np.zeros((2, 50), dtype=bool)
+    population_inclusion[:, :20] = True
+    reference = ReferenceSignals(rng.normal(size=(40, 1)), rng.normal(size=(2, 40, 1)), np.zeros((2, 40), bool),
+                                 rng.normal(size=(50, 1)), rng.normal(size=(2, 50, 1)), population_inclusion)
+    with pytest.raises(MiaError, match=r"none of the 2 trained on any of the 40.*\(20\).*--reference-models"):
+        LiraOnline(variance="fixed").scores(reference, "fixed")

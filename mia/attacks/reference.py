@@ -629,9 +629,13 @@ class LiraOnline(_Lira):
 
     def scores(self, reference: ReferenceSignals, variance: str) -> np.ndarray:
         stats = lira_statistics(reference.phi, reference.inclusion, variance)
-        if stats["in"] is None:
-            raise MiaError("attack 'lira-online' needs reference models trained on the audited "
-                           "samples; build the pool with --pool online, or use lira-offline or rmia")
+        if stats["in"] is None:  # an offline pool; or an online one whose few-row models missed them all
+            rows = int(reference.inclusion[0].sum() + reference.population_inclusion[0].sum())
+            raise MiaError(f"attack 'lira-online' needs reference models trained on the audited samples, and none "
+                           f"of the {reference.num_models} trained on any of the {reference.phi.shape[1]}: an "
+                           "offline pool trains none (--pool online), and an online one's models train on as "
+                           f"many rows as the target did ({rows}), too few to draw them; add --reference-models, "
+                           "or use lira-offline or rmia")
         if stats["out"] is None:
             raise MiaError("attack 'lira-online' needs reference models that did not train on the "
                            "audited samples; every model trained on all of them")
