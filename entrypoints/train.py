@@ -23,7 +23,10 @@ from entrypoints.options import (common_options, federated_options, flag, import
 @common_options
 @pass_options
 def train(opts: dict) -> None:
-    """Train a target model; logs config, per-epoch (or per-round) metrics, split, checkpoint and signals."""
+    """Train a target model, or record one trained elsewhere.
+
+    Logs config, per-epoch (or per-round) metrics, split, checkpoint and signals; with --checkpoint and
+    --members nothing trains: the weights and the rows they trained on become the run's target."""
     from mia.experiment import federated_run, train_run
 
     if opts["resume"]:
