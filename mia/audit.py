@@ -274,6 +274,22 @@ def check_importable(config: TargetConfig) -> None:
                        "defense none (drop --scenario / --defense)")
 
 
+def check_import(config: TargetConfig, checkpoint, members, names: tuple[str, str] = ("checkpoint=", "members=")
+                 ) -> None:
+    """A model trained elsewhere, checked before anything loads or a run opens: both its weights and its rows,
+    a config it can be audited under (:func:`check_importable`), files that exist. ``names`` are how the
+    caller spells the two (``--checkpoint``/``--members`` on the command line)."""
+    if (checkpoint is None) != (members is None):
+        raise MiaError(f"a model trained elsewhere needs both {names[0]} (its weights) and {names[1]} (the rows it "
+                       "trained on)")
+    if checkpoint is None:
+        return
+    check_importable(config)
+    check_file(checkpoint, "checkpoint", CHECKPOINT_FIX)
+    if isinstance(members, (str, Path)):
+        check_file(members, "members file", MEMBERS_FIX)
+
+
 def fit_imported(config: TargetConfig, data: Dataset, split: Split, checkpoint: str | Path) -> TrainedModel:
     """A target trained elsewhere (:mod:`mia.imported`): ``checkpoint``'s weights in ``config.model``, with
     ``split.members`` the rows it trained on; its accuracies measured as :func:`fit`'s are. Its best epoch is
@@ -809,13 +825,7 @@ def run_audit(config: TargetConfig, attacks: str | list[str] = "all", reference_
     array, or a file as :func:`mia.imported.read_members` reads). The caller's
     global random generators are left as they were (:func:`callers_random_state`).
     """
-    if (checkpoint is None) != (members is None):
-        raise MiaError("a model trained elsewhere needs both checkpoint= (its weights) and members= (its rows)")
-    if checkpoint is not None:
-        check_importable(config)
-        check_file(checkpoint, "checkpoint", CHECKPOINT_FIX)  # before the data loads
-        if isinstance(members, (str, Path)):
-            check_file(members, "members file", MEMBERS_FIX)
+    check_import(config, checkpoint, members)  # before the data loads
     with callers_random_state():
         return _audit(config, attacks, reference_models, attack_params, pool_mode, adaptive, cache_dir, progress,
                       checkpoint, members)

@@ -19,7 +19,7 @@ from mia.attacks import selection
 from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.data.splits import Split
-from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, read_members, split_around
+from mia.imported import read_members, split_around
 from mia.errors import MiaError
 from mia.models import build_model
 from mia.defenses import make_defense
@@ -68,15 +68,9 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
     trained elsewhere (:mod:`mia.imported`), its members the rows the
     ``members`` file lists, and is attacked like any target.
     """
-    if (checkpoint is None) != (members is None):
-        raise MiaError("a model trained elsewhere needs both --checkpoint (its weights) and --members (the rows "
-                       "it trained on)")
-    if checkpoint is not None:
-        if from_run:
-            raise MiaError("--from-run starts a pruning run from a dense one; a --checkpoint is audited as it is")
-        audit.check_importable(config)
-        check_file(checkpoint, "checkpoint", CHECKPOINT_FIX)  # a mistyped name opens no run
-        check_file(members, "members file", MEMBERS_FIX)
+    if checkpoint is not None and from_run:
+        raise MiaError("--from-run starts a pruning run from a dense one; a --checkpoint is audited as it is")
+    audit.check_import(config, checkpoint, members, ("--checkpoint", "--members"))  # a mistyped name opens no run
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
     if from_run and config.scenario != "pruning":
