@@ -44,8 +44,8 @@ from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.augment import query_views
 from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
-from mia.errors import MiaError, unknown
-from mia.fl.attacks import NothingToScore, run_fl_attack
+from mia.errors import MiaError, NothingToScore, unknown
+from mia.fl.attacks import run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
 from mia.imported import (CHECKPOINT_FIX, MEMBERS_FIX, check_file, checked_members, load_network,
@@ -678,8 +678,14 @@ def run_fl_attacks(names: list[str], signals, target_client: int, is_member: np.
 def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
                 shadows: list[ShadowSignals], params: dict[str, dict] | None = None,
                 seed: int = 0, progress: bool = True,
-                reference: ReferenceSignals | None = None, split_ai=None) -> list[AttackResult]:
-    """Run each attack on stored signals and score it against the true membership."""
+                reference: ReferenceSignals | None = None, split_ai=None,
+                skip_unscorable: bool = False) -> list[AttackResult]:
+    """Run each attack on stored signals and score it against the true membership.
+
+    ``skip_unscorable`` (``--attacks all``) leaves out, with a warning, an attack its inputs give nothing to
+    score (:class:`mia.errors.NothingToScore`: LiRA online where no reference model drew an audited sample);
+    named, it fails saying why, as :func:`run_fl_attacks` does.
+    """
     params = params or {}
     results = []
     bar = tqdm(names, desc="attacks", disable=not progress, leave=False)
@@ -689,7 +695,14 @@ def run_attacks(names: list[str], target: Signals, is_member: np.ndarray,
         fit_on = shadows
         if ATTACKS.get(name).family == "label-only":  # only some reference models store these signals
             fit_on = [s for s in shadows if s.signals.label_only] or shadows
-        out = run_attack(name, target, fit_on, params.get(name), seed=seed, reference=reference, split_ai=split_ai)
+        try:
+            out = run_attack(name, target, fit_on, params.get(name), seed=seed, reference=reference,
+                             split_ai=split_ai)
+        except NothingToScore as exc:
+            if not skip_unscorable:
+                raise
+            warnings.warn(f"{name} left out: {str(exc).split(';')[0]}", stacklevel=2)
+            continue
         scores, predictions, member = out.restricted(is_member)
         try:
             metrics = {**attack_metrics(scores, member, predictions), **interval_metrics(scores, member, seed=seed)}
@@ -708,7 +721,8 @@ def leakage_summary(results: list[AttackResult]) -> dict[str, float]:
 
 def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: Split, signals: Signals,
                   population: Signals, pool, params: dict[str, dict] | None = None, seed: int = 0,
-                  progress: bool = True, stage: Callable = contextlib.nullcontext) -> list[AttackResult]:
+                  progress: bool = True, stage: Callable = contextlib.nullcontext,
+                  skip_unscorable: bool = False) -> list[AttackResult]:
     """The black-box attacks ``names`` on a target's signals, calibrated on the reference ``pool``.
 
     ``signals``/``population`` are the target's on ``split.query()`` and on the
@@ -726,7 +740,8 @@ def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: 
                                           (params or {}).get("selena-adaptive"), seed, progress)
     with stage("attacks"):
         return run_attacks(names, signals, is_member, pool.shadows(), params, seed=seed, progress=progress,
-                           split_ai=split_ai, reference=pool.reference(signals, population, split.population))
+                           split_ai=split_ai, reference=pool.reference(signals, population, split.population),
+                           skip_unscorable=skip_unscorable)
 
 
 @dataclass
@@ -880,7 +895,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
         pool = grow(attacker_config(recipe, adaptive, target.best_epoch, finetune_epochs), pool_mode,
                     reference_models)
         return attack_target(names, recipe, data, split, signals, population, pool, attack_params, config.seed,
-                             progress)
+                             progress, skip_unscorable=attacks == "all")
 
     data = load_data(config)
     check_label_only_data(attacks, names, data, attack_params)

@@ -12,6 +12,12 @@ class MiaError(Exception):
     """A user error with a one-line message that says how to fix it."""
 
 
+class NothingToScore(MiaError):
+    """An attack's inputs give it nothing to score: no recorded FL round with what it needs (two other sampled
+    clients), no reference model on one side of the audited samples. Under ``--attacks all`` the attack is
+    left out with a warning; named, it fails with this message."""
+
+
 class Diverged(MiaError):
     """Training produced a non-finite loss. Its own class so that a caller that knows more of the cause (a
     federation whose defense perturbed the last global model) can say so."""

@@ -344,7 +344,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         results, written, plan = [], [], None
         if names:
             attacked = _Attacked(config, target.split, signals, population, released_epoch, finetune_epochs)
-            results, written, plan = _black_box(names, attacked, data, settings, attack_params, seed, timer)
+            results, written, plan = _black_box(names, attacked, data, settings, attack_params, seed, timer,
+                                                skip_unscorable=attacks == "all")
         dense_results = []
         if names and config.scenario == "pruning":
             dense_signals = target.signals(tracking.DENSE_SIGNALS)
@@ -357,7 +358,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             with timer.stage("dense"):  # its references are the dense recipe's, never defended
                 dense_results, dense_written, _ = _black_box(dense_names, dense, data,
                                                              replace(settings, adaptive=False), attack_params,
-                                                             seed, Timer())
+                                                             seed, Timer(), skip_unscorable=attacks == "all")
             written = written + dense_written
         metrics = _attack_metrics(target, results + fl_results, dense_results, len(written), timer)
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
@@ -418,7 +419,7 @@ class _Attacked:
 
 
 def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSettings,
-               attack_params: dict | None, seed: int, timer: Timer):
+               attack_params: dict | None, seed: int, timer: Timer, skip_unscorable: bool = False):
     """The black-box attacks on one target's signals, with the reference pool of its recipe.
 
     Returns ``(results, written, plan)``: the attacks' results, the pool
@@ -434,7 +435,8 @@ def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSe
         tracking.log_params({f"{target.prefix}reference_finetune_stops":
                              ",".join(map(str, recipe.prune.finetune_stops))})
     results = audit.attack_target(names, target.config, data, target.split, target.signals, target.population,
-                                  references, attack_params, seed, pool.progress, stage=timer.stage)
+                                  references, attack_params, seed, pool.progress, stage=timer.stage,
+                                  skip_unscorable=skip_unscorable)
     return results, written, plan
 
 

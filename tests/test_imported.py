@@ -277,3 +277,22 @@ def test_lira_online_without_models_that_trained_on_the_audited_samples_says_why
                                  rng.normal(size=(50, 1)), rng.normal(size=(2, 50, 1)), population_inclusion)
     with pytest.raises(MiaError, match=r"none of the 2 trained on any of the 40.*\(20\).*--reference-models"):
         LiraOnline(variance="fixed").scores(reference, "fixed")
+
+
+def test_under_all_an_attack_with_nothing_to_score_is_left_out_and_named_it_fails(blobs, tmp_path, mlflow_store):
+    """A model trained elsewhere on 5 listed rows: its one reference model trains on 5 rows too and draws none
+    of the 10 audited samples (of its ~1200 candidates), so LiRA online has no IN model. ``--attacks all``
+    stopped there, after the pool trained; it now leaves LiRA online out with a warning and scores the rest.
+    Named, it still fails."""
+    members = np.sort(np.random.default_rng(3).permutation(len(blobs))[:5])
+    torch.save(train_elsewhere(blobs, members, epochs=20).state_dict(), tmp_path / "model.pt")
+    np.savetxt(tmp_path / "members.txt", members, fmt="%d")
+    args = ["audit", "--dataset", "purchase-synth", "--dataset-param", "n=2000", "--model", "fc", "--checkpoint",
+            str(tmp_path / "model.pt"), "--members", str(tmp_path / "members.txt"), "--reference-models", "1",
+            "--epochs", "3", "--label-only", "", "--quiet"]
+    with pytest.warns(UserWarning, match="lira-online left out: attack 'lira-online' needs reference models"):
+        result = invoke(*args, "--attacks", "all")
+    assert result.exit_code == 0, result.output
+    metrics = MlflowClient().get_run(run_id_of(result.output, "attack run")).data.metrics
+    assert "lira-online.auc" not in metrics and {"loss.auc", "lira-offline.auc", "rmia.auc"} <= set(metrics)
+    assert_user_error(invoke(*args, "--attacks", "loss,lira-online"), "none of the 1 trained on any of the 10")

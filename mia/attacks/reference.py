@@ -104,7 +104,7 @@ from scipy.special import log_ndtr
 
 from mia.attacks.base import Attack, AttackSpec, ReferenceSignals, ShadowSignals, register
 from mia.attacks.threshold import fit_thresholds
-from mia.errors import MiaError
+from mia.errors import MiaError, NothingToScore
 from mia.metrics import roc, tpr_at_fpr
 from mia.registry import Param
 from mia.signals import Signals, loss
@@ -631,14 +631,14 @@ class LiraOnline(_Lira):
         stats = lira_statistics(reference.phi, reference.inclusion, variance)
         if stats["in"] is None:  # an offline pool; or an online one whose few-row models missed them all
             rows = int(reference.inclusion[0].sum() + reference.population_inclusion[0].sum())
-            raise MiaError(f"attack 'lira-online' needs reference models trained on the audited samples, and none "
-                           f"of the {reference.num_models} trained on any of the {reference.phi.shape[1]}: an "
-                           "offline pool trains none (--pool online), and an online one's models train on as "
-                           f"many rows as the target did ({rows}), too few to draw them; add --reference-models, "
-                           "or use lira-offline or rmia")
+            raise NothingToScore(f"attack 'lira-online' needs reference models trained on the audited samples, "
+                                 f"and none of the {reference.num_models} trained on any of the "
+                                 f"{reference.phi.shape[1]}: an offline pool trains none (--pool online), and an "
+                                 f"online one's models train on as many rows as the target did ({rows}), too few "
+                                 "to draw them; add --reference-models, or use lira-offline or rmia")
         if stats["out"] is None:
-            raise MiaError("attack 'lira-online' needs reference models that did not train on the "
-                           "audited samples; every model trained on all of them")
+            raise NothingToScore("attack 'lira-online' needs reference models that did not train on the "
+                                 "audited samples; every model trained on all of them")
         return lira_online_scores(reference.target_phi, stats["in"], stats["out"])
 
 

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from mia.attacks.base import AttackOutput, resolve_params
-from mia.errors import MiaError
+from mia.errors import MiaError, NothingToScore
 from mia.metrics import attack_metrics, interval_metrics
 from mia.registry import Param, Registry
 
@@ -157,10 +157,6 @@ def _check_target(signals: FLSignals, target) -> int:
 def _values(signals: FLSignals, signal: str, target: int) -> np.ndarray:
     """R x Q: the target's recorded ``signal`` (``grad_norm`` is the global model's, the same for all)."""
     return signals.grad_norm if signal == "grad_norm" else getattr(signals, signal)[:, target]
-
-
-class NothingToScore(MiaError):
-    """No recorded round gives the attack what it needs (e.g. two other sampled clients)."""
 
 
 # ---------------------------------------------------------------- scoring functions
