@@ -122,7 +122,8 @@ def split_around(n: int, members: np.ndarray, seed: int, config: SplitConfig | N
     if min(sizes) < 1 or sum(sizes) >= len(others):
         raise MiaError(f"{len(others)} rows outside the {len(members)} members are too few for "
                        f"{sizes[0]} non-members, {sizes[1]} validation rows and an attacker population; "
-                       "lower --nonmember-fraction / --validation-fraction")
+                       "lower the non-member and validation fractions (--nonmember-fraction, "
+                       "--validation-fraction; SplitConfig in Python)")
     rng = np.random.default_rng(seed)
     nonmembers, validation, population = np.split(rng.permutation(others), np.cumsum(sizes))
     return Split(members, np.sort(nonmembers), np.sort(validation), np.sort(population), seed)
