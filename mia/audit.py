@@ -48,8 +48,7 @@ from mia.errors import MiaError, NothingToScore, unknown
 from mia.fl.attacks import run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
-from mia.imported import (CHECKPOINT_FIX, MEMBERS_FIX, check_file, checked_members, load_network,
-                          read_members, split_around)
+from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network, member_rows, split_around
 from mia.label_signals import LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
@@ -902,9 +901,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
     if members is None:
         split = make_split(len(data), config.seed, config.split)
     else:
-        rows = (read_members(members, len(data)) if isinstance(members, (str, Path))
-                else checked_members(members, len(data)))
-        split = split_around(len(data), rows, config.seed, config.split)
+        split = split_around(len(data), member_rows(members, len(data)), config.seed, config.split)
     federation, fl_results = None, []
     if checkpoint is not None:
         target = fit_imported(config, data, split, checkpoint)

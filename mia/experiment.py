@@ -19,7 +19,7 @@ from mia.attacks import selection
 from mia.audit import AttackResult, TargetConfig
 from mia.data import Dataset, make_split
 from mia.data.splits import Split
-from mia.imported import read_members, split_around
+from mia.imported import member_rows, split_around
 from mia.errors import MiaError
 from mia.models import build_model
 from mia.defenses import make_defense
@@ -69,7 +69,8 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
     ``members`` file lists, and is attacked like any target.
     """
     if checkpoint is not None and from_run:
-        raise MiaError("--from-run starts a pruning run from a dense one; a --checkpoint is audited as it is")
+        raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
+                       "trained: drop --from-run")
     audit.check_import(config, checkpoint, members, ("--checkpoint", "--members"))  # a mistyped name opens no run
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
@@ -94,7 +95,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         if source is not None:
             split, dense = _dense_from_run(source, config, data)
         elif members is not None:
-            split = split_around(len(data), read_members(members, len(data)), config.seed, config.split)
+            split = split_around(len(data), member_rows(members, len(data)), config.seed, config.split)
         else:
             split = make_split(len(data), config.seed, config.split)
         tracking.log_split(split)

@@ -41,6 +41,13 @@ MEMBERS_FIX = "pass the list of dataset rows the model trained on"
 CHECKPOINT_FIX = "pass the file of torch.save(model.state_dict(), path)"
 
 
+def member_rows(members, n: int) -> np.ndarray:
+    """The sorted dataset rows ``members`` names: a file (:func:`read_members`) or an array of indices."""
+    if isinstance(members, (str, Path)):
+        return read_members(members, n)
+    return checked_members(members, n)
+
+
 def read_members(path: str | Path, n: int) -> np.ndarray:
     """The sorted dataset rows of a members file: ``.npy`` of integers, or text with one integer per line
     (``np.savetxt``'s ``9.000000000000000000e+00`` too). A first line that is not numbers, a CSV header such as
