@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from mia.attacks import (ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, SplitAISignals, resolve_params,
                          run_attack)
 from mia.attacks.selection import (applicable, as_asked, check_attacks, check_label_only_data, shadow_split,
-                                  with_named_label_only)
+                                  label_only_for)
 from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.augment import query_views
 from mia.data.datasets import DATASETS
@@ -49,7 +49,7 @@ from mia.fl.attacks import run_fl_attack
 from mia.fl.config import FLConfig
 from mia.fl.simulation import simulate
 from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network, member_rows, split_around
-from mia.label_signals import LABEL_ONLY_KINDS, label_only_signals
+from mia.label_signals import DEFAULT_LABEL_ONLY, LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
 from mia.pool import MODES, grow_pool, load_pool, plan_pool
@@ -81,13 +81,18 @@ class TargetConfig:
     defense: str = "none"
     defense_params: dict = field(default_factory=dict)
     # label-only signals computed for the target and the first reference models; the boundary
-    # searches cost hundreds of queries per sample, so they are asked for, not default
-    label_only: list = field(default_factory=lambda: ["aug", "noise-flip"])
+    # searches cost hundreds of queries per sample, so they are asked for, not default. None (unset):
+    # DEFAULT_LABEL_ONLY, or in an audit that names its attacks only what those read (label_only_for)
+    label_only: list | None = None
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fl: FLConfig | None = None  # the federation, for scenario="federated"
     prune: PruneConfig | None = None  # pruning and fine-tuning, for scenario="pruning"
+
+    def label_only_kinds(self) -> list[str]:
+        """The label-only signals this target computes: ``label_only``, or :data:`DEFAULT_LABEL_ONLY` unset."""
+        return list(DEFAULT_LABEL_ONLY if self.label_only is None else self.label_only)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -193,10 +198,11 @@ def check_config(config: TargetConfig) -> TargetConfig:
     label_only = config.label_only
     if isinstance(label_only, str):
         label_only = [k.strip() for k in label_only.split(",") if k.strip()]
-    for kind in label_only:
+    for kind in label_only or ():
         if kind not in LABEL_ONLY_KINDS:
             raise unknown("label-only signal", kind, LABEL_ONLY_KINDS)
-    return replace(config, defense_params=defense_params, label_only=list(label_only),
+    return replace(config, defense_params=defense_params,
+                   label_only=None if label_only is None else list(label_only),
                    dataset_params=coerce(spec.params, config.dataset_params, f"dataset {spec.name}"), **extra)
 
 
@@ -516,7 +522,7 @@ def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: 
     """The target on its audited query set and on the attacker's population (RMIA's z)."""
     augment = config.train.augment and data.augment
     query, _ = split.query()
-    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only,
+    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only_kinds(),
                           progress),
             query_signals(model, data, split.population, config.seed, config.train.device, augment,
                           progress=progress))
@@ -527,7 +533,9 @@ def pool_identity(config: TargetConfig) -> dict:
     train = {k: v for k, v in config.train.to_dict().items() if k not in ("seed", "device", "compile")}
     return {"dataset": config.dataset, "dataset_params": config.dataset_params, "model": config.model,
             "norm": config.norm, "defense": config.defense, "defense_params": config.defense_params,
-            "label_only": sorted(config.label_only), "train": train,
+            # label-only signals are added to a pool's first models when an audit asks (mia.pool.grow_pool), so
+            # they do not tell pools apart; the field keeps its old default so that pools keep their keys and seeds
+            "label_only": sorted(DEFAULT_LABEL_ONLY), "train": train,
             **({"prune": config.prune.to_dict()} if config.scenario == "pruning" and config.prune else {}),
             **({"fl": federation_identity(config.fl)} if config.scenario == "federated" and config.fl else {})}
 
@@ -876,7 +884,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
     if pools.parent.exists() and not pools.parent.is_dir():
         raise MiaError(f"cache_dir {pools.parent} is a file; pass a folder for the reference-model pools")
     attacks = as_asked(attacks)
-    config = with_named_label_only(config, attacks, attack_params)
+    config = label_only_for(config, attacks, attack_params)
     fl_names, names = check_attacks(attacks, config, attack_params, pool_mode)
     trained = []
 

@@ -72,6 +72,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
                        "trained: drop --from-run")
     audit.check_import(config, checkpoint, members, ("--checkpoint", "--members"))  # a mistyped name opens no run
+    config = selection.label_only_for(config)  # the run records the signals it computes
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
     if from_run and config.scenario != "pruning":
@@ -563,7 +564,7 @@ def audit_run(config: TargetConfig, attacks: str | list[str] = "all", reference_
     """``mia audit``: a training run (or a model trained elsewhere: ``checkpoint``/``members``, see
     :func:`train_run`), then an attack run linked to it."""
     attacks = selection.as_asked(attacks)
-    config = selection.with_named_label_only(config, attacks, attack_params)
+    config = selection.label_only_for(config, attacks, attack_params)
     selection.check_attacks(attacks, config, attack_params, pool_mode)  # fail before training
     trained = train_run(config, experiment, progress=progress, checkpoint=checkpoint, members=members)
     return attack_run(trained.run_id, attacks, reference_models, attack_params, seed=config.seed,

@@ -39,6 +39,10 @@ LABEL_ONLY_KINDS = ("aug", "boundary", "boundary-wb", "noise-flip")
   correct (Choquette-Choo et al.), binary tabular data only.
 """
 
+DEFAULT_LABEL_ONLY = ("aug", "noise-flip")
+"""The kinds a target computes unless told (each where it applies to the data): the cheap ones, so that
+``mia attack`` may ask for them later; the boundary searches cost hundreds of queries a row."""
+
 LABEL_ONLY_PARAMS: dict[str, Param] = {
     "batch_size": Param(int, 128, "samples searched at a time"),
     "query_batch": Param(int, 8192, "rows per forward pass of the model"),
@@ -100,7 +104,7 @@ def label_only_signals(model: nn.Module, data: Dataset, idx, *,
     opts = _label_only_options(options)
     device = resolve_device(device)
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    todo = [k for k in dict.fromkeys(kinds) if _applies(k, data, idx)]
+    todo = applicable_kinds(kinds, data, idx)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in todo}
     model = getattr(model, "label_model", model)
     was_training = model.training
@@ -137,6 +141,12 @@ def _label_only_options(options: dict) -> dict:
         if not 0 < opts[k] < 1:
             raise MiaError(f"label_only_signals option {k} must be in (0, 1), got {opts[k]}")
     return opts
+
+
+def applicable_kinds(kinds, data: Dataset, idx) -> list[str]:
+    """The kinds of ``kinds`` (once each, in order) that exist for rows ``idx`` of ``data``."""
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    return [k for k in dict.fromkeys(kinds) if _applies(k, data, idx)]
 
 
 def _applies(kind: str, data: Dataset, idx: torch.Tensor) -> bool:

@@ -42,7 +42,7 @@ from mia.attacks import ReferenceSignals, ShadowSignals
 from mia.data import Dataset, Split
 from mia.data.augment import query_views
 from mia.errors import MiaError
-from mia.label_signals import label_only_signals
+from mia.label_signals import applicable_kinds, label_only_signals
 from mia.signals import Signals, compute_signals
 
 MODES = ("online", "offline")
@@ -206,20 +206,26 @@ def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, pop
     ``queried`` are its signals on every pool sample, the population last; ``population`` its signals with
     the sensitivity on the population. Correctness is that of the stored float16 logits, as it was when
     whole logits were stored.
+    """
+    logits = _half(queried.logits)
+    label_only = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
+    return _write(model_file(root, m), dict(
+        inclusion=inclusion, correct=logits.argmax(axis=1) == queried.labels,
+        population_logits=logits[len(logits) - len(population):], phi=_half(queried.phi),
+        sensitivity=_half(population.sensitivity), **label_only))
+
+
+def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``arrays`` as the .npz ``path``, written whole or not at all.
 
     The temporary file is this writer's own: two audits of one recipe at once
     (scripts sharing ``./.mia-cache``) wrote the same ``model_00000.tmp``, one
     truncating the other's, and the second rename failed.
     """
-    path = model_file(root, m)
-    label_only = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
-    with tempfile.NamedTemporaryFile(dir=root, prefix=f"{path.stem}.", suffix=".tmp", delete=False) as f:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{path.stem}.", suffix=".tmp", delete=False) as f:
         tmp = Path(f.name)
         try:
-            logits = _half(queried.logits)
-            np.savez(f, inclusion=inclusion, correct=logits.argmax(axis=1) == queried.labels,
-                     population_logits=logits[len(logits) - len(population):], phi=_half(queried.phi),
-                     sensitivity=_half(population.sensitivity), **label_only)
+            np.savez(f, **arrays)
         except BaseException:
             tmp.unlink()
             raise
@@ -239,6 +245,13 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     stacked), and ``on_saved(path)`` called, so that a run killed or crashed
     while growing a large pool keeps the models already trained: the next
     one trains only the rest. Returns the files written.
+
+    The first :data:`LABEL_ONLY_MODELS` models also store the label-only
+    signals ``config`` computes (those that apply to the data). They are not
+    part of the pool's identity: a stored model that lacks a kind asked now
+    is trained again (its seed and training set are its own, so it is the same
+    model, to float32 rounding on the CPU) and the kind added to its file, so
+    audits that ask for different label-only attacks share one pool.
     """
     from mia.audit import fit_many
 
@@ -247,31 +260,55 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     write_identity(plan, root)
     drop_unreadable(root)
     have = pool_size(root)
-    missing = list(range(have, size))
-    if not missing:
+    kinds = applicable_kinds(config.label_only_kinds(), data, plan.population)
+    lacking = {m: todo for m in range(min(have, size, LABEL_ONLY_MODELS))
+               if (todo := [k for k in kinds if k not in _label_only_kinds(root, m)])}
+    models = [*lacking, *range(have, size)]
+    if not models:
         return []
-    inclusions = np.stack([plan.inclusion(m) for m in missing])
+    inclusions = np.stack([plan.inclusion(m) for m in models])
     samples = plan.samples
     train_sets = np.stack([samples[row] for row in inclusions])
     written = []
 
+    def label_only(model, m: int, todo: list[str]) -> dict[str, np.ndarray] | None:
+        if m >= LABEL_ONLY_MODELS or not todo:
+            return None
+        return label_only_signals(model, data, plan.population, kinds=tuple(todo), seed=plan.seed(m),
+                                  device=config.train.device, progress=progress)
+
     def save(i: int, model) -> None:
-        m = missing[i]
-        queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device,
-                                  progress=progress)
-        population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
-                                     device=config.train.device, progress=progress)
-        if m < LABEL_ONLY_MODELS:
-            population.label_only = label_only_signals(model, data, plan.population, kinds=tuple(config.label_only),
-                                                       seed=plan.seed(m), device=config.train.device,
-                                                       progress=progress)
-        written.append(_save_model(root, m, inclusions[i], queried, population))
+        m = models[i]
+        if m in lacking:
+            written.append(_add_label_only(root, m, label_only(model, m, lacking[m])))
+        else:
+            queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device,
+                                      progress=progress)
+            population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
+                                         device=config.train.device, progress=progress)
+            population.label_only = label_only(model, m, kinds)
+            written.append(_save_model(root, m, inclusions[i], queried, population))
         if on_saved is not None:
             on_saved(written[-1])
 
-    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in missing], progress, on_trained=save,
+    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in models], progress, on_trained=save,
              keep=False)
     return written
+
+
+def _label_only_kinds(root: Path, m: int) -> set[str]:
+    """The label-only kinds model ``m``'s file stores."""
+    with np.load(model_file(root, m), allow_pickle=False) as f:
+        return {k.removeprefix(_LABEL_ONLY_PREFIX) for k in f.files if k.startswith(_LABEL_ONLY_PREFIX)}
+
+
+def _add_label_only(root: Path, m: int, label_only: dict[str, np.ndarray]) -> Path:
+    """Model ``m``'s file with ``label_only`` added, replaced whole (readers see the old file or the new)."""
+    path = model_file(root, m)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update({f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in label_only.items()})
+    return _write(path, arrays)
 
 
 # ---------------------------------------------------------------- reading

@@ -225,7 +225,8 @@ def test_label_only_needs_follow_the_attack_parameters():
 
 def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkeypatch):
     """Training and attacking in one call, naming ``boundary`` asks for its signals (it was refused until
-    ``--label-only`` repeated it); ``all`` and signals that cannot exist for the data add nothing."""
+    ``--label-only`` repeated it); unset, nothing else is computed (no attack will read it); ``all`` and
+    signals that cannot exist for the data add nothing."""
     from mia import experiment
 
     class Trained(Exception):
@@ -237,10 +238,18 @@ def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkey
     monkeypatch.setattr(audit, "fit", stop)
     monkeypatch.setattr(experiment, "train_run", stop)
     config = audit.resolve_config("digits")
+    given = audit.resolve_config("digits", label_only="aug,noise-flip")
     for run in (audit.run_audit, experiment.audit_run):
-        with pytest.raises(Trained) as trained:
+        with pytest.raises(Trained) as trained:  # unset: only what the named attacks read
             run(config, attacks="loss,boundary,aug", attack_params={"boundary": {"mode": "white-box"}})
-        assert trained.value.args[0] == ["aug", "noise-flip", "boundary-wb"]
-    assert selection.with_named_label_only(config, "all") is config
+        assert trained.value.args[0] == ["boundary-wb", "aug"]
+        with pytest.raises(Trained) as trained:
+            run(config, attacks="loss,rmia")
+        assert trained.value.args[0] == []
+        with pytest.raises(Trained) as trained:  # given: kept, and the named attacks' added
+            run(given, attacks="loss,boundary")
+        assert trained.value.args[0] == ["aug", "noise-flip", "boundary"]
+    assert selection.label_only_for(config, "all").label_only == ["aug", "noise-flip"]
+    assert selection.label_only_for(given, "all").label_only == ["aug", "noise-flip"]
     with pytest.raises(MiaError, match="'noise-flip' signals, which exist for binary tabular data only; digits is"):
         audit.run_audit(config, attacks="noise-flip")

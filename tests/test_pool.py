@@ -87,6 +87,31 @@ def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
     assert 0.1 < shadows[0].is_member.mean() < 0.6
 
 
+def test_label_only_signals_asked_later_are_added_to_the_first_models(task, tmp_path):
+    """Label-only kinds do not tell pools apart: a pool grown without them serves a later audit that asks
+    for them, its first LABEL_ONLY_MODELS models trained again (the same models: their own seeds and rows)
+    and the kinds added to their files, as if asked from the start; the other models stay as they are."""
+    from mia.pool import LABEL_ONLY_MODELS
+
+    config, data, split = task
+    plain, asked = replace(config, label_only=[]), replace(config, label_only=["aug", "noise-flip"])
+    plan = audit.plan_reference_pool(plain, data, split)
+    assert audit.plan_reference_pool(asked, data, split).key == plan.key
+    pool, _ = audit.reference_pool(plan, plain, data, 3, tmp_path / "later", progress=False)
+    assert LABEL_ONLY_MODELS == 2 and pool.label_only == [{}, {}, {}]
+    stamp = model_file(tmp_path / "later", 2).stat().st_mtime_ns
+    later, written = audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)
+    assert [p.name for p in written] == [model_file(tmp_path, m).name for m in (0, 1)]
+    assert model_file(tmp_path / "later", 2).stat().st_mtime_ns == stamp
+    assert [set(kinds) for kinds in later.label_only] == [{"aug"}, {"aug"}, set()]  # noise-flip: not for images
+    np.testing.assert_array_equal(later.phi, pool.phi)
+    assert audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)[1] == []
+
+    first, _ = audit.reference_pool(plan, asked, data, 3, tmp_path / "first", progress=False)
+    for m in (0, 1):
+        np.testing.assert_array_equal(later.label_only[m]["aug"], first.label_only[m]["aug"])
+
+
 def test_model_files_of_the_old_layout_load_as_the_new_ones(task, tmp_path):
     """Pool files written before 2026-12-07 hold the logits of every pool sample; now the audited rows keep only
     whether the top-1 label was right (what mem-scores read), a Purchase100 file 47 -> 27 MB. A cached pool of

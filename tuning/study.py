@@ -76,7 +76,7 @@ IDENTITY_ATTR, PARENT_ATTR = "mia", "mlflow_parent_run_id"
 #: Python module SQLAlchemy asks for -> the package that provides it.
 _DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 #: Target options that may change between resumes without changing what a trial measures.
-_FREE_KEYS = ("data_dir", "download", "train.device")
+_FREE_KEYS = ("data_dir", "download", "train.device", "label_only")
 
 
 # ---------------------------------------------------------------- storages and samplers
