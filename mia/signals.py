@@ -34,7 +34,9 @@ from mia.train.predict import predict_logits, resolve_device
 class Signals:
     """One model's outputs on one query set.
 
-    ``logits``: float32 ``N x C``; ``labels``: int64 ``N``; ``sensitivity``:
+    ``logits``: float32 ``N x C`` (a reference pool's shadows: float16, as
+    stored; :func:`mia.attacks.base.pool` stacks shadows as float32);
+    ``labels``: int64 ``N``; ``sensitivity``:
     float32 ``N x C`` or None (only SAMIA needs it); ``phi``: ``N x V`` or
     None, the logit-scaled true-label confidence (:func:`logit_confidence`) on
     each fixed query view of :func:`mia.data.augment.query_views` (view 0 is

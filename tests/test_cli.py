@@ -139,6 +139,10 @@ def test_audit_logs_linked_runs(mlflow_store):
     stored = {a.path for a in client.list_artifacts(target_id)} | {
         a.path for d in ("model", "signals") for a in client.list_artifacts(target_id, d)}
     assert {"config.json", "split.npz", "model/checkpoint.pt", "signals/target.npz"} <= stored
+    # the named attacks read no label-only signals, so none were computed; asking for them later says how
+    assert target.data.params["label_only"] == "[]"
+    later = invoke("attack", "--run-id", target_id, "--attacks", "aug")
+    assert later.exit_code != 0 and "mia audit --label-only aug" in later.output
 
     attack = client.get_run(attack_id)
     assert attack.data.tags["mia.target_run_id"] == target_id

@@ -85,6 +85,15 @@ def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
     shadows = grown.shadows()
     assert len(shadows) == 3 and len(shadows[0].signals) == z
     assert 0.1 < shadows[0].is_member.mean() < 0.6
+    # shadows are views of the stored float16 arrays, not copies held through the attack stage (3.6 GB of
+    # float32 at 64 Purchase100 models); the stacked set attacks learn from is float32
+    from mia.attacks import pool
+
+    assert all(np.shares_memory(s.signals.logits, grown.population_logits) and
+               np.shares_memory(s.signals.sensitivity, grown.sensitivity) for s in shadows)
+    stacked, member = pool(shadows)
+    assert stacked.logits.dtype == stacked.sensitivity.dtype == np.float32 and len(member) == 3 * z
+    np.testing.assert_array_equal(stacked.logits[:z], grown.population_logits[0])
 
 
 def test_label_only_signals_asked_later_are_added_to_the_first_models(task, tmp_path):

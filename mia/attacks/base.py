@@ -119,7 +119,7 @@ class Attack(ABC):
 
 
 def pool(shadows: list[ShadowSignals], max_rows: int | None = None, seed: int = 0) -> tuple[Signals, np.ndarray]:
-    """All shadows' signals stacked into one set, with their membership.
+    """All shadows' signals stacked into one float32 set, with their membership.
 
     ``max_rows`` caps the set with a seeded subsample: learned attacks gain
     little from more rows than that, and a pool of 64 models on a large
@@ -138,9 +138,10 @@ def pool(shadows: list[ShadowSignals], max_rows: int | None = None, seed: int = 
         cuts = np.searchsorted(keep, np.cumsum([0, *sizes]))
         parts = [keep[a:b] - start for a, b, start in zip(cuts[:-1], cuts[1:], np.cumsum([0, *sizes]))]
     sens = [s.signals.sensitivity for s in shadows]
-    signals = Signals(np.concatenate([s.signals.logits[p] for s, p in zip(shadows, parts)]),
+    signals = Signals(np.concatenate([s.signals.logits[p] for s, p in zip(shadows, parts)], dtype=np.float32),
                       np.concatenate([s.signals.labels[p] for s, p in zip(shadows, parts)]),
-                      None if any(x is None for x in sens) else np.concatenate([x[p] for x, p in zip(sens, parts)]))
+                      None if any(x is None for x in sens) else
+                      np.concatenate([x[p] for x, p in zip(sens, parts)], dtype=np.float32))
     return signals, np.concatenate([s.is_member[p] for s, p in zip(shadows, parts)])
 
 
