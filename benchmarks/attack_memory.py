@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import device_name, publish  # noqa: E402
+from common import device_name, peak_mb, publish  # noqa: E402
 
 SECTION = "## The attack stage's memory: shadows as float16 views (CPU)"
 
@@ -64,15 +62,6 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_mb(models: int, kind: str) -> float:
-    """MB of peak RSS above the RSS with the pool loaded, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    out = subprocess.run([sys.executable, "-c", RUN, str(models), kind], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
-    before, after = int(out[-2]), int(out[-1])
-    return (after - before) / 1024  # ru_maxrss is in KB on Linux
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=16, help="models in the larger pool (the smaller: a quarter)")
@@ -80,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for models in (max(1, args.models // 4), args.models):
-        copies, views = peak_mb(models, "float32"), peak_mb(models, "float16")
+        copies, views = peak_mb(RUN, str(models), "float32"), peak_mb(RUN, str(models), "float16")
         pool = models * 71037 * 100 * 2 * 2 / 2**20
         rows.append(f"| {models} | {pool:.0f} MB | {copies:.0f} MB | {views:.0f} MB | {copies / views:.1f}x |")
         print(rows[-1], flush=True)

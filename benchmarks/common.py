@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +16,7 @@ from mia.allocator import keep_freed_memory
 keep_freed_memory()  # as the ``mia`` command does, so the figures are what users get
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sync(device: torch.device) -> None:
@@ -49,3 +53,16 @@ def write_section(heading: str, text: str) -> None:
     section = f"{heading}\n\n{text.strip()}\n\n"
     new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
     RESULTS.write_text(new.rstrip() + "\n")
+
+
+def peak_mb(code: str, *args: str) -> float:
+    """MB of peak RSS that ``code``, run in a fresh process with ``args``, adds above a point it chooses.
+
+    ``code`` prints two numbers last: ``ru_maxrss`` at that point and at its end (peak RSS is per process,
+    so each setting needs a process of its own).
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    before, after = int(out[-2]), int(out[-1])
+    return (after - before) / 1024  # ru_maxrss is in KB on Linux

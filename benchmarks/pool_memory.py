@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import device_name, publish  # noqa: E402
+from common import device_name, peak_mb, publish  # noqa: E402
 
 SECTION = "## Reference pools: memory while they grow (CPU)"
 
@@ -51,15 +49,6 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_mb(models: int, keep: bool) -> float:
-    """MB of peak RSS above the RSS before training, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    out = subprocess.run([sys.executable, "-c", RUN, str(models), "keep" if keep else "drop"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
-    before, after = int(out[-2]), int(out[-1])
-    return (after - before) / 1024  # ru_maxrss is in KB on Linux
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=32, help="models in the larger pool (the smaller: a quarter)")
@@ -70,7 +59,7 @@ def main() -> None:
     params = sum(p.numel() for p in build_model("fc", (600,), 100).parameters())
     rows = []
     for models in (max(1, args.models // 4), args.models):
-        kept, dropped = peak_mb(models, True), peak_mb(models, False)
+        kept, dropped = peak_mb(RUN, str(models), "keep"), peak_mb(RUN, str(models), "drop")
         rows.append(f"| {models} | {kept:.0f} MB | {dropped:.0f} MB | {models * params * 4 / 2**20:.0f} MB |")
         print(rows[-1], flush=True)
     text = (f"- date: {dt.date.today()}\n- device: {device_name()}\n"
