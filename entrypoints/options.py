@@ -131,11 +131,11 @@ target_options = compose(
                  default=0.25, show_default=True, help="Share held out as evaluation non-members."),
     click.option("--validation-fraction", type=Finite(0, 1, min_open=True, max_open=True),
                  default=0.1, show_default=True, help="Share used for model selection only."),
-    click.option("--label-only", default=None,
-                 help="Label-only signals to compute: aug, noise-flip, boundary, boundary-wb "
-                      "(the boundary searches cost hundreds of queries per sample). Default: aug,noise-flip "
-                      "where they apply, so that `mia attack` may ask for them later; `mia audit` naming its "
-                      "--attacks computes only what those read (and adds them to a list given here)."),
+    click.option("--label-only", default="",
+                 help="Label-only signals to compute in training beyond those the attacks read: aug, noise-flip, "
+                      "boundary, boundary-wb (the boundary searches cost hundreds of queries per sample). "
+                      "`mia audit` computes what its --attacks read (all: aug,noise-flip where they apply); "
+                      "`mia attack` computes what its target lacks from the checkpoint."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
     click.option("--cpu-bf16", is_flag=True, default=None,

@@ -80,19 +80,14 @@ class TargetConfig:
     scenario: str = "centralized"
     defense: str = "none"
     defense_params: dict = field(default_factory=dict)
-    # label-only signals computed for the target and the first reference models; the boundary
-    # searches cost hundreds of queries per sample, so they are asked for, not default. None (unset):
-    # DEFAULT_LABEL_ONLY, or in an audit that names its attacks only what those read (label_only_for)
-    label_only: list | None = None
+    # label-only signals the target (and the first reference models) compute beyond those its attacks
+    # read (mia.attacks.selection.label_only_for); `mia attack` computes a missing one from the checkpoint
+    label_only: list = field(default_factory=list)
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fl: FLConfig | None = None  # the federation, for scenario="federated"
     prune: PruneConfig | None = None  # pruning and fine-tuning, for scenario="pruning"
-
-    def label_only_kinds(self) -> list[str]:
-        """The label-only signals this target computes: ``label_only``, or :data:`DEFAULT_LABEL_ONLY` unset."""
-        return list(DEFAULT_LABEL_ONLY if self.label_only is None else self.label_only)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -198,11 +193,10 @@ def check_config(config: TargetConfig) -> TargetConfig:
     label_only = config.label_only
     if isinstance(label_only, str):
         label_only = [k.strip() for k in label_only.split(",") if k.strip()]
-    for kind in label_only or ():
+    for kind in label_only:
         if kind not in LABEL_ONLY_KINDS:
             raise unknown("label-only signal", kind, LABEL_ONLY_KINDS)
-    return replace(config, defense_params=defense_params,
-                   label_only=None if label_only is None else list(label_only),
+    return replace(config, defense_params=defense_params, label_only=list(label_only),
                    dataset_params=coerce(spec.params, config.dataset_params, f"dataset {spec.name}"), **extra)
 
 
@@ -522,7 +516,7 @@ def target_signals(model: torch.nn.Module, data: Dataset, split: Split, config: 
     """The target on its audited query set and on the attacker's population (RMIA's z)."""
     augment = config.train.augment and data.augment
     query, _ = split.query()
-    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only_kinds(),
+    return (query_signals(model, data, query, config.seed, config.train.device, augment, config.label_only,
                           progress),
             query_signals(model, data, split.population, config.seed, config.train.device, augment,
                           progress=progress))
@@ -533,7 +527,7 @@ def pool_identity(config: TargetConfig) -> dict:
     train = {k: v for k, v in config.train.to_dict().items() if k not in ("seed", "device", "compile")}
     return {"dataset": config.dataset, "dataset_params": config.dataset_params, "model": config.model,
             "norm": config.norm, "defense": config.defense, "defense_params": config.defense_params,
-            # label-only signals are added to a pool's first models when an audit asks (mia.pool.grow_pool), so
+            # label-only signals are added to a pool's first models when an attack asks (mia.pool.grow_pool), so
             # they do not tell pools apart; the field keeps its old default so that pools keep their keys and seeds
             "label_only": sorted(DEFAULT_LABEL_ONLY), "train": train,
             **({"prune": config.prune.to_dict()} if config.scenario == "pruning" and config.prune else {}),

@@ -21,7 +21,8 @@ from mia.data import Dataset, make_split
 from mia.data.splits import Split
 from mia.imported import member_rows, split_around
 from mia.errors import MiaError
-from mia.models import build_model
+from mia.label_signals import applicable_kinds, label_only_signals
+from mia.models import NORMS, build_model
 from mia.defenses import make_defense
 from mia.pool import pool_size
 from mia.train.predict import check_device
@@ -72,7 +73,6 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
                        "trained: drop --from-run")
     audit.check_import(config, checkpoint, members, ("--checkpoint", "--members"))  # a mistyped name opens no run
-    config = selection.label_only_for(config)  # the run records the signals it computes
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
     if from_run and config.scenario != "pruning":
@@ -306,7 +306,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
     attacks = selection.as_asked(attacks)
     selection.resolve_attacks(attacks, "federated")  # a name no scenario knows fails before the store is read
     target = tracking.TargetRun(target_run_id)
-    config = target.config
+    config = selection.label_only_for(target.config, attacks, attack_params)  # what its label-only attacks read
     seed = config.seed if seed is None else seed
     if device is not None:  # where the references train and the target is queried: not where it trained
         config = replace(config, train=replace(config.train, device=device))
@@ -331,7 +331,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         if names and (note := _log_evaluation_set(is_member)):
             notes.append(note)
         with timer.stage("signals"):
-            signals, population = _target_signals(target, data)
+            signals, population = _target_signals(target, data, config, progress)
         if attacks == "all":
             names = selection.applicable(names, signals, config.defense, attack_params)
         fl_results = []
@@ -350,10 +350,9 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
                                                 skip_unscorable=attacks == "all")
         dense_results = []
         if names and config.scenario == "pruning":
-            dense_signals = target.signals(tracking.DENSE_SIGNALS)
-            dense_population = target.signals(tracking.DENSE_POPULATION_SIGNALS)
-            if dense_signals is None or dense_population is None:
-                raise MiaError(f"pruning run {target_run_id} stored no dense signals; retrain it with `mia train`")
+            with timer.stage("signals"):
+                dense_signals, dense_population = _target_signals(target, data, audit.dense_config(config), progress,
+                                                                  dense=True)
             dense_names = [n for n in names if n != "selena-adaptive"]
             dense = _Attacked(audit.dense_config(config), target.split, dense_signals, dense_population,
                               released_epoch, prefix="dense_")
@@ -516,25 +515,48 @@ def _log_evaluation_set(is_member: np.ndarray, prefix: str = "") -> str | None:
     return note
 
 
-def _target_signals(target: tracking.TargetRun, data: Dataset):
-    """The target's stored signals, or, for a run that stored none, rebuilt from its checkpoint."""
-    audited = target.signals()
-    population = target.signals(tracking.TARGET_POPULATION_SIGNALS)
-    if audited is not None and population is not None and audited.phi is not None:
-        return audited, population
-    return audit.target_signals(_stored_network(target, data), data, target.split, target.config)
+def _target_signals(target: tracking.TargetRun, data: Dataset, config: TargetConfig, progress: bool = False,
+                    dense: bool = False) -> tuple[Signals, Signals]:
+    """The target's stored signals (a pruning run's dense original's: ``dense``), with the label-only kinds
+    of ``config`` that training did not compute.
+
+    Those are computed from the checkpoint (each release's labels are its network's, so they are what the
+    run would have stored) and stored back in the training run, where the next attack finds them. A run
+    that stored no signals has them all rebuilt from its checkpoint.
+    """
+    names = tracking.DENSE_ARTIFACTS if dense else tracking.TARGET_ARTIFACTS
+    audited, population = target.signals(names.signals), target.signals(names.population)
+    if audited is None or population is None or audited.phi is None:
+        network = _stored_network(target, data, names.checkpoint)
+        return audit.target_signals(network, data, target.split, config, progress)
+    query, _ = target.split.query()
+    missing = [k for k in applicable_kinds(config.label_only, data, query) if k not in (audited.label_only or {})]
+    if missing:
+        network = _stored_network(target, data, names.checkpoint)
+        added = label_only_signals(network, data, query, kinds=missing, seed=config.seed, device=config.train.device,
+                                   progress=progress)
+        audited.label_only = {**(audited.label_only or {}), **added}
+        target.store_signals(audited, names.signals)
+    return audited, population
 
 
-def _stored_network(run: tracking.TargetRun, data: Dataset) -> torch.nn.Module:
-    """The network a training run checkpointed, on the data's device, in eval mode."""
+def _stored_network(run: tracking.TargetRun, data: Dataset, artifact: str = tracking.CHECKPOINT) -> torch.nn.Module:
+    """The network a training run checkpointed, on the data's device, in eval mode.
+
+    Built with the run's ``norm``, or else the other one: DP-SGD turns BatchNorm into GroupNorm in training
+    (Opacus), and the run's config keeps the norm it was asked for.
+    """
     config = run.config
-    network = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
-    try:
-        network.load_state_dict(run.state_dict())
-    except RuntimeError:
-        raise MiaError(f"checkpoint of run {run.run_id} does not fit model {config.model!r}; "
-                       "retrain with `mia train`") from None
-    return network.to(data.x.device).eval()
+    state = run.state_dict(artifact)
+    for norm in dict.fromkeys((config.norm, *NORMS)):
+        network = build_model(config.model, data.input_shape, data.num_classes, norm=norm)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError:
+            continue
+        return network.to(data.x.device).eval()
+    raise MiaError(f"checkpoint {artifact} of run {run.run_id} does not fit model {config.model!r}; "
+                   "retrain with `mia train`")
 
 
 def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels: np.ndarray,

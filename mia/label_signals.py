@@ -40,8 +40,8 @@ LABEL_ONLY_KINDS = ("aug", "boundary", "boundary-wb", "noise-flip")
 """
 
 DEFAULT_LABEL_ONLY = ("aug", "noise-flip")
-"""The kinds a target computes unless told (each where it applies to the data): the cheap ones, so that
-``mia attack`` may ask for them later; the boundary searches cost hundreds of queries a row."""
+"""The kinds ``--attacks all`` reads (each where it applies to the data): the cheap ones; the boundary
+searches cost hundreds of queries a row and run where their attacks are named."""
 
 LABEL_ONLY_PARAMS: dict[str, Param] = {
     "batch_size": Param(int, 128, "samples searched at a time"),

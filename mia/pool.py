@@ -247,7 +247,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     one trains only the rest. Returns the files written.
 
     The first :data:`LABEL_ONLY_MODELS` models also store the label-only
-    signals ``config`` computes (those that apply to the data). They are not
+    signals of ``config.label_only`` (those that apply to the data). They are not
     part of the pool's identity: a stored model that lacks a kind asked now
     is trained again (its seed and training set are its own, so it is the same
     model, to float32 rounding on the CPU) and the kind added to its file, so
@@ -260,7 +260,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     write_identity(plan, root)
     drop_unreadable(root)
     have = pool_size(root)
-    kinds = applicable_kinds(config.label_only_kinds(), data, plan.population)
+    kinds = applicable_kinds(config.label_only, data, plan.population)
     lacking = {m: todo for m in range(min(have, size, LABEL_ONLY_MODELS))
                if (todo := [k for k in kinds if k not in _label_only_kinds(root, m)])}
     models = [*lacking, *range(have, size)]

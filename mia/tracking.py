@@ -18,7 +18,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 try:
     import fcntl
@@ -53,6 +53,18 @@ DENSE_SIGNALS = "signals/dense_target.npz"
 DENSE_POPULATION_SIGNALS = "signals/dense_target_population.npz"
 POOL_DIR = "pool"
 FL_DIR = "fl"
+
+
+class ModelArtifacts(NamedTuple):
+    """Where a training run keeps one model's checkpoint and its signals on the audited rows and the population."""
+
+    checkpoint: str
+    signals: str
+    population: str
+
+
+TARGET_ARTIFACTS = ModelArtifacts(CHECKPOINT, TARGET_SIGNALS, TARGET_POPULATION_SIGNALS)
+DENSE_ARTIFACTS = ModelArtifacts(DENSE_CHECKPOINT, DENSE_SIGNALS, DENSE_POPULATION_SIGNALS)  # a pruning run's original
 TAGS = ("scenario", "dataset", "model", "defense")
 
 
@@ -485,17 +497,23 @@ class TargetRun:
                            "start it again")
         return FLState.load(folder)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        path = _download(self.run_id, CHECKPOINT, self._tmp.name)
+    def store_signals(self, signals: Signals, artifact: str) -> None:
+        """Replace the stored ``artifact`` with ``signals`` (more of them, computed after the run finished)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = signals.save(Path(tmp) / Path(artifact).name)
+            MlflowClient().log_artifact(self.run_id, str(path), str(Path(artifact).parent))
+
+    def state_dict(self, artifact: str = CHECKPOINT) -> dict[str, torch.Tensor]:
+        path = _download(self.run_id, artifact, self._tmp.name)
         if path is None:
-            raise MiaError(f"run {self.run_id} has no {CHECKPOINT}; retrain with `mia train`")
+            raise MiaError(f"run {self.run_id} has no {artifact}; retrain with `mia train`")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a damaged file
-            raise MiaError(f"checkpoint {CHECKPOINT} of run {self.run_id} is corrupt "
+            raise MiaError(f"checkpoint {artifact} of run {self.run_id} is corrupt "
                            f"({type(exc).__name__}); retrain with `mia train`") from None
         if not isinstance(state, dict):
-            raise MiaError(f"checkpoint {CHECKPOINT} of run {self.run_id} is not a state dict; "
+            raise MiaError(f"checkpoint {artifact} of run {self.run_id} is not a state dict; "
                            "retrain with `mia train`")
         return state
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import numpy as np
+import torch
 
 from mia import audit
 from mia.attacks import selection
@@ -208,16 +209,14 @@ def test_a_federated_pool_is_keyed_by_what_shapes_the_global_model():
 
 
 def test_label_only_needs_follow_the_attack_parameters():
-    """``boundary`` reads ``boundary-wb`` in white-box mode: the up-front check and ``all``'s filter
-    must ask for that signal, not the registered default."""
+    """``boundary`` reads ``boundary-wb`` in white-box mode: the signals computed for it and ``all``'s filter
+    must be that signal, not the registered default."""
     from mia.signals import Signals
 
     white = {"boundary": {"mode": "white-box"}}
-    config = audit.resolve_config("digits", label_only=["boundary-wb"])
-    selection.check_label_only(["boundary"], config, white)  # has what white-box mode reads
-    with pytest.raises(MiaError, match=r"boundary in its label_only \(`mia train`/`mia audit --label-only "
-                                       r"boundary-wb,boundary`\)"):
-        selection.check_label_only(["boundary"], config)  # black-box (the default) reads "boundary"
+    config = audit.resolve_config("digits")
+    assert selection.label_only_for(config, ["boundary"], white).label_only == ["boundary-wb"]
+    assert selection.label_only_for(config, ["boundary"]).label_only == ["boundary"]  # black-box, the default
     signals = Signals(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), label_only={"boundary-wb": np.zeros(2)})
     assert selection.applicable(["boundary", "loss"], signals, params=white) == ["boundary", "loss"]
     assert selection.applicable(["boundary", "loss"], signals) == ["loss"]
@@ -225,8 +224,8 @@ def test_label_only_needs_follow_the_attack_parameters():
 
 def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkeypatch):
     """Training and attacking in one call, naming ``boundary`` asks for its signals (it was refused until
-    ``--label-only`` repeated it); unset, nothing else is computed (no attack will read it); ``all`` and
-    signals that cannot exist for the data add nothing."""
+    ``--label-only`` repeated it), and no other label-only signal is computed (no attack will read it); a
+    given ``label_only`` is kept; signals that cannot exist for the data are not asked for."""
     from mia import experiment
 
     class Trained(Exception):
@@ -249,7 +248,28 @@ def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkey
         with pytest.raises(Trained) as trained:  # given: kept, and the named attacks' added
             run(given, attacks="loss,boundary")
         assert trained.value.args[0] == ["aug", "noise-flip", "boundary"]
-    assert selection.label_only_for(config, "all").label_only == ["aug", "noise-flip"]
+    assert selection.label_only_for(config, "all").label_only == ["aug"]  # all's cheap kinds where they apply
     assert selection.label_only_for(given, "all").label_only == ["aug", "noise-flip"]
     with pytest.raises(MiaError, match="'noise-flip' signals, which exist for binary tabular data only; digits is"):
         audit.run_audit(config, attacks="noise-flip")
+
+
+def test_a_checkpoint_trained_with_group_norm_loads_into_its_runs_model():
+    """DP-SGD turns BatchNorm into GroupNorm (Opacus) while the run's config keeps ``norm=bn``: the network
+    rebuilt after the run (for the label-only signals a later attack asks for) takes the checkpoint's norm."""
+    from types import SimpleNamespace
+
+    from mia import experiment
+    from mia.models import build_model
+
+    config = audit.resolve_config("digits", model="wrn10-1")
+    data = audit.load_data(config)
+    trained = build_model("wrn10-1", data.input_shape, data.num_classes, norm="gn")
+    run = SimpleNamespace(config=config, run_id="0" * 32, state_dict=lambda artifact: trained.state_dict())
+    rebuilt = experiment._stored_network(run, data)
+    x = data.inputs(data.x[:8])
+    torch.testing.assert_close(rebuilt(x), trained.eval()(x))
+    wrong = build_model("mlp", data.input_shape, data.num_classes)
+    run.state_dict = lambda artifact: wrong.state_dict()
+    with pytest.raises(MiaError, match="does not fit model 'wrn10-1'"):
+        experiment._stored_network(run, data)

@@ -139,10 +139,7 @@ def test_audit_logs_linked_runs(mlflow_store):
     stored = {a.path for a in client.list_artifacts(target_id)} | {
         a.path for d in ("model", "signals") for a in client.list_artifacts(target_id, d)}
     assert {"config.json", "split.npz", "model/checkpoint.pt", "signals/target.npz"} <= stored
-    # the named attacks read no label-only signals, so none were computed; asking for them later says how
-    assert target.data.params["label_only"] == "[]"
-    later = invoke("attack", "--run-id", target_id, "--attacks", "aug")
-    assert later.exit_code != 0 and "mia audit --label-only aug" in later.output
+    assert target.data.params["label_only"] == "[]"  # the named attacks read no label-only signals
 
     attack = client.get_run(attack_id)
     assert attack.data.tags["mia.target_run_id"] == target_id
@@ -173,6 +170,33 @@ def test_audit_logs_linked_runs(mlflow_store):
         recomputed = attack_metrics(frame[name].to_numpy(), member)
         for key in ("auc", "advantage", "tpr_at_fpr_0.1", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001"):
             assert metrics[f"{name}.{key}"] == pytest.approx(recomputed[key], abs=1e-9), (name, key)
+
+
+def test_a_later_attack_computes_the_label_only_signals_training_did_not(mlflow_store, monkeypatch):
+    """An audit naming score-based attacks computes no label-only signals; a later attack that reads them
+    computes them from the checkpoint, equal to what training would have stored (a twin trained with
+    them: same seed, same model), and stores them in the training run, so the next attack reads them."""
+    from mia import experiment
+    from mia.tracking import TargetRun
+
+    audited = invoke("audit", "--reference-models", "1", "--attacks", "loss", *FAST)
+    assert audited.exit_code == 0, audited.output
+    target_id = run_id_of(audited.output, "target run")
+    assert TargetRun(target_id).signals().label_only is None
+    later = invoke("attack", "--run-id", target_id, "--attacks", "aug,loss", "--reference-models", "1", "--quiet")
+    assert later.exit_code == 0, later.output
+    assert re.search(r"^aug\s+0\.\d{4}", later.output, re.M)
+    twin = invoke("train", "--label-only", "aug", *FAST)
+    added, trained = TargetRun(target_id).signals(), TargetRun(run_id_of(twin.output)).signals()
+    np.testing.assert_array_equal(added.logits, trained.logits)
+    np.testing.assert_array_equal(added.label_only["aug"], trained.label_only["aug"])
+
+    def again(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(experiment, "label_only_signals", again)
+    reread = invoke("attack", "--run-id", target_id, "--attacks", "aug", "--reference-models", "1", "--quiet")
+    assert reread.exit_code == 0, reread.output
 
 
 def test_attack_reuses_the_stored_split(mlflow_store):

@@ -19,6 +19,7 @@ from mia.data.datasets import DATASETS
 from mia.defenses import make_defense
 from mia.errors import PLUGIN_HINT, MiaError, unknown
 from mia.fl.attacks import FL_ATTACKS, LAST_SAMPLED
+from mia.label_signals import DEFAULT_LABEL_ONLY
 
 if TYPE_CHECKING:
     from mia.audit import TargetConfig
@@ -68,46 +69,37 @@ def label_only_kind(name: str, params: dict[str, dict] | None = None) -> str | N
 
 
 def check_label_only(names: list[str], config: TargetConfig, params: dict[str, dict] | None = None) -> None:
-    """Named label-only attacks need their signals computed in training (``--label-only``) on data
-    they apply to: checked before anything trains (under ``all`` they are left out instead,
-    :func:`applicable`)."""
+    """Named label-only attacks need data their signals exist for: checked before anything trains (under
+    ``all`` they are left out instead, :func:`applicable`)."""
     data_kind = DATASETS.get(config.dataset).kind
     for name in names:
         kind = label_only_kind(name, params)
-        if kind is None:
-            continue
-        if not _kind_fits(kind, data_kind):
+        if kind is not None and not _kind_fits(kind, data_kind):
             what = "image data" if kind == "aug" else "binary tabular data"
             raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
                            f"{config.dataset} is {data_kind}")
-        if kind not in config.label_only_kinds():
-            have = ",".join(config.label_only_kinds())
-            raise MiaError(f"attack {name!r} needs the label-only {kind!r} signals, computed with the target and "
-                           f"its reference models in training (this target has: {have or 'none'}); train it with "
-                           f"{kind} in its label_only (`mia train`/`mia audit --label-only "
-                           f"{','.join([*config.label_only_kinds(), kind])}`)")
 
 
 def label_only_for(config: TargetConfig, asked: str | list[str] = "all",
                    params: dict[str, dict] | None = None) -> TargetConfig:
-    """``config`` with the label-only signals its training computes spelt out as a list.
+    """``config`` with the label-only signals that the attacks ``asked`` read added to its ``label_only``.
 
-    Unset (``label_only=None``, the command line's default), a target computes
-    :data:`mia.label_signals.DEFAULT_LABEL_ONLY`, so that ``mia attack`` may ask for them later; but
-    ``mia audit``/``run_audit`` naming their attacks train and attack in one call, so they compute only what
-    the named label-only attacks read (``noise-flip`` alone was 5 of the 7 minutes of Purchase100's target
-    signals, in audits that ran no label-only attack). Named attacks add their kinds to a given list too
-    (naming ``boundary`` is asking for its signals). A signal that cannot apply to the data is left for
-    :func:`check_label_only` to refuse.
+    Label-only signals are costly (``noise-flip`` alone was 5 of the 7 minutes of Purchase100's target
+    signals, computed by default in audits that ran no label-only attack), so they are computed where an
+    attack will read them: ``all`` reads :data:`mia.label_signals.DEFAULT_LABEL_ONLY` (the boundary
+    searches, hundreds of queries a row, are named), a list the kinds of its label-only attacks
+    (``boundary`` with ``mode=white-box`` reads ``boundary-wb``). ``mia audit`` computes them in training;
+    ``mia attack`` computes those its target lacks from the checkpoint. Kinds that cannot apply to the data
+    are left out here and refused by :func:`check_label_only` when named.
     """
-    named = asked != "all"
-    kinds = [] if named and config.label_only is None else config.label_only_kinds()
-    if named:
+    data_kind = DATASETS.get(config.dataset).kind
+    if asked == "all":
+        read = list(DEFAULT_LABEL_ONLY)
+    else:
         names = resolve_attacks(asked, config.scenario)
         check_attack_params(params, names, config)
-        data_kind = DATASETS.get(config.dataset).kind
-        kinds += [kind for kind in (label_only_kind(n, params) for n in names)
-                  if kind is not None and _kind_fits(kind, data_kind)]
+        read = [kind for kind in (label_only_kind(n, params) for n in names) if kind is not None]
+    kinds = [*config.label_only, *(kind for kind in read if _kind_fits(kind, data_kind))]
     return replace(config, label_only=list(dict.fromkeys(kinds)))
 
 
