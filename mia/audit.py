@@ -583,25 +583,17 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
 
 
 def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True,
-                   on_saved: Callable[[Path], None] | None = None, sensitivity: bool = True):
+                   on_saved: Callable[[Path], None] | None = None):
     """Grow the pool of ``plan`` in folder ``root`` to ``size`` models and load them.
 
     Returns ``(pool, written)``: the stacked :class:`mia.pool.PoolSignals` and
     the model files trained in this call (none when the pool was complete);
     ``on_saved(path)`` is called as each is written (:func:`mia.pool.grow_pool`).
-    ``sensitivity``: every model stores SAMIA's (:func:`needs_sensitivity`).
     """
     if size < 1:
         raise MiaError(f"reference_models (--reference-models) must be at least 1, got {size}")
-    written = grow_pool(plan, root, size, config, data, progress=progress, on_saved=on_saved,
-                        sensitivity=sensitivity)
+    written = grow_pool(plan, root, size, config, data, progress=progress, on_saved=on_saved)
     return load_pool(plan, root, size, data), written
-
-
-def needs_sensitivity(names: list[str]) -> bool:
-    """Whether an attack of ``names`` reads the output sensitivity (SAMIA): only then do reference models
-    compute it, 11 more queries of every population row."""
-    return any("sensitivity" in ATTACKS.get(name).needs for name in names)
 
 
 _SPLIT_AI_STREAM = 11  # a stream of the attack seed for the adaptive attacker's choice of rows
@@ -890,9 +882,9 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
     fl_names, names = check_attacks(attacks, config, attack_params, pool_mode)
     trained = []
 
-    def grow(recipe: TargetConfig, mode: str, size: int, sensitivity: bool):
+    def grow(recipe: TargetConfig, mode: str, size: int):
         plan = plan_reference_pool(recipe, data, split, mode)
-        pool, written = reference_pool(plan, recipe, data, size, pools / plan.key, progress, sensitivity=sensitivity)
+        pool, written = reference_pool(plan, recipe, data, size, pools / plan.key, progress)
         trained.extend(written)
         return pool
 
@@ -902,7 +894,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
         if attacks == "all":
             names = applicable(names, signals, recipe.defense, attack_params)
         pool = grow(attacker_config(recipe, adaptive, target.best_epoch, finetune_epochs), pool_mode,
-                    reference_models, needs_sensitivity(names))
+                    reference_models)
         return attack_target(names, recipe, data, split, signals, population, pool, attack_params, config.seed,
                              progress, skip_unscorable=attacks == "all")
 
@@ -926,8 +918,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
             check_mem_pool(config, split)
             dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers,
                         seed=config.seed, progress=progress)
-            mem_pool = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models,
-                            sensitivity=False)
+            mem_pool = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models)
             mem_scores = mem_pool.mem_scores_of(split.members)
         target = fit_pruned(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
                             dense=dense, progress=progress, mem_scores=mem_scores)

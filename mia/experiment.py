@@ -429,8 +429,7 @@ def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSe
     with timer.stage("reference_models"):
         recipe = audit.attacker_config(target.config, pool.adaptive, target.released_epoch, target.finetune_epochs)
         references, written, plan = _reference_pool(recipe, data, target.split, pool.mode, pool.size,
-                                                    pool.experiment, pool.progress, target.prefix,
-                                                    audit.needs_sensitivity(names))
+                                                    pool.experiment, pool.progress, target.prefix)
     if recipe.train.stop_epoch is not None:  # what the references copied of the target's training
         tracking.log_params({f"{target.prefix}reference_stop_epoch": recipe.train.stop_epoch})
     if recipe.prune is not None and recipe.prune.finetune_stops:
@@ -443,9 +442,8 @@ def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSe
 
 
 def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size: int, experiment: str,
-                    progress: bool, prefix: str = "", sensitivity: bool = False):
-    """The pool of ``config``'s recipe on ``split``, found in the tracking store or grown there to ``size``
-    (with SAMIA's ``sensitivity`` on every model where an attack reads it).
+                    progress: bool, prefix: str = ""):
+    """The pool of ``config``'s recipe on ``split``, found in the tracking store or grown there to ``size``.
 
     Tags the active run with ``mia.<prefix>pool_key`` / ``mia.<prefix>pool_run_id``.
     Returns ``(pool, written, plan)``.
@@ -453,8 +451,7 @@ def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size:
     plan = audit.plan_reference_pool(config, data, split, mode)
     with tracking.pool_store(plan.key, experiment, tracking.run_tags(config)) as store:
         pool, written = audit.reference_pool(plan, config, data, size, store.folder, progress=progress,
-                                             on_saved=lambda path: store.save(path, pool_size(store.folder)),
-                                             sensitivity=sensitivity)
+                                             on_saved=lambda path: store.save(path, pool_size(store.folder)))
     tracking.set_tags({f"mia.{prefix}pool_key": plan.key, f"mia.{prefix}pool_run_id": store.run_id})
     return pool, written, plan
 

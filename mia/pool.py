@@ -21,8 +21,8 @@ one mechanism: a *pool* of M models with the target's recipe.
   32 more.
 * **Storage.** One ``.npz`` per model in a folder: its inclusion row, per-view
   ``phi`` (float16) and whether its top-1 label is right (what mem-scores
-  read) on all pool samples, and its float16 logits on the population (what it
-  serves as a shadow), with SAMIA's sensitivity there where an attack asked for it. :mod:`mia.tracking` keeps that
+  read) on all pool samples, and its float16 logits and SAMIA sensitivity on
+  the population (what it serves as a shadow). :mod:`mia.tracking` keeps that
   folder as the artifacts of an MLflow run, so the core runs without MLflow.
 """
 
@@ -53,9 +53,7 @@ LABEL_ONLY_MODELS = 2
 VALIDATION_FRACTION = 0.1
 IDENTITY_FILE = "pool.json"
 #: The arrays of every model file (:func:`_save_model`), and the prefix of its optional label-only ones.
-_MODEL_ARRAYS = ("inclusion", "correct", "population_logits", "phi")
-#: SAMIA's sensitivity on the population (11 more queries of every population row): stored where asked for.
-_SENSITIVITY = "sensitivity"
+_MODEL_ARRAYS = ("inclusion", "correct", "population_logits", "phi", "sensitivity")
 #: Files written before 2026-12-07 hold ``logits`` on every pool sample instead of ``correct`` and
 #: ``population_logits`` (the audited rows' logits, 42% of a Purchase100 file, served only their argmax).
 _OLD_MODEL_ARRAYS = ("inclusion", "logits", "phi", "sensitivity")
@@ -205,21 +203,16 @@ def _half(x: np.ndarray) -> np.ndarray:
 def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, population: Signals) -> Path:
     """Model ``m``'s file, written whole or not at all (a killed run leaves no half-written model behind).
 
-    ``queried`` are its signals on every pool sample, the population last; ``population`` its signals on the
-    population, with the sensitivity and label-only signals where asked for. Correctness is that of the stored
-    float16 logits, as it was when whole logits were stored.
+    ``queried`` are its signals on every pool sample, the population last; ``population`` its signals with
+    the sensitivity on the population. Correctness is that of the stored float16 logits, as it was when
+    whole logits were stored.
     """
     logits = _half(queried.logits)
+    label_only = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
     return _write(model_file(root, m), dict(
         inclusion=inclusion, correct=logits.argmax(axis=1) == queried.labels,
         population_logits=logits[len(logits) - len(population):], phi=_half(queried.phi),
-        **_extras(population.sensitivity, population.label_only)))
-
-
-def _extras(sensitivity: np.ndarray | None, label_only: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """A model file's optional arrays: the sensitivity and label-only signals on the population."""
-    out = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (label_only or {}).items()}
-    return out if sensitivity is None else {_SENSITIVITY: _half(sensitivity), **out}
+        sensitivity=_half(population.sensitivity), **label_only))
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -244,8 +237,7 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
-              progress: bool = True, on_saved: Callable[[Path], None] | None = None,
-              sensitivity: bool = True) -> list[Path]:
+              progress: bool = True, on_saved: Callable[[Path], None] | None = None) -> list[Path]:
     """Make sure ``root`` holds models ``0 .. size-1``; train only the missing ones.
 
     ``config`` is the target's :class:`mia.audit.TargetConfig`. Each model's
@@ -254,14 +246,12 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     while growing a large pool keeps the models already trained: the next
     one trains only the rest. Returns the files written.
 
-    Two signals are stored only where an attack reads them, as they cost more
-    queries than the rest: SAMIA's ``sensitivity`` on the population (11
-    passes over it, most of a tabular model's signal time), and, for the first
-    :data:`LABEL_ONLY_MODELS` models, the label-only signals of
-    ``config.label_only`` (those that apply to the data). Neither is part of
-    the pool's identity: a stored model that lacks one asked for now is
-    trained again (its seed and training set are its own, so it is the same
-    model, to float32 rounding on the CPU) and the signal added to its file.
+    The first :data:`LABEL_ONLY_MODELS` models also store the label-only
+    signals of ``config.label_only`` (those that apply to the data). They are not
+    part of the pool's identity: a stored model that lacks a kind asked now
+    is trained again (its seed and training set are its own, so it is the same
+    model, to float32 rounding on the CPU) and the kind added to its file, so
+    audits that ask for different label-only attacks share one pool.
     """
     from mia.audit import fit_many
 
@@ -271,7 +261,8 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     drop_unreadable(root)
     have = pool_size(root)
     kinds = applicable_kinds(config.label_only, data, plan.population)
-    lacking = {m: todo for m in range(min(have, size)) if (todo := _lacking(root, m, kinds, sensitivity))}
+    lacking = {m: todo for m in range(min(have, size, LABEL_ONLY_MODELS))
+               if (todo := [k for k in kinds if k not in _label_only_kinds(root, m)])}
     models = [*lacking, *range(have, size)]
     if not models:
         return []
@@ -280,27 +271,23 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     train_sets = np.stack([samples[row] for row in inclusions])
     written = []
 
-    def population_signals(model, m: int, todo: list[str]) -> Signals:
-        """Model ``m``'s signals on the population, with ``todo``'s sensitivity and label-only kinds."""
-        population = compute_signals(model, data, plan.population, sensitivity=_SENSITIVITY in todo,
-                                     seed=plan.seed(m), device=config.train.device, progress=progress)
-        asked = [k for k in todo if k != _SENSITIVITY] if m < LABEL_ONLY_MODELS else []
-        if asked:
-            population.label_only = label_only_signals(model, data, plan.population, kinds=tuple(asked),
-                                                       seed=plan.seed(m), device=config.train.device,
-                                                       progress=progress)
-        return population
+    def label_only(model, m: int, todo: list[str]) -> dict[str, np.ndarray] | None:
+        if m >= LABEL_ONLY_MODELS or not todo:
+            return None
+        return label_only_signals(model, data, plan.population, kinds=tuple(todo), seed=plan.seed(m),
+                                  device=config.train.device, progress=progress)
 
     def save(i: int, model) -> None:
         m = models[i]
         if m in lacking:
-            added = population_signals(model, m, lacking[m])
-            written.append(_add(root, m, _extras(added.sensitivity, added.label_only)))
+            written.append(_add_label_only(root, m, label_only(model, m, lacking[m])))
         else:
             queried = compute_signals(model, data, samples, views=list(plan.views), device=config.train.device,
                                       progress=progress)
-            todo = [*([_SENSITIVITY] if sensitivity else []), *kinds]
-            written.append(_save_model(root, m, inclusions[i], queried, population_signals(model, m, todo)))
+            population = compute_signals(model, data, plan.population, sensitivity=True, seed=plan.seed(m),
+                                         device=config.train.device, progress=progress)
+            population.label_only = label_only(model, m, kinds)
+            written.append(_save_model(root, m, inclusions[i], queried, population))
         if on_saved is not None:
             on_saved(written[-1])
 
@@ -309,22 +296,19 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
     return written
 
 
-def _lacking(root: Path, m: int, kinds: list[str], sensitivity: bool) -> list[str]:
-    """What model ``m``'s file lacks of the asked: ``"sensitivity"`` and label-only ``kinds`` (those only for the
-    first :data:`LABEL_ONLY_MODELS` models)."""
+def _label_only_kinds(root: Path, m: int) -> set[str]:
+    """The label-only kinds model ``m``'s file stores."""
     with np.load(model_file(root, m), allow_pickle=False) as f:
-        stored = set(f.files)
-    asked = [_SENSITIVITY] if sensitivity else []
-    asked += [f"{_LABEL_ONLY_PREFIX}{k}" for k in kinds] if m < LABEL_ONLY_MODELS else []
-    return [a.removeprefix(_LABEL_ONLY_PREFIX) for a in asked if a not in stored]
+        return {k.removeprefix(_LABEL_ONLY_PREFIX) for k in f.files if k.startswith(_LABEL_ONLY_PREFIX)}
 
 
-def _add(root: Path, m: int, arrays: dict[str, np.ndarray]) -> Path:
-    """Model ``m``'s file with ``arrays`` added, replaced whole (readers see the old file or the new)."""
+def _add_label_only(root: Path, m: int, label_only: dict[str, np.ndarray]) -> Path:
+    """Model ``m``'s file with ``label_only`` added, replaced whole (readers see the old file or the new)."""
     path = model_file(root, m)
     with np.load(path, allow_pickle=False) as f:
-        stored = {k: f[k] for k in f.files}
-    return _write(path, {**stored, **arrays})
+        arrays = {k: f[k] for k in f.files}
+    arrays.update({f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in label_only.items()})
+    return _write(path, arrays)
 
 
 # ---------------------------------------------------------------- reading
@@ -348,7 +332,7 @@ class PoolSignals:
     correct: np.ndarray  # M x (N + Z) bool: the model's top-1 label is the true one
     population_logits: np.ndarray  # M x Z x C float16
     phi: np.ndarray  # M x (N + Z) x V float16
-    sensitivity: np.ndarray | None  # M x Z x C float16; None unless every model stores it
+    sensitivity: np.ndarray  # M x Z x C float16
     label_only: list[dict[str, np.ndarray]]  # per model: {kind: Z}, empty past LABEL_ONLY_MODELS
 
     @property
@@ -364,8 +348,7 @@ class PoolSignals:
         """
         n = len(self.plan.audited)
         pop_labels = self.labels[n:]
-        sens = [None] * self.num_models if self.sensitivity is None else self.sensitivity
-        return [ShadowSignals(Signals(self.population_logits[m], pop_labels, sens[m], self.phi[m, n:],
+        return [ShadowSignals(Signals(self.population_logits[m], pop_labels, self.sensitivity[m], self.phi[m, n:],
                                       self.label_only[m] or None),
                               self.inclusion[m, n:])
                 for m in range(self.num_models)]
@@ -442,8 +425,6 @@ def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSigna
         if any(f["inclusion"].shape != (len(plan.samples),) for f in files):
             raise MiaError(f"pool {plan.key} in {root} does not match its plan; delete the folder and retrain")
         stacked = {k: np.stack([_model_array(f, k, labels) for f in files]) for k in _MODEL_ARRAYS}
-        every = all(_SENSITIVITY in f.files for f in files)
-        stacked[_SENSITIVITY] = np.stack([f[_SENSITIVITY] for f in files]) if every else None
         label_only = [{k.removeprefix(_LABEL_ONLY_PREFIX): f[k].astype(np.float64) for k in f.files
                        if k.startswith(_LABEL_ONLY_PREFIX)} for f in files]
     finally:
