@@ -611,6 +611,14 @@ def test_pruning_audit_attacks_the_pruned_model_and_its_dense_original(mlflow_st
     assert attack.data.params["reference_stop_epoch"] == attack.data.params["dense_reference_stop_epoch"] == stop
     finetune = int(target.data.params["finetune_best_epochs"])
     assert 0 <= finetune < 2 and attack.data.params["reference_finetune_stops"] == str(finetune + 1)
+    # a label-only attack asked later: both models' signals computed from their checkpoints and stored
+    from mia.tracking import DENSE_SIGNALS, TargetRun
+
+    later = invoke("attack", "--run-id", target.info.run_id, "--attacks", "aug", "--reference-models", "1", "--quiet")
+    assert later.exit_code == 0, later.output
+    assert re.search(r"^aug\s+0\.\d{4}", later.output, re.M) and re.search(r"^dense\.aug\s+0\.\d{4}", later.output, re.M)
+    stored = TargetRun(target.info.run_id)
+    assert "aug" in stored.signals().label_only and "aug" in stored.signals(DENSE_SIGNALS).label_only
 
 
 def test_pruning_run_logs_its_fine_tuning_epochs_after_the_dense_ones(mlflow_store):
