@@ -616,7 +616,8 @@ def test_pruning_audit_attacks_the_pruned_model_and_its_dense_original(mlflow_st
 
     later = invoke("attack", "--run-id", target.info.run_id, "--attacks", "aug", "--reference-models", "1", "--quiet")
     assert later.exit_code == 0, later.output
-    assert re.search(r"^aug\s+0\.\d{4}", later.output, re.M) and re.search(r"^dense\.aug\s+0\.\d{4}", later.output, re.M)
+    for name in ("aug", "dense.aug"):
+        assert re.search(rf"^{re.escape(name)}\s+0\.\d{{4}}", later.output, re.M), name
     stored = TargetRun(target.info.run_id)
     assert "aug" in stored.signals().label_only and "aug" in stored.signals(DENSE_SIGNALS).label_only
 
