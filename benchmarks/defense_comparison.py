@@ -51,6 +51,7 @@ def run(dataset: str, models: int, device: str, only: list[str] | None = None) -
     setting = SETTINGS[dataset]
     config = audit.resolve_config(dataset, seed=0, train_overrides={"epochs": setting["epochs"], "device": device},
                                   dataset_params=setting["dataset_params"])
+    config = selection.label_only_for(config, "all")  # the label-only signals `--attacks all` reads
     data = audit.load_data(config)
     split = make_split(len(data), 0, config.split)
     _, is_member = split.query()

@@ -61,7 +61,6 @@ def run(dataset: str, shadows: int, device: str, model: str | None = None, norm:
     base = audit.resolve_config(dataset, model=model, seed=0,
                                 train_overrides={"epochs": setting["epochs"], "device": device},
                                 dataset_params=setting["dataset_params"], **({"norm": norm} if norm else {}))
-    base = replace(base, label_only=[])
     data = audit.load_data(base)
     split = make_split(len(data), 0, base.split)
     rows = []

@@ -39,6 +39,7 @@ def run(dataset: str, sizes: list[int], device: str, seed: int = 0) -> list[dict
     setting = SETTINGS[dataset]
     config = audit.resolve_config(dataset, seed=seed, train_overrides={"epochs": setting["epochs"], "device": device},
                                   dataset_params=setting["dataset_params"])
+    config = selection.label_only_for(config, "all")  # the label-only signals `--attacks all` reads
     data = audit.load_data(config)
     split = make_split(len(data), seed, config.split)
     target = audit.fit(config, data, split.members, split.validation, split.nonmembers, seed=seed, progress=False)
