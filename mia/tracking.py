@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -498,10 +499,18 @@ class TargetRun:
         return FLState.load(folder)
 
     def store_signals(self, signals: Signals, artifact: str) -> None:
-        """Replace the stored ``artifact`` with ``signals`` (more of them, computed after the run finished)."""
+        """Replace the stored ``artifact`` with ``signals`` (more of them, computed after the run finished).
+
+        Best effort: a store that refuses the write (another user's run on a shared server) costs the next
+        attack the same computation again, not this attack its result.
+        """
         with tempfile.TemporaryDirectory() as tmp:
             path = signals.save(Path(tmp) / Path(artifact).name)
-            MlflowClient().log_artifact(self.run_id, str(path), str(Path(artifact).parent))
+            try:
+                MlflowClient().log_artifact(self.run_id, str(path), str(Path(artifact).parent))
+            except (MlflowException, OSError) as exc:
+                warnings.warn(f"could not store the new signals in run {self.run_id} ({type(exc).__name__}: "
+                              f"{str(exc)[:120]}); the next attack computes them again", stacklevel=2)
 
     def state_dict(self, artifact: str = CHECKPOINT) -> dict[str, torch.Tensor]:
         path = _download(self.run_id, artifact, self._tmp.name)

@@ -175,7 +175,10 @@ def test_audit_logs_linked_runs(mlflow_store):
 def test_a_later_attack_computes_the_label_only_signals_training_did_not(mlflow_store, monkeypatch):
     """An audit naming score-based attacks computes no label-only signals; a later attack that reads them
     computes them from the checkpoint, equal to what training would have stored (a twin trained with
-    them: same seed, same model), and stores them in the training run, so the next attack reads them."""
+    them: same seed, same model), and stores them in the training run, so the next attack reads them. A store
+    that refuses the write costs a warning, not the attack."""
+    from mlflow.exceptions import MlflowException
+
     from mia import experiment
     from mia.tracking import TargetRun
 
@@ -183,7 +186,20 @@ def test_a_later_attack_computes_the_label_only_signals_training_did_not(mlflow_
     assert audited.exit_code == 0, audited.output
     target_id = run_id_of(audited.output, "target run")
     assert TargetRun(target_id).signals().label_only is None
-    later = invoke("attack", "--run-id", target_id, "--attacks", "aug,loss", "--reference-models", "1", "--quiet")
+    args = ("attack", "--run-id", target_id, "--attacks", "aug,loss", "--reference-models", "1", "--quiet")
+    write = MlflowClient.log_artifact
+
+    def refused(self, run_id, *rest, **kwargs):
+        if run_id == target_id:
+            raise MlflowException("permission denied")
+        return write(self, run_id, *rest, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "log_artifact", refused)
+        unstored = invoke(*args)
+    assert unstored.exit_code == 0 and "could not store the new signals" in unstored.output
+    assert re.search(r"^aug\s+0\.\d{4}", unstored.output, re.M) and TargetRun(target_id).signals().label_only is None
+    later = invoke(*args)
     assert later.exit_code == 0, later.output
     assert re.search(r"^aug\s+0\.\d{4}", later.output, re.M)
     twin = invoke("train", "--label-only", "aug", *FAST)
