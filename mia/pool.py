@@ -208,11 +208,15 @@ def _save_model(root: Path, m: int, inclusion: np.ndarray, queried: Signals, pop
     whole logits were stored.
     """
     logits = _half(queried.logits)
-    label_only = {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (population.label_only or {}).items()}
     return _write(model_file(root, m), dict(
         inclusion=inclusion, correct=logits.argmax(axis=1) == queried.labels,
         population_logits=logits[len(logits) - len(population):], phi=_half(queried.phi),
-        sensitivity=_half(population.sensitivity), **label_only))
+        sensitivity=_half(population.sensitivity), **_label_only_arrays(population.label_only)))
+
+
+def _label_only_arrays(label_only: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Label-only signals as a model file's arrays: prefixed names, float32."""
+    return {f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in (label_only or {}).items()}
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -307,8 +311,7 @@ def _add_label_only(root: Path, m: int, label_only: dict[str, np.ndarray]) -> Pa
     path = model_file(root, m)
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
-    arrays.update({f"{_LABEL_ONLY_PREFIX}{k}": v.astype(np.float32) for k, v in label_only.items()})
-    return _write(path, arrays)
+    return _write(path, {**arrays, **_label_only_arrays(label_only)})
 
 
 # ---------------------------------------------------------------- reading
