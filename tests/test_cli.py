@@ -257,6 +257,8 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("attack", "--run-id", "0123456789abcdef0123456789abcdef", "--attacks", "lira-onlin"),
      ("unknown attack 'lira-onlin'", "lira-online")),
     (("audit", "--pool", "offline", "--attacks", "lira-online"), ("--pool online",)),
+    # under all too: RMIA is not left out, its mode is what the user asked for
+    (("audit", "--pool", "offline", "--attack-param", "rmia.mode=online"), ("rmia mode=online", "--pool online")),
     (("audit", "--attacks", "loss", "--attack-param", "lira.variance=fixed"), ("'lira' is not among", "loss")),
     (("audit", "--attacks", "lira-online", "--attack-param", "lira-online.varaince=fixed"), ("varaince",)),
     (("audit", "--attacks", "loss", "--attack-param", "loss.thresholds=bogus"), ("bogus",)),

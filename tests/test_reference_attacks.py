@@ -119,6 +119,22 @@ def test_offline_attacks_on_an_offline_pool():
         metrics("lira-online", data)
 
 
+def test_rmia_on_an_offline_pool_judges_only_the_offline_test():
+    """No reference model saw an audited sample, so "online" Pr(x) of one averages OUT models only (the
+    offline test with a = 1), while the pseudo-targets, population samples IN for some models, would judge
+    and calibrate the real online test: auto mode picks offline there, and online is refused. On this pool
+    auto used to pick online, its threshold then off: balanced accuracy 0.686 against the ROC's best 0.711
+    (now 0.715 against 0.725)."""
+    data = synth(n=2000, m=8, online=False, seed=0)
+    target, member, ref = data
+    fitted = Rmia().fit([], ref)
+    assert fitted.mode_ == "offline" and fitted.chosen()["mode"] == "offline"
+    m = metrics("rmia", data)
+    assert m["balanced_accuracy"] > 0.5 + m["advantage"] / 2 - 0.02, m  # calibrated: near the ROC's best
+    with pytest.raises(MiaError, match="mode=online needs reference models trained on the audited"):
+        metrics("rmia", data, {"mode": "online"})
+
+
 def test_rmia_with_two_models_beats_lira_offline_with_two():
     """The RMIA paper's few-models result, on a pool of 2 offline reference models.
 
@@ -324,7 +340,10 @@ def test_rmia_a_and_gamma_are_chosen_on_reference_models_only():
                                  ref.population_phi, ref.population_inclusion)
     again = Rmia(mode="offline").fit([], scrambled)
     assert (again.a_, again.gamma_, again.threshold_) == (fitted.a_, fitted.gamma_, fitted.threshold_)
-    assert Rmia().fit([], scrambled).params_ == auto.params_
+    # auto's choice of mode reads only whether the pool is online (its inclusion), which the attacker built
+    offline_scrambled = ReferenceSignals(scrambled.target_phi, scrambled.phi, ref.inclusion,
+                                         ref.population_target_phi, ref.population_phi, ref.population_inclusion)
+    assert Rmia().fit([], offline_scrambled).params_ == auto.params_
     # the pseudo-targets are reference models on population samples, with their own inclusion
     for pseudo, is_member in pseudo_targets(ref, seed=0):
         assert pseudo.num_models == ref.num_models - 1

@@ -676,11 +676,20 @@ class Rmia(ReferenceAttack):
 
     def fit(self, shadows: list[ShadowSignals], reference: ReferenceSignals) -> "Rmia":
         self.reference_ = reference
+        mode = self.mode
+        if not reference.inclusion.any():
+            # An offline pool: online Pr(x) of an audited sample would average OUT models only (offline
+            # with a = 1), while the pseudo-targets, population samples IN for some models, would judge
+            # and calibrate the real online test; so only offline is chosen, or asked
+            if mode == "online":
+                raise MiaError("attack 'rmia' mode=online needs reference models trained on the audited "
+                               "samples; use the online pool (pool_mode online, --pool online) or mode=offline")
+            mode = "offline"
         pseudo = pseudo_targets(reference, self.seed)
         temperatures = TEMPERATURE_GRID if self.temperature is None else (self.temperature,)
         per_target = [(RmiaInputs.at(r, temperatures), member) for r, member in pseudo]
         calibration = {t: [(inputs[t], member) for inputs, member in per_target] for t in temperatures}
-        self.params_ = select_rmia_params(calibration, self.mode, self.temperature, self.a, self.gamma)
+        self.params_ = select_rmia_params(calibration, mode, self.temperature, self.a, self.gamma)
         self.mode_, self.temperature_ = self.params_.mode, self.params_.temperature
         self.a_, self.gamma_ = self.params_.a, self.params_.gamma
         chosen = calibration.get(self.temperature_, [])

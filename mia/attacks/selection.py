@@ -159,12 +159,16 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str],
 ONLINE_ONLY = ("lira-online",)
 
 
-def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str) -> list[str]:
-    """Drop online-only attacks from ``all`` under an offline pool; refuse them when named."""
+def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str,
+                     params: dict[str, dict] | None = None) -> list[str]:
+    """Drop online-only attacks from ``all`` under an offline pool; refuse them when named, and
+    ``rmia mode=online`` (offline pools choose RMIA's offline mode, :meth:`mia.attacks.reference.Rmia.fit`)."""
     if pool_mode == "online":
         return names
     named = [n for n in names if n in ONLINE_ONLY]
-    if named and asked != "all":
+    if "rmia" in names and resolve_params(ATTACKS.get("rmia"), (params or {}).get("rmia")).get("mode") == "online":
+        named.append("rmia mode=online")
+    if named and (asked != "all" or "rmia mode=online" in named):
         raise MiaError(f"{', '.join(named)} needs reference models trained on the audited samples; "
                        "use the online pool (pool_mode online, --pool online)")
     return [n for n in names if n not in ONLINE_ONLY]
@@ -184,7 +188,7 @@ def check_attacks(asked: str | list[str], config: TargetConfig, params: dict[str
     if asked != "all":
         check_label_only(everything, config, params)
     fl_names = [n for n in everything if n not in ATTACKS]
-    return fl_names, attacks_for_pool([n for n in everything if n in ATTACKS], asked, pool_mode)
+    return fl_names, attacks_for_pool([n for n in everything if n in ATTACKS], asked, pool_mode, params)
 
 
 def applicable(names: list[str], target: Signals, defense: str = "none",
