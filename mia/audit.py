@@ -343,7 +343,7 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
                                 finetune=finetune)
     released = defense.release(model)
     finetuned = [step.finetune for step in pruned.history if step.finetune is not None]
-    metrics = {**defense.metrics(), "sparsity": pruned.sparsity}
+    metrics = {**finetune_metrics(config.defense, defense.metrics()), "sparsity": pruned.sparsity}
     if pruned.structured_sparsity is not None:
         metrics["structured_sparsity"] = pruned.structured_sparsity
     return TrainedModel(released, model, dense.best_epoch, [f.history[-1] for f in finetuned],
@@ -351,6 +351,21 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
                         test_accuracy=accuracy(released, data, test_idx, recipe.device),
                         wall_time=dense.wall_time + pruned.wall_time, defense_metrics=metrics, dense=dense,
                         finetune_epochs=[f.best_epoch for f in finetuned])
+
+
+def finetune_metrics(defense: str, metrics: dict[str, float]) -> dict[str, float]:
+    """A fine-tuning defense's metrics, its privacy accounting (``dp.*``) renamed ``finetune.dp.*``.
+
+    The accountant covers the fine-tuning steps only: the dense model they
+    start from (and whose weights chose the pruning masks) trained without DP
+    on the same members, so the released model has no DP guarantee, and a
+    ``dp.epsilon`` beside it would read as one.
+    """
+    renamed = {(f"finetune.{k}" if k.startswith("dp.") else k): v for k, v in metrics.items()}
+    if renamed != metrics:
+        warnings.warn(f"{defense} acted in fine-tuning only: finetune.dp.epsilon bounds those steps, not the "
+                      "released model, whose dense original trained without DP on the same members")
+    return renamed
 
 
 def pool_mem_score_models(config: TargetConfig) -> int:

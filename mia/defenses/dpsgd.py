@@ -31,9 +31,9 @@ tensors, and bf16 grad samples would clip imprecisely.
 
 Several fits of one defense object compose: a pruning run fine-tunes once
 per pruning step through the same object, and the reported ``dp.epsilon``
-is the total over all of them (a target ``epsilon`` sets the noise of each
-fit on its own, so K steps spend more than it; divide it by K to bound the
-total).
+(``finetune.dp.epsilon`` there, :func:`mia.audit.finetune_metrics`) is the
+total over all of them (a target ``epsilon`` sets the noise of each fit on
+its own, so K steps spend more than it; divide it by K to bound the total).
 
 Model selection: like the one loop, the epoch with the best validation
 accuracy is kept. The (epsilon, delta) guarantee covers the whole sequence of
