@@ -44,6 +44,7 @@ from mia.data import Dataset, Split, SplitConfig, load_dataset, make_split
 from mia.data.augment import query_views
 from mia.data.datasets import DATASETS
 from mia.defenses import check_scenario, make_defense
+from mia.defenses.memorization import MemScored
 from mia.errors import MiaError, NothingToScore, unknown
 from mia.fl.attacks import run_fl_attack
 from mia.fl.config import FLConfig
@@ -323,6 +324,9 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     if mem_scores is not None:
         defense.set_mem_scores(train_idx, mem_scores)
     recipe = replace(config.train, seed=seed)
+    if isinstance(defense, MemScored):  # scores it estimates itself model the dense recipe, not the fine-tuning
+        defense.prepare(lambda: build_model(config.model, data.input_shape, data.num_classes, norm=config.norm),
+                        data, train_idx, recipe, progress=progress)
     model = copy.deepcopy(dense.network)
     epochs = itertools.count(len(dense.history))  # fine-tuning epochs are reported after the dense ones, numbered on
 

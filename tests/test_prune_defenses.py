@@ -393,6 +393,27 @@ def test_swmr_fit_estimates_scores_binds_the_model_and_trains(digits, tmp_path, 
     assert len(defense.epoch_rows(0)) == 10 * 8  # every digit class has more than 8 of the 120 rows
 
 
+def test_a_pruning_run_estimates_its_own_mem_scores_with_the_dense_recipe(digits, tmp_path, monkeypatch):
+    """Without pool scores (``mem_source=halves``, or an adaptive reference model), the halves models train
+    for the dense epochs, not the fine-tuning's: on digits 3-epoch models flagged 25 % of the rows as
+    memorized, 30-epoch ones 8 %, the two sets uncorrelated; so RMR decayed other rows in the attacker's
+    copies than in the target."""
+    monkeypatch.setenv("MIA_CACHE", str(tmp_path))
+    recipes = []
+
+    def spy(*args, **kwargs):
+        recipes.append(args[4])
+        return estimate_mem_scores(*args, **kwargs)
+
+    monkeypatch.setattr("mia.defenses.memorization.estimate_mem_scores", spy)
+    config = replace(resolve_config("digits", train_overrides={"epochs": 4}), scenario="pruning", defense="rmr",
+                     defense_params={"mem_source": "halves", "mem_models": 2},
+                     prune=PruneConfig(sparsity=0.5, finetune_epochs=1))
+    split = make_split(len(digits), 0, config.split)
+    pruned = fit_pruned(config, digits, split.members, split.validation, split.nonmembers, seed=0, progress=False)
+    assert [r.epochs for r in recipes] == [4] and pruned.defense_metrics["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
 # ---------------------------------------------------------------- parameters
 
 
