@@ -23,7 +23,7 @@ from mia.imported import member_rows, split_around
 from mia.errors import MiaError
 from mia.label_signals import applicable_kinds, label_only_signals
 from mia.models import NORMS, build_model
-from mia.defenses import make_defense
+from mia.defenses import Defense, make_defense
 from mia.pool import pool_size
 from mia.train.predict import check_device
 from mia.report import plot_roc
@@ -527,6 +527,10 @@ def _target_signals(target: tracking.TargetRun, data: Dataset, config: TargetCon
     names = tracking.DENSE_ARTIFACTS if dense else tracking.TARGET_ARTIFACTS
     audited, population = target.signals(names.signals), target.signals(names.population)
     if audited is None or population is None or audited.phi is None:
+        if not dense and type(make_defense(config.defense, config.defense_params)).release is not Defense.release:
+            raise MiaError(f"run {target.run_id} stored no signals, and its checkpoint is the network before "
+                           f"{config.defense} transformed its outputs (the released model is not stored); "
+                           "train it again")
         network = _stored_network(target, data, names.checkpoint)
         return audit.target_signals(network, data, target.split, config, progress)
     query, _ = target.split.query()

@@ -449,6 +449,24 @@ def test_corrupt_checkpoint_is_reported(mlflow_store):
     assert_user_error(result, "corrupt", run_id)
 
 
+@pytest.mark.parametrize("defense", ["none", "confidence-masking"])
+def test_a_run_without_stored_signals_is_queried_again_unless_its_release_transforms_outputs(mlflow_store,
+                                                                                                defense):
+    """Signals rebuilt from the checkpoint are the network's: right for a plain release, and for a release
+    that transforms its outputs (masking, MemGuard, HAMP) a silent bypass of the defense, so refused."""
+    trained = invoke("train", "--defense", defense, *FAST)
+    run_id = run_id_of(trained.output)
+    args = ("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
+    stored = invoke(*args)
+    next(Path("mlruns").glob(f"*/{run_id}/artifacts")).joinpath("signals", "target.npz").unlink()
+    rebuilt = invoke(*args)
+    if defense == "none":
+        auc = [re.search(r"^loss\s+(0\.\d{4})", r.output, re.M).group(1) for r in (stored, rebuilt)]
+        assert auc[0] == auc[1], (stored.output, rebuilt.output)
+    else:
+        assert_user_error(rebuilt, "stored no signals", "before confidence-masking transformed its outputs")
+
+
 def test_reference_pool_is_cached_and_grown_across_attacks(mlflow_store):
     run_id = run_id_of(invoke("train", *FAST).output)
     client = MlflowClient()
