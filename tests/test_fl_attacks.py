@@ -56,7 +56,7 @@ def auc(name, s, target, **kw):
 def test_registry_order_and_kinds():
     assert FL_ATTACKS.names() == ALL
     assert [n for n in ALL if FL_ATTACKS.get(n).multi_round] == ["loss-ii", "loss-iii", "cos-ii", "cos-iii"]
-    assert [n for n in ALL if FL_ATTACKS.get(n).probability] == ["loss-iii", "cos-iii"]
+    assert [n for n in ALL if FL_ATTACKS.get(n).threshold is not None] == ["loss-iii", "cos-iii"]
     assert all("round" in FL_ATTACKS.get(n).params for n in ALL if not FL_ATTACKS.get(n).multi_round)
 
 
@@ -96,12 +96,26 @@ def test_spatial_score_by_hand(signals):
         others = [n for n in range(1, N) if signals.sampled[r, n]]
         x = signals.loss[r, others, q]
         probs.append(norm.sf((signals.loss[r, 0, q] - x.mean()) / x.std(ddof=1)))
-    assert s[q] == pytest.approx(np.mean(probs))
-    assert ((0 <= s) & (s <= 1)).all()
+    assert s[q] == pytest.approx(-np.log1p(-np.mean(probs)))  # the mean probability, on a log scale
+    assert (s >= 0).all()
     out = run_fl_attack("cos-iii", signals, 0)
-    np.testing.assert_array_equal(out.predictions, out.scores > 0.5)
+    np.testing.assert_array_equal(out.predictions, out.scores > np.log(2))  # mean probability above 1/2
     out = run_fl_attack("cos-ii", signals, 0)
     assert out.predictions.sum() == Q // 2  # median threshold on a balanced query set
+
+
+def test_spatial_scores_keep_their_order_far_beyond_every_other_client():
+    """Targets 5 to 40 standard deviations beyond the other clients: a mean probability rounds them all to 1
+    (a tie that no threshold splits, so the TPR at low FPR read 0), the log-scale score orders them."""
+    s = make_signals()
+    loss = s.loss[:1].copy()
+    others = loss[0, 1:]
+    beyond = np.array([5.0, 10.0, 20.0, 40.0])
+    loss[0, 0, :4] = others[:, :4].mean(0) - beyond * others[:, :4].std(0, ddof=1)  # low loss: member-like
+    one = FLSignals([1], loss, s.cos[:1], s.grad_diff[:1], s.grad_norm[:1])
+    scores = run_fl_attack("loss-iii", one, 0).scores[:4]
+    assert np.all(np.diff(scores) > 0) and np.all(np.isfinite(scores)), scores
+    assert scores[1] == pytest.approx(-norm.logsf(10.0))
 
 
 def test_spatial_skips_rounds_with_fewer_than_two_other_clients():
@@ -110,7 +124,7 @@ def test_spatial_skips_rounds_with_fewer_than_two_other_clients():
     loss[0, 2] = cos[0, 2] = diff[0, 2] = np.nan  # round 1: only client 1 beside the target
     small = FLSignals([1, 2], loss, cos, diff, s.grad_norm[:2])
     x = loss[1, 1:]
-    expect = norm.sf((loss[1, 0] - x.mean(0)) / x.std(0, ddof=1))
+    expect = -norm.logcdf((loss[1, 0] - x.mean(0)) / x.std(0, ddof=1))
     np.testing.assert_allclose(run_fl_attack("loss-iii", small, 0).scores, expect)
     with pytest.raises(MiaError, match="at least two other"):
         run_fl_attack("loss-iii", small, 0, up_to_round=1)
