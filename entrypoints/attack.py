@@ -55,8 +55,12 @@ def print_table(outcome) -> None:
 def _provenance(outcome) -> str:
     trained = outcome.reference_models_trained
     if trained == 0:
-        return "all from the stored pool"
-    if trained < outcome.reference_models:
-        return f"{trained} trained now, the rest from the stored pool"
-    return "all trained now (stored for later attacks)"
+        said = "all from the stored pool"
+    elif trained < outcome.reference_models:
+        said = f"{trained} trained now, the rest from the stored pool"
+    else:
+        said = "all trained now (stored for later attacks)"
+    if outcome.reference_models_relabelled:  # a stored pool asked for label-only signals it lacked
+        said += f"; {outcome.reference_models_relabelled} of them trained again for label-only signals the pool lacked"
+    return said
 

@@ -605,14 +605,15 @@ def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, p
                    on_saved: Callable[[Path], None] | None = None):
     """Grow the pool of ``plan`` in folder ``root`` to ``size`` models and load them.
 
-    Returns ``(pool, written)``: the stacked :class:`mia.pool.PoolSignals` and
-    the model files trained in this call (none when the pool was complete);
-    ``on_saved(path)`` is called as each is written (:func:`mia.pool.grow_pool`).
+    Returns ``(pool, growth)``: the stacked :class:`mia.pool.PoolSignals` and
+    the :class:`mia.pool.PoolGrowth` of this call (nothing written when the
+    pool was complete); ``on_saved(path)`` is called as each file is written
+    (:func:`mia.pool.grow_pool`).
     """
     if size < 1:
         raise MiaError(f"reference_models (--reference-models) must be at least 1, got {size}")
-    written = grow_pool(plan, root, size, config, data, progress=progress, on_saved=on_saved)
-    return load_pool(plan, root, size, data), written
+    growth = grow_pool(plan, root, size, config, data, progress=progress, on_saved=on_saved)
+    return load_pool(plan, root, size, data), growth
 
 
 _SPLIT_AI_STREAM = 11  # a stream of the attack seed for the adaptive attacker's choice of rows
@@ -903,8 +904,8 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
 
     def grow(recipe: TargetConfig, mode: str, size: int):
         plan = plan_reference_pool(recipe, data, split, mode)
-        pool, written = reference_pool(plan, recipe, data, size, pools / plan.key, progress)
-        trained.extend(written)
+        pool, growth = reference_pool(plan, recipe, data, size, pools / plan.key, progress)
+        trained.extend(growth.new)
         return pool
 
     def attack(names: list[str], recipe: TargetConfig, model: torch.nn.Module, adaptive: bool,

@@ -282,6 +282,7 @@ class AttackOutcome:
     notes: list[str] = field(default_factory=list)  # for the reader: e.g. a TPR at low FPR that reads FPR 0
     reference_models: int = 0  # the pool size the black-box attacks used (0: none ran)
     reference_models_trained: int = 0  # of them (and of a pruning run's dense pool), trained by this call
+    reference_models_relabelled: int = 0  # stored ones trained again for label-only signals they lacked
 
 
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
@@ -343,11 +344,12 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         released_epoch = int(target.metrics.get("best_epoch", -1))  # a pruning run's: its dense original's
         finetune_epochs = [int(e) for e in target.run.data.params.get("finetune_best_epochs", "").split(",") if e]
         settings = _PoolSettings(reference_models, pool_mode, adaptive, experiment, progress)
-        results, written, plan = [], [], None
+        results, growths, plan = [], [], None
         if names:
             attacked = _Attacked(config, target.split, signals, population, released_epoch, finetune_epochs)
-            results, written, plan = _black_box(names, attacked, data, settings, attack_params, seed, timer,
-                                                skip_unscorable=attacks == "all")
+            results, growth, plan = _black_box(names, attacked, data, settings, attack_params, seed, timer,
+                                               skip_unscorable=attacks == "all")
+            growths.append(growth)
         dense_results = []
         if names and config.scenario == "pruning":
             with timer.stage("signals"):
@@ -357,11 +359,12 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             dense = _Attacked(audit.dense_config(config), target.split, dense_signals, dense_population,
                               released_epoch, prefix="dense_")
             with timer.stage("dense"):  # its references are the dense recipe's, never defended
-                dense_results, dense_written, _ = _black_box(dense_names, dense, data,
+                dense_results, dense_growth, _ = _black_box(dense_names, dense, data,
                                                              replace(settings, adaptive=False), attack_params,
                                                              seed, Timer(), skip_unscorable=attacks == "all")
-            written = written + dense_written
-        metrics = _attack_metrics(target, results + fl_results, dense_results, len(written), timer)
+            growths.append(dense_growth)
+        new, relabelled = sum(len(g.new) for g in growths), sum(len(g.relabelled) for g in growths)
+        metrics = _attack_metrics(target, results + fl_results, dense_results, new, timer)
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
         chosen = {f"{prefix}{r.name}.chosen.{k}": v for prefix, rs in (("", results), ("dense.", dense_results))
                   for r in rs for k, v in r.output.chosen.items()}  # what attacks picked on reference models
@@ -372,7 +375,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
                              dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
                              target.metrics.get("sparsity"), notes, reference_models if results else 0,
-                             len(written))
+                             new, relabelled)
 
 
 def _attack_metrics(target: tracking.TargetRun, results: list[AttackResult], dense_results: list[AttackResult],
@@ -423,12 +426,12 @@ def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSe
                attack_params: dict | None, seed: int, timer: Timer, skip_unscorable: bool = False):
     """The black-box attacks on one target's signals, with the reference pool of its recipe.
 
-    Returns ``(results, written, plan)``: the attacks' results, the pool
-    models trained for them, and the pool's plan (its query rows).
+    Returns ``(results, growth, plan)``: the attacks' results, what their
+    pool gained (:class:`mia.pool.PoolGrowth`), and the pool's plan (its query rows).
     """
     with timer.stage("reference_models"):
         recipe = audit.attacker_config(target.config, pool.adaptive, target.released_epoch, target.finetune_epochs)
-        references, written, plan = _reference_pool(recipe, data, target.split, pool.mode, pool.size,
+        references, growth, plan = _reference_pool(recipe, data, target.split, pool.mode, pool.size,
                                                     pool.experiment, pool.progress, target.prefix)
     if recipe.train.stop_epoch is not None:  # what the references copied of the target's training
         tracking.log_params({f"{target.prefix}reference_stop_epoch": recipe.train.stop_epoch})
@@ -438,7 +441,7 @@ def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSe
     results = audit.attack_target(names, target.config, data, target.split, target.signals, target.population,
                                   references, attack_params, seed, pool.progress, stage=timer.stage,
                                   skip_unscorable=skip_unscorable)
-    return results, written, plan
+    return results, growth, plan
 
 
 def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size: int, experiment: str,
@@ -446,14 +449,14 @@ def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size:
     """The pool of ``config``'s recipe on ``split``, found in the tracking store or grown there to ``size``.
 
     Tags the active run with ``mia.<prefix>pool_key`` / ``mia.<prefix>pool_run_id``.
-    Returns ``(pool, written, plan)``.
+    Returns ``(pool, growth, plan)`` (:class:`mia.pool.PoolGrowth`).
     """
     plan = audit.plan_reference_pool(config, data, split, mode)
     with tracking.pool_store(plan.key, experiment, tracking.run_tags(config)) as store:
-        pool, written = audit.reference_pool(plan, config, data, size, store.folder, progress=progress,
+        pool, growth = audit.reference_pool(plan, config, data, size, store.folder, progress=progress,
                                              on_saved=lambda path: store.save(path, pool_size(store.folder)))
     tracking.set_tags({f"mia.{prefix}pool_key": plan.key, f"mia.{prefix}pool_run_id": store.run_id})
-    return pool, written, plan
+    return pool, growth, plan
 
 
 def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dict | None, seed: int,

@@ -240,8 +240,16 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 # ---------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class PoolGrowth:
+    """What :func:`grow_pool` wrote: new models' files, and stored models' files that gained label-only kinds."""
+
+    new: list[Path]
+    relabelled: list[Path]
+
+
 def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
-              progress: bool = True, on_saved: Callable[[Path], None] | None = None) -> list[Path]:
+              progress: bool = True, on_saved: Callable[[Path], None] | None = None) -> PoolGrowth:
     """Make sure ``root`` holds models ``0 .. size-1``; train only the missing ones.
 
     ``config`` is the target's :class:`mia.audit.TargetConfig`. Each model's
@@ -269,7 +277,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
                if (todo := [k for k in kinds if k not in _label_only_kinds(root, m)])}
     models = [*lacking, *range(have, size)]
     if not models:
-        return []
+        return PoolGrowth([], [])
     inclusions = np.stack([plan.inclusion(m) for m in models])
     samples = plan.samples
     train_sets = np.stack([samples[row] for row in inclusions])
@@ -297,7 +305,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
 
     fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in models], progress, on_trained=save,
              keep=False)
-    return written
+    return PoolGrowth(written[len(lacking):], written[:len(lacking)])
 
 
 def _label_only_kinds(root: Path, m: int) -> set[str]:

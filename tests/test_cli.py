@@ -198,6 +198,9 @@ def test_a_later_attack_computes_the_label_only_signals_training_did_not(mlflow_
         patch.setattr(MlflowClient, "log_artifact", refused)
         unstored = invoke(*args)
     assert unstored.exit_code == 0, unstored.output
+    # the audit's 1-model pool lacked aug: its model was trained again for it, not counted as a new model
+    assert ("reference models: 1, all from the stored pool; 1 of them trained again for label-only signals the "
+            "pool lacked") in unstored.output
     assert re.search(r"^aug\s+0\.\d{4}", unstored.output, re.M) and TargetRun(target_id).signals().label_only is None
     later = invoke(*args)
     assert later.exit_code == 0, later.output

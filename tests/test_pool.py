@@ -10,7 +10,7 @@ import pytest
 from mia import audit
 from mia.data import make_split
 from mia.errors import MiaError
-from mia.pool import model_file, plan_pool, pool_size
+from mia.pool import PoolGrowth, model_file, plan_pool, pool_size
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +66,17 @@ def test_settings_that_change_no_model_keep_the_key(task):
 def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
     config, data, split = task
     plan = audit.plan_reference_pool(config, data, split)
-    pool, written = audit.reference_pool(plan, config, data, 2, tmp_path, progress=False)
-    assert len(written) == 2 and pool_size(tmp_path) == 2
+    pool, growth = audit.reference_pool(plan, config, data, 2, tmp_path, progress=False)
+    assert len(growth.new) == 2 and growth.relabelled == [] and pool_size(tmp_path) == 2
     stamp = model_file(tmp_path, 0).stat().st_mtime_ns
-    again, written = audit.reference_pool(plan, config, data, 2, tmp_path, progress=False)
-    assert written == [] and model_file(tmp_path, 0).stat().st_mtime_ns == stamp
+    again, growth = audit.reference_pool(plan, config, data, 2, tmp_path, progress=False)
+    assert growth == PoolGrowth([], []) and model_file(tmp_path, 0).stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again.phi, pool.phi)
-    grown, written = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
-    assert [p.name for p in written] == [model_file(tmp_path, 2).name]
+    grown, growth = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
+    assert [p.name for p in growth.new] == [model_file(tmp_path, 2).name]
     np.testing.assert_array_equal(grown.phi[:2], pool.phi)
-    smaller, written = audit.reference_pool(plan, config, data, 1, tmp_path, progress=False)
-    assert written == [] and smaller.num_models == 1
+    smaller, growth = audit.reference_pool(plan, config, data, 1, tmp_path, progress=False)
+    assert growth == PoolGrowth([], []) and smaller.num_models == 1
 
     # stored compactly, and shaped as the plan says
     n, z = len(plan.audited), len(plan.population)
@@ -109,12 +109,12 @@ def test_label_only_signals_asked_later_are_added_to_the_first_models(task, tmp_
     pool, _ = audit.reference_pool(plan, plain, data, 3, tmp_path / "later", progress=False)
     assert LABEL_ONLY_MODELS == 2 and pool.label_only == [{}, {}, {}]
     stamp = model_file(tmp_path / "later", 2).stat().st_mtime_ns
-    later, written = audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)
-    assert [p.name for p in written] == [model_file(tmp_path, m).name for m in (0, 1)]
+    later, growth = audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)
+    assert growth.new == [] and [p.name for p in growth.relabelled] == [model_file(tmp_path, m).name for m in (0, 1)]
     assert model_file(tmp_path / "later", 2).stat().st_mtime_ns == stamp
     assert [set(kinds) for kinds in later.label_only] == [{"aug"}, {"aug"}, set()]  # noise-flip: not for images
     np.testing.assert_array_equal(later.phi, pool.phi)
-    assert audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)[1] == []
+    assert audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)[1] == PoolGrowth([], [])
 
     first, _ = audit.reference_pool(plan, asked, data, 3, tmp_path / "first", progress=False)
     for m in (0, 1):
@@ -191,8 +191,8 @@ def test_a_truncated_model_file_is_retrained_with_those_after_it(task, tmp_path)
     damaged = model_file(tmp_path, 1)
     damaged.write_bytes(damaged.read_bytes()[:100])  # a copy killed midway
     with pytest.warns(UserWarning, match="model 1 .* could not be read"):
-        again, written = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
-    assert [p.name for p in written] == [model_file(tmp_path, m).name for m in (1, 2)]
+        again, growth = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
+    assert [p.name for p in growth.new] == [model_file(tmp_path, m).name for m in (1, 2)]
     np.testing.assert_array_equal(again.phi, pool.phi)  # the same seeds: the same models
 
 
