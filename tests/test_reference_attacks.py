@@ -441,3 +441,18 @@ def test_other_attacks_ignore_the_reference(online16):
     a = run_attack("loss", target, shadows, {"thresholds": "global"})
     b = run_attack("loss", target, shadows, {"thresholds": "global"}, reference=ref)
     np.testing.assert_array_equal(a.predictions, b.predictions)
+
+
+def test_all_under_an_offline_pool_leaves_lira_online_out_with_a_warning():
+    import warnings
+
+    from mia.attacks.selection import as_asked, check_attacks
+    from mia.audit import resolve_config
+
+    config = resolve_config("digits")
+    with pytest.warns(UserWarning, match="lira-online left out: it needs reference models trained on the audited"):
+        _, names = check_attacks(as_asked("all"), config, None, "offline")
+    assert "lira-online" not in names and "rmia" in names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "lira-online" in check_attacks(as_asked("all"), config, None, "online")[1]

@@ -11,6 +11,7 @@ pool), so that no mistake surfaces after minutes of training. Under ``all``,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -171,6 +172,9 @@ def attacks_for_pool(names: list[str], asked: str | list[str], pool_mode: str,
     if named and (asked != "all" or "rmia mode=online" in named):
         raise MiaError(f"{', '.join(named)} needs reference models trained on the audited samples; "
                        "use the online pool (pool_mode online, --pool online)")
+    for name in named:
+        warnings.warn(f"{name} left out: it needs reference models trained on the audited samples, and the "
+                      "pool is offline", stacklevel=2)
     return [n for n in names if n not in ONLINE_ONLY]
 
 
