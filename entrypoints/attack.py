@@ -47,9 +47,16 @@ def print_table(outcome) -> None:
         click.echo(f"note: {note}")
     if outcome.reference_models:  # a pool stored by an earlier (or a killed) attack is reused, not retrained
         click.echo(f"reference models: {outcome.reference_models}, {_provenance(outcome)}")
+    if outcome.privacy:
+        click.echo(privacy_line(outcome.privacy))
     if outcome.sparsity is not None:
         click.echo(f"pruned to sparsity {outcome.sparsity:.3f}; the dense.* rows attack the model before pruning")
     click.echo(f"target run: {outcome.target_run_id}  attack run: {outcome.run_id}")
+
+
+def privacy_line(privacy: dict[str, float]) -> str:
+    """The target's privacy accounting in one line (``dp.epsilon 8, dp.delta 1e-05, ...``)."""
+    return "privacy: " + ", ".join(f"{k} {v:.4g}" for k, v in privacy.items())
 
 
 def _provenance(outcome) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from entrypoints.attack import privacy_line
 from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
 from entrypoints.options import (common_options, federated_options, flag, imported_options, pass_options,
@@ -46,4 +47,6 @@ def train(opts: dict) -> None:
         outcome = train_run(config, opts["experiment"], progress=not opts["quiet"], from_run=opts["from_run"],
                             checkpoint=opts["checkpoint"], members=opts["members"])
     click.echo(f"test accuracy {outcome.test_accuracy:.4f}  train accuracy {outcome.train_accuracy:.4f}")
+    if outcome.privacy:
+        click.echo(privacy_line(outcome.privacy))
     click.echo(f"run id: {outcome.run_id}")

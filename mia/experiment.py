@@ -49,6 +49,13 @@ class TrainOutcome:
     test_accuracy: float
     train_accuracy: float
     data: Dataset
+    privacy: dict[str, float] = field(default_factory=dict)  # the defense's accounting (privacy_metrics)
+
+
+def privacy_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's privacy accounting among its metrics: DP-SGD's and client-level DP's ``dp.*`` (a pruning run's
+    ``finetune.dp.*``), what a user reads first of a DP run and finds nowhere else on the console."""
+    return {k: v for k, v in metrics.items() if k.startswith(("dp.", "finetune.dp."))}
 
 
 def train_run(config: TargetConfig, experiment: str | None = None, progress: bool = True,
@@ -146,7 +153,8 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
                               "train_accuracy": trained.train_accuracy, **dense_metrics,
                               "best_epoch": trained.best_epoch, **trained.defense_metrics, **timer.seconds},
                              step=max(steps) + 1)
-        return TrainOutcome(active.info.run_id, trained.test_accuracy, trained.train_accuracy, data)
+        return TrainOutcome(active.info.run_id, trained.test_accuracy, trained.train_accuracy, data,
+                            privacy_metrics(trained.defense_metrics))
 
 
 def _pool_mem_scores(config: TargetConfig, dense_epoch: int, data: Dataset, split, models: int, experiment: str,
@@ -267,7 +275,7 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
         train_accuracy = audit.accuracy(model, data, split.members, config.train.device)
         tracking.log_metrics({"train_accuracy": train_accuracy}, step=config.fl.rounds + 1)
         tracking.log_metrics({**defense.metrics(), **timer.seconds})
-        return TrainOutcome(active.info.run_id, test_accuracy, train_accuracy, data)
+        return TrainOutcome(active.info.run_id, test_accuracy, train_accuracy, data, privacy_metrics(defense.metrics()))
 
 
 @dataclass
@@ -283,6 +291,7 @@ class AttackOutcome:
     reference_models: int = 0  # the pool size the black-box attacks used (0: none ran)
     reference_models_trained: int = 0  # of them (and of a pruning run's dense pool), trained by this call
     reference_models_relabelled: int = 0  # stored ones trained again for label-only signals they lacked
+    privacy: dict[str, float] = field(default_factory=dict)  # the target's privacy accounting (privacy_metrics)
 
 
 def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_models: int = 4,
@@ -375,7 +384,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
                              dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
                              target.metrics.get("sparsity"), notes, reference_models if results else 0,
-                             new, relabelled)
+                             new, relabelled, privacy_metrics(target.metrics))
 
 
 def _attack_metrics(target: tracking.TargetRun, results: list[AttackResult], dense_results: list[AttackResult],

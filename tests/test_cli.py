@@ -436,6 +436,12 @@ def test_a_defense_that_trains_its_own_recipe_logs_what_it_trains_with(mlflow_st
     assert float(params["effective.train.lr"]) == 4 * float(params["train.lr"])
     assert "effective.train.epochs" not in params  # the recipe's own
     assert params["train.device"] == "cpu"
+    # the epsilon it spent is on the console, not only in MLflow, and again under the attack's table
+    metrics = MlflowClient().get_run(run_id_of(result.output)).data.metrics
+    assert f"privacy: dp.epsilon {metrics['dp.epsilon']:.4g}, dp.delta 1e-05" in result.output
+    attacked = invoke("attack", "--run-id", run_id_of(result.output), "--attacks", "loss", "--reference-models", "1",
+                      "--quiet")
+    assert f"privacy: dp.epsilon {metrics['dp.epsilon']:.4g}" in attacked.output
 
 
 def test_unknown_model_is_rejected(mlflow_store):

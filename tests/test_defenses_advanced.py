@@ -180,6 +180,19 @@ def test_an_unreachable_dp_epsilon_is_a_one_line_error(s):
         make_defense("dp-sgd", {"epsilon": 0.01}).resolve_noise(1000, s.config.train)
 
 
+def test_a_dp_batch_that_holds_every_training_row_is_told():
+    """DP-SGD's default batch is 4x the recipe's: on a small training set it can hold every row, so training
+    silently became 1 full-batch step an epoch (purchase-synth n=2000: 30 steps, test accuracy 0.03)."""
+    config = audit.resolve_config("digits", train_overrides={"epochs": 1})
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+    rows = len(split.members)
+    with pytest.warns(UserWarning, match=rf"the batch \({rows + 1}\) holds all {rows} training rows"):
+        make_defense("dp-sgd", {"noise_multiplier": 0.5, "batch_size": rows + 1}).fit(
+            lambda: build_model("mlp", data.input_shape, data.num_classes), data, split.members,
+            split.validation, config.train, progress=False)
+
+
 def test_dpsgd_converts_batchnorm_and_trains_images():
     """A BatchNorm CNN with in-place ReLUs on 8x8 digits: GroupNorm, out-of-place, NCHW, finite training."""
     config = audit.resolve_config("digits", model="cnn-small", train_overrides={"epochs": 2})

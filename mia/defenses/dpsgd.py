@@ -181,6 +181,10 @@ class DPSGD(Defense):
         device = resolve_device(config.device)
         x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
         n = len(y_train)
+        if config.batch_size >= n:
+            warnings.warn(f"dp-sgd: the batch ({config.batch_size}) holds all {n} training rows, so every step is "
+                          f"full-batch and an epoch one step ({config.epochs} steps in all); lower batch_size "
+                          f"(--defense-param batch_size=...) for more, smaller steps", stacklevel=2)
         sigma = self.resolve_noise(n, config)
         q = sample_rate(n, config.batch_size)
         steps = steps_per_epoch(n, config.batch_size)
