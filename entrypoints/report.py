@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from entrypoints.tune import LEAKAGE_NAMES
 from mia.errors import MiaError
 
 
@@ -14,7 +15,8 @@ from mia.errors import MiaError
               help="MLflow experiment(s) to read (repeatable; default: all).")
 @click.option("--runs", default="", help="Comma-separated attack run ids to keep (default: all attack runs).")
 @click.option("--leakage", default="leakage.max_tpr_at_fpr_0.01", show_default=True,
-              help="The leakage metric on the y axis (any attack-run metric, e.g. leakage.max_auc, loss.auc).")
+              help="The leakage metric on the y axis: any attack-run metric (e.g. leakage.max_auc, loss.auc) or "
+                   f"a `mia tune --leakage` name ({', '.join(LEAKAGE_NAMES)}).")
 @click.option("--roc", default="", help="Comma-separated attack run ids whose strongest attack's ROC to overlay.")
 @click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True,
               help="Folder for frontier.png, roc.png, report.html and runs.csv.")
@@ -27,31 +29,32 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     from mia.report.frontier import (common_leakage, frontier_table, per_setting, plot_frontiers, worst_per_target,
                                      write_html)
 
+    _check_store_exists()
     known_experiments = tracking.experiment_names()
     unknown = [e for e in experiments if e not in known_experiments]
     if unknown:
         raise MiaError(f"no experiment {', '.join(map(repr, unknown))} in {tracking.tracking_uri()}; "
                        f"known: {', '.join(sorted(known_experiments)) or 'none'}")
-    rows = tracking.attack_rows(list(experiments) or None, [r for r in runs.split(",") if r] or None)
-    if rows.empty:
-        raise MiaError("no finished attack runs found; run `mia audit` (or `mia tune`) first, or check --experiment")
-    if leakage not in rows.columns:
-        summaries = sorted(c for c in rows.columns if c.startswith("leakage."))
-        aucs = sorted(c for c in rows.columns if c.endswith(".auc") and not c.startswith(("leakage.", "dense.")))
-        raise MiaError(f"no metric {leakage!r} in the attack runs; e.g. {', '.join(summaries + aucs[:4])}")
+    store = tracking.tracking_uri() + (f" (experiment {', '.join(experiments)})" if experiments else "")
+    read = tracking.attack_rows(list(experiments) or None)
+    if read.empty:
+        raise MiaError(f"no finished attack runs in {store}; run `mia audit` (or `mia tune`) first"
+                       f"{', or check --experiment' if experiments else ', or set MLFLOW_TRACKING_URI to your store'}")
+    kept = [r for r in runs.split(",") if r]
+    _check_ids("--runs", kept, read, read, store)
+    rows = read[read["run_id"].isin(kept)] if kept else read
+    leakage = _leakage_metric(leakage, rows)
     roc_ids = [r for r in roc.split(",") if r]
-    missing = [r for r in roc_ids if r not in set(rows["run_id"])]
-    if missing:
-        raise MiaError(f"--roc {', '.join(missing)}: not among the finished attack runs read "
-                       f"({len(rows)}; see --experiment/--runs)")
+    _check_ids("--roc", roc_ids, rows, read, store)
     roc_scores = {run_id: tracking.attack_scores(run_id) for run_id in roc_ids}  # all read before anything is written
-    rows = _ordered(per_setting(rows))
+    rows = _ordered(per_setting(_with_trained_noise(rows)))
     folder = Path(out)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MiaError(f"cannot create --out {out}: {exc.strerror or exc}; pass a folder you can write") from None
     rows.dropna(axis=1, how="all").to_csv(folder / "runs.csv", index=False)
+    rows = _effective_params(rows)
     if leakage.startswith("leakage.max_"):  # the same attacks for every run, or the worst cases do not compare
         rows[leakage], attacks = common_leakage(rows, leakage)
         if attacks:
@@ -60,7 +63,10 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
             click.echo(f"warning: the runs share no attack, so {leakage} is each run's worst case over its own "
                        "attacks and the runs do not compare; keep comparable runs with --runs, or audit them with "
                        "the same --attacks", err=True)
-    points = worst_per_target(rows, leakage)  # a model attacked several times: its worst case
+    measured = rows[rows[leakage].notna()]  # a run that ran no attack with this metric is no point of a front
+    if measured.empty:
+        raise MiaError(f"none of the {len(rows)} attack runs read has {leakage}; choose a metric they have")
+    points = worst_per_target(measured, leakage)  # a model attacked several times: its worst case
     front = frontier_table(points, leakage, by="front")
     label = "front" if (rows["front"] != rows["defense"]).any() else "defense"  # the setting only where it varies
     columns = [label, "test_accuracy", leakage, "run_id",
@@ -80,9 +86,106 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
                {f"Front per defense ({leakage}; each model at its most leaky attack run)": front,
                 "All attack runs": every})
     click.echo(_console(front, leakage, label))
+    lacking = len(rows) - len(measured)
+    if lacking:
+        click.echo(f"note: {_count(lacking, 'attack run')} {'have' if lacking > 1 else 'has'} no {leakage} and "
+                   f"{'are' if lacking > 1 else 'is'} left out of the fronts (runs.csv has every run)")
     others = " (the others are dominated: runs.csv has all)" if len(front) < len(points) else ""
-    click.echo(f"the fronts hold {len(front)} of {len(points)} target models ({len(rows)} attack runs){others}; "
+    click.echo(f"the fronts hold {len(front)} of {len(points)} target models ({_count(len(measured), 'attack run')}"
+               f"{f' with {leakage}' if lacking else ''}){others}; "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+
+
+def _check_store_exists() -> None:
+    """Refuse a ``sqlite:///`` store whose file does not exist, before MLflow opens it: opening creates it, so a
+    report run in the wrong folder left an empty ``mlflow.db`` there, and had nothing to report anyway."""
+    from mia import tracking
+
+    uri = tracking.tracking_uri()
+    path = tracking.sqlite_file(uri)
+    if path is not None and not path.exists():
+        raise MiaError(f"no tracking store at {uri} ({path} does not exist); run `mia report` where `mia audit` "
+                       "ran, or set MLFLOW_TRACKING_URI to your store")
+
+
+def _leakage_metric(name: str, rows) -> str:
+    """The attack-run metric ``--leakage`` names: the metric itself, or a ``mia tune --leakage`` name (``max-auc``
+    is ``leakage.max_auc``), read from tune's own table so that the two commands cannot drift apart."""
+    if name in rows.columns:
+        return name
+    from tuning.objective import LEAKAGE
+
+    if name in LEAKAGE and f"leakage.max_{LEAKAGE[name][0]}" in rows.columns:
+        return f"leakage.max_{LEAKAGE[name][0]}"
+    summaries = sorted(c for c in rows.columns if c.startswith("leakage."))
+    aucs = sorted(c for c in rows.columns if c.endswith(".auc") and not c.startswith(("leakage.", "dense.")))
+    raise MiaError(f"no metric {name!r} in the attack runs; e.g. {', '.join(summaries + aucs[:4])}, "
+                   f"or `mia tune --leakage`'s {', '.join(LEAKAGE)}")
+
+
+def _check_ids(option: str, ids: list[str], rows, read, store: str) -> None:
+    """Refuse ids of ``option`` that are not among ``rows`` (the attack runs kept), saying what each one is."""
+    missing = [r for r in ids if r not in set(rows["run_id"])]
+    if missing:
+        raise MiaError(f"{option}: " + "; ".join(_what_run(r, option, read, store) for r in missing))
+
+
+def _what_run(run_id: str, option: str, read, store: str) -> str:
+    """What a run id that is not one of the attack runs kept is: a training run (named with its attack runs), an
+    attack run left out by --runs, one that did not finish, or none of the finished attack runs of the store."""
+    from mia import tracking
+
+    if run_id in set(read["run_id"]):
+        return f"{run_id} is left out by --runs"
+    try:
+        run = tracking.get_run(run_id)
+    except MiaError:
+        return f"{run_id} was not found among the {len(read)} finished attack runs of {store}"
+    kind = run.data.tags.get("mia.kind")
+    if kind == "train":
+        own = read.loc[read["target_run_id"] == run_id, "run_id"].tolist()
+        return (f"{run_id} is a training run, and {option} takes attack runs: "
+                + (f"its own are {', '.join(own)}" if own else
+                   f"it has no finished one in {store} (`mia attack --run-id {run_id}` makes one)"))
+    if kind == "attack" and run.info.status != "FINISHED":
+        return f"{run_id} is an attack run that did not finish ({run.info.status})"
+    if kind == "attack":
+        return f"{run_id} is an attack run of another experiment than those read (see --experiment)"
+    return f"{run_id} is not an attack run (its mia.kind is {kind or 'not set'})"
+
+
+def _with_trained_noise(rows):
+    """``rows`` with ``dp.noise_multiplier``: the noise a DP run trained with, from its training run's metrics.
+
+    A target ``epsilon > 0`` sets the noise multiplier and leaves the ``noise_multiplier`` parameter unused, so
+    the parameter alone showed ``noise_multiplier=1`` for runs that trained with other noise. A pruning run's
+    fine-tuning logs it as ``finetune.dp.noise_multiplier``. One lookup per DP training run.
+    """
+    from mia import tracking
+
+    param = "defense_params.noise_multiplier"
+    if param not in rows.columns:
+        return rows
+    noise = {}
+    for target in rows.loc[rows[param].notna(), "target_run_id"].dropna().unique():
+        try:
+            metrics = tracking.get_run(target).data.metrics
+        except MiaError:  # deleted since: its parameter stays what the report shows
+            continue
+        value = metrics.get("dp.noise_multiplier", metrics.get("finetune.dp.noise_multiplier"))
+        if value is not None:
+            noise[target] = value
+    return rows.assign(**{"dp.noise_multiplier": rows["target_run_id"].map(noise)}) if noise else rows
+
+
+def _effective_params(rows):
+    """The tables' defense parameters as the runs trained: ``noise_multiplier`` is the one the run used
+    (``dp.noise_multiplier``; runs.csv keeps both, the parameter as logged)."""
+    if "dp.noise_multiplier" not in rows.columns:
+        return rows
+    param = "defense_params.noise_multiplier"
+    trained = rows["dp.noise_multiplier"].map(lambda v: f"{v:g}", na_action="ignore")
+    return rows.assign(**{param: trained.where(trained.notna(), rows[param])})
 
 
 def _strongest_rocs(rows, roc_scores: dict[str, list], label: str) -> dict[str, tuple]:
@@ -125,6 +228,10 @@ def _console(front, leakage: str, label: str = "defense") -> str:
                                                 for line, (_, row) in zip(lines[1:], front.iterrows()))])
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _ordered(rows):
     """Columns for a reader: who and what first, then utility and the leakage summaries, then each attack's
     metrics by attack, then the rest (timings, defense parameters)."""
@@ -132,5 +239,5 @@ def _ordered(rows):
              if c in rows.columns]
     summaries = sorted(c for c in rows.columns if c.startswith("leakage."))
     rest = sorted(c for c in rows.columns if c not in first and c not in summaries)
-    timing = [c for c in rest if c.startswith(("time.", "defense_params."))]
+    timing = [c for c in rest if c.startswith(("time.", "defense_params.", "dp."))]
     return rows[first + summaries + [c for c in rest if c not in timing] + timing]

@@ -56,7 +56,8 @@ from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_mod
 from mia.pool import MODES, grow_pool, load_pool, plan_pool
 from mia.prune import prune_and_finetune
 from mia.prune.layers import FixedMasks
-from mia.prune.memscores import default_cache_dir
+from mia.prune.memscores import default_cache_dir, read_mem_scores_csv
+from mia.prune.pruners import PRUNERS
 from mia.prune.schedule import PruneConfig
 from mia.registry import coerce
 from mia.signals import Signals, compute_signals
@@ -300,6 +301,22 @@ def fit_imported(config: TargetConfig, data: Dataset, split: Split, checkpoint: 
                         accuracy(network, data, split.nonmembers, config.train.device), wall_time=0.0)
 
 
+def check_prunable(config: TargetConfig, data: Dataset, train_idx: np.ndarray) -> None:
+    """What :func:`fit_pruned` would otherwise find wrong only after the dense model trained: the pruner on
+    this model (tried on a fresh one: slimming needs BatchNorm), a defense that would replace the pruned
+    model (DP-SGD turns BatchNorm into GroupNorm), and a mem-score CSV's rows for ``train_idx``."""
+    model = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
+    PRUNERS.get(config.prune.pruner)(model, config.prune.sparsity)
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if config.defense == "dp-sgd" and has_batchnorm:
+        raise MiaError(f"dp-sgd would replace the pruned model's BatchNorm by GroupNorm (Opacus), and the masks "
+                       f"with it; prune a model without BatchNorm: {batchnorm_fix(config.model, config.norm)}")
+    if csv := config.defense_params.get("mem_scores_csv"):
+        with warnings.catch_warnings():  # its warnings come when the defense reads it
+            warnings.simplefilter("ignore")
+            read_mem_scores_csv(csv, train_idx)
+
+
 def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
                test_idx: np.ndarray, seed: int, dense: TrainedModel | None = None,
                on_epoch: EpochCallback | None = None, progress: bool = True,
@@ -317,6 +334,7 @@ def fit_pruned(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_i
     if config.prune is None:
         raise MiaError("scenario pruning needs a prune config (PruneConfig; --pruner, --sparsity)")
     if dense is None:
+        check_prunable(config, data, train_idx)
         dense = fit(dense_config(config), data, train_idx, val_idx, test_idx, seed, on_epoch, progress)
     seed_everything(seed)
     defense = make_defense(config.defense, config.defense_params, seed=seed)

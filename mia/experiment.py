@@ -114,6 +114,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             tracking.log_metrics(metrics, step=epoch)
 
         if config.scenario == "pruning" and dense is None:
+            audit.check_prunable(config, data, split.members)
             with timer.stage("train_dense"):
                 dense = audit.fit(audit.dense_config(config), data, split.members, split.validation,
                                   split.nonmembers, seed=config.seed, progress=progress, on_epoch=log_epoch)

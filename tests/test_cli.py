@@ -287,6 +287,20 @@ def test_user_errors_are_one_line(mlflow_store, args, fragments):
         assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])
 
 
+@pytest.mark.parametrize("args, fragments", [
+    (("--pruner", "slimming"), ("pruner slimming prunes BatchNorm channels",)),
+    (("--model", "wrn10-1", "--norm", "bn", "--defense", "dp-sgd"), ("dp-sgd would replace the pruned model's",)),
+    (("--defense", "rmr", "--defense-param", "mem_scores_csv=short.csv"), ("has 2 rows but there are",)),
+])
+def test_a_pruning_mistake_is_refused_before_the_dense_model_trains(mlflow_store, args, fragments):
+    """Each surfaced after every dense epoch had trained (30 on the default recipe), then failed the run."""
+    Path("short.csv").write_text("mem_score\n0.1\n0.2\n")
+    result = invoke("train", "--scenario", "pruning", *args, *FAST)
+    assert_user_error(result, *fragments)
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"] and "train_loss" not in runs[0].data.metrics
+
+
 @pytest.mark.parametrize("args", [["--epochs", "0"], ["--lr", "nan"], ["--weight-decay", "inf"],
                                   ["--scenario", "pruning", "--sparsity", "nan"]])
 def test_bad_option_value_is_rejected(mlflow_store, args):

@@ -91,29 +91,51 @@ def frontier_table(rows: pd.DataFrame, leakage: str, utility: str = "test_accura
     return pd.concat(parts).sort_values([by, utility]) if parts else rows.iloc[:0]
 
 
+#: Front colours: tab20's dark shades, then its light ones, so that 20 fronts get 20 colours (tab10 repeats after 10).
+FRONT_COLORS = [plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+#: Front markers: the next one after every 20 fronts, so that colour and marker together stay unique further.
+FRONT_MARKERS = ("o", "s", "^", "D", "v", "P")
+#: Undefended reference points: hollow, one shape per setting, each smaller than the last, so that settings
+#: whose undefended runs land on the same spot (the dense model a pruning run starts from) nest, not hide.
+UNDEFENDED_MARKERS = ("o", "s", "D", "^", "v", "p", "h", "<", ">", "8")
+
+
 def plot_frontiers(rows: pd.DataFrame, leakage: str, path, utility: str = "test_accuracy", by: str = "defense",
                    title: str = "") -> Path:
-    """Every run as a faint point, each group's front as a line; the undefended runs as black markers."""
+    """:func:`frontier_figure`, saved to ``path`` (the legend beside the axes kept in the image)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    markers = iter(["*", "X", "P", "D", "s", "^"] * 8)  # undefended points: black, one marker per setting
+    return save_figure(frontier_figure(rows, leakage, utility, by, title), path, dpi=120, tight_bbox=True)
+
+
+def frontier_figure(rows: pd.DataFrame, leakage: str, utility: str = "test_accuracy", by: str = "defense",
+                    title: str = ""):
+    """Every run as a faint point, each group's front as a line; the undefended runs as hollow black markers.
+
+    The legend sits right of the axes: inside, it covered the top of the plot, where the most leaky runs are.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fronts = undefended = 0
     for name, group in rows.groupby(by, sort=True):
         if name == "none" or str(name).endswith("/none"):  # per setting where the runs mix them (per_setting)
             where = str(name)[:-len("/none")]
-            ax.scatter(group[utility], group[leakage], marker=next(markers), s=90, zorder=3, color="black",
-                       label=f"undefended{f' ({where})' if where else ''}")
+            ax.scatter(group[utility], group[leakage], marker=UNDEFENDED_MARKERS[undefended % len(UNDEFENDED_MARKERS)],
+                       s=max(150 - 25 * undefended, 30), zorder=3, facecolors="none", edgecolors="black",
+                       linewidths=1.4, label=f"undefended{f' ({where})' if where else ''}")
+            undefended += 1
             continue
-        (line,) = ax.plot([], [])
-        color = line.get_color()
-        ax.scatter(group[utility], group[leakage], s=14, alpha=0.35, color=color)
+        color = FRONT_COLORS[fronts % len(FRONT_COLORS)]
+        marker = FRONT_MARKERS[fronts // len(FRONT_COLORS) % len(FRONT_MARKERS)]
+        fronts += 1
+        ax.scatter(group[utility], group[leakage], s=14, alpha=0.35, color=color, marker=marker)
         front = group[pareto_mask(group[utility], group[leakage])].sort_values(utility)
-        ax.plot(front[utility], front[leakage], "-o", ms=4, color=color, label=str(name))
+        ax.plot(front[utility], front[leakage], "-", marker=marker, ms=4, color=color, label=str(name))
     ax.set(xlabel=f"utility ({utility}, higher is better)", ylabel=f"leakage ({leakage}, lower is better)",
            title=title or "privacy-utility frontiers")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=120)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+              ncols=1 if fronts + undefended <= 18 else 2)
+    return fig
 
 
 def write_html(path, title: str, images: dict[str, Path], tables: dict[str, pd.DataFrame]) -> Path:
@@ -126,7 +148,13 @@ def write_html(path, title: str, images: dict[str, Path], tables: dict[str, pd.D
         data = base64.b64encode(Path(image).read_bytes()).decode()
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='data:image/png;base64,{data}'>")
     for caption, table in tables.items():
-        parts.append(f"<h2>{html.escape(caption)}</h2>{table.to_html(index=False, float_format=lambda v: f'{v:.4f}')}")
+        parts.append(f"<h2>{html.escape(caption)}</h2>{table.to_html(index=False, float_format=_number)}")
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
+
+
+def _number(value: float) -> str:
+    """A table cell: four significant digits, not four decimals, which printed DP-SGD's delta of 1e-05 as 0.0000
+    (and a parameter column of integers, floats once another defense leaves it empty, as 0.0000 too)."""
+    return f"{value:.4g}"
