@@ -102,50 +102,62 @@ def compose(*decorators):
     return apply
 
 
-target_options = compose(
-    click.option("--scenario", default="centralized", show_default=True,
-                 help="centralized, federated (FedAvg; see the federated options) or pruning (dense, then pruned "
-                      "and fine-tuned; see the pruning options)."),
-    click.option("--dataset", default="digits", show_default=True, help="See `mia datasets`."),
-    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                 help="Where real datasets live (or are downloaded to)."),
-    click.option("--download/--no-download", default=False, help="Download the dataset if it has a public download (`mia datasets` says which)."),
-    click.option("--dataset-param", multiple=True, metavar="KEY=VALUE", help="Dataset parameter (repeatable, or comma-separated)."),
-    click.option("--model", default=None,
-                 help="resnet18, wrnD-W (e.g. wrn28-2), vgg16, densenet121, alexnet, fc, mlp, cnn-small; "
-                      "default: the dataset's."),
-    click.option("--norm", type=click.Choice(["bn", "gn"]), default="bn", show_default=True,
-                 help="BatchNorm or GroupNorm in CNNs."),
-    click.option("--defense", default="none", show_default=True, help="Defense applied in training."),
-    click.option("--defense-param", multiple=True, metavar="KEY=VALUE", help="Defense parameter (repeatable, or comma-separated)."),
-    click.option("--epochs", type=OptionalInt(), default=None, help="Default: the recipe's."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=None),
-    click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None),
-    click.option("--lr", type=Finite(min=0, min_open=True), default=None),
-    click.option("--weight-decay", type=Finite(min=0), default=None),
-    click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None),
-    click.option("--augment/--no-augment", default=None, help="Crop+flip where the dataset allows it."),
-    click.option("--member-fraction", type=Finite(0, 1, min_open=True, max_open=True), default=0.25,
-                 show_default=True, help="Share of the data the target trains on."),
-    click.option("--nonmember-fraction", type=Finite(0, 1, min_open=True, max_open=True),
-                 default=0.25, show_default=True, help="Share held out as evaluation non-members."),
-    click.option("--validation-fraction", type=Finite(0, 1, min_open=True, max_open=True),
-                 default=0.1, show_default=True, help="Share used for model selection only."),
-    click.option("--label-only", default="",
-                 help="Label-only signals to compute in training beyond those the attacks read: aug, noise-flip, "
-                      "boundary, boundary-wb (the boundary searches cost hundreds of queries per sample). "
-                      "`mia audit` computes what its --attacks read (all: aug,noise-flip where they apply); "
-                      "`mia attack` computes what its target lacks from the checkpoint."),
-    click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-    click.option("--cpu-bf16", is_flag=True, default=None,
-                 help="Train under bf16 autocast on the CPU too (as on CUDA): about 2x faster steps for fc nets "
-                      "and CNNs on CPUs with native bf16 (AVX512-BF16, AMX); CPU runs are float32 by default."),
-    click.option("--compile", "compile", is_flag=True, default=None,
-                 help="On CUDA, torch.compile the model with CUDA graphs: about 2x faster CNN training where "
-                      "kernel launches bound the step (an H100 in benchmarks/RESULTS.md), after a minute or so "
-                      "of compiling; for long runs. No effect on the CPU."),
-)
+def _target_options(defense):
+    """The options every command that trains a target shares, with its own ``--defense`` option."""
+    return compose(
+        click.option("--scenario", default="centralized", show_default=True,
+                     help="centralized, federated (FedAvg; see the federated options) or pruning (dense, then pruned "
+                          "and fine-tuned; see the pruning options)."),
+        click.option("--dataset", default="digits", show_default=True, help="See `mia datasets`."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Where real datasets live (or are downloaded to); default: ./data."),
+        click.option("--download/--no-download", default=False,
+                     help="Download the dataset if it has a public download (`mia datasets` says which)."),
+        click.option("--dataset-param", multiple=True, metavar="KEY=VALUE",
+                     help="Dataset parameter (repeatable, or comma-separated)."),
+        click.option("--model", default=None,
+                     help="resnet18, wrnD-W (e.g. wrn28-2), vgg16, densenet121, alexnet, fc, mlp, cnn-small; "
+                          "default: the dataset's."),
+        click.option("--norm", type=click.Choice(["bn", "gn"]), default="bn", show_default=True,
+                     help="BatchNorm or GroupNorm in CNNs."),
+        defense,
+        click.option("--defense-param", multiple=True, metavar="KEY=VALUE",
+                     help="Defense parameter (repeatable, or comma-separated)."),
+        click.option("--epochs", type=OptionalInt(), default=None, help="Default: the recipe's."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None),
+        click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None),
+        click.option("--lr", type=Finite(min=0, min_open=True), default=None),
+        click.option("--weight-decay", type=Finite(min=0), default=None),
+        click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None),
+        click.option("--augment/--no-augment", default=None, help="Crop+flip where the dataset allows it."),
+        click.option("--member-fraction", type=Finite(0, 1, min_open=True, max_open=True), default=0.25,
+                     show_default=True, help="Share of the data the target trains on."),
+        click.option("--nonmember-fraction", type=Finite(0, 1, min_open=True, max_open=True),
+                     default=0.25, show_default=True, help="Share held out as evaluation non-members."),
+        click.option("--validation-fraction", type=Finite(0, 1, min_open=True, max_open=True),
+                     default=0.1, show_default=True, help="Share used for model selection only."),
+        click.option("--label-only", default="",
+                     help="Label-only signals to compute in training beyond those the attacks read: aug, noise-flip, "
+                          "boundary, boundary-wb (the boundary searches cost hundreds of queries per sample). "
+                          "`mia audit` computes what its --attacks read (all: aug,noise-flip where they apply); "
+                          "`mia attack` computes what its target lacks from the checkpoint."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.option("--cpu-bf16", is_flag=True, default=None,
+                     help="Train under bf16 autocast on the CPU too (as on CUDA): about 2x faster steps for fc nets "
+                          "and CNNs on CPUs with native bf16 (AVX512-BF16, AMX); CPU runs are float32 by default."),
+        click.option("--compile", "compile", is_flag=True, default=None,
+                     help="On CUDA, torch.compile the model with CUDA graphs: about 2x faster CNN training where "
+                          "kernel launches bound the step (an H100 in benchmarks/RESULTS.md), after a minute or so "
+                          "of compiling; for long runs. No effect on the CPU."),
+    )
+
+
+target_options = _target_options(click.option("--defense", default="none", show_default=True,
+                                                 help="Defense applied in training."))
+#: ``mia tune``'s: the defense to search is required (none has nothing to search)
+tuned_target_options = _target_options(click.option(
+    "--defense", required=True, help="The defense whose hyperparameters to search (see `mia defenses`)."))
 
 federated_options = compose(
     click.option("--clients", type=click.IntRange(min=1), default=10, show_default=True,

@@ -6,7 +6,7 @@ import click
 
 from entrypoints.config import target_config
 from entrypoints.options import (Finite, attack_params, common_options, federated_options, key_values, pass_options,
-                                 pruning_options, target_options)
+                                 pruning_options, tuned_target_options)
 
 #: Kept literal so that ``mia --help`` does not import Optuna; tests check them against :mod:`tuning`.
 SAMPLER_NAMES = ("tpe", "nsga2", "gp")
@@ -14,7 +14,7 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
 
 
 @click.command("tune")
-@target_options
+@tuned_target_options
 @federated_options
 @pruning_options
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
@@ -83,3 +83,4 @@ def tune(opts: dict) -> None:
         click.echo("(empty: " + (f"none of the {done} complete trials reaches --min-accuracy {opts['min_accuracy']:g}"
                                  if done and opts["min_accuracy"] is not None else "no trial completed") + ")")
     click.echo(f"study run: {result.run_id}")
+

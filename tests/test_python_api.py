@@ -149,7 +149,7 @@ def test_a_defense_setting_has_one_config_however_it_is_spelt():
 
 
 def test_all_is_all_however_it_is_spelt():
-    assert selection.as_asked(" all") == selection.as_asked(["all"]) == "all"
+    assert selection.as_asked(" all") == selection.as_asked(["all"]) == selection.as_asked("ALL") == "all"
     assert selection.as_asked(["loss", "rmia"]) == ["loss", "rmia"] and selection.as_asked("loss") == "loss"
 
 

@@ -439,6 +439,9 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     path.write_text("smoothing: {low: 0.0, high: 1.2}\n")
     assert_user_error(invoke(*TINY, "--space", str(path), "--storage", "memory"), "valid range [0, 1]")
     assert_user_error(invoke(*TINY, "--storage", "redis://x"), "unknown Optuna storage")
+    # the defense to search is required: the shared --defense default (none) has nothing to search
+    missing = invoke("--dataset", "digits", "--storage", "memory")
+    assert missing.exit_code == 2 and "Missing option '--defense'" in missing.output
 
 
 def test_cli_choices_match_the_tuning_package():

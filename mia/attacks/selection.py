@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 
 
 def as_asked(attacks: str | list[str]) -> str | list[str]:
-    """``"all"`` for every spelling of it (``" all"``, ``["all"]``), else ``attacks`` as given: callers
+    """``"all"`` for every spelling of it (``" all"``, ``"ALL"``, ``["all"]``), else ``attacks`` as given: callers
     treat ``all`` differently from a list naming every attack (inapplicable ones are left out, not refused)."""
     if isinstance(attacks, str):
-        return "all" if attacks.strip() == "all" else attacks
-    return "all" if [str(a).strip() for a in attacks] == ["all"] else list(attacks)
+        return "all" if attacks.strip().lower() == "all" else attacks
+    return "all" if [str(a).strip().lower() for a in attacks] == ["all"] else list(attacks)
 
 
 def resolve_attacks(names: str | list[str], scenario: str = "centralized") -> list[str]:
