@@ -114,13 +114,14 @@ def frontier_figure(rows: pd.DataFrame, leakage: str, utility: str = "test_accur
 
     The legend sits right of the axes: inside, it covered the top of the plot, where the most leaky runs are.
     """
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    columns = 1 if rows[by].nunique() <= 18 else 2  # a legend taller than the axes wraps into a second column
+    fig, ax = plt.subplots(figsize=(6 + 2.4 * columns, 4.5))  # the axes keep their size beside the legend
     fronts = undefended = 0
     for name, group in rows.groupby(by, sort=True):
         if name == "none" or str(name).endswith("/none"):  # per setting where the runs mix them (per_setting)
             where = str(name)[:-len("/none")]
             ax.scatter(group[utility], group[leakage], marker=UNDEFENDED_MARKERS[undefended % len(UNDEFENDED_MARKERS)],
-                       s=max(150 - 25 * undefended, 30), zorder=3, facecolors="none", edgecolors="black",
+                       s=max(240 * 0.45 ** undefended, 20), zorder=3, facecolors="none", edgecolors="black",
                        linewidths=1.4, label=f"undefended{f' ({where})' if where else ''}")
             undefended += 1
             continue
@@ -133,8 +134,7 @@ def frontier_figure(rows: pd.DataFrame, leakage: str, utility: str = "test_accur
     ax.set(xlabel=f"utility ({utility}, higher is better)", ylabel=f"leakage ({leakage}, lower is better)",
            title=title or "privacy-utility frontiers")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
-              ncols=1 if fronts + undefended <= 18 else 2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, ncols=columns)
     return fig
 
 
@@ -148,7 +148,7 @@ def write_html(path, title: str, images: dict[str, Path], tables: dict[str, pd.D
         data = base64.b64encode(Path(image).read_bytes()).decode()
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='data:image/png;base64,{data}'>")
     for caption, table in tables.items():
-        parts.append(f"<h2>{html.escape(caption)}</h2>{table.to_html(index=False, float_format=_number)}")
+        parts.append(f"<h2>{html.escape(caption)}</h2>{table.to_html(index=False, float_format=_number, na_rep='')}")
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
