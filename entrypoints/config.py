@@ -12,8 +12,8 @@ from mia.train.predict import check_device
 from entrypoints.options import flag, key_values, typed
 
 
-_TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "device",
-               "cpu_bf16", "compile")
+_TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment", "select_best",
+               "device", "cpu_bf16", "compile")
 
 
 _SCENARIO_OPTIONS = {

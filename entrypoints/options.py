@@ -130,6 +130,8 @@ def _target_options(defense):
         click.option("--weight-decay", type=Finite(min=0), default=None),
         click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None),
         click.option("--augment/--no-augment", default=None, help="Crop+flip where the dataset allows it."),
+        click.option("--select-best/--no-select-best", default=None,
+                     help="Release the epoch with the best validation accuracy (the default) or the last one."),
         click.option("--member-fraction", type=Finite(0, 1, min_open=True, max_open=True), default=0.25,
                      show_default=True, help="Share of the data the target trains on."),
         click.option("--nonmember-fraction", type=Finite(0, 1, min_open=True, max_open=True),

@@ -458,6 +458,13 @@ def test_a_defense_that_trains_its_own_recipe_logs_what_it_trains_with(mlflow_st
     assert f"privacy: dp.epsilon {metrics['dp.epsilon']:.4g}" in attacked.output
 
 
+def test_no_select_best_releases_the_last_epoch(mlflow_store):
+    """An undefended baseline trained to the end: the loop otherwise releases its best validation epoch."""
+    result = invoke("train", "--epochs", "6", "--no-select-best", "--quiet")
+    run = MlflowClient().get_run(run_id_of(result.output)).data
+    assert run.params["train.select_best"] == "False" and run.metrics["best_epoch"] == 5
+
+
 def test_unknown_model_is_rejected(mlflow_store):
     assert_user_error(invoke("train", "--model", "transformer-xl", "--quiet"), "unknown model")
 

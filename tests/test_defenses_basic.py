@@ -157,8 +157,20 @@ def test_hamp_leaks_less_and_keeps_labels(task, undefended):
     check_defended(task, undefended, train(task, "hamp", modify_output=False))
 
 
+def test_early_stopping_runs_a_share_of_the_epochs_on_the_recipes_schedule_and_leaks_less(task, undefended):
+    """``fraction`` stops the recipe's run (its cosine schedule spanning all EPOCHS) after half of them: the
+    weights are those of the plain run's epoch, and the release leaks less than the best of all epochs."""
+    config, data, split = task
+    trained = train(task, "early-stopping", fraction=0.5, patience=20)
+    assert len(trained.history) == EPOCHS // 2 == trained.defense_metrics["early_stopping.epochs_run"]
+    plain = fit(replace(config, train=replace(config.train, stop_epoch=EPOCHS // 2)), data, split.members,
+                split.validation, split.nonmembers, seed=0, progress=False)
+    assert [h["val_accuracy"] for h in trained.history] == [h["val_accuracy"] for h in plain.history]
+    check_defended(task, undefended, trained)
+
+
 def test_early_stopping_stops_and_leaks_less(task, undefended):
-    trained = train(task, "early-stopping", patience=3)
+    trained = train(task, "early-stopping", patience=3, fraction=1.0)
     epochs = len(trained.history)
     assert epochs < EPOCHS
     assert trained.defense_metrics["early_stopping.epochs_run"] == epochs
@@ -207,6 +219,7 @@ def test_advreg_reference_set_comes_from_validation():
     ("hamp", {"alpha": -1}, "alpha=-1.0 must be in"),
     ("hamp", {"gamma": 0.5}, "has no parameter 'gamma'"),
     ("early-stopping", {"patience": 0}, "patience=0 must be in"),
+    ("early-stopping", {"fraction": 0}, "fraction=0"),
     ("advreg", {"alpha": -3}, "alpha=-3.0 must be in"),
     ("advreg", {"k": 0}, "k=0 must be in"),
     ("no-such-defense", {}, "unknown defense"),
