@@ -29,7 +29,7 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     from mia.report.frontier import (common_leakage, frontier_table, per_setting, plot_frontiers, worst_per_target,
                                      write_html)
 
-    _check_store_exists()
+    tracking.check_store_exists("nothing to report")
     known_experiments = tracking.experiment_names()
     unknown = [e for e in experiments if e not in known_experiments]
     if unknown:
@@ -94,18 +94,6 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     click.echo(f"the fronts hold {len(front)} of {len(points)} target models ({_count(len(measured), 'attack run')}"
                f"{f' with {leakage}' if lacking else ''}){others}; "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
-
-
-def _check_store_exists() -> None:
-    """Refuse a ``sqlite:///`` store whose file does not exist, before MLflow opens it: opening creates it, so a
-    report run in the wrong folder left an empty ``mlflow.db`` there, and had nothing to report anyway."""
-    from mia import tracking
-
-    uri = tracking.tracking_uri()
-    path = tracking.sqlite_file(uri)
-    if path is not None and not path.exists():
-        raise MiaError(f"no tracking store at {uri} ({path} does not exist); run `mia report` where `mia audit` "
-                       "ran, or set MLFLOW_TRACKING_URI to your store")
 
 
 def _leakage_metric(name: str, rows) -> str:

@@ -80,6 +80,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
                        "trained: drop --from-run")
     audit.check_import(config, checkpoint, members, ("--checkpoint", "--members"))  # a mistyped name opens no run
+    selection.check_label_only_kinds(config)
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
     if from_run and config.scenario != "pruning":

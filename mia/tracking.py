@@ -410,8 +410,19 @@ def log_file(path: Path, artifact_dir: str | None = None) -> None:
 # ---------------------------------------------------------------- loading back
 
 
+def check_store_exists(context: str) -> None:
+    """Refuse a ``sqlite:///`` store whose file does not exist, before MLflow opens it: opening creates it, so
+    a command run in the wrong folder left an empty ``mlflow.db`` there, and had nothing to read anyway."""
+    uri = tracking_uri()
+    path = sqlite_file(uri)
+    if path is not None and not path.exists():
+        raise MiaError(f"{context}: no tracking store at {uri} ({path} does not exist); run where `mia audit` "
+                       "ran, or set MLFLOW_TRACKING_URI to your store")
+
+
 def get_run(run_id: str):
     """The MLflow run with this id, or a one-line error."""
+    check_store_exists(f"run {run_id!r} not found")
     prepare_store()
     try:
         return MlflowClient().get_run(run_id)
@@ -447,8 +458,8 @@ class TargetRun:
         if kind == "pool":
             raise MiaError(f"run {run_id} holds a reference-model pool; pass a training run (printed by `mia train`)")
         if finished and self.run.info.status != "FINISHED":
-            raise MiaError(f"run {run_id} is {self.run.info.status}, not FINISHED; "
-                           "attack a training run that completed")
+            raise MiaError(f"run {run_id} is {self.run.info.status}, not FINISHED; pass a training run that "
+                           "completed")
         self._tmp = tempfile.TemporaryDirectory()
         config_path = _download(run_id, CONFIG, self._tmp.name)
         if config_path is None:

@@ -267,6 +267,9 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     (("audit", "--attacks", "loss", "--attack-param", "loss.thresholds=bogus"), ("bogus",)),
     (("audit", "--attacks", "noise-flip"), ("binary tabular data only", "digits is image")),
     (("train", "--device", "tpu"), ("unknown device 'tpu'",)),
+    # accepted, logged, never computed, and the attack reading them failed later
+    (("train", "--label-only", "noise-flip"), ("'noise-flip' (--label-only) exist for binary tabular data only",
+                                               "digits is image")),
     (("train", "--device", "cuda:99"), ("--device cuda:99: this machine has",)),
     (("train", "--resume", "0123456789abcdef0123456789abcdef", "--rounds", "3", "--clients", "8"),
      ("its own options", "drop --rounds, --clients")),
@@ -347,7 +350,7 @@ def test_a_pool_run_or_an_unfinished_run_given_for_a_training_run_is_a_one_line_
     assert_user_error(result, "holds a reference-model pool; pass a training run")
     MlflowClient().set_terminated(run_id, "FAILED")
     result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--quiet")
-    assert_user_error(result, "is FAILED, not FINISHED; attack a training run that completed")
+    assert_user_error(result, "is FAILED, not FINISHED; pass a training run that completed")
 
 
 def test_a_full_disk_is_a_one_line_error_and_the_run_is_marked_failed(mlflow_store, monkeypatch):

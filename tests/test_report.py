@@ -162,9 +162,11 @@ def test_an_empty_store_is_named_and_a_missing_one_is_not_created(mlflow_store, 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
     try:
         missing = invoke("report", "--out", "report")
+        attacked = invoke("attack", "--run-id", "abc", "--attacks", "loss")  # likewise any command that reads a run
     finally:
         mlflow.set_tracking_uri(uri)  # no relative store left for the tests that follow
-    assert missing.exit_code == 1 and "no tracking store at sqlite:///mlflow.db" in missing.output
+    assert missing.exit_code == 1 and "nothing to report: no tracking store at sqlite:///mlflow.db" in missing.output
+    assert attacked.exit_code == 1 and "run 'abc' not found: no tracking store at" in attacked.output
     assert list(elsewhere.iterdir()) == []  # no empty mlflow.db left behind, and no report
 
 

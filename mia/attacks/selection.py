@@ -81,6 +81,17 @@ def check_label_only(names: list[str], config: TargetConfig, params: dict[str, d
                            f"{config.dataset} is {data_kind}")
 
 
+def check_label_only_kinds(config: TargetConfig) -> None:
+    """The label-only kinds a user asks training for (``--label-only``) exist for its data: one that cannot
+    was accepted, logged, and never computed, and the attack reading it failed later."""
+    data_kind = DATASETS.get(config.dataset).kind
+    for kind in config.label_only:
+        if not _kind_fits(kind, data_kind):
+            what = "image data" if kind == "aug" else "binary tabular data"
+            raise MiaError(f"label-only signals {kind!r} (--label-only) exist for {what} only; "
+                           f"{config.dataset} is {data_kind}")
+
+
 def label_only_for(config: TargetConfig, asked: str | list[str] = "all",
                    params: dict[str, dict] | None = None) -> TargetConfig:
     """``config`` with the label-only signals that the attacks ``asked`` read added to its ``label_only``.
