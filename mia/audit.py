@@ -766,7 +766,8 @@ def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: 
 
     ``signals``/``population`` are the target's on ``split.query()`` and on the
     attacker's population (:func:`target_signals`); ``pool`` the
-    :class:`mia.pool.PoolSignals` of :func:`attacker_config`'s recipe.
+    :class:`mia.pool.PoolSignals` of :func:`attacker_config`'s recipe (None
+    where no attack reads one: :func:`needs_pool`).
     ``selena-adaptive`` also trains its shadow Split-AI here. ``stage(name)``
     wraps the two costly parts (``split_ai``, ``attacks``), for the tracked
     run's timings.
@@ -778,9 +779,14 @@ def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: 
             split_ai = split_ai_reference(config, data, split, signals, population,
                                           (params or {}).get("selena-adaptive"), seed, progress)
     with stage("attacks"):
-        return run_attacks(names, signals, is_member, pool.shadows(), params, seed=seed, progress=progress,
-                           split_ai=split_ai, reference=pool.reference(signals, population, split.population),
-                           skip_unscorable=skip_unscorable)
+        return run_attacks(names, signals, is_member, [] if pool is None else pool.shadows(), params, seed=seed,
+                           progress=progress, split_ai=split_ai, skip_unscorable=skip_unscorable,
+                           reference=None if pool is None else pool.reference(signals, population, split.population))
+
+
+def needs_pool(names: list[str]) -> bool:
+    """Whether any attack of ``names`` reads the reference pool (``selena-adaptive`` alone trains none)."""
+    return any(ATTACKS.get(n).pool for n in names)
 
 
 @dataclass
@@ -932,7 +938,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
         if attacks == "all":
             names = applicable(names, signals, recipe.defense, attack_params)
         pool = grow(attacker_config(recipe, adaptive, target.best_epoch, finetune_epochs), pool_mode,
-                    reference_models)
+                    reference_models) if needs_pool(names) else None
         return attack_target(names, recipe, data, split, signals, population, pool, attack_params, config.seed,
                              progress, skip_unscorable=attacks == "all")
 

@@ -24,7 +24,7 @@ from mia.errors import MiaError
 from mia.label_signals import applicable_kinds, label_only_signals
 from mia.models import NORMS, build_model
 from mia.defenses import Defense, make_defense
-from mia.pool import pool_size
+from mia.pool import PoolGrowth, pool_size
 from mia.train.predict import check_device
 from mia.report import plot_roc
 from mia.signals import Signals
@@ -385,7 +385,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
                              dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
-                             target.metrics.get("sparsity"), notes, reference_models if results else 0,
+                             target.metrics.get("sparsity"), notes,
+                             reference_models if audit.needs_pool(names) else 0,
                              new, relabelled, privacy_metrics(target.metrics))
 
 
@@ -442,8 +443,12 @@ def _black_box(names: list[str], target: _Attacked, data: Dataset, pool: _PoolSe
     """
     with timer.stage("reference_models"):
         recipe = audit.attacker_config(target.config, pool.adaptive, target.released_epoch, target.finetune_epochs)
-        references, growth, plan = _reference_pool(recipe, data, target.split, pool.mode, pool.size,
-                                                    pool.experiment, pool.progress, target.prefix)
+        if audit.needs_pool(names):
+            references, growth, plan = _reference_pool(recipe, data, target.split, pool.mode, pool.size,
+                                                        pool.experiment, pool.progress, target.prefix)
+        else:  # selena-adaptive alone: it trains its own shadow Split-AI
+            references, growth = None, PoolGrowth([], [])
+            plan = audit.plan_reference_pool(recipe, data, target.split, pool.mode)
     if recipe.train.stop_epoch is not None:  # what the references copied of the target's training
         tracking.log_params({f"{target.prefix}reference_stop_epoch": recipe.train.stop_epoch})
     if recipe.prune is not None and recipe.prune.finetune_stops:

@@ -562,6 +562,12 @@ def test_selena_audit_runs_the_adaptive_attack_under_all(mlflow_store):
     assert re.search(r"^selena-adaptive\s+0\.\d{4}", result.output, re.M)
     metrics = MlflowClient().get_run(run_id_of(result.output, "attack run")).data.metrics
     assert 0.0 <= metrics["selena-adaptive.auc"] <= 1.0 and "time.split_ai" in metrics
+    # alone, it trains its own shadow Split-AI and no reference pool (8 asked here would have trained)
+    alone = invoke("attack", "--run-id", run_id_of(result.output, "target run"), "--attacks", "selena-adaptive",
+                   "--reference-models", "8", "--quiet")
+    assert alone.exit_code == 0 and "reference models:" not in alone.output, alone.output
+    run = MlflowClient().get_run(run_id_of(alone.output, "attack run")).data
+    assert run.metrics["reference_models.trained"] == 0 and "mia.pool_run_id" not in run.tags
 
 
 FEDERATED = ["--scenario", "federated", "--clients", "3", "--rounds", "4", "--record-every", "2", "--quiet"]

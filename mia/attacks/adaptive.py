@@ -123,4 +123,4 @@ register(AttackSpec(
      "k": Param(int, 0, "shadow Split-AI sub-models (0: the target's selena k, else 25)"),
      "l": Param(int, 0, "sub-models per row that do not train on it (0: the target's selena l, else 10)"),
      "c": Param(float, 1.0, "inverse L2 regularization of the logistic regression")},
-    needs=frozenset({"split-ai"}), family="adaptive"))
+    needs=frozenset({"split-ai"}), family="adaptive", pool=False))

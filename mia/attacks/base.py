@@ -155,6 +155,7 @@ class AttackSpec:
     params: dict[str, Param] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()  # extra inputs beyond logits: {"sensitivity"}, {"reference"}
     family: str = "threshold"  # "threshold" | "learned" | "reference"
+    pool: bool = True  # fitted on the reference pool's models (False: builds its own, as selena-adaptive)
 
     def __post_init__(self):
         """A user's attack class (``MIA_PLUGINS``) of the wrong form is a one-line error when registered, not a
