@@ -371,8 +371,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
                               released_epoch, prefix="dense_")
             with timer.stage("dense"):  # its references are the dense recipe's, never defended
                 dense_results, dense_growth, _ = _black_box(dense_names, dense, data,
-                                                             replace(settings, adaptive=False), attack_params,
-                                                             seed, Timer(), skip_unscorable=attacks == "all")
+                                                            replace(settings, adaptive=False), attack_params,
+                                                            seed, Timer(), skip_unscorable=attacks == "all")
             growths.append(dense_growth)
         new, relabelled = sum(len(g.new) for g in growths), sum(len(g.relabelled) for g in growths)
         metrics = _attack_metrics(target, results + fl_results, dense_results, new, timer)
