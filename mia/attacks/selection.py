@@ -72,24 +72,25 @@ def label_only_kind(name: str, params: dict[str, dict] | None = None) -> str | N
 def check_label_only(names: list[str], config: TargetConfig, params: dict[str, dict] | None = None) -> None:
     """Named label-only attacks need data their signals exist for: checked before anything trains (under
     ``all`` they are left out instead, :func:`applicable`)."""
-    data_kind = DATASETS.get(config.dataset).kind
     for name in names:
         kind = label_only_kind(name, params)
-        if kind is not None and not _kind_fits(kind, data_kind):
-            what = "image data" if kind == "aug" else "binary tabular data"
-            raise MiaError(f"attack {name!r} needs {kind!r} signals, which exist for {what} only; "
-                           f"{config.dataset} is {data_kind}")
+        if kind is not None:
+            _check_kind_fits(kind, config, f"attack {name!r} needs {kind!r} signals, which exist")
 
 
 def check_label_only_kinds(config: TargetConfig) -> None:
     """The label-only kinds a user asks training for (``--label-only``) exist for its data: one that cannot
     was accepted, logged, and never computed, and the attack reading it failed later."""
-    data_kind = DATASETS.get(config.dataset).kind
     for kind in config.label_only:
-        if not _kind_fits(kind, data_kind):
-            what = "image data" if kind == "aug" else "binary tabular data"
-            raise MiaError(f"label-only signals {kind!r} (--label-only) exist for {what} only; "
-                           f"{config.dataset} is {data_kind}")
+        _check_kind_fits(kind, config, f"label-only signals {kind!r} (--label-only) exist")
+
+
+def _check_kind_fits(kind: str, config: TargetConfig, subject: str) -> None:
+    """A one-line error, ``subject`` first, where signal ``kind`` cannot exist for ``config``'s data."""
+    data_kind = DATASETS.get(config.dataset).kind
+    if not _kind_fits(kind, data_kind):
+        what = "image data" if kind == "aug" else "binary tabular data"
+        raise MiaError(f"{subject} for {what} only; {config.dataset} is {data_kind}")
 
 
 def label_only_for(config: TargetConfig, asked: str | list[str] = "all",
