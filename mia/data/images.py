@@ -283,12 +283,16 @@ def _wnid_images(folder: Path) -> list[Path]:
 
 def _tiny_val(root: Path, label_of: dict[str, int]) -> tuple[list[Path], list[int]]:
     """Tiny ImageNet's labeled val images: ``val/images`` + ``val/val_annotations.txt`` as in the
-    archive, or ``val/<wnid>/`` after the common script that sorts them into class folders."""
+    archive, or sorted into class folders by one of the common scripts: ``val/<wnid>/(images/)``, or
+    ``val/images/<wnid>/`` (``create_val_img_folder``, which keeps the annotations but moves every
+    image one folder down, so that reading them at ``val/images/<file>`` named a file as missing)."""
     val, annotations = root / "val", root / "val" / "val_annotations.txt"
+    images = val / "images"
     paths, labels = [], []
-    if not (val / "images").is_dir():  # sorted into val/<wnid>/(images/)
+    if not images.is_dir() or (not _image_files(images) and any((images / wnid).is_dir() for wnid in label_of)):
+        sorted_root = images if images.is_dir() else val  # sorted into val/images/<wnid>/ or val/<wnid>/(images/)
         for wnid, label in label_of.items():
-            files = _wnid_images(val / wnid)
+            files = _wnid_images(sorted_root / wnid)
             paths += files
             labels += [label] * len(files)
         if not paths:
@@ -312,6 +316,7 @@ def _tiny_val(root: Path, label_of: dict[str, int]) -> tuple[list[Path], list[in
                               "the unlabeled test set is not used)",
                   files="<data-dir>/tiny-imagenet-200/{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG,"
                         "val/val_annotations.txt} as the archive has them, or with val/ sorted into val/<wnid>/ "
+                        "or val/images/<wnid>/ "
                         f"(--download fetches {_TINY_URL})")
 def _load_tinyimagenet(data_dir: Path, download: bool) -> Dataset:
     root = first_with([data_dir / "tiny-imagenet-200", data_dir], "wnids.txt")
