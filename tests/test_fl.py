@@ -388,3 +388,20 @@ def test_a_folder_without_a_readable_checkpoint_is_a_one_line_error(tmp_path):
         (tmp_path / name).write_bytes(b"PK\x03\x04 half a zip")  # both copies killed half-way
     with pytest.raises(MiaError, match=r"cannot be read \(.*\); start the run again"):
         FLState.load(tmp_path)
+
+
+def test_the_query_members_are_a_uniform_draw_when_there_are_fewer_non_members():
+    """With fewer non-members than the target client's queried rows, the members were cut to the lowest row
+    indices (``sorted(draw)[:k]``): rows stored class by class (tinyimagenet, cinic10, imagefolder) gave
+    members of the first classes only against non-members of all."""
+    from mia.data import Dataset, SplitConfig
+
+    n = 400
+    data = Dataset("ordered", torch.zeros(n, 3), torch.arange(n) * 4 // n, 4, "tabular")  # class by class
+    split = make_split(n, 0, SplitConfig(member_fraction=0.6, nonmember_fraction=0.2, validation_fraction=0.1))
+    fed = Federation.of(data, split, FLConfig(clients=1, max_query=1000), 0)
+    members = fed.query[fed.is_member]
+    assert len(members) == len(split.nonmembers) == (~fed.is_member).sum()
+    assert set(members) <= set(split.members)
+    assert set(data.y[members].tolist()) == {0, 1, 2, 3}  # drawn from every class, as the non-members are
+    assert (members > np.median(split.members)).mean() > 0.3

@@ -56,10 +56,11 @@ class Federation:
         clients = partition(split.members, labels, config.clients, config.partition, config.alpha, seed)
         rng = np.random.default_rng([seed, 4])
         target = clients[config.target_client]
-        members = np.sort(rng.choice(target, min(len(target), config.max_query), replace=False))
-        k = min(len(members), len(split.nonmembers))
+        # as many members as non-members, drawn at random (not the k lowest rows of a larger draw: rows stored
+        # class by class gave members of the first classes only); the same draws as before wherever k was not cut
+        k = min(len(target), config.max_query, len(split.nonmembers))
+        members = np.sort(rng.choice(target, k, replace=False))
         nonmembers = np.sort(rng.choice(split.nonmembers, k, replace=False))
-        members = members[:k]
         return cls(clients, np.concatenate([members, nonmembers]), np.arange(2 * k) < k)
 
 
