@@ -254,6 +254,25 @@ def test_defaults_and_search_ranges():
                 assert param.default in param.choices
 
 
+def test_every_corner_of_a_centralized_defense_search_box_is_a_valid_defense():
+    """`mia tune` draws each searched parameter from its own search_range: where a defense constrains two of
+    them together (SELENA's l < k), a point of the box that breaks it is a failed trial (SELENA's old box,
+    k in [5, 50] and l in [1, 24], drew l >= k in 18 % of random trials). The constraints are monotone, so
+    the corners of the box decide."""
+    import itertools
+
+    from mia.defenses import DEFENSES
+
+    for name in DEFENSES.names():
+        spec = DEFENSES.get(name)
+        if "centralized" not in spec.scenarios:
+            continue
+        box = {k: p.search_range for k, p in spec.params.items()
+               if p.search and p.choices is None and p.type in (int, float)}
+        for corner in itertools.product(*box.values()):
+            make_defense(name, dict(zip(box, corner)))  # raises MiaError on a forbidden combination
+
+
 @pytest.mark.parametrize("name, params", [
     ("selena", {"k": 3, "l": 2}), ("selena", {"k": 60, "l": 30}), ("early-stopping", {"patience": 30}),
     ("relaxloss", {"alpha": 5.0}), ("label-smoothing", {"smoothing": 0.6}), ("confidence-masking", {"top_k": 20}),
