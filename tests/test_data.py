@@ -201,7 +201,8 @@ def test_cinic10_reads_the_archive_where_it_was_unpacked(tmp_path, folder):
     assert ds.x.shape == (6, 3, 32, 32) and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
 
 
-@pytest.mark.parametrize("val_layout", ["val/<wnid>/images", "val/<wnid>", "val/images/<wnid>"])
+@pytest.mark.parametrize("val_layout", ["val/<wnid>/images", "val/<wnid>", "val/images/<wnid>",
+                                        "val/<wnid> and an empty val/images"])
 def test_tinyimagenet_reads_val_sorted_into_class_folders(tmp_path, val_layout):
     """The scripts that sort val/images into val/<wnid>/ (for torchvision ImageFolder) delete val/images;
     create_val_img_folder sorts it into val/images/<wnid>/ and keeps the annotations (read as val/images/<file>,
@@ -214,8 +215,10 @@ def test_tinyimagenet_reads_val_sorted_into_class_folders(tmp_path, val_layout):
     save_image(root / "train" / "n02" / "n02_0.JPEG", rgb(rng, 64))  # train flattened the same way
     for i, wnid in enumerate(("n01", "n02", "n02")):
         folder = (root / "val" / "images" / wnid if val_layout == "val/images/<wnid>" else
-                  root / "val" / wnid / ("images" if val_layout.endswith("images") else ""))
+                  root / "val" / wnid / ("images" if val_layout == "val/<wnid>/images" else ""))
         save_image(folder / f"val_{i}.JPEG", rgb(rng, 64))
+    if val_layout.endswith("empty val/images"):  # emptied, not deleted, by some scripts
+        (root / "val" / "images").mkdir()
     (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t63\t63\n")  # left behind
     ds = load_dataset("tinyimagenet", data_dir=tmp_path)
     assert ds.x.shape == (5, 3, 64, 64) and ds.y.tolist() == [0, 1, 0, 0, 1]  # wnids.txt order: n02, n01

@@ -289,8 +289,9 @@ def _tiny_val(root: Path, label_of: dict[str, int]) -> tuple[list[Path], list[in
     val, annotations = root / "val", root / "val" / "val_annotations.txt"
     images = val / "images"
     paths, labels = [], []
-    if not images.is_dir() or (not _image_files(images) and any((images / wnid).is_dir() for wnid in label_of)):
-        sorted_root = images if images.is_dir() else val  # sorted into val/images/<wnid>/ or val/<wnid>/(images/)
+    if not (images.is_dir() and _image_files(images)):  # sorted into val/images/<wnid>/ or val/<wnid>/(images/)
+        sorted_root = next((folder for folder in (images, val) if any((folder / wnid).is_dir() for wnid in label_of)),
+                           val)
         for wnid, label in label_of.items():
             files = _wnid_images(sorted_root / wnid)
             paths += files
