@@ -183,7 +183,7 @@ class AdvReg(Defense):
                 scheduler.step()
                 attack.requires_grad_(True)
                 self.classifier_steps += 1
-                loss_sum += ce.detach() * len(rows)
+                loss_sum += loss.detach() * len(rows)  # train_loss is the objective f minimized (protocol.md)
                 gain_sum += gain.detach() * len(rows)
                 correct += (logits.argmax(1) == yb).sum()
                 seen += len(rows)
