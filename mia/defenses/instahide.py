@@ -106,10 +106,12 @@ register(DefenseSpec(
     params={
         "k": HyperParam(int, 3, "inputs per mix: the row and k-1 others of its batch", low=2,
                           search_range=(2, 6)),
+        # the two search ranges meet at 0.6: every pair a study samples has lam_low <= lam_high, also with one
+        # of them fixed at its default (overlapping ranges, (0.2, 0.9) and (0.3, 1.0), failed a third of the trials)
         "lam_low": HyperParam(float, 0.5, "lower bound of the row's own mixing weight lam_1", low=0.0,
-                                high=1.0, open_low=True, search_range=(0.2, 0.9)),
+                                high=1.0, open_low=True, search_range=(0.2, 0.6)),
         "lam_high": HyperParam(float, 0.65, "upper bound of the row's own mixing weight lam_1", low=0.0,
-                                 high=1.0, open_low=True, search_range=(0.3, 1.0)),
+                                 high=1.0, open_low=True, search_range=(0.6, 1.0)),
         "sign_flip": HyperParam(bool, True, "multiply each mixed entry by a random sign (InstaHide's one-time "
                                             "pad)", choices=(False, True)),
     }))
