@@ -74,17 +74,20 @@ _SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|pass|secret|token)=)[^&
 
 def redact(uri: str) -> str:
     """A URI with any password removed: ``postgresql://u:secret@h`` -> ``postgresql://u:***@h``, also
-    with an empty user or an ``@`` in the password (the host follows the last ``@``), and
-    ``?password=secret`` query values, which SQLAlchemy hands to the driver as the password."""
-    match = re.match(r"^([A-Za-z][\w+.-]*://)([^/?#]*)(.*)$", uri, re.DOTALL)
+    with an empty user, an ``@`` in the password (the host follows the last ``@``), a ``/``, ``?`` or ``#``
+    in it (SQLAlchemy reads the password up to the ``@``, so ``postgresql://u:pa/ss@h/db`` connects with
+    ``pa/ss``), and ``?password=secret`` query values, which SQLAlchemy hands to the driver as the password."""
+    match = re.match(r"^([A-Za-z][\w+.-]*://)(.*)$", uri, re.DOTALL)
     if match is None:
         return _SECRET_QUERY.sub(r"\1***", uri)
-    scheme, netloc, rest = match.groups()
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    return scheme + netloc + _SECRET_QUERY.sub(r"\1***", rest)
+    scheme, after = match.groups()
+    userinfo = re.match(r"^([^:/]*):[^@]*@(.*)$", after, re.DOTALL)  # user:password@, as SQLAlchemy reads it
+    if userinfo is None:
+        netloc, rest = re.match(r"^([^/?#]*)(.*)$", after, re.DOTALL).groups()
+        return scheme + netloc + _SECRET_QUERY.sub(r"\1***", rest)
+    user, after = userinfo.groups()
+    host, rest = re.match(r"^([^/?#]*)(.*)$", after, re.DOTALL).groups()
+    return f"{scheme}{user}:***@{host.rsplit('@', 1)[-1]}" + _SECRET_QUERY.sub(r"\1***", rest)
 
 
 def tracking_uri() -> str:

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import tuning.objective
+import tuning.space
 import tuning.study
 from entrypoints.cli import main
 from mia.audit import resolve_config
@@ -250,12 +251,13 @@ def test_an_empty_front_says_why(mlflow_store, monkeypatch, tmp_path):
     assert "(empty: none of the 2 complete trials reaches --min-accuracy 0.9)" in result.output
 
 
-def test_a_storage_password_is_never_logged(mlflow_store, monkeypatch):
+@pytest.mark.parametrize("password", ["s3cret", "s3/cr?et"])  # SQLAlchemy takes the second as it is
+def test_a_storage_password_is_never_logged(mlflow_store, monkeypatch, password):
     monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
     seen = []
     monkeypatch.setattr(tuning.study, "storage_from_uri",
                         lambda uri: seen.append(uri) or optuna.storages.InMemoryStorage())
-    uri = "postgresql://mia:s3cret@db.example:5432/optuna"
+    uri = f"postgresql://mia:{password}@db.example:5432/optuna"
     result = invoke(*TINY, "--trials", "1", "--storage", uri)
     assert result.exit_code == 0, result.output
     assert seen == [uri]  # the real URI reaches the storage ...
@@ -264,8 +266,14 @@ def test_a_storage_password_is_never_logged(mlflow_store, monkeypatch):
     logged = [*parent.data.params.values(), *parent.data.tags.values()]
     for run in children(parent.info.run_id):
         logged += [*run.data.params.values(), *run.data.tags.values()]
-    assert not any("s3cret" in str(v) for v in logged)  # ... and never the MLflow store nor the output
-    assert "s3cret" not in result.output and "mia:***@" in result.output
+    assert not any("s3" in str(v) for v in logged)  # ... and never the MLflow store nor the output
+    assert "s3" not in result.output and "mia:***@" in result.output
+
+
+def test_a_storage_that_cannot_be_opened_is_named_without_its_password(mlflow_store):
+    result = invoke(*TINY, "--trials", "1", "--storage", "postgresql://mia:pa/ss@127.0.0.1:1/optuna")
+    assert_user_error(result, "postgresql://mia:***@127.0.0.1:1/optuna")
+    assert "pa/ss" not in result.output
 
 
 @pytest.mark.parametrize("uri, shown", [
@@ -274,6 +282,9 @@ def test_a_storage_password_is_never_logged(mlflow_store, monkeypatch):
     ("postgresql://u:p@secret@h:5432/db", "postgresql://u:***@h:5432/db"),  # the host follows the last @
     ("postgresql://h/db?user=u&password=secret", "postgresql://h/db?user=u&password=***"),  # SQLAlchemy reads it
     ("postgresql://u@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
+    # SQLAlchemy reads the password up to the @: a /, ? or # in it is the password's, not the path's
+    ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"), ("mysql://u:p?w#d@h:3306/db", "mysql://u:***@h:3306/db"),
+    ("postgresql://us@er:secret@h/db", "postgresql://us@er:***@h/db"),  # and its user name up to the :
     ("sqlite:///optuna.db", "sqlite:///optuna.db"), ("study.journal", "study.journal")])
 def test_redaction_covers_every_place_a_password_goes(uri, shown):
     from mia.tracking import redact
@@ -421,6 +432,7 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
                           ("alpha: {low: 0.2, high: 0.1}", "low (0.2) must be below high (0.1)"),
                           ("alpha: {low: 0.1, high: 0.2, log: 'yes'}", "log must be true or false, got 'yes'"),
                           ("alpha: {low: 0.1, high: many}", "high must be a number, got 'many'"),
+                          ("alpha: {low: 0.1, high: .inf}", "high must be a finite number, got inf"),  # valid, unsampled
                           ("modify_output: {low: 0, high: 1}", "is a bool; give choices: [..]"),
                           ("modify_output: {choices: [3]}", "choice 3 is not a bool"),
                           ("alpha: {choices: [0.1, -1]}", "alpha=-1.0 must be in [0, inf)"),
@@ -436,6 +448,9 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
         load_space(path, "advreg", fixed={"k"})
     with pytest.raises(MiaError, match="cannot read search space"):
         load_space(tmp_path / "missing.yaml", "advreg")
+    path.write_bytes(b"\x00\xff\xfe")
+    with pytest.raises(MiaError, match="is not a text file"):
+        load_space(path, "advreg")
     path.write_text("smoothing: {low: 0.0, high: 1.2}\n")
     assert_user_error(invoke(*TINY, "--space", str(path), "--storage", "memory"), "valid range [0, 1]")
     assert_user_error(invoke(*TINY, "--storage", "redis://x"), "unknown Optuna storage")
@@ -450,3 +465,60 @@ def test_cli_choices_match_the_tuning_package():
     assert SAMPLER_NAMES == tuning.study.SAMPLERS
     assert set(LEAKAGE_NAMES) == set(tuning.objective.LEAKAGE)
     assert storage_kind("postgresql+psycopg2://u:p@h/db") == "rdb" and storage_kind("x.journal") == "journal"
+
+
+def fake_hamp_audit(config, attacks, *args, **kwargs):
+    client = MlflowClient()
+    ids = [client.create_run("0").info.run_id for _ in range(2)]
+    for run_id in ids:
+        client.set_terminated(run_id)
+    results = [SimpleNamespace(name=a, metrics={"auc": 0.6, "tpr_at_fpr_0.01": 0.1, "tpr_at_fpr_0.001": 0.0})
+               for a in attacks]
+    return SimpleNamespace(run_id=ids[1], target_run_id=ids[0], test_accuracy=0.9, results=results)
+
+
+def test_a_resume_whose_choices_optuna_cannot_sample_is_refused(mlflow_store, monkeypatch, tmp_path):
+    """Optuna fails every trial whose categorical choices differ from the study's: each new trial failed with a
+    traceback, no MLflow run and no reason ("trial 3: ?")."""
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_hamp_audit)
+    args = ["--defense", "hamp", *TINY[2:], "--storage", "sqlite:///optuna.db", "--study-name", "h"]
+    assert invoke(*args, "--trials", "1").exit_code == 0
+    space = tmp_path / "space.yaml"
+    ranges = "alpha: {low: 0.001, high: 0.01, log: true}\nentropy_percentile: {low: 0.5, high: 0.99}\n"
+    space.write_text(ranges + "modify_output: {choices: [true]}\n")
+    assert_user_error(invoke(*args, "--trials", "1", "--space", str(space)),
+                      "searched modify_output over choices [False, True]", "bool {True}", "--study-name")
+    space.write_text(ranges + "modify_output: {choices: [false, true]}\n")  # the same choices: ranges may narrow
+    result = invoke(*args, "--trials", "1", "--space", str(space))
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="h", storage="sqlite:///optuna.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
+def test_a_trial_that_cannot_sample_its_space_records_why(mlflow_store, monkeypatch, recwarn):
+    """The reason was "?", and the empty plot of a study without a completed trial warned of an empty legend."""
+    def cannot(self, trial):
+        raise ValueError("no room to sample (simulated)")
+
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    monkeypatch.setattr(tuning.space.SearchSpace, "suggest", cannot)
+    result = invoke(*TINY, "--trials", "1", "--storage", "memory")
+    assert_user_error(result, "no trial of study mia-digits-label-smoothing completed; "
+                              "trial 0: ValueError: no room to sample (simulated)")
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
+def test_a_study_whose_run_was_deleted_resumes_on_a_new_one(mlflow_store, monkeypatch):
+    """A study run deleted in the MLflow UI: resuming the study failed, every time, with "your code failed:
+    MlflowException: The run ... must be in the 'active' state"."""
+    monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
+    args = [*TINY, "--trials", "1", "--storage", "sqlite:///optuna.db", "--study-name", "gone"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    MlflowClient().delete_run(study_run_of(first.output))
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    parent = MlflowClient().get_run(study_run_of(again.output))
+    assert parent.info.run_id != study_run_of(first.output)
+    assert (parent.info.lifecycle_stage, parent.info.status) == ("active", "FINISHED")
+    assert parent.data.metrics["trials.total"] == 2  # its front covers the whole study

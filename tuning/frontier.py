@@ -76,7 +76,8 @@ def plot(study: optuna.Study, front: list[FrozenTrial], path: Path, leakage_labe
     ax.set_ylabel(f"{leakage_label} (leakage)")
     ax.set_title(study.study_name, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no trial completed: no legend (matplotlib warned of an empty one)
+        ax.legend(fontsize=8)
     return save_figure(fig, path, dpi=120)
 
 

@@ -60,10 +60,10 @@ class Objective:
             raise MiaError(f"unknown leakage {self.leakage!r}; known: {', '.join(LEAKAGE)}")
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        params = self.space.suggest(trial)
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         run_id = None
         try:
+            params = self.space.suggest(trial)  # inside: a trial that cannot sample its space records why
             run_id = runs.start_trial(self.parent_run_id, trial.number, params,
                                       {**tracking.run_tags(self.config), "mia.study": self.study_name})
             trial.set_user_attr("mlflow_run_id", run_id)

@@ -34,13 +34,15 @@ def one_line(exc: BaseException) -> str:
 
 
 def _exists(run_id: str | None) -> bool:
+    """Whether ``run_id`` is a live run of this tracking store: one deleted (in the MLflow UI) counts as gone,
+    as MLflow refuses to reopen it."""
     if not run_id:
         return False
     try:
-        MlflowClient().get_run(run_id)
+        run = MlflowClient().get_run(run_id)
     except MlflowException:
         return False
-    return True
+    return run.info.lifecycle_stage == "active"
 
 
 def open_parent(name: str, experiment: str | None, params: dict[str, object], tags: dict[str, str],

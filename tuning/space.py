@@ -19,6 +19,7 @@ wider than the declared ``search_range`` (DP-SGD's ``epsilon`` is valid from
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,14 @@ class Dimension:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution :meth:`suggest` samples from (what a study stores with each trial)."""
+        if self.choices is not None:
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if self.type is int:
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log)
+
     def describe(self) -> str:
         """``float [0.0, 0.5]``, ``float [0.0001, 0.1] log``, ``bool {False, True}``."""
         if self.choices is not None:
@@ -68,6 +77,26 @@ class SearchSpace:
 
     def describe(self) -> dict[str, str]:
         return {d.name: d.describe() for d in self.dimensions}
+
+    def check_resumes(self, trials: list) -> None:
+        """Refuse a space that a study with ``trials`` cannot sample: Optuna fails every new trial whose
+        categorical ``choices`` differ from those the study sampled before (a changed ``--space`` file, or
+        choices in another order), with a traceback per trial; ranges may change (narrowed, widened)."""
+        seen: dict[str, optuna.distributions.BaseDistribution] = {}
+        for trial in trials:
+            seen.update(trial.distributions)
+        for dim in self.dimensions:
+            old, new = seen.get(dim.name), dim.distribution()
+            if old is None:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new)
+            except ValueError:
+                was = (f"choices {list(old.choices)}" if isinstance(old, optuna.distributions.CategoricalDistribution)
+                       else type(old).__name__)
+                raise MiaError(f"the study searched {dim.name} over {was}, and this search space gives "
+                               f"{dim.describe()}; resume it with the same choices, in the same order, or use a "
+                               "new --study-name") from None
 
 
 def _declared(name: str, param: HyperParam) -> Dimension | None:
@@ -104,9 +133,11 @@ def defense_space(defense: str, fixed: set[str] = frozenset()) -> SearchSpace:
 def _read(path: Path) -> object:
     """A YAML file (PyYAML when installed; YAML is a superset of JSON), else a JSON file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MiaError(f"cannot read search space {path}: {exc.strerror or exc}; give an existing YAML file") from None
+    except UnicodeDecodeError:
+        raise MiaError(f"search space {path} is not a text file (not UTF-8); give a YAML file") from None
     try:
         import yaml
     except ImportError:
@@ -128,6 +159,8 @@ def _number(where: str, key: str, value: object, kind: type) -> float:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MiaError(f"{where}: {key} must be a number, got {value!r}")
+    if not math.isfinite(value):  # Optuna samples no infinite range: every trial would fail
+        raise MiaError(f"{where}: {key} must be a finite number, got {value!r}")
     if kind is int and value != int(value):
         raise MiaError(f"{where}: {key} must be an integer, got {value!r}")
     return int(value) if kind is int else float(value)

@@ -339,6 +339,7 @@ def tune(objective: Objective, settings: StudySettings) -> TuneResult:
         raise MiaError(f"unknown sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
     storage = storage_from_uri(settings.storage)
     study = open_study(storage, settings.study_name, identity(objective))
+    objective.space.check_resumes(study.get_trials(deepcopy=False))
     existing = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}  # queued: new
     config = objective.config
     params = {"study_name": settings.study_name, "storage": tracking.redact(settings.storage),
