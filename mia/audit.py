@@ -502,7 +502,7 @@ def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch
     they keep their selection). A defense's own procedure (adaptive pools)
     keeps its selection, and so do the plain references of a target whose
     defense trains by a schedule of its own (:meth:`Defense.schedule`: DP-SGD's
-    epoch is one of its larger batches, SELENA's one of its distillation);
+    epoch is one of its larger batches, SELENA's one of a distillation given its own ``distill_epochs``);
     federated references run the target's rounds (:func:`fit_federations`),
     which select nothing.
     """
