@@ -52,7 +52,7 @@ def tune(opts: dict) -> None:
     import optuna
 
     from mia import tracking
-    from mia.attacks.selection import resolve_attacks
+    from mia.attacks.selection import as_asked, resolve_attacks
     from tuning import frontier
     from tuning.objective import LEAKAGE, Objective
     from tuning.space import defense_space, load_space
@@ -63,7 +63,11 @@ def tune(opts: dict) -> None:
     fixed = set(key_values(opts["defense_param"], "--defense-param"))
     space = (load_space(opts["space_file"], config.defense, fixed) if opts["space_file"]
              else defense_space(config.defense, fixed))
-    objective = Objective(config, space, tuple(resolve_attacks(opts["attacks"], config.scenario)),
+    asked = as_asked(opts["attacks"])
+    names = resolve_attacks(asked, config.scenario)  # checked here, before any trial
+    # `all` stays `all`: the audit then leaves out the attacks the data cannot have (aug on tabular rows,
+    # noise-flip on images), as `mia audit --attacks all` does; named, they failed every trial
+    objective = Objective(config, space, ("all",) if asked == "all" else tuple(names),
                           leakage=opts["leakage"], min_accuracy=opts["min_accuracy"],
                           reference_models=opts["reference_models"], attack_params=attack_params(opts["attack_param"]),
                           pool_mode=opts["pool_mode"], adaptive=opts["adaptive"], experiment=opts["experiment"],

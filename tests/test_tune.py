@@ -522,3 +522,24 @@ def test_a_study_whose_run_was_deleted_resumes_on_a_new_one(mlflow_store, monkey
     assert parent.info.run_id != study_run_of(first.output)
     assert (parent.info.lifecycle_stage, parent.info.status) == ("active", "FINISHED")
     assert parent.data.metrics["trials.total"] == 2  # its front covers the whole study
+
+
+def test_attacks_all_stays_all_so_the_audit_leaves_out_what_the_data_cannot_have(mlflow_store, monkeypatch):
+    """`--attacks all` was expanded to every name, so every trial named noise-flip on images (aug on tabular
+    rows) and failed: no study with it ever completed a trial. Named, the audit refuses them; under `all` it
+    leaves them out, as `mia audit --attacks all` does."""
+    from mia.attacks.selection import as_asked
+
+    asked = []
+
+    def audit(config, attacks, *args, **kwargs):
+        asked.append(attacks)
+        return fake_audit(config, ["loss", "aug"], *args, **kwargs)
+
+    monkeypatch.setattr(tuning.objective, "audit_run", audit)
+    for spelt in ("all", "ALL"):  # the second was "unknown attack 'ALL'"
+        result = invoke(*TINY, "--trials", "1", "--storage", "memory", "--attacks", spelt)
+        assert result.exit_code == 0, result.output
+        assert as_asked(asked[-1]) == "all"
+        assert MlflowClient().get_run(study_run_of(result.output)).data.params["attacks"] == "all"
+    assert_user_error(invoke(*TINY, "--storage", "memory", "--attacks", "loss,nope"), "unknown attack 'nope'")
