@@ -543,3 +543,17 @@ def test_attacks_all_stays_all_so_the_audit_leaves_out_what_the_data_cannot_have
         assert as_asked(asked[-1]) == "all"
         assert MlflowClient().get_run(study_run_of(result.output)).data.params["attacks"] == "all"
     assert_user_error(invoke(*TINY, "--storage", "memory", "--attacks", "loss,nope"), "unknown attack 'nope'")
+
+
+def test_workers_share_the_cores_without_raising_the_users_thread_limit(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 sets it: each worker had 8 threads
+        assert tuning.study.worker_threads(2) == 1
+        torch.set_num_threads(16)
+        assert tuning.study.worker_threads(2) == 8 and tuning.study.worker_threads(32) == 1
+    finally:
+        torch.set_num_threads(before)

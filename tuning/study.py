@@ -391,12 +391,20 @@ def _run(objective: Objective, settings: StudySettings, storage, existing: int) 
         _work(_Job(seed=sampler_seed(settings.seed, existing, 0), trials=settings.trials, **common), storage)
         return []
     quiet = replace(objective, progress=False)  # one progress bar per worker would interleave
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = worker_threads(jobs)
     devices = worker_devices(jobs, objective.config.train.device, _gpu_count())
     return _spawn([_Job(**{**common, "objective": _on_device(quiet, device)},
                         seed=sampler_seed(settings.seed, existing, i), threads=threads,
                         trials=settings.trials // jobs + (i < settings.trials % jobs))
                    for i, device in enumerate(devices)])
+
+
+def worker_threads(jobs: int) -> int:
+    """Torch threads per worker: the cores shared out, but never more than this process has (a user's
+    ``OMP_NUM_THREADS=1``, which the README advises on a shared CPU, was raised to the cores' share)."""
+    import torch
+
+    return max(1, min((os.cpu_count() or 1) // jobs, torch.get_num_threads()))
 
 
 def worker_devices(jobs: int, device: str, gpus: int) -> list[str]:
