@@ -2,7 +2,7 @@
 
 Every attack reports the same six numbers (:data:`METRICS`; and
 ``tpr_at_fpr_0.0001`` where there are at least 10,000 non-members), logged to
-MLflow as ``<attack>.<metric>`` (:func:`metric_names`).
+MLflow as ``<attack>.<metric>``.
 
 Two choices differ from the source systems on purpose:
 
@@ -57,11 +57,6 @@ def low_fpr_note(nonmembers: int) -> str | None:
     one = len(below) == 1
     return (f"{nonmembers} non-members: {', '.join(below)} allow{'s' if one else ''} no false positive, so "
             f"{'it reads' if one else 'each reads'} the TPR at FPR 0 (docs/protocol.md, Metrics)")
-
-
-def metric_names(attack: str | None = None) -> list[str]:
-    """The metric names, prefixed ``<attack>.`` when an attack is given (the MLflow keys)."""
-    return [f"{attack}.{m}" if attack else m for m in METRICS]
 
 
 def _check(scores, is_member) -> tuple[np.ndarray, np.ndarray]:
@@ -278,12 +273,11 @@ def epsilon_lower_bound(scores, is_member, fpr: float = 0.01, delta: float = 0.0
     return max(terms)
 
 
-def interval_metrics(scores, is_member, n_boot: int = 200, level: float = 0.95, seed: int = 0,
-                     fpr: float = 0.01, delta: float = 0.0) -> dict[str, float]:
-    """The :data:`INTERVAL_METRICS` of one attack: bootstrap bounds and ``epsilon_lb``."""
-    ci = bootstrap_intervals(scores, is_member, n_boot=n_boot, level=level, seed=seed)
+def interval_metrics(scores, is_member, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
+    """The :data:`INTERVAL_METRICS` of one attack: 95% bootstrap bounds and ``epsilon_lb`` at FPR 0.01, delta 0."""
+    ci = bootstrap_intervals(scores, is_member, n_boot=n_boot, seed=seed)
     out = {}
     for m in BOOTSTRAP_METRICS:
         out[f"{m}_ci_low"], out[f"{m}_ci_high"] = ci[m]
-    out["epsilon_lb"] = epsilon_lower_bound(scores, is_member, fpr=fpr, delta=delta, level=level)
+    out["epsilon_lb"] = epsilon_lower_bound(scores, is_member)
     return out

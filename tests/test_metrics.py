@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mia.errors import MiaError
-from mia.metrics import (FPR_TARGETS, METRICS, attack_metrics, balanced_accuracy, metric_names,
+from mia.metrics import (FPR_TARGETS, METRICS, attack_metrics, balanced_accuracy,
                          roc, tpr_at_fpr)
 
 
@@ -95,13 +95,6 @@ def test_balanced_accuracy_from_predictions():
     m = attack_metrics(scores, member, predictions=pred)
     assert m["balanced_accuracy"] == pytest.approx((0.75 + 5 / 6) / 2)
     assert m["advantage"] == 1.0  # the ROC-optimal figure is separate
-
-
-def test_metric_names():
-    assert metric_names("loss") == ["loss.auc", "loss.balanced_accuracy", "loss.advantage",
-                                    "loss.tpr_at_fpr_0.1", "loss.tpr_at_fpr_0.01",
-                                    "loss.tpr_at_fpr_0.001"]
-    assert metric_names() == list(METRICS)
 
 
 def test_infinite_scores_keep_their_order():
