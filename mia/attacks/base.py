@@ -110,9 +110,6 @@ class Attack(ABC):
     def decision_function(self, signals: Signals) -> np.ndarray:
         """Per-sample membership scores, larger = more likely a member."""
 
-    def predict(self, signals: Signals) -> np.ndarray:
-        return self.decision_function(signals) > self.threshold_
-
     def chosen(self) -> dict:
         """Settings the fitted attack chose for itself (left to it by the user), for the record."""
         return {}
