@@ -141,29 +141,17 @@ def mask_of(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def measured_sparsity(model: nn.Module, prunable_only: bool = True) -> float:
+def measured_sparsity(model: nn.Module) -> float:
     """The fraction of exactly-zero entries, read from the (masked) weights themselves, not from masks.
 
-    ``prunable_only`` counts the ``weight`` of every Conv and Linear layer (the
-    tensors unstructured pruning acts on; biases and norm parameters are not
-    counted). Otherwise every parameter tensor of the model counts, biases and
-    norm scales included.
+    It counts the ``weight`` of every Conv and Linear layer (the tensors
+    unstructured pruning acts on; biases and norm parameters are not counted).
     """
     sync(model)
-    tensors = [layer.weight for layer in prunable_layers(model)] if prunable_only else _parameters(model)
+    tensors = [layer.weight for layer in prunable_layers(model)]
     zeros = sum(int((t == 0).sum()) for t in tensors)
     total = sum(t.numel() for t in tensors)
     return zeros / total if total else 0.0
-
-
-def _parameters(model: nn.Module) -> list[torch.Tensor]:
-    """Every parameter tensor of ``model`` as the forward sees it: masked where pruned."""
-    tensors = []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            base = name.removesuffix("_orig")
-            tensors.append(getattr(module, base) if base != name and mask_of(module, base) is not None else param)
-    return tensors
 
 
 @torch.no_grad()
