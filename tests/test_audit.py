@@ -180,7 +180,7 @@ def test_reference_models_of_a_federated_target_are_federations_like_it(seed, tm
     from mia.fl.config import FLConfig
     from mia.fl.simulation import simulate
 
-    config = audit.resolve_config("digits", seed=seed, scenario="federated", fl=FLConfig(clients=10, rounds=10))
+    config = audit.resolve_config("digits", seed=seed, scenario="federated", fl=FLConfig(clients=10, rounds=10, record_every=10))
     data = audit.load_data(config)
     split = make_split(len(data), seed, config.split)
     model, _, _ = simulate(config.model, config.norm, data, split, config.fl, config.train, make_defense("none"),
