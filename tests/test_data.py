@@ -168,6 +168,12 @@ def test_imagefolder_resizes_and_converts(tmp_path):
     (tmp_path / "__MACOSX" / "benign" / "._1.png").write_bytes(b"resource fork, not an image")
     again = load_dataset("imagefolder", data_dir=tmp_path, size="16", channels=1, augment="false")
     assert again.y.tolist() == [0, 0, 1] and again.num_classes == 2
+    # a class folder's subfolders (per patient, per source) are the class's, as in torchvision's ImageFolder
+    save_image(tmp_path / "malignant" / "patient-7" / "4.png", rgb(rng, 16))
+    (tmp_path / "malignant" / ".ipynb_checkpoints").mkdir()
+    save_image(tmp_path / "malignant" / ".ipynb_checkpoints" / "3-checkpoint.png", rgb(rng, 16))
+    nested = load_dataset("imagefolder", data_dir=tmp_path, size="16", channels=1, augment="false")
+    assert nested.y.tolist() == [0, 0, 1, 1] and nested.num_classes == 2
     (tmp_path / "unsorted").mkdir()
     with pytest.raises(MiaError, match="class folder\\(s\\) unsorted .* hold no images"):
         load_dataset("imagefolder", data_dir=tmp_path)

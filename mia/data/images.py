@@ -107,15 +107,24 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
+def _class_images(folder: Path) -> list[Path]:
+    """The images anywhere under one class folder, sorted, as torchvision's ``ImageFolder`` finds them
+    (a class folder may hold subfolders: per patient, per source); hidden and tool folders are skipped."""
+    files = _image_files(folder)
+    for sub in _subfolders(folder):
+        files += _class_images(sub)
+    return files
+
+
 def _class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
-    """Classes (sorted subfolder names unless given), image paths and labels of ``root/<class>/*``."""
+    """Classes (sorted subfolder names unless given), image paths and labels of ``root/<class>/**``."""
     if classes is None:
         classes = [p.name for p in _subfolders(root)]
     paths: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
         folder = root / cls
-        files = _image_files(folder) if folder.is_dir() else []
+        files = _class_images(folder) if folder.is_dir() else []
         paths += files
         labels += [label] * len(files)
     return list(classes), paths, labels
@@ -372,7 +381,7 @@ def _imagefolder_roots(data_dir: Path) -> list[Path]:
 @register_dataset("imagefolder", kind="image", default_model="resnet18",
                   description="any class-per-folder image set (Dermnet, CH-MNIST, ...): one subfolder per "
                               "class, resized to size x size",
-                  files=f"<data-dir>/<class>/*.{{{','.join(s[1:] for s in IMAGE_SUFFIXES)}}}; classes are the sorted "
+                  files=f"<data-dir>/<class>/**/*.{{{','.join(s[1:] for s in IMAGE_SUFFIXES)}}}; classes are the sorted "
                         "folder names; split folders (<data-dir>/{train,test,val}/<class>/) are pooled, and a lone "
                         "folder an archive unpacked into is looked into",
                   params={"size": Param(int, 32, "side length images are resized to"),
