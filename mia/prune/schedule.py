@@ -18,20 +18,17 @@ so the returned model has its plain state_dict with zeros in it.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-import numpy as np
-import torch
 from torch import nn
 
 from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.prune.layers import make_permanent, measured_sparsity
 from mia.prune.pruners import PRUNERS
-from mia.train import TrainConfig, TrainHooks, TrainResult, predict_logits, resolve_device, train
+from mia.train import TrainConfig, TrainHooks, TrainResult, resolve_device, train
 from mia.train.loop import Indices
 
 
@@ -87,16 +84,14 @@ class PruneStep:
 
     ``sparsity`` is the measured weight sparsity after fine-tuning,
     ``structured_sparsity`` the measured fraction of zeroed filters/channels
-    (None for unstructured pruners); ``pruned_val_accuracy`` is measured right
-    after pruning, before fine-tuning (NaN without validation rows);
-    ``finetune`` is None when ``finetune_epochs`` is 0.
+    (None for unstructured pruners); ``finetune`` is None when
+    ``finetune_epochs`` is 0.
     """
 
     iteration: int
     target: float
     sparsity: float
     structured_sparsity: float | None
-    pruned_val_accuracy: float
     finetune: TrainResult | None
 
 
@@ -141,7 +136,6 @@ def prune_and_finetune(model: nn.Module, data: Dataset, train_idx: Indices, val_
     history = []
     for k, target in enumerate(prune_config.schedule(), 1):
         pruner(model, target)
-        pruned_accuracy = _accuracy(model, data, val_idx, device)
         result = None
         if recipe.epochs > 0:
             step = recipe if stops is None else replace(recipe, stop_epoch=stops[k - 1], select_best=False)
@@ -150,18 +144,9 @@ def prune_and_finetune(model: nn.Module, data: Dataset, train_idx: Indices, val_
             # train restores its best epoch's weight_orig; measured_sparsity re-applies the masks (sync)
         history.append(PruneStep(k, target, measured_sparsity(model),
                                  pruner.pruned_fraction(model) if pruner.structured else None,
-                                 pruned_accuracy, result))
+                                 result))
     make_permanent(model)
     model.eval()
     return PruneResult(prune_config.sparsity, measured_sparsity(model),
                        pruner.pruned_fraction(model) if pruner.structured else None,
                        history, time.perf_counter() - start)
-
-
-def _accuracy(model: nn.Module, data: Dataset, idx: Indices | None, device: torch.device) -> float:
-    """Accuracy of ``model`` on rows ``idx`` (NaN without rows)."""
-    if idx is None or len(idx) == 0:
-        return math.nan
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    logits = predict_logits(model, data, idx, device=device)
-    return (logits.argmax(1) == data.y[idx.to(data.y.device)].cpu()).float().mean().item()
