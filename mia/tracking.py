@@ -561,14 +561,14 @@ def experiment_names() -> set[str]:
     return {e.name for e in MlflowClient().search_experiments()}
 
 
-def attack_rows(experiments: list[str] | None = None, run_ids: list[str] | None = None):
+def attack_rows(experiments: list[str] | None = None):
     """One row per finished attack run: tags, utility, every metric, and the target's defense hyperparameters.
 
     Columns: ``run_id``, ``target_run_id``, ``scenario``, ``dataset``,
     ``model``, ``defense``, every attack-run metric under its own name
     (``test_accuracy``, ``leakage.max_auc``, ``loss.auc``, ...) and the
     training run's ``defense_params.*`` params. ``experiments`` defaults to
-    every experiment; ``run_ids`` keeps only those attack runs.
+    every experiment.
     """
     import pandas as pd
 
@@ -582,8 +582,6 @@ def attack_rows(experiments: list[str] | None = None, run_ids: list[str] | None 
                               output_format="pandas")
     if runs.empty:
         return runs
-    if run_ids:
-        runs = runs[runs["run_id"].isin(run_ids)]
     trains = mlflow.search_runs(ids, filter_string="tags.`mia.kind` = 'train'", output_format="pandas")
     out = pd.DataFrame({"run_id": runs["run_id"].values,
                         "target_run_id": runs.get("tags.mia.target_run_id", pd.Series(dtype=str)).values})
