@@ -23,6 +23,9 @@ import pandas as pd  # noqa: E402
 
 from mia.report.figure import save_figure  # noqa: E402
 
+UTILITY = "test_accuracy"
+"""The utility column of the rows a front is drawn from."""
+
 
 def pareto_mask(utility, leakage) -> np.ndarray:
     """Bool mask of the non-dominated points (maximize ``utility``, minimize ``leakage``); NaN rows are off."""
@@ -82,13 +85,12 @@ def worst_per_target(rows: pd.DataFrame, leakage: str) -> pd.DataFrame:
     return rows[~known | rows.index.isin(worst)]
 
 
-def frontier_table(rows: pd.DataFrame, leakage: str, utility: str = "test_accuracy",
-                   by: str = "defense") -> pd.DataFrame:
+def frontier_table(rows: pd.DataFrame, leakage: str, by: str = "defense") -> pd.DataFrame:
     """The front of each ``by`` group, sorted by group then utility (the rows of ``rows`` that are on it)."""
     if rows.empty:
         return rows
-    parts = [group[pareto_mask(group[utility], group[leakage])] for _, group in rows.groupby(by, sort=True)]
-    return pd.concat(parts).sort_values([by, utility]) if parts else rows.iloc[:0]
+    parts = [group[pareto_mask(group[UTILITY], group[leakage])] for _, group in rows.groupby(by, sort=True)]
+    return pd.concat(parts).sort_values([by, UTILITY]) if parts else rows.iloc[:0]
 
 
 #: Front colours: tab20's dark shades, then its light ones, so that 20 fronts get 20 colours (tab10 repeats after 10).
@@ -100,16 +102,14 @@ FRONT_MARKERS = ("o", "s", "^", "D", "v", "P")
 UNDEFENDED_MARKERS = ("o", "s", "D", "^", "v", "p", "h", "<", ">", "8")
 
 
-def plot_frontiers(rows: pd.DataFrame, leakage: str, path, utility: str = "test_accuracy", by: str = "defense",
-                   title: str = "") -> Path:
+def plot_frontiers(rows: pd.DataFrame, leakage: str, path, by: str = "defense") -> Path:
     """:func:`frontier_figure`, saved to ``path`` (the legend beside the axes kept in the image)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_figure(frontier_figure(rows, leakage, utility, by, title), path, dpi=120, tight_bbox=True)
+    return save_figure(frontier_figure(rows, leakage, by), path, dpi=120, tight_bbox=True)
 
 
-def frontier_figure(rows: pd.DataFrame, leakage: str, utility: str = "test_accuracy", by: str = "defense",
-                    title: str = ""):
+def frontier_figure(rows: pd.DataFrame, leakage: str, by: str = "defense"):
     """Every run as a faint point, each group's front as a line; the undefended runs as hollow black markers.
 
     The legend sits right of the axes: inside, it covered the top of the plot, where the most leaky runs are.
@@ -120,7 +120,7 @@ def frontier_figure(rows: pd.DataFrame, leakage: str, utility: str = "test_accur
     for name, group in rows.groupby(by, sort=True):
         if name == "none" or str(name).endswith("/none"):  # per setting where the runs mix them (per_setting)
             where = str(name)[:-len("/none")]
-            ax.scatter(group[utility], group[leakage], marker=UNDEFENDED_MARKERS[undefended % len(UNDEFENDED_MARKERS)],
+            ax.scatter(group[UTILITY], group[leakage], marker=UNDEFENDED_MARKERS[undefended % len(UNDEFENDED_MARKERS)],
                        s=max(240 * 0.45 ** undefended, 20), zorder=3, facecolors="none", edgecolors="black",
                        linewidths=1.4, label=f"undefended{f' ({where})' if where else ''}")
             undefended += 1
@@ -128,11 +128,11 @@ def frontier_figure(rows: pd.DataFrame, leakage: str, utility: str = "test_accur
         color = FRONT_COLORS[fronts % len(FRONT_COLORS)]
         marker = FRONT_MARKERS[fronts // len(FRONT_COLORS) % len(FRONT_MARKERS)]
         fronts += 1
-        ax.scatter(group[utility], group[leakage], s=14, alpha=0.35, color=color, marker=marker)
-        front = group[pareto_mask(group[utility], group[leakage])].sort_values(utility)
-        ax.plot(front[utility], front[leakage], "-", marker=marker, ms=4, color=color, label=str(name))
-    ax.set(xlabel=f"utility ({utility}, higher is better)", ylabel=f"leakage ({leakage}, lower is better)",
-           title=title or "privacy-utility frontiers")
+        ax.scatter(group[UTILITY], group[leakage], s=14, alpha=0.35, color=color, marker=marker)
+        front = group[pareto_mask(group[UTILITY], group[leakage])].sort_values(UTILITY)
+        ax.plot(front[UTILITY], front[leakage], "-", marker=marker, ms=4, color=color, label=str(name))
+    ax.set(xlabel=f"utility ({UTILITY}, higher is better)", ylabel=f"leakage ({leakage}, lower is better)",
+           title="privacy-utility frontiers")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, ncols=columns)
     return fig
