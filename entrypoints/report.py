@@ -48,24 +48,26 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     _check_ids("--roc", roc_ids, rows, read, store)
     roc_scores = {run_id: tracking.attack_scores(run_id) for run_id in roc_ids}  # all read before anything is written
     rows = _ordered(per_setting(_with_trained_noise(rows)))
-    folder = Path(out)
+    every_run = rows.dropna(axis=1, how="all")  # runs.csv: the parameters as logged (written once all is checked)
+    rows = _effective_params(rows)
+    attacks = None
+    if leakage.startswith("leakage.max_"):  # the same attacks for every run, or the worst cases do not compare
+        rows[leakage], attacks = common_leakage(rows, leakage)
+    measured = rows[rows[leakage].notna()]  # a run that ran no attack with this metric is no point of a front
+    if measured.empty:
+        raise MiaError(f"none of the {len(rows)} attack runs read has {leakage}; choose a metric they have")
+    folder = Path(out)  # nothing is written before here: a refused report leaves no runs.csv beside an older report
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MiaError(f"cannot create --out {out}: {exc.strerror or exc}; pass a folder you can write") from None
-    rows.dropna(axis=1, how="all").to_csv(folder / "runs.csv", index=False)
-    rows = _effective_params(rows)
-    if leakage.startswith("leakage.max_"):  # the same attacks for every run, or the worst cases do not compare
-        rows[leakage], attacks = common_leakage(rows, leakage)
-        if attacks:
-            click.echo(f"{leakage} over the attacks every run has: {', '.join(attacks)}")
-        else:
-            click.echo(f"warning: the runs share no attack, so {leakage} is each run's worst case over its own "
-                       "attacks and the runs do not compare; keep comparable runs with --runs, or audit them with "
-                       "the same --attacks", err=True)
-    measured = rows[rows[leakage].notna()]  # a run that ran no attack with this metric is no point of a front
-    if measured.empty:
-        raise MiaError(f"none of the {len(rows)} attack runs read has {leakage}; choose a metric they have")
+    every_run.to_csv(folder / "runs.csv", index=False)
+    if attacks:
+        click.echo(f"{leakage} over the attacks every run has: {', '.join(attacks)}")
+    elif attacks is not None:
+        click.echo(f"warning: the runs share no attack, so {leakage} is each run's worst case over its own "
+                   "attacks and the runs do not compare; keep comparable runs with --runs, or audit them with "
+                   "the same --attacks", err=True)
     points = worst_per_target(measured, leakage)  # a model attacked several times: its worst case
     front = frontier_table(points, leakage, by="front")
     label = "front" if (rows["front"] != rows["defense"]).any() else "defense"  # the setting only where it varies

@@ -122,6 +122,16 @@ def test_runs_without_the_leakage_metric_are_counted_apart_not_called_dominated(
     assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 3  # runs.csv still has every run
 
 
+def test_a_report_refused_for_its_leakage_writes_nothing(audited, tmp_path):
+    """Only the label-smoothing audit ran entropy: kept alone, the undefended run has no entropy.auc. The
+    refusal came after runs.csv was written: a new folder held it alone, an older report a runs.csv of
+    other runs than its page and plot."""
+    out = tmp_path / "report"
+    refused = invoke("report", "--leakage", "entropy.auc", "--runs", audited["none"]["attack"], "--out", str(out))
+    assert refused.exit_code == 1 and "none of the 1 attack runs read has entropy.auc" in refused.output
+    assert not out.exists()
+
+
 def test_leakage_takes_the_names_of_mia_tune(audited, tmp_path):
     from tuning.objective import LEAKAGE
 
