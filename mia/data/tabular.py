@@ -33,17 +33,17 @@ def _tabular_dataset(name: str, x: np.ndarray, y: np.ndarray, num_classes: int) 
                    num_classes, "tabular")
 
 
-def _read_int_table(dataset: str, path: Path, delimiter: str | None = ",") -> np.ndarray:
+def _read_int_table(dataset: str, path: Path) -> np.ndarray:
     """A text table of small non-negative integers as uint8 (numpy's C parser, no per-line Python).
 
     Quoted fields are read too: the Location file ``bangkok`` quotes its labels (``"1",0,1,...``).
     A table of one-character fields (Texas100's 830 MB ``feats``) takes :func:`_read_digit_table`'s
     shortcut: 1-2 s instead of 6-7 s for that file, at the same peak memory.
     """
-    if delimiter == "," and (table := _read_digit_table(path)) is not None:
+    if (table := _read_digit_table(path)) is not None:
         return table
     try:
-        return np.loadtxt(path, delimiter=delimiter, quotechar='"', dtype=np.uint8, ndmin=2)
+        return np.loadtxt(path, delimiter=",", quotechar='"', dtype=np.uint8, ndmin=2)
     except (ValueError, OverflowError) as exc:
         raise MiaError(f"{dataset}: {path} is not comma-separated 0/1 integers ({exc}); "
                        "re-download the file") from None
