@@ -231,6 +231,20 @@ def test_a_class_the_shadows_lack_does_not_blow_up_learned_attacks(name, shadows
     assert seen.min() - spread <= unseen.min() and unseen.max() <= seen.max() + spread, (unseen.min(), unseen.max())
 
 
+def test_nasr_takes_a_last_batch_of_one_row(shadows):
+    """257 shadow rows leave one row in the last training batch of 256, and 4097 target rows one in the last
+    batch of 4096 scored: nn-nasr's network returned an N-vector, whose squeeze made that row a 0-d tensor
+    (a ValueError in the loss, and a RuntimeError where the batches' logits are concatenated)."""
+    s = shadows[0]
+    keep = np.r_[0:129, 1000:1128]  # members, then non-members
+    few = ShadowSignals(Signals(s.signals.logits[keep], s.signals.labels[keep], s.signals.sensitivity[keep]),
+                        s.is_member[keep])
+    rows = np.arange(4097) % len(s.signals)
+    target = Signals(s.signals.logits[rows], s.signals.labels[rows], s.signals.sensitivity[rows])
+    out = run_attack("nn-nasr", target, [few], {"epochs": 1}, seed=0)
+    assert out.scores.shape == (4097,) and np.isfinite(out.scores).all()
+
+
 def test_learned_attacks_are_seeded(shadows, leaky_target):
     target, _ = leaky_target
     a = run_attack("nn", target, shadows, {"epochs": 3}, seed=7)

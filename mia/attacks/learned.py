@@ -143,7 +143,9 @@ class _Branches(nn.Module):
         self.num_classes, self.net = num_classes, InferenceModel(num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features[:, :self.num_classes], features[:, self.num_classes:])
+        """``N x 1`` member logits, as :func:`mlp`'s: the inference model's ``N`` vector, squeezed again by
+        :func:`mia.attacks._train.fit_binary` and ``predict_logit``, lost its only row in a batch of one."""
+        return self.net(features[:, :self.num_classes], features[:, self.num_classes:])[:, None]
 
 
 class NasrAttack(MLPAttack):
