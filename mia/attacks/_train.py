@@ -69,7 +69,7 @@ def pool_with_holdout(shadows: list[ShadowSignals], max_rows: int, seed: int,
 
 
 def fit_binary(model: nn.Module, x: torch.Tensor, y: np.ndarray, *, epochs: int, lr: float,
-               seed: int, batch_size: int = 256, weight_decay: float = 0.0,
+               seed: int, batch_size: int = 256,
                holdout: tuple[torch.Tensor, np.ndarray] | None = None, patience: int = 1) -> int:
     """Train ``model`` (features -> one member logit) with Adam on BCE, seeded; returns the epochs kept.
 
@@ -92,7 +92,7 @@ def fit_binary(model: nn.Module, x: torch.Tensor, y: np.ndarray, *, epochs: int,
     n_in = float(target.sum())
     pos_weight = torch.tensor((len(target) - n_in) / max(n_in, 1.0), device=x.device)
     lossf = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused_on(x.device))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_on(x.device))
     if holdout is not None:
         held_x, held_y = holdout[0], torch.as_tensor(np.asarray(holdout[1], dtype=np.float32))
     best_loss, best_state, kept = float("inf"), None, epochs
