@@ -501,12 +501,11 @@ def select_rmia_params(calibration: dict[float, list[tuple[RmiaInputs, np.ndarra
 # ---------------------------------------------------------------- pseudo-targets
 
 
-def pseudo_targets(reference: ReferenceSignals, seed: int, models: int = CALIBRATION_MODELS,
-                   samples: int = CALIBRATION_SAMPLES) -> list[tuple[ReferenceSignals, np.ndarray]]:
+def pseudo_targets(reference: ReferenceSignals, seed: int) -> list[tuple[ReferenceSignals, np.ndarray]]:
     """Reference models playing the target on population samples, with their true membership.
 
-    For each of up to ``models`` (seeded) reference models ``m``: up to
-    ``samples`` population samples, split in half: audited ``x`` (membership
+    For each of up to :data:`CALIBRATION_MODELS` (seeded) reference models ``m``:
+    up to :data:`CALIBRATION_SAMPLES` population samples, split in half: audited ``x`` (membership
     = ``m``'s inclusion) and RMIA's ``z`` (only those ``m`` did not train on,
     as the real target never trained on the population); the other models
     are the references. Models whose drawn ``x`` hold one class only are
@@ -519,8 +518,8 @@ def pseudo_targets(reference: ReferenceSignals, seed: int, models: int = CALIBRA
     rng = np.random.default_rng(seed)
     pop_phi, pop_inc = reference.population_phi, np.asarray(reference.population_inclusion, bool)
     out = []
-    for m in np.sort(rng.choice(m_count, size=min(models, m_count), replace=False)):
-        idx = rng.permutation(z_count)[:samples]
+    for m in np.sort(rng.choice(m_count, size=min(CALIBRATION_MODELS, m_count), replace=False)):
+        idx = rng.permutation(z_count)[:CALIBRATION_SAMPLES]
         x_idx, z_idx = np.sort(idx[: len(idx) // 2]), np.sort(idx[len(idx) // 2:])
         z_idx = z_idx[~pop_inc[m, z_idx]]
         member = pop_inc[m, x_idx]
