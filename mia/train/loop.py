@@ -81,7 +81,7 @@ COMPILED_SHAPES = 4
 (full and last training batch, full and last validation batch) stay compiled."""
 
 
-def compile_for_cuda(model: nn.Module, max_shapes: int = COMPILED_SHAPES) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_for_cuda(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` under ``torch.compile`` with CUDA graphs (mode ``"reduce-overhead"``), for ``config.compile``.
 
     Why CUDA graphs and not the default mode: on an H100 a ResNet-18 step at
@@ -94,11 +94,11 @@ def compile_for_cuda(model: nn.Module, max_shapes: int = COMPILED_SHAPES) -> Cal
     The graph is static (``dynamic=False``): every new input shape compiles
     again, which a federation of uneven clients, each ending on a last batch
     of its own size, paid in one compilation per client. So the first
-    ``max_shapes`` shapes are compiled and any later one runs ``model``
+    :data:`COMPILED_SHAPES` shapes are compiled and any later one runs ``model``
     eagerly (the same parameters, the same gradients).
     """
     compiled = torch.compile(model, dynamic=False, mode="reduce-overhead")
-    return ShapeBoundedForward(compiled, model, max_shapes)
+    return ShapeBoundedForward(compiled, model, COMPILED_SHAPES)
 
 
 class ShapeBoundedForward:
