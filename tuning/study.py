@@ -298,11 +298,9 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def open_study(storage: optuna.storages.BaseStorage, name: str, measures: dict,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def open_study(storage: optuna.storages.BaseStorage, name: str, measures: dict) -> optuna.Study:
     """Create study ``name`` or load it, checking that it measures what this command would."""
-    study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS), sampler=sampler,
-                                load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS), load_if_exists=True)
     if [d.name.lower() for d in study.directions] != list(DIRECTIONS):
         raise MiaError(f"study {name} optimizes {', '.join(d.name.lower() for d in study.directions)}, not "
                        f"(test accuracy, leakage); use a new --study-name")
