@@ -414,48 +414,39 @@ def check_mem_pool(config: TargetConfig, split: Split) -> None:
 
 
 def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
-             seeds: list[int], progress: bool = True, on_trained: Trained | None = None,
-             keep: bool = True) -> list[torch.nn.Module]:
+             seeds: list[int], progress: bool = True, *, on_trained: Trained) -> None:
     """Reference models: many at a time without a defense, else one by one through the defense.
 
     Pruned reference models train dense many at a time, each then pruned
     and fine-tuned like the target as its dense stack is done. Federated ones
     are each a federation like the target's (:func:`fit_federations`).
     ``on_trained(m, model)`` is called as each model is done, in order, and
-    ``keep=False`` returns none of them, holding one model (or stack) at a
-    time (see :func:`mia.train.many.train_many`).
+    none is kept: one model (or stack) is held at a time (see
+    :func:`mia.train.many.train_many`'s ``keep=False``).
     """
     if config.defense == "none" and config.scenario == "centralized":
-        return train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
-                          val_idx, config.train, seeds=seeds, progress=progress, on_trained=on_trained, keep=keep)
-    models = []
-
-    def done(m: int, model: torch.nn.Module) -> None:
-        if on_trained is not None:
-            on_trained(m, model)
-        if keep:
-            models.append(model)
-
+        train_many(config.model, data.input_shape, data.num_classes, config.norm, data, train_sets,
+                   val_idx, config.train, seeds=seeds, progress=progress, on_trained=on_trained, keep=False)
+        return
     if config.scenario == "pruning":
         def prune(m: int, net: torch.nn.Module) -> None:
-            done(m, fit_pruned(config, data, train_sets[m], val_idx, val_idx, seeds[m], progress=False,
-                               dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model)
+            on_trained(m, fit_pruned(config, data, train_sets[m], val_idx, val_idx, seeds[m], progress=False,
+                                     dense=TrainedModel(net, net, -1, [], 0.0, 0.0, 0.0)).model)
 
-        fit_many(dense_config(config), data, train_sets, val_idx, seeds, progress, on_trained=prune, keep=False)
-        return models
+        fit_many(dense_config(config), data, train_sets, val_idx, seeds, progress, on_trained=prune)
+        return
     if config.scenario == "federated":
         trained = fit_federations(config, data, train_sets, val_idx, seeds, progress)
     else:
         trained = (fit(config, data, rows, val_idx, val_idx, seed, progress=False).model
                    for rows, seed in zip(train_sets, seeds))
-    # model m is not held while model m + 1 trains (keep=False): neither by the loop variable nor by
+    # model m is not held while model m + 1 trains: neither by the loop variable nor by
     # enumerate, whose result tuple (m, model) lives on in it until the next item is drawn
     m = 0
     for model in trained:
-        done(m, model)
+        on_trained(m, model)
         del model
         m += 1
-    return models
 
 
 def fit_federations(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,
@@ -480,7 +471,7 @@ def fit_federations(config: TargetConfig, data: Dataset, train_sets: np.ndarray,
         model, _, _ = simulate(config.model, config.norm, data, split, config.fl, config.train, defense, seed,
                                progress=False, record=False)
         yield model
-        del model  # nor by this frame while the next federation trains (fit_many's keep=False)
+        del model  # nor by this frame while the next federation trains (fit_many holds one at a time)
 
 
 def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch: int | None = None,

@@ -303,8 +303,7 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
         if on_saved is not None:
             on_saved(written[-1])
 
-    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in models], progress, on_trained=save,
-             keep=False)
+    fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in models], progress, on_trained=save)
     return PoolGrowth(written[len(lacking):], written[:len(lacking)])
 
 
