@@ -203,8 +203,7 @@ class AdvReg(Defense):
                 raise Diverged(f"advreg training diverged (loss {train_loss} in epoch {epoch}); lower the learning "
                                f"rate (lr={config.lr}) or alpha ({self.alpha})")
             model.eval()
-            val_acc = _accuracy(model, x_val, y_val, lambda xb: prepare(xb, False), amp,
-                                max(1024, config.batch_size)) if len(y_val) else math.nan
+            val_acc = _accuracy(model, x_val, y_val, prepare, amp, config.batch_size)
             attack_seen = 2 * config.batch_size * (self.attack_steps - attack_start)
             self.attack_accuracy = attack_correct.item() / attack_seen
             metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / seen, "val_accuracy": val_acc,

@@ -226,8 +226,7 @@ class DPSGD(Defense):
                     raise Diverged(f"dp-sgd training diverged (loss {train_loss} in epoch {epoch}); lower the "
                                    f"learning rate (lr={config.lr})")
                 model.eval()
-                val_acc = (_accuracy(model, x_val, y_val, lambda xb: prepare(xb, False), False,
-                                     max(1024, config.batch_size)) if len(y_val) else math.nan)
+                val_acc = _accuracy(model, x_val, y_val, prepare, False, config.batch_size)
                 metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                            "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
                 log.end(epoch, metrics)

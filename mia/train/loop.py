@@ -355,8 +355,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
             raise Diverged(f"training diverged (loss {train_loss} in epoch {epoch}); lower the learning rate "
                            f"(lr={config.lr})")
         model.eval()
-        val_acc = _accuracy(forward, x_val, y_val, lambda xb: prepare(xb, False), amp,
-                            max(1024, config.batch_size)) if len(y_val) else math.nan
+        val_acc = _accuracy(forward, x_val, y_val, prepare, amp, config.batch_size)
         metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                    "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
         log.end(epoch, metrics, acc=metrics["train_accuracy"])
@@ -433,11 +432,15 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 @torch.no_grad()
 def _accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              prepare: Callable[[torch.Tensor], torch.Tensor], amp: bool, batch_size: int) -> float:
-    """Accuracy on resident rows (the caller sets eval mode), read back once."""
+              prepare: Callable[[torch.Tensor, bool], torch.Tensor], amp: bool, batch_size: int) -> float:
+    """Accuracy on resident validation rows, not augmented, in batches of at least 1024 rows (the caller
+    sets eval mode), read back once; NaN without rows."""
+    if not len(y):
+        return math.nan
+    batch_size = max(1024, batch_size)
     correct = torch.zeros((), device=y.device, dtype=torch.long)
     for s in range(0, len(y), batch_size):
         with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = forward(prepare(x[s:s + batch_size]))
+            logits = forward(prepare(x[s:s + batch_size], False))
         correct += (logits.argmax(1) == y[s:s + batch_size]).sum()
     return correct.item() / len(y)
