@@ -167,6 +167,10 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mlflow_store, monkeyp
                         by_number[1].data.tags["mia.failure_reason"])
     assert MlflowClient().get_run(parent).data.metrics["trials.fail"] == 1
     assert "study mia-digits-label-smoothing (memory): 3 trials, 2 complete, 3 new" in result.output
+    with open(MlflowClient().download_artifacts(parent, "trials.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["state"], r["feasible"], r["leakage"]) for r in rows][1] == ("FAIL", "", "")  # not "feasible"
+    assert [r["feasible"] for r in rows[::2]] == ["True", "True"]
 
 
 def test_ctrl_c_in_a_trial_kills_its_runs_and_says_one_line(mlflow_store, monkeypatch, caplog):

@@ -33,7 +33,8 @@ def _param_names(trials: list[FrozenTrial]) -> list[str]:
 
 
 def write_csv(trials: list[FrozenTrial], path: Path, with_state: bool = False) -> Path:
-    """One row per trial: number, parameters, both objectives (and state and feasibility, for all trials)."""
+    """One row per trial: number, parameters, both objectives (and state and feasibility, for all trials;
+    a trial that did not complete has no values and no feasibility)."""
     names = _param_names(trials)
     head = ["trial", *(["state", "feasible"] if with_state else []), *names, "test_accuracy", "leakage",
             "mlflow_run_id"]
@@ -42,7 +43,8 @@ def write_csv(trials: list[FrozenTrial], path: Path, with_state: bool = False) -
         writer.writerow(head)
         for t in trials:
             values = t.values if t.values is not None else ["", ""]
-            writer.writerow([t.number, *([t.state.name, feasible(t)] if with_state else []),
+            state = [t.state.name, feasible(t) if t.values is not None else ""]  # a failed trial is neither
+            writer.writerow([t.number, *(state if with_state else []),
                              *(t.params.get(k, "") for k in names), *values, t.user_attrs.get("mlflow_run_id", "")])
     return path
 
