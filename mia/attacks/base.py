@@ -190,20 +190,15 @@ def resolve_params(spec: AttackSpec, params: dict | None) -> dict:
 
 
 def _check_inputs(spec: AttackSpec, target: Signals, shadows: list[ShadowSignals]) -> None:
-    if spec.needs & _OWN_MODELS:
-        # these attacks learn from their own models; shadows, if given, must still match
-        for s in shadows:
-            if s.signals.logits.shape[1] != target.logits.shape[1]:
-                raise MiaError(f"shadow signals have {s.signals.logits.shape[1]} classes but the "
-                               f"target's have {target.logits.shape[1]}; use shadows of the same task")
-        return
-    if not shadows:
-        raise MiaError(f"attack {spec.name!r} needs at least one shadow model's signals; "
-                       "train shadow models (--reference-models >= 1)")
     for s in shadows:
         if s.signals.logits.shape[1] != target.logits.shape[1]:
             raise MiaError(f"shadow signals have {s.signals.logits.shape[1]} classes but the "
                            f"target's have {target.logits.shape[1]}; use shadows of the same task")
+    if spec.needs & _OWN_MODELS:
+        return  # these attacks learn from their own models; shadows, if given, only have to match
+    if not shadows:
+        raise MiaError(f"attack {spec.name!r} needs at least one shadow model's signals; "
+                       "train shadow models (--reference-models >= 1)")
     pooled = np.concatenate([s.is_member for s in shadows])
     if pooled.all() or not pooled.any():
         raise MiaError(f"attack {spec.name!r}: the shadow signals hold only "
