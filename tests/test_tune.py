@@ -466,7 +466,7 @@ def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
 def test_cli_choices_match_the_tuning_package():
     from entrypoints.tune import LEAKAGE_NAMES, SAMPLER_NAMES
 
-    assert SAMPLER_NAMES == tuning.study.SAMPLERS
+    assert SAMPLER_NAMES == tuple(tuning.study.SAMPLERS)
     assert set(LEAKAGE_NAMES) == set(tuning.objective.LEAKAGE)
     assert storage_kind("postgresql+psycopg2://u:p@h/db") == "rdb" and storage_kind("x.journal") == "journal"
 

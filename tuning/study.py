@@ -66,7 +66,9 @@ class _OneLineTrialFailures(logging.Filter):
 
 logging.getLogger("optuna.study._optimize").addFilter(_OneLineTrialFailures())
 
-SAMPLERS = ("tpe", "nsga2", "gp")
+#: Sampler name -> its seeded multi-objective class: TPE (MOTPE), NSGA-II, Gaussian process.
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler, "gp": optuna.samplers.GPSampler}
 #: Seconds between RDB heartbeats, and the silence after which a running trial counts as dead.
 HEARTBEAT_S, GRACE_S = 60, 180
 #: How many times a killed worker's trial is retried.
@@ -124,15 +126,16 @@ def storage_from_uri(uri: str) -> optuna.storages.BaseStorage:
                        f"{tracking.redact(runs.one_line(exc))}") from None
 
 
+def check_sampler(name: str) -> str:
+    """``name``, or a one-line error listing the known samplers."""
+    if name not in SAMPLERS:
+        raise MiaError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return name
+
+
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """A seeded multi-objective sampler: ``tpe`` (MOTPE), ``nsga2`` or ``gp`` (Gaussian process)."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    raise MiaError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    """A seeded multi-objective sampler (:data:`SAMPLERS`)."""
+    return SAMPLERS[check_sampler(name)](seed=seed)
 
 
 def sampler_seed(seed: int, existing: int, worker: int) -> int:
@@ -333,8 +336,7 @@ def tune(objective: Objective, settings: StudySettings) -> TuneResult:
     if settings.jobs > 1 and kind in ("memory", "sqlite"):
         raise MiaError(f"{kind} storage serves one process; for --jobs {settings.jobs} use a journal file "
                        "(--storage optuna.log) or PostgreSQL (--storage postgresql://user@host/db)")
-    if settings.sampler not in SAMPLERS:
-        raise MiaError(f"unknown sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
+    check_sampler(settings.sampler)
     storage = storage_from_uri(settings.storage)
     study = open_study(storage, settings.study_name, identity(objective))
     objective.space.check_resumes(study.get_trials(deepcopy=False))
