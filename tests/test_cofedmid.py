@@ -91,6 +91,15 @@ def test_half_coalition_needs_the_number_of_clients():
         make_defense("cofedmid", {"trusted_clients": 5}).clients(4)
 
 
+@pytest.mark.parametrize("clients", [2, 3])
+def test_half_of_fewer_than_four_clients_is_refused_like_a_coalition_of_one(clients):
+    """Half of 2 or 3 clients is one member, whose masks have no partner: it ran with every upload left
+    unperturbed (perturbed_rounds 0), while trusted_clients=1 said so in one line."""
+    with pytest.raises(MiaError, match="coalition of one"):
+        make_defense("cofedmid", {"trusted_clients": 0}).clients(clients)
+    make_defense("cofedmid", {"trusted_clients": 2}).clients(clients)  # a pair of them is fine
+
+
 # ---------------------------------------------------------------- class-guided partition
 
 

@@ -22,7 +22,8 @@ and "half", T = N / 2) and combine three components, each switchable:
 Design decisions where the public description leaves room:
 
 * Coalition: clients ``0 .. T-1`` (``trusted_clients = 0`` means "half",
-  ``T = N // 2``, with ``N`` from :meth:`CoFedMID.clients`). Audit a
+  ``T = N // 2``, with ``N`` from :meth:`CoFedMID.clients`; refused below
+  4 clients, where half is a coalition of one, as ``T = 1`` is). Audit a
   coalition member with ``--target-client`` below ``T`` (the FL default
   target client is 0, a member); other clients train and upload as usual.
 * Class groups: a member's classes, in class-index order, are cut into
@@ -129,6 +130,12 @@ class CoFedMID(Defense):
         if self.trusted_clients > num_clients:
             raise MiaError(f"cofedmid trusted_clients={self.trusted_clients} exceeds the {num_clients} clients; "
                            "lower it or pass 0 for half of them")
+        if self.trusted_clients == 0 and num_clients // 2 < 2:
+            # half of 2 or 3 clients is a coalition of one: its masks have no partner, so it would run
+            # silently unperturbed (an explicit trusted_clients=1 is refused in the constructor)
+            raise MiaError(f"cofedmid trusted_clients=0 (half) of {num_clients} clients is a coalition of one, whose "
+                           "masks have no partner to cancel with; use 4 or more clients, or trusted_clients=2 "
+                           "(a pair)")
         self.num_clients = int(num_clients)
 
     @property
