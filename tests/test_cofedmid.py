@@ -8,6 +8,7 @@ about the same global accuracy.
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -76,6 +77,7 @@ def test_mask_size_follows_noise_scale_and_one_member_is_not_perturbed():
     assert torch.allclose(-(out[1] - updates[1]) * weights[1], mask, atol=1e-6)
     alone = defense.upload(updates, np.array([1, 2, 3]), weights, 2, LAYERS)
     assert torch.equal(alone, updates)
+    assert defense.metrics()["cofedmid.unperturbed_uploads"] == 1  # the lone member's upload, as it was
     off = make_defense("cofedmid", {"perturb": False})
     assert torch.equal(off.upload(updates, np.array([0, 1, 3]), weights, 1, LAYERS), updates)
 
@@ -98,6 +100,21 @@ def test_half_of_fewer_than_four_clients_is_refused_like_a_coalition_of_one(clie
     with pytest.raises(MiaError, match="coalition of one"):
         make_defense("cofedmid", {"trusted_clients": 0}).clients(clients)
     make_defense("cofedmid", {"trusted_clients": 2}).clients(clients)  # a pair of them is fine
+
+
+def test_plan_warns_where_sampling_often_leaves_a_member_without_a_partner():
+    """A pair at --client-fraction 0.5 of 10 clients: 5 sampled, the partner among the other 4 of 9 in
+    4/9 of a member's rounds, so 5/9 of its uploads reach the server unmasked."""
+    pair = make_defense("cofedmid", {"trusted_clients": 2})
+    pair.clients(10)
+    with pytest.warns(UserWarning, match="no partner in about 56% of its rounds"):
+        pair.plan(10, 0.5)
+    half = make_defense("cofedmid", {"trusted_clients": 0})
+    half.clients(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        half.plan(10, 0.5)  # 4 partners among 9: alone in C(5,4)/C(9,4) = 4% of its rounds
+        pair.plan(10, 1.0)
 
 
 # ---------------------------------------------------------------- class-guided partition

@@ -54,7 +54,11 @@ Design decisions where the public description leaves room:
   integers, as secure aggregation does). Draws come
   from :func:`mia.defenses.client_dp.round_generator` seeded with ``(seed,
   round)``, so a resumed run perturbs exactly as an uninterrupted one. With
-  fewer than two members sampled, a round is not perturbed.
+  fewer than two members sampled, a round is not perturbed: a lone member's
+  upload reaches the server as it is (counted in
+  ``cofedmid.unperturbed_uploads``; :meth:`CoFedMID.plan` warns where client
+  sampling makes that common, e.g. half the rounds of a pair at
+  ``--client-fraction 0.5``).
 * State for resume: the bandit statistics and the counters of
   :meth:`CoFedMID.metrics`, as plain lists and numbers.
 """
@@ -62,6 +66,7 @@ Design decisions where the public description leaves room:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -122,6 +127,7 @@ class CoFedMID(Defense):
         self.counts: list[list[int]] = []  # per member, per arm: pulls
         self.sums: list[list[float]] = []  # per member, per arm: summed rewards
         self.trained_fraction, self.member_rounds, self.perturbed_rounds = 0.0, 0, 0
+        self.unperturbed_uploads = 0  # member uploads of rounds with no partner sampled: seen as they are
         self._pending: dict[int, tuple[int, np.ndarray, float]] = {}  # member -> (arm, group rows, loss before)
 
     # ---- the coalition
@@ -137,6 +143,20 @@ class CoFedMID(Defense):
                            "masks have no partner to cancel with; use 4 or more clients, or trusted_clients=2 "
                            "(a pair)")
         self.num_clients = int(num_clients)
+
+    def plan(self, rounds: int, sample_rate: float) -> None:
+        """Warn where client sampling often leaves a sampled member without a partner (its upload unmasked)."""
+        if not self.perturb or self.noise_scale == 0 or self.num_clients is None or sample_rate >= 1:
+            return
+        n, size = self.num_clients, self.coalition_size
+        m = max(1, int(np.floor(sample_rate * n + 0.5)))  # FLConfig.sampled's count
+        # P(none of the other size - 1 members among the m - 1 other sampled clients | this member sampled)
+        alone = math.comb(n - size, m - 1) / math.comb(n - 1, m - 1)
+        if alone > 0.1:
+            warnings.warn(f"cofedmid: with {m} of {n} clients sampled a round, a sampled coalition member has no "
+                          f"partner in about {alone:.0%} of its rounds, and such an upload reaches the server "
+                          f"unperturbed (cofedmid.unperturbed_uploads counts them); raise --client-fraction or "
+                          f"trusted_clients", stacklevel=2)
 
     @property
     def coalition_size(self) -> int:
@@ -201,7 +221,10 @@ class CoFedMID(Defense):
     def upload(self, updates: torch.Tensor, clients: np.ndarray, weights: torch.Tensor, round: int,
                layers: list[slice]) -> torch.Tensor:
         members = [k for k, c in enumerate(clients) if self.trusted(int(c))]
-        if not self.perturb or len(members) < 2 or self.noise_scale == 0:
+        if not self.perturb or self.noise_scale == 0:
+            return updates
+        if len(members) < 2:
+            self.unperturbed_uploads += len(members)
             return updates
         generator = round_generator(self.seed, round, updates.device, _SALT)
         out = updates.float().clone()
@@ -224,7 +247,7 @@ class CoFedMID(Defense):
     def state_dict(self) -> dict:
         return {"counts": [list(c) for c in self.counts], "sums": [list(s) for s in self.sums],
                 "trained_fraction": self.trained_fraction, "member_rounds": self.member_rounds,
-                "perturbed_rounds": self.perturbed_rounds}
+                "perturbed_rounds": self.perturbed_rounds, "unperturbed_uploads": self.unperturbed_uploads}
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = [[int(n) for n in c] for c in state.get("counts", [])]
@@ -232,12 +255,14 @@ class CoFedMID(Defense):
         self.trained_fraction = float(state.get("trained_fraction", 0.0))
         self.member_rounds = int(state.get("member_rounds", 0))
         self.perturbed_rounds = int(state.get("perturbed_rounds", 0))
+        self.unperturbed_uploads = int(state.get("unperturbed_uploads", 0))
 
     def metrics(self) -> dict[str, float]:
         size = self.coalition_size if self.trusted_clients > 0 or self.num_clients is not None else 0
         fraction = self.trained_fraction / self.member_rounds if self.member_rounds else 1.0
         return {"cofedmid.trusted_clients": float(size), "cofedmid.trained_fraction": fraction,
-                "cofedmid.perturbed_rounds": float(self.perturbed_rounds)}
+                "cofedmid.perturbed_rounds": float(self.perturbed_rounds),
+                "cofedmid.unperturbed_uploads": float(self.unperturbed_uploads)}
 
 
 def _labels(global_loss: GlobalLoss, rows: np.ndarray) -> np.ndarray:
