@@ -167,6 +167,16 @@ def test_rsw_warns_when_the_window_covers_every_class():
         narrow.epoch_rows(0)
 
 
+def test_rsw_warns_when_the_step_returns_a_class_window_to_its_start():
+    """Class of 5 rows, step 5, window 3: start (5e) mod 5 = 0 every epoch, so 2 of its rows never trained."""
+    train_idx, scores, labels = toy_rows()  # classes of 7, 3 and 5 rows
+    stuck = make_defense("rsw", {"window": 3, "step": 5})
+    stuck.set_mem_scores(train_idx, scores, labels)
+    with pytest.warns(UserWarning, match="step=5 is a multiple of the size of the classes of 5 training rows"):
+        stuck.epoch_rows(0)
+    assert len({tuple(stuck.epoch_rows(e).numpy()[labels[stuck.epoch_rows(e).numpy()] == 2]) for e in range(4)}) == 1
+
+
 def test_rsw_errors_without_scores_or_labels():
     defense = make_defense("rsw")
     with pytest.raises(MiaError, match="no mem-scores"):

@@ -231,6 +231,12 @@ class RSW(MemScored):
                 warnings.warn(f"{self.name}: window={self.window} rows per class covers every class here (the "
                               f"largest has {largest} training rows), so the window hardly selects; set "
                               "--defense-param window=... below the class sizes", stacklevel=2)
+            stalled = sorted({len(rows) for rows in windows if self.window < len(rows) and self.step % len(rows) == 0})
+            if stalled:  # start (step * epoch) mod n_c is 0 in every epoch: the rest of the class never trains
+                warnings.warn(f"{self.name}: step={self.step} is a multiple of the size of the classes of "
+                              f"{', '.join(map(str, stalled))} training rows, whose window never slides (it trains "
+                              f"the same {self.window} rows every epoch); set --defense-param step=... below "
+                              "the class sizes", stacklevel=2)
         return torch.from_numpy(window_rows(self._derived["windows"], epoch, self.step, self.window))
 
 
