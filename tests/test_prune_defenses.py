@@ -154,27 +154,28 @@ def test_rsw_windows_slide_per_class_through_the_sorted_mem_scores(name, descend
     assert top == descending  # rsw starts on the most memorized rows, rsw-reverse on the least
 
 
-def test_rsw_warns_when_the_window_covers_every_class():
-    train_idx, scores, labels = toy_rows()  # classes of 7, 3 and 5 rows
-    wide = make_defense("rsw", {"window": 7, "step": 2})
-    wide.set_mem_scores(train_idx, scores, labels)
-    with pytest.warns(UserWarning, match="window=7 rows per class covers every class here .the largest has 7"):
-        wide.epoch_rows(0)
-    narrow = make_defense("rsw", {"window": 6, "step": 2})
-    narrow.set_mem_scores(train_idx, scores, labels)
+def rsw_on_toy_rows(window: int, step: int):
+    """An ``rsw`` defense with mem-scores of :func:`toy_rows` (classes of 7, 3 and 5 rows), and their labels."""
+    train_idx, scores, labels = toy_rows()
+    defense = make_defense("rsw", {"window": window, "step": step})
+    defense.set_mem_scores(train_idx, scores, labels)
+    return defense, labels
+
+
+@pytest.mark.parametrize("window, step, warned", [
+    (7, 2, "window=7 rows per class covers every class here .the largest has 7"),
+    # class of 5 rows, step 5: start (5e) mod 5 = 0 every epoch, so 2 of its rows never train
+    (3, 5, "step=5 is a multiple of the size of the classes of 5 training rows")])
+def test_rsw_warns_when_its_window_hardly_selects_or_never_slides(window, step, warned):
+    defense, labels = rsw_on_toy_rows(window, step)
+    with pytest.warns(UserWarning, match=warned):
+        defense.epoch_rows(0)
+    fives = {tuple(rows[labels[rows] == 2]) for rows in (defense.epoch_rows(e).numpy() for e in range(4))}
+    assert (len(fives) == 1) == (step == 5)
+    fine, _ = rsw_on_toy_rows(window - 1, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        narrow.epoch_rows(0)
-
-
-def test_rsw_warns_when_the_step_returns_a_class_window_to_its_start():
-    """Class of 5 rows, step 5, window 3: start (5e) mod 5 = 0 every epoch, so 2 of its rows never trained."""
-    train_idx, scores, labels = toy_rows()  # classes of 7, 3 and 5 rows
-    stuck = make_defense("rsw", {"window": 3, "step": 5})
-    stuck.set_mem_scores(train_idx, scores, labels)
-    with pytest.warns(UserWarning, match="step=5 is a multiple of the size of the classes of 5 training rows"):
-        stuck.epoch_rows(0)
-    assert len({tuple(stuck.epoch_rows(e).numpy()[labels[stuck.epoch_rows(e).numpy()] == 2]) for e in range(4)}) == 1
+        fine.epoch_rows(0)
 
 
 def test_rsw_errors_without_scores_or_labels():
