@@ -32,9 +32,11 @@ LABEL_ONLY_KINDS = ("aug", "boundary", "boundary-wb", "noise-flip")
 * ``boundary``: L2 distance to the decision boundary in model-input space,
   found with labels only by a HopSkipJump search (Chen et al., S&P 2020), as
   Li & Zhang (CCS 2021) and Choquette-Choo et al. do; misclassified -> 0;
+  image queries stay images (pixels in [0, 255] before normalization), as
+  theirs are clipped; tabular rows are not bounded;
 * ``boundary-wb``: the same distance found with gradients (DeepFool-style
   iterative linearization, a white-box stand-in for their Carlini-Wagner
-  search); misclassified -> 0;
+  search, its steps clipped to the same range); misclassified -> 0;
 * ``noise-flip``: fraction of random k-bit flips that keep the prediction
   correct (Choquette-Choo et al.), binary tabular data only.
 """
@@ -260,6 +262,24 @@ def _is_adversarial(model: nn.Module, zf: torch.Tensor, y: torch.Tensor, shape: 
     return _labels(model, zf.view(-1, *shape), query_batch) != y
 
 
+Box = tuple[torch.Tensor, torch.Tensor] | None
+"""Per-coordinate bounds of a valid flattened model input, or ``None`` where any input is valid."""
+
+
+def _input_box(data: Dataset, raw: torch.Tensor) -> Box:
+    """Where a search may query: images stay images (every pixel in [0, 255] before normalization), as
+    HopSkipJump and Choquette-Choo et al. clip theirs (an attacker sends images, and a search outside them
+    found boundaries no image reaches); tabular rows have no such range here, so they are not bounded."""
+    if data.kind != "image" or raw.dtype != torch.uint8:
+        return None
+    lo = data.inputs(torch.zeros_like(raw[:1])).flatten(1)[0]
+    return lo, data.inputs(torch.full_like(raw[:1], 255)).flatten(1)[0]
+
+
+def _clip(z: torch.Tensor, box: Box) -> torch.Tensor:
+    return z if box is None else torch.maximum(torch.minimum(z, box[1]), box[0])
+
+
 def _bisect(model: nn.Module, z0: torch.Tensor, adv: torch.Tensor, y: torch.Tensor,
             shape: torch.Size, opts: dict) -> torch.Tensor:
     """The misclassified end of a binary search on each segment ``[z0, adv]`` (``adv`` misclassified).
@@ -284,7 +304,7 @@ def _bisect(model: nn.Module, z0: torch.Tensor, adv: torch.Tensor, y: torch.Tens
 
 
 def _boundary_start(model: nn.Module, z0: torch.Tensor, y: torch.Tensor, shape: torch.Size,
-                    gen: torch.Generator, opts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                    gen: torch.Generator, opts: dict, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
     """A first boundary point per row, as HopSkipJump starts: random directions at doubling radii.
 
     At the first radius where some of the ``init_draws`` random directions
@@ -305,7 +325,7 @@ def _boundary_start(model: nn.Module, z0: torch.Tensor, y: torch.Tensor, shape: 
         if len(todo) == 0:
             break
         u = torch.randn((len(todo), draws, d), generator=gen, device=dev)
-        new = z0[todo, None] + radius * u / u.norm(dim=2, keepdim=True)
+        new = _clip(z0[todo, None] + radius * u / u.norm(dim=2, keepdim=True), box)
         h = _is_adversarial(model, new.flatten(0, 1), y[todo].repeat_interleave(draws),
                             shape, opts["query_batch"]).view(len(todo), draws)
         cands[todo], hits[todo] = new, h
@@ -339,12 +359,13 @@ def _boundary_blackbox(model: nn.Module, data: Dataset, raw: torch.Tensor, y: to
     z0 = data.inputs(raw)
     shape = z0.shape[1:]
     z0 = z0.flatten(1)
+    box = _input_box(data, raw)
     dist = torch.zeros(len(z0), device=z0.device)
     live = (~_is_adversarial(model, z0, y, shape, opts["query_batch"])).nonzero().squeeze(1)
     if len(live) == 0:
         return dist
     z0, y = z0[live], y[live]
-    point, found = _boundary_start(model, z0, y, shape, gen, opts)
+    point, found = _boundary_start(model, z0, y, shape, gen, opts, box)
     best = (point - z0).norm(dim=1)
     search = found.nonzero().squeeze(1)
     z0, y, point = z0[search], y[search], point[search]
@@ -353,8 +374,8 @@ def _boundary_blackbox(model: nn.Module, data: Dataset, raw: torch.Tensor, y: to
             break
         current = (point - z0).norm(dim=1)
         normal = _hsj_normal(model, point, y, shape, opts["delta"] * current,
-                             int(opts["hsj_grad_queries"] * math.sqrt(t)), gen, opts["query_batch"])
-        moved, ok = _hsj_step(model, point, normal, current / math.sqrt(t), y, shape, opts["query_batch"])
+                             int(opts["hsj_grad_queries"] * math.sqrt(t)), gen, opts["query_batch"], box)
+        moved, ok = _hsj_step(model, point, normal, current / math.sqrt(t), y, shape, opts["query_batch"], box)
         ok = ok.nonzero().squeeze(1)
         point[ok] = _bisect(model, z0[ok], moved[ok], y[ok], shape, opts)
         best[search] = torch.minimum(best[search], (point - z0).norm(dim=1))
@@ -363,7 +384,7 @@ def _boundary_blackbox(model: nn.Module, data: Dataset, raw: torch.Tensor, y: to
 
 
 def _hsj_normal(model: nn.Module, point: torch.Tensor, y: torch.Tensor, shape: torch.Size,
-                delta: torch.Tensor, probes: int, gen: torch.Generator, query_batch: int) -> torch.Tensor:
+                delta: torch.Tensor, probes: int, gen: torch.Generator, query_batch: int, box: Box) -> torch.Tensor:
     """Unit estimate of the boundary normal at ``point`` (towards misclassification), labels only.
 
     HopSkipJump's estimator: ``sum_b (phi_b - mean phi) u_b`` over unit
@@ -376,7 +397,7 @@ def _hsj_normal(model: nn.Module, point: torch.Tensor, y: torch.Tensor, shape: t
     for rows in torch.arange(len(point), device=point.device).split(max(1, query_batch // probes)):
         u = torch.randn((len(rows), probes, d), generator=gen, device=point.device)
         u = u / u.norm(dim=2, keepdim=True)
-        probe = point[rows, None] + delta[rows, None, None] * u
+        probe = _clip(point[rows, None] + delta[rows, None, None] * u, box)
         phi = _is_adversarial(model, probe.flatten(0, 1), y[rows].repeat_interleave(probes), shape,
                               query_batch).view(len(rows), probes).float() * 2 - 1
         mean = phi.mean(1, keepdim=True)
@@ -387,7 +408,7 @@ def _hsj_normal(model: nn.Module, point: torch.Tensor, y: torch.Tensor, shape: t
 
 
 def _hsj_step(model: nn.Module, point: torch.Tensor, normal: torch.Tensor, size: torch.Tensor,
-              y: torch.Tensor, shape: torch.Size, query_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+              y: torch.Tensor, shape: torch.Size, query_batch: int, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
     """``point + xi * normal`` with ``xi`` halved from ``size`` until misclassified; ``ok`` where found."""
     moved = point.clone()
     ok = torch.zeros(len(point), dtype=torch.bool, device=point.device)
@@ -396,7 +417,7 @@ def _hsj_step(model: nn.Module, point: torch.Tensor, normal: torch.Tensor, size:
         todo = (~ok).nonzero().squeeze(1)
         if len(todo) == 0:
             break
-        cand = point[todo] + xi[todo, None] * normal[todo]
+        cand = _clip(point[todo] + xi[todo, None] * normal[todo], box)
         hit = _is_adversarial(model, cand, y[todo], shape, query_batch)
         moved[todo[hit]] = cand[hit]
         ok[todo[hit]] = True
@@ -419,6 +440,7 @@ def _boundary_whitebox(model: nn.Module, data: Dataset, raw: torch.Tensor, y: to
     """
     z0 = data.inputs(raw)
     shape = z0.shape[1:]
+    box = _input_box(data, raw)
     z = z0.clone()
     active = ~_is_adversarial(model, z0.flatten(1), y, shape, opts["query_batch"])
     initially = active.clone()
@@ -426,7 +448,7 @@ def _boundary_whitebox(model: nn.Module, data: Dataset, raw: torch.Tensor, y: to
         rows = active.nonzero().squeeze(1)
         if len(rows) == 0:
             break
-        z[rows] = z[rows] + _deepfool_step(model, z[rows], y[rows], opts)
+        z[rows] = _clip((z[rows] + _deepfool_step(model, z[rows], y[rows], opts)).flatten(1), box).view_as(z[rows])
         active[rows] = ~_is_adversarial(model, z[rows].flatten(1), y[rows], shape, opts["query_batch"])
     z0f, zf = z0.flatten(1), z.flatten(1)
     dist = torch.zeros(len(z0), device=z0.device)

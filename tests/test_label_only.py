@@ -98,6 +98,35 @@ def test_boundary_distance_of_a_three_class_linear_model():
     assert np.mean(bb < 1.1) > 0.9, np.quantile(bb, [.5, .9, 1])
 
 
+class _Recorder(nn.Module):
+    """A linear model over flattened images that keeps the smallest and largest input it was queried with."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__()
+        self.lin, self.low, self.high = lin, float("inf"), float("-inf")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.numel():
+            self.low, self.high = min(self.low, float(z.detach().min())), max(self.high, float(z.detach().max()))
+        return self.lin(z.flatten(1))
+
+
+def test_the_boundary_searches_query_images_only_within_their_pixel_range():
+    """Unbounded, the searches queried pixels far outside [0, 255] (HopSkipJump's random starts double their
+    radius up to 2^12 / 10 input norms), boundaries no image reaches; as in HopSkipJump, queries stay images."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=gen)
+    data = Dataset("tiny", x, torch.zeros(40, dtype=torch.long), 2, "image", mean=(0.5,), std=(0.25,))
+    lin = _linear([[0.0] * 16, [0.05] * 16], [0.0, -0.5])  # class 1 where the image is bright: far for dark ones
+    data.y = lin(data.inputs(x).flatten(1)).argmax(1).detach()
+    lo, hi = float(data.inputs(torch.zeros(1, dtype=torch.uint8))), float(data.inputs(torch.full((1,), 255)))
+    for kind in ("boundary", "boundary-wb"):
+        model = _Recorder(lin)
+        got = label_only_signals(model, data, np.arange(40), kinds=(kind,), seed=0)[kind]
+        assert lo - 1e-5 <= model.low and model.high <= hi + 1e-5, (kind, model.low, model.high, lo, hi)
+        assert (got > 0).all()  # every image has a boundary inside the box (an all-white or all-black image)
+
+
 def test_noise_flip_matches_the_hypergeometric_law():
     """Class 1 iff more than 19.5 of 40 bits are set: the survival of k flips is exact."""
     d, k, t = 40, 6, 19.5
