@@ -597,7 +597,9 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
 
     So that the same models find the same pool: ``--norm gn`` on a model without
     normalization layers builds the same network as ``bn`` (same architecture
-    fingerprint), and ``channels_last`` is only used on CUDA. Defaults, rather than
+    fingerprint), ``channels_last`` is only used on CUDA, ``augment`` only on images the data lets crop
+    and flip (keyed at the model's recipe value), ``amp`` and ``cpu_bf16`` on the CPU only together
+    (``cpu_bf16`` never on CUDA), and ``momentum`` only by SGD. Defaults, rather than
     dropping the fields, keep the keys (and so the models' seeds) of pools grown
     before this normalization.
     """
@@ -607,7 +609,20 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
         config = replace(config, norm=default.norm)
     if data.x.device.type != "cuda" and config.train.channels_last != default.train.channels_last:
         config = replace(config, train=replace(config.train, channels_last=default.train.channels_last))
-    return config
+    train = config.train
+    if not (data.augment and data.kind == "image"):  # crop+flip only where the data allows it: the recipe's value
+        try:
+            train = replace(train, augment=default_config(config.dataset, config.model).augment)
+        except MiaError:  # a model without a known recipe: keyed as given
+            pass
+    if resolve_device(train.device).type != "cuda":  # off CUDA, bf16 only with both amp and cpu_bf16
+        if not (train.amp and train.cpu_bf16):
+            train = replace(train, amp=default.train.amp, cpu_bf16=default.train.cpu_bf16)
+    else:
+        train = replace(train, cpu_bf16=default.train.cpu_bf16)
+    if train.optimizer != "sgd":  # Adam has no momentum
+        train = replace(train, momentum=default.train.momentum)
+    return replace(config, train=train) if train != config.train else config
 
 
 def reference_pool(plan, config: TargetConfig, data: Dataset, size: int, root, progress: bool = True,

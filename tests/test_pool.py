@@ -63,6 +63,24 @@ def test_settings_that_change_no_model_keep_the_key(task):
         audit.plan_reference_pool(wrn, data, split).key
 
 
+def test_training_options_that_change_no_model_keep_the_key(task):
+    """--augment on data that is never cropped or flipped (digits), amp or cpu_bf16 alone on the CPU, an Adam
+    recipe's momentum: the same models, so the same pool (each changed the key, and an audit retrained it).
+    What does change a model keeps changing the key."""
+    config, data, split = task
+
+    def key(**train):
+        return audit.plan_reference_pool(replace(config, train=replace(config.train, **train)), data, split).key
+
+    assert not data.augment and config.train.optimizer == "adam" and config.train.device in ("auto", "cpu")
+    default = key()
+    assert key(augment=True) == key(amp=False) == key(amp=False, cpu_bf16=True) == default
+    assert key(momentum=0.5) == default
+    assert key(cpu_bf16=True) != default  # with amp (the default): bf16 training on the CPU, other models
+    assert key(optimizer="sgd", momentum=0.5) != key(optimizer="sgd", momentum=0.9)
+    assert key(device="cuda", cpu_bf16=True) == key(device="cuda") != key(device="cuda", amp=False)
+
+
 def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):
     config, data, split = task
     plan = audit.plan_reference_pool(config, data, split)
