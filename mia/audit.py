@@ -47,7 +47,7 @@ from mia.defenses import check_scenario, make_defense
 from mia.defenses.memorization import MemScored
 from mia.errors import MiaError, NothingToScore, unknown
 from mia.fl.attacks import run_fl_attack
-from mia.fl.config import FLConfig
+from mia.fl.config import UNUSED_TRAIN as FL_UNUSED_TRAIN, FLConfig
 from mia.fl.simulation import simulate
 from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network, member_rows, split_around
 from mia.label_signals import DEFAULT_LABEL_ONLY, LABEL_ONLY_KINDS, label_only_signals
@@ -599,7 +599,8 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
     normalization layers builds the same network as ``bn`` (same architecture
     fingerprint), ``channels_last`` is only used on CUDA, ``augment`` only on images the data lets crop
     and flip (keyed at the model's recipe value), ``amp`` and ``cpu_bf16`` on the CPU only together
-    (``cpu_bf16`` never on CUDA), and ``momentum`` only by SGD. Defaults, rather than
+    (``cpu_bf16`` never on CUDA), ``momentum`` only by SGD, and a federation's clients train by its own
+    local SGD, not the recipe's epochs, optimizer or schedule (keyed at the recipe's). Defaults, rather than
     dropping the fields, keep the keys (and so the models' seeds) of pools grown
     before this normalization.
     """
@@ -620,6 +621,12 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
             train = replace(train, amp=default.train.amp, cpu_bf16=default.train.cpu_bf16)
     else:
         train = replace(train, cpu_bf16=default.train.cpu_bf16)
+    if config.scenario == "federated":  # its clients train by fl's local SGD: the recipe's values
+        try:
+            recipe = default_config(config.dataset, config.model)
+            train = replace(train, **{k: getattr(recipe, k) for k in FL_UNUSED_TRAIN})
+        except MiaError:  # a model without a known recipe: keyed as given
+            pass
     if train.optimizer != "sgd":  # Adam has no momentum
         train = replace(train, momentum=default.train.momentum)
     return replace(config, train=train) if train != config.train else config

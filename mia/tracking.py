@@ -40,6 +40,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mia.audit import TargetConfig  # noqa: E402
 from mia.data import Split  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
+from mia.fl.config import UNUSED_TRAIN  # noqa: E402
 from mia.plugins import users_failure  # noqa: E402
 from mia.signals import Signals  # noqa: E402
 
@@ -319,17 +320,12 @@ def run_tags(config: TargetConfig) -> dict[str, str]:
     return {f"mia.{k}": str(getattr(config, k)) for k in TAGS}
 
 
-#: Recipe fields a federation does not train with: its clients run ``fl``'s constant-rate local SGD.
-FL_UNUSED_TRAIN = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "schedule", "select_best",
-                   "stop_epoch")
-
-
 def log_config(config: TargetConfig, effective: dict[str, object] | None = None) -> None:
     """The config as params (``config.json`` holds it whole), as the run trains it.
 
     ``train.device`` is the device resolved on this machine (``auto`` says
     nothing); a federated run leaves out the recipe fields its clients do not
-    use (:data:`FL_UNUSED_TRAIN`), which the ``fl.*`` params replace;
+    use (:data:`mia.fl.config.UNUSED_TRAIN`), which the ``fl.*`` params replace;
     ``effective`` holds what a defense trains with instead of a parameter's 0
     ("the recipe's"), logged as ``effective.<key>``.
     """
@@ -338,7 +334,7 @@ def log_config(config: TargetConfig, effective: dict[str, object] | None = None)
     d = config.to_dict()
     params = flatten(d)
     if config.scenario == "federated":
-        for key in FL_UNUSED_TRAIN:
+        for key in UNUSED_TRAIN:
             params.pop(f"train.{key}", None)
     params["train.device"] = str(resolve_device(config.train.device))
     params.update({f"effective.{k}": v for k, v in (effective or {}).items()})

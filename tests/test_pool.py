@@ -10,6 +10,7 @@ import pytest
 from mia import audit
 from mia.data import make_split
 from mia.errors import MiaError
+from mia.fl.config import FLConfig
 from mia.pool import PoolGrowth, model_file, plan_pool, pool_size
 
 
@@ -79,6 +80,15 @@ def test_training_options_that_change_no_model_keep_the_key(task):
     assert key(cpu_bf16=True) != default  # with amp (the default): bf16 training on the CPU, other models
     assert key(optimizer="sgd", momentum=0.5) != key(optimizer="sgd", momentum=0.9)
     assert key(device="cuda", cpu_bf16=True) == key(device="cuda") != key(device="cuda", amp=False)
+    # a federation's clients train by its local SGD, not the recipe's epochs, optimizer or schedule
+    federated = replace(config, scenario="federated", fl=FLConfig(clients=4, rounds=2))
+
+    def fl_key(fl: FLConfig = federated.fl, **train):
+        return audit.plan_reference_pool(replace(federated, fl=fl, train=replace(config.train, **train)),
+                                         data, split).key
+
+    assert fl_key(epochs=7, lr=0.5, optimizer="sgd", schedule="cosine", select_best=False) == fl_key() != default
+    assert fl_key(weight_decay=0.1) != fl_key() != fl_key(FLConfig(clients=4, rounds=2, lr=0.5))
 
 
 def test_pool_is_trained_once_and_grown_incrementally(task, tmp_path):

@@ -10,6 +10,12 @@ from mia.errors import MiaError
 from mia.fl.partition import PARTITIONS
 
 
+UNUSED_TRAIN = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "schedule", "select_best",
+                "stop_epoch")
+"""Recipe (:class:`mia.train.TrainConfig`) fields a federation does not train with: its clients run
+:class:`FLConfig`'s constant-rate local SGD (``local_epochs``, ``lr``, ``batch_size``) for its rounds."""
+
+
 @dataclass
 class FLConfig:
     """The federation: clients, rounds, local training, sampling, what the server records."""
