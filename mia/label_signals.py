@@ -312,7 +312,7 @@ def _boundary_start(model: nn.Module, z0: torch.Tensor, y: torch.Tensor, shape: 
     and the nearest boundary point is kept: the distance restricted to the
     boundary has a local minimum on every face of a class region, so the face
     the search starts on matters. Returns ``(points, found)``; rows never
-    misclassified keep a point at the largest radius tried and ``found`` False.
+    misclassified keep a point at the largest radius tried (clipped to the box) and ``found`` False.
     """
     n, d = z0.shape
     draws = opts["hsj_init_draws"]
@@ -354,7 +354,7 @@ def _boundary_blackbox(model: nn.Module, data: Dataset, raw: torch.Tensor, y: to
     the 6 gradient estimates), never more than ``1 + init_rounds x init_draws
     + init_draws x 30 + steps x 40 + sum_t B_0 sqrt(t)`` (~1000); a
     misclassified one costs 1 query and gets 0. Rows never found
-    misclassified get the largest radius tried.
+    misclassified get the distance of that farthest point (the largest radius, clipped to the box).
     """
     z0 = data.inputs(raw)
     shape = z0.shape[1:]
