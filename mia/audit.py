@@ -611,22 +611,19 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
     if data.x.device.type != "cuda" and config.train.channels_last != default.train.channels_last:
         config = replace(config, train=replace(config.train, channels_last=default.train.channels_last))
     train = config.train
-    if not (data.augment and data.kind == "image"):  # crop+flip only where the data allows it: the recipe's value
-        try:
-            train = replace(train, augment=default_config(config.dataset, config.model).augment)
-        except MiaError:  # a model without a known recipe: keyed as given
-            pass
+    try:
+        recipe = default_config(config.dataset, config.model)
+    except MiaError:  # a model without a known recipe: its fields keyed as given
+        recipe = None
+    if recipe is not None and not (data.augment and data.kind == "image"):  # crop+flip only where allowed
+        train = replace(train, augment=recipe.augment)
     if resolve_device(train.device).type != "cuda":  # off CUDA, bf16 only with both amp and cpu_bf16
         if not (train.amp and train.cpu_bf16):
             train = replace(train, amp=default.train.amp, cpu_bf16=default.train.cpu_bf16)
     else:
         train = replace(train, cpu_bf16=default.train.cpu_bf16)
-    if config.scenario == "federated":  # its clients train by fl's local SGD: the recipe's values
-        try:
-            recipe = default_config(config.dataset, config.model)
-            train = replace(train, **{k: getattr(recipe, k) for k in FL_UNUSED_TRAIN})
-        except MiaError:  # a model without a known recipe: keyed as given
-            pass
+    if recipe is not None and config.scenario == "federated":  # its clients train by fl's local SGD
+        train = replace(train, **{k: getattr(recipe, k) for k in FL_UNUSED_TRAIN})
     if train.optimizer != "sgd":  # Adam has no momentum
         train = replace(train, momentum=default.train.momentum)
     return replace(config, train=train) if train != config.train else config
