@@ -149,7 +149,7 @@ class CoFedMID(Defense):
         if not self.perturb or self.noise_scale == 0 or self.num_clients is None or sample_rate >= 1:
             return
         n, size = self.num_clients, self.coalition_size
-        m = max(1, int(np.floor(sample_rate * n + 0.5)))  # FLConfig.sampled's count
+        m = round(sample_rate * n)  # the clients sampled a round (the simulation passes that count over n)
         # P(none of the other size - 1 members among the m - 1 other sampled clients | this member sampled)
         alone = math.comb(n - size, m - 1) / math.comb(n - 1, m - 1)
         if alone > 0.1:
