@@ -65,7 +65,7 @@ from mia.train import TrainConfig, predict_logits, resolve_device, seed_everythi
 from mia.train.loop import check_recipe
 from mia.train.many import Trained, train_many
 from mia.train.predict import check_device
-from mia.train.recipes import default_config
+from mia.train.recipes import default_config, without_inert_settings
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -608,24 +608,15 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
     if config.norm != default.norm and architecture == architecture_fingerprint(
             config.model, data.input_shape, data.num_classes, default.norm):
         config = replace(config, norm=default.norm)
-    if data.x.device.type != "cuda" and config.train.channels_last != default.train.channels_last:
-        config = replace(config, train=replace(config.train, channels_last=default.train.channels_last))
-    train = config.train
     try:
         recipe = default_config(config.dataset, config.model)
     except MiaError:  # a model without a known recipe: its fields keyed as given
         recipe = None
-    if recipe is not None and not (data.augment and data.kind == "image"):  # crop+flip only where allowed
-        train = replace(train, augment=recipe.augment)
-    if resolve_device(train.device).type != "cuda":  # off CUDA, bf16 only with both amp and cpu_bf16
-        if not (train.amp and train.cpu_bf16):
-            train = replace(train, amp=default.train.amp, cpu_bf16=default.train.cpu_bf16)
-    else:
-        train = replace(train, cpu_bf16=default.train.cpu_bf16)
+    train = without_inert_settings(config.train, recipe, augmentable=data.augment and data.kind == "image")
     if recipe is not None and config.scenario == "federated":  # its clients train by fl's local SGD
         train = replace(train, **{k: getattr(recipe, k) for k in FL_UNUSED_TRAIN})
-    if train.optimizer != "sgd":  # Adam has no momentum
-        train = replace(train, momentum=default.train.momentum)
+        if train.optimizer != "sgd":  # the recipe's Adam has no momentum either
+            train = replace(train, momentum=default.train.momentum)
     return replace(config, train=train) if train != config.train else config
 
 

@@ -336,6 +336,12 @@ def test_estimate_mem_scores_bounds_zeros_and_cache(digits, tmp_path, monkeypatc
     again = estimate_mem_scores("mlp", "bn", digits, train_idx, quick(device="auto"), models=2, seed=0,
                                 cache_dir=tmp_path)
     assert np.array_equal(again, scores)
+    # settings that change no model find the same scores: GroupNorm on a net without normalization
+    # layers, channels_last and amp without cpu_bf16 off CUDA, augmentation on digits, momentum under Adam
+    inert = quick(channels_last=not quick().channels_last, amp=False, augment=not quick().augment,
+                  momentum=0.5 if quick().optimizer == "adam" else quick().momentum)
+    assert np.array_equal(estimate_mem_scores("mlp", "gn", digits, train_idx, inert, models=2, seed=0,
+                                              cache_dir=tmp_path), scores)
     assert len(list((tmp_path / "mem-scores").glob("*.npy"))) == 1
     assert not list((tmp_path / "mem-scores").glob("*.tmp"))
     with pytest.raises(AssertionError, match="trained again"):  # another recipe is another estimate

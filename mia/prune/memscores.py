@@ -20,7 +20,7 @@ set, and the estimator needs trained, not selected, models.
 
 Caching: estimation costs ``models`` trainings, so the scores are stored as
 one ``.npy`` under ``cache_dir`` (default ``$MIA_CACHE`` or ``./.mia-cache``),
-named by a hash of everything that shapes them (architecture, dataset name,
+named by a hash of everything that shapes them (architecture and its fingerprint, dataset name,
 size and labels, the training rows in order, the recipe minus its device,
 ``models``, ``seed``). A second call with the same inputs trains nothing. The
 file is written to a temporary name and renamed, so a crashed or concurrent
@@ -49,16 +49,18 @@ from torch import nn
 
 from mia.data.base import Dataset
 from mia.errors import MiaError
-from mia.models import MODELS, NORMS, build_model
+from mia.models import MODELS, NORMS, architecture_fingerprint, build_model
 from mia.pool import feldman_scores
 from mia.train import TrainConfig, predict_logits
 from mia.train.many import train_many
+from mia.train.recipes import default_config, without_inert_settings
 
 __all__ = ["architecture_of", "default_cache_dir", "estimate_mem_scores", "mem_splits",
            "read_mem_scores_csv"]
 
-CACHE_VERSION = 1
-"""Bumped when the estimator changes, so that old cache entries are not read as new ones."""
+CACHE_VERSION = 2
+"""Bumped when the estimator or the key changes, so that old cache entries are not read as new ones.
+2: the architecture's fingerprint joined the key, inert settings keyed at their defaults."""
 
 _SPLIT_STREAM = 23  # a stream of the seed for the halves and the models' seeds
 
@@ -196,7 +198,20 @@ def architecture_of(model: nn.Module, input_shape: tuple[int, ...], num_classes:
 
 def _cache_key(model_name: str, norm: str, data: Dataset, train_idx: np.ndarray, config: TrainConfig,
                models: int, seed: int) -> str:
-    identity = {"version": CACHE_VERSION, "model": model_name, "norm": norm, "dataset": data.name,
+    """The cache entry's name. Settings that change no model (``--norm gn`` on a model without
+    normalization layers, :func:`mia.train.recipes.without_inert_settings`) are keyed at their defaults,
+    so that they find the scores of the same models, as the reference pools' keys do; the
+    architecture's fingerprint, so that a user's own model edited under its name does not."""
+    architecture = architecture_fingerprint(model_name, data.input_shape, data.num_classes, norm)
+    if norm != "bn" and architecture == architecture_fingerprint(model_name, data.input_shape, data.num_classes):
+        norm = "bn"  # the default, as a model without normalization layers builds the same network
+    try:
+        recipe = default_config(data.name, model_name)
+    except MiaError:  # a model without a known recipe: its fields keyed as given
+        recipe = None
+    config = without_inert_settings(config, recipe, augmentable=data.augment and data.kind == "image")
+    identity = {"version": CACHE_VERSION, "model": model_name, "architecture": architecture, "norm": norm,
+                "dataset": data.name,
                 "data": data.fingerprint(), "cuda_bf16": data.x.device.type == "cuda" and config.amp,
                 "train_idx": hashlib.sha256(train_idx.tobytes()).hexdigest(),
                 "config": {k: v for k, v in config.to_dict().items() if k != "device"},

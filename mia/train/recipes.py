@@ -10,11 +10,12 @@ passes overrides the table.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from mia.errors import MiaError
 from mia.models import model_spec
 from mia.train.config import TrainConfig
+from mia.train.predict import resolve_device
 
 _SGD_CNN = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                 batch_size=128, epochs=50, augment=True)
@@ -66,3 +67,30 @@ def _check_type(name: str, value: object) -> None:
         ok = True
     if not ok:
         raise MiaError(f"training option {name}={value!r} must be {kind.__name__}")
+
+
+def without_inert_settings(train: TrainConfig, recipe: TrainConfig | None, augmentable: bool) -> TrainConfig:
+    """``train`` with the settings that change nothing about the model it trains set to their defaults.
+
+    What a cache of trained models keys on (reference pools, mem-scores), so
+    that the same models are found under settings that do not change them:
+    ``channels_last`` is only used on CUDA; ``augment`` only where the data
+    allows crop and flip (``augmentable``), so elsewhere it is keyed at the
+    model's ``recipe`` value (as given when there is no recipe); ``amp`` and
+    ``cpu_bf16`` change a CPU model only together, and ``cpu_bf16`` never a
+    CUDA one; ``momentum`` is only read by SGD. Defaults, rather than dropping
+    the fields, keep the keys of caches filled before this normalization.
+    """
+    cuda = resolve_device(train.device).type == "cuda"
+    inert: dict[str, object] = {}
+    if not cuda:
+        inert["channels_last"] = _DEFAULTS.channels_last
+        if not (train.amp and train.cpu_bf16):
+            inert.update(amp=_DEFAULTS.amp, cpu_bf16=_DEFAULTS.cpu_bf16)
+    else:
+        inert["cpu_bf16"] = _DEFAULTS.cpu_bf16
+    if recipe is not None and not augmentable:
+        inert["augment"] = recipe.augment
+    if train.optimizer != "sgd":
+        inert["momentum"] = _DEFAULTS.momentum
+    return replace(train, **inert)
