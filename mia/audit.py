@@ -304,7 +304,9 @@ def fit_imported(config: TargetConfig, data: Dataset, split: Split, checkpoint: 
 def check_prunable(config: TargetConfig, data: Dataset, train_idx: np.ndarray) -> None:
     """What :func:`fit_pruned` would otherwise find wrong only after the dense model trained: the pruner on
     this model (tried on a fresh one: slimming needs BatchNorm), a defense that would replace the pruned
-    model (DP-SGD turns BatchNorm into GroupNorm), and a mem-score CSV's rows for ``train_idx``."""
+    model (DP-SGD turns BatchNorm into GroupNorm), the defense's settings against the data
+    (:meth:`mia.defenses.Defense.bind`), and a mem-score CSV's rows for ``train_idx``."""
+    make_defense(config.defense, config.defense_params).bind(data.num_classes)
     model = build_model(config.model, data.input_shape, data.num_classes, norm=config.norm)
     PRUNERS.get(config.prune.pruner)(model, config.prune.sparsity)
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -370,6 +370,16 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_is_marked_failed(mlflow_sto
     assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["mia.failure_reason"]
 
 
+@pytest.mark.parametrize("scenario", [(), ("--scenario", "pruning")])
+def test_a_defense_setting_the_data_rules_out_is_a_one_line_error_before_training(mlflow_store, scenario):
+    """RelaxLoss's cap at or below 1/classes flattens towards a wrong class; it trained silently. No epoch
+    metric: a pruning run refuses it before its dense model trains."""
+    result = invoke("train", *scenario, "--defense", "relaxloss", "--defense-param", "upper=0.1", *FAST)
+    assert_user_error(result, "relaxloss upper=0.1 must exceed 1/classes = 0.1 for 10 classes")
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mia").experiment_id])
+    assert run.info.status == "FAILED" and not run.data.metrics
+
+
 def test_only_a_full_or_read_only_disk_reads_as_one(tmp_path):
     import errno
     import sqlite3

@@ -23,6 +23,7 @@ from mia.data import make_split
 from mia.defenses import make_defense
 from mia.defenses.advreg import reference_split
 from mia.defenses.mixup import Mixup
+from mia.defenses.relaxloss import flattened_targets
 from mia.errors import MiaError
 from mia.metrics import attack_metrics
 from mia.train import predict_logits
@@ -134,6 +135,13 @@ def test_relaxloss_ascends_below_alpha_and_flattens():
     defense.loss(logits, labels, labels, epoch=1).backward()  # odd epoch: flatten, keep p_y
     assert torch.allclose(logits.grad[[0, 1], labels], torch.zeros(2), atol=1e-6)
     assert torch.allclose(logits.grad.sum(1), torch.zeros(2), atol=1e-6)
+    defense.bind(3)  # upper 1 caps nothing
+    # at or below 1/C the flattened target favours another class
+    low = make_defense("relaxloss", {"upper": 0.3})
+    assert flattened_targets(logits, labels, 0.3).argmax(1).ne(labels).all()
+    with pytest.raises(MiaError, match="must exceed 1/classes"):
+        low.bind(3)
+    low.bind(4)  # 0.3 > 1/4
 
 
 def test_relaxloss_leaks_less(task, undefended):

@@ -113,6 +113,7 @@ class Defense(TrainHooks):
             config: TrainConfig, on_epoch: EpochCallback | None = None,
             progress: bool = True) -> tuple[nn.Module, TrainResult]:
         """Train a model on ``train_idx`` (select on ``val_idx``); the default is the one loop with these hooks."""
+        self.bind(data.num_classes)
         model = make_model()
         result = train(model, data, train_idx, val_idx, config, on_epoch=on_epoch, progress=progress, hooks=self)
         return model, result
@@ -149,7 +150,9 @@ class Defense(TrainHooks):
         """Before round 1: the number of rounds and the share of clients sampled in each (for accounting)."""
 
     def bind(self, num_classes: int) -> None:
-        """Before round 1: the number of classes (for batch hooks that build soft labels)."""
+        """Before training (the default :meth:`fit`, a pruning run and the federated simulation call it):
+        the number of classes, for hooks that build soft labels and for settings that depend on it
+        (a one-line :class:`MiaError` where the data rules a setting out)."""
 
     def local_rows(self, client: int, rows: np.ndarray, round: int, global_loss: "GlobalLoss") -> np.ndarray:
         """The rows client ``client`` trains on in ``round`` (default: all of its rows).

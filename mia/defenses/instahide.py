@@ -21,23 +21,18 @@ input and not just an offset. All draws come from the training loop's seeded
 generator on the device, in a fixed order (coefficients, partners, masks), so
 runs are reproducible and ``sign_flip`` changes nothing else.
 
-The class count comes from the data in :meth:`InstaHide.fit` (as for
-:class:`mia.defenses.mixup.Mixup`), or from :meth:`InstaHide.bind` when a
-federated simulation runs the loop itself.
+The class count comes from :meth:`InstaHide.bind`, which every training
+path calls first (as for :class:`mia.defenses.mixup.Mixup`).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mia.data.base import Dataset
-from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
+from mia.defenses.base import Defense, DefenseSpec, HyperParam, register
 from mia.defenses.mixup import soft_cross_entropy
 from mia.errors import MiaError
-from mia.train import TrainConfig, TrainResult
 
 
 def instahide_coefficients(n: int, k: int, lam_low: float, lam_high: float,
@@ -66,14 +61,8 @@ class InstaHide(Defense):
             raise MiaError(f"instahide needs 0 < lam_low <= lam_high <= 1, got {self.lam_low}, {self.lam_high}")
 
     def bind(self, num_classes: int) -> None:
-        """The number of classes the soft labels span (the federated simulation calls this)."""
+        """The number of classes the soft labels span."""
         self.num_classes = int(num_classes)
-
-    def fit(self, make_model: ModelFactory, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
-            config: TrainConfig, on_epoch: EpochCallback | None = None,
-            progress: bool = True) -> tuple[nn.Module, TrainResult]:
-        self.bind(data.num_classes)
-        return super().fit(make_model, data, train_idx, val_idx, config, on_epoch, progress)
 
     def batch(self, inputs: torch.Tensor, labels: torch.Tensor,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,15 +14,11 @@ step waits for the host.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mia.data.base import Dataset
-from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
+from mia.defenses.base import Defense, DefenseSpec, HyperParam, register
 from mia.errors import MiaError
-from mia.train import TrainConfig, TrainResult
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -45,19 +41,14 @@ class Mixup(Defense):
     num_classes: int | None = None
 
     def bind(self, num_classes: int) -> None:
-        """The number of classes the soft labels span (the federated simulation calls this)."""
+        """The number of classes the soft labels span."""
         self.num_classes = int(num_classes)
-
-    def fit(self, make_model: ModelFactory, data: Dataset, train_idx: np.ndarray, val_idx: np.ndarray,
-            config: TrainConfig, on_epoch: EpochCallback | None = None,
-            progress: bool = True) -> tuple[nn.Module, TrainResult]:
-        self.num_classes = data.num_classes  # the batch hook builds C-wide soft labels
-        return super().fit(make_model, data, train_idx, val_idx, config, on_epoch, progress)
 
     def batch(self, inputs: torch.Tensor, labels: torch.Tensor,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_classes is None:
-            raise MiaError("mixup builds soft labels over the dataset's classes: train through Mixup.fit")
+            raise MiaError("mixup builds soft labels over the dataset's classes: train through Mixup.fit "
+                           "or call bind(num_classes) first")
         lam = sample_beta(self.alpha, generator).to(inputs.dtype)
         perm = torch.randperm(len(labels), generator=generator, device=generator.device).to(labels.device)
         mixed = lam * inputs + (1 - lam) * inputs[perm]

@@ -25,7 +25,9 @@ groups differently again); the soft target is built from
 public code leaves it attached); and the branch on the batch loss is a
 ``torch.where`` on the device, so no step waits for the host. ``upper``
 defaults to 1 (no cap), the paper's CIFAR setting; its Purchase/Texas configs
-use ``alpha`` 0.8/2.5 with ``upper`` 0.3/0.1.
+use ``alpha`` 0.8/2.5 with ``upper`` 0.3/0.1 (100 classes). ``upper`` must exceed
+``1 / classes`` (:meth:`RelaxLoss.bind`), where the target still favours the
+true class; the public code takes any value.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mia.defenses.base import Defense, DefenseSpec, HyperParam, register
+from mia.errors import MiaError
 
 
 def flattened_targets(logits: torch.Tensor, labels: torch.Tensor, upper: float) -> torch.Tensor:
@@ -51,6 +54,15 @@ class RelaxLoss(Defense):
 
     alpha: float
     upper: float
+
+    def bind(self, num_classes: int) -> None:
+        """``upper`` must exceed ``1 / num_classes``: at or below it the flattened target puts at least as
+        much on every other class as on the true one, and flattening would train the rows it keeps
+        correct towards a wrong label."""
+        if self.upper <= 1.0 / num_classes:
+            raise MiaError(f"relaxloss upper={self.upper:g} must exceed 1/classes = {1.0 / num_classes:.4g} for "
+                           f"{num_classes} classes (else the flattened target favours a wrong class); "
+                           f"pass a larger upper")
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
         ce_rows = F.cross_entropy(logits.float(), labels, reduction="none")
@@ -71,5 +83,6 @@ register(DefenseSpec(
     params={"alpha": HyperParam(float, 0.5, "target training-loss level (about the loss on unseen data)",
                                 low=0.0, search_range=(0.05, 3.0)),
             "upper": HyperParam(float, 1.0, "cap on the true-class probability in the flattened targets "
-                                            "(1: no cap)", low=0.0, high=1.0, open_low=True,
-                                  search_range=(0.05, 1.0))}))
+                                            "(1: no cap; above 1/classes)", low=0.0, high=1.0, open_low=True,
+                                  # from 0.2: above 1/classes on data of 5 classes or more (trials below it fail)
+                                  search_range=(0.2, 1.0))}))
