@@ -30,7 +30,7 @@ import tuning.study
 from entrypoints.cli import main
 from mia.audit import resolve_config
 from mia.errors import MiaError
-from tuning.objective import Objective
+from tuning.objective import Objective, process_started
 from tuning.space import defense_space, load_space
 from tuning.study import (StudySettings, fail_dead_workers, open_study, storage_from_uri, storage_kind,
                           worker_devices)
@@ -380,6 +380,20 @@ def test_a_killed_workers_trial_is_failed_and_retried(mlflow_store):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED" and "stopped during the trial" in run.data.tags["mia.failure_reason"]
     assert fail_dead_workers(study, storage) == []  # once only
+
+
+def test_a_trial_whose_worker_id_another_process_reuses_is_failed(mlflow_store):
+    """The kernel hands process ids out again: a dead worker's id held by a live process kept its trial RUNNING."""
+    storage = storage_from_uri("reused.journal")
+    study = open_study(storage, "r", {"target": {}})
+    started = process_started(os.getpid())
+    assert isinstance(started, int) and process_started(2 ** 22 + 1) is None  # no such process
+    for worker_started in (started - 1, started, None):  # another process under this id; this one; not recorded
+        trial = study.ask()
+        trial.suggest_float("smoothing", 0.0, 0.5)
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "started": worker_started})
+    assert fail_dead_workers(study, storage) == [0]
+    assert [t.state for t in study.get_trials()][:3] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
 
 
 def test_workers_get_one_gpu_each_round_robin(monkeypatch):

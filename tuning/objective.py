@@ -16,6 +16,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import optuna
 
@@ -26,12 +27,27 @@ from mia.experiment import audit_run
 from tuning import runs
 from tuning.space import SearchSpace
 
+
 #: ``--leakage`` name -> (attack metric, label for tables and plots).
 LEAKAGE = {"max-tpr": ("tpr_at_fpr_0.01", "max TPR at 1% FPR"), "max-auc": ("auc", "max AUC")}
 #: Optuna directions of (utility, leakage).
 DIRECTIONS = ("maximize", "minimize")
 #: The attacks a study runs unless told otherwise: cheap, and no reference model per trial beyond the cached pool.
 FAST_ATTACKS = ("loss", "mentr", "nn")
+
+
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from Linux's ``/proc``); None where unknown.
+
+    What tells a worker from a later process that reuses its id: the kernel
+    hands out ids again, and a trial whose worker died long ago would
+    otherwise stay RUNNING behind whatever process got the number.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command's parentheses
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,8 @@ class Objective:
             raise MiaError(f"unknown leakage {self.leakage!r}; known: {', '.join(LEAKAGE)}")
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
+                                       "started": process_started(os.getpid())})
         run_id = None
         try:
             params = self.space.suggest(trial)  # inside: a trial that cannot sample its space records why

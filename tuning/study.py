@@ -43,7 +43,7 @@ from mia.allocator import keep_freed_memory
 from mia.errors import MiaError
 from mia.plugins import load_plugins
 from tuning import frontier, runs
-from tuning.objective import DIRECTIONS, LEAKAGE, Objective
+from tuning.objective import DIRECTIONS, LEAKAGE, Objective, process_started
 
 _log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     retry(study, clean)
 
 
-def _alive(pid: object) -> bool:
+def _alive(worker: dict) -> bool:
+    pid, started = worker.get("pid"), worker.get("started")
     if not isinstance(pid, int):
         return True  # unknown: leave the trial alone
     try:
@@ -171,22 +172,24 @@ def _alive(pid: object) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    now = process_started(pid)
+    return started is None or now is None or now == started  # another start time: the id was reused
 
 
 def fail_dead_workers(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
     """Fail (and retry) the running trials whose worker process on this machine is gone; their numbers.
 
-    A journal file has no heartbeat: each trial records its worker's host and
-    process id, and a trial still RUNNING whose process no longer exists was
-    killed.
+    A journal file has no heartbeat: each trial records its worker's host,
+    process id and start time (:func:`process_started`), and a trial still
+    RUNNING whose process no longer exists (or is another process under the
+    same id) was killed.
     """
     host, failed = socket.gethostname(), []
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        if worker.get("host") != host or _alive(worker.get("pid")):
+        if worker.get("host") != host or _alive(worker):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         reason = f"worker {worker.get('pid')} on {host} stopped during the trial (killed?)"
