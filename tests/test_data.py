@@ -266,6 +266,22 @@ def test_imagefolder_scales_16_bit_and_flattens_rgba_and_palette_images(tmp_path
     assert rgb_ds.x.shape == (3, 3, 8, 8) and int(rgb_ds.x[1, 0, 0, 0]) == 200
 
 
+def test_imagefolder_scales_float_images(tmp_path):
+    """A float TIFF in [0, 1] read as black (PIL clips mode F to 0..255); one on the 8-bit scale as it is."""
+    from PIL import Image
+
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    for name, pixels in (("unit", unit), ("bytes", unit * 200)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels).save(tmp_path / name / "x.tif")
+        with Image.open(tmp_path / name / "x.tif") as image:
+            assert image.mode == "F"
+    ds = load_dataset("imagefolder", data_dir=tmp_path, size=8, channels=1)
+    (bytes_row,) = np.flatnonzero(ds.y.numpy() == 0)  # classes sorted: bytes, unit
+    assert np.array_equal(ds.x[1 - bytes_row, 0].numpy(), np.rint(unit * 255).astype(np.uint8))
+    assert np.array_equal(ds.x[bytes_row, 0].numpy(), np.rint(unit * 200).astype(np.uint8))
+
+
 # ---------------------------------------------------------------- tabular loaders
 
 

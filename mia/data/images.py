@@ -82,13 +82,18 @@ def _read_images(paths: Sequence[Path], size: int, channels: int) -> np.ndarray:
 
 
 def _eight_bit(image):
-    """A 16-bit greyscale image (medical PNGs and TIFFs) scaled to 8 bits.
+    """A 16-bit greyscale image (medical PNGs and TIFFs) scaled to 8 bits; a float one (mode ``F``) too.
 
     PIL's ``convert("L")`` clips such an image at 255 instead of scaling it,
-    which turns nearly every pixel white.
+    which turns nearly every pixel white, and a float image in ``[0, 1]``
+    (the usual scale of float TIFFs) black.
     """
     from PIL import Image
 
+    if image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if pixels.max(initial=0) <= 1.0 else 1.0  # [0, 1], else already on the 8-bit scale
+        return Image.fromarray(np.rint(np.clip(pixels * scale, 0, 255)).astype(np.uint8))
     if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         return image
     pixels = np.asarray(image).astype(np.float64)
