@@ -144,6 +144,17 @@ def test_relaxloss_ascends_below_alpha_and_flattens():
     low.bind(4)  # 0.3 > 1/4
 
 
+@pytest.mark.parametrize("name", ["mixup", "instahide"])
+def test_soft_label_defenses_span_the_bound_classes(name):
+    defense, generator = make_defense(name), torch.Generator().manual_seed(0)
+    inputs, labels = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(MiaError, match="call bind"):
+        defense.batch(inputs, labels, generator)
+    defense.bind(5)
+    _, targets = defense.batch(inputs, labels, generator)
+    assert targets.shape == (6, 5) and torch.allclose(targets.sum(1), torch.ones(6))
+
+
 def test_relaxloss_leaks_less(task, undefended):
     check_defended(task, undefended, train(task, "relaxloss", alpha=0.5), margin=0.1)  # measured 0.81 vs 0.94
 

@@ -102,6 +102,7 @@ class Defense(TrainHooks):
     """
 
     name = "none"  # the registered name, set by make_defense
+    num_classes: int | None = None  # set by bind, before training
 
     def __init__(self, seed: int = 0, **params):
         self.seed = seed
@@ -151,8 +152,16 @@ class Defense(TrainHooks):
 
     def bind(self, num_classes: int) -> None:
         """Before training (the default :meth:`fit`, a pruning run and the federated simulation call it):
-        the number of classes, for hooks that build soft labels and for settings that depend on it
-        (a one-line :class:`MiaError` where the data rules a setting out)."""
+        the number of classes, for hooks that build soft labels (:meth:`classes`) and for settings that
+        depend on it (an override raises a one-line :class:`MiaError` where the data rules a setting out)."""
+        self.num_classes = int(num_classes)
+
+    def classes(self) -> int:
+        """The number of classes :meth:`bind` gave, for hooks that build soft labels over them."""
+        if self.num_classes is None:
+            raise MiaError(f"{self.name} builds soft labels over the dataset's classes: train through "
+                           f"{type(self).__name__}.fit or call bind(num_classes) first")
+        return self.num_classes
 
     def local_rows(self, client: int, rows: np.ndarray, round: int, global_loss: "GlobalLoss") -> np.ndarray:
         """The rows client ``client`` trains on in ``round`` (default: all of its rows).

@@ -51,7 +51,6 @@ class InstaHide(Defense):
     lam_low: float
     lam_high: float
     sign_flip: bool
-    num_classes: int | None = None
 
     def __init__(self, seed: int = 0, **params):
         super().__init__(seed, **params)
@@ -60,15 +59,9 @@ class InstaHide(Defense):
         if not 0 < self.lam_low <= self.lam_high <= 1:
             raise MiaError(f"instahide needs 0 < lam_low <= lam_high <= 1, got {self.lam_low}, {self.lam_high}")
 
-    def bind(self, num_classes: int) -> None:
-        """The number of classes the soft labels span."""
-        self.num_classes = int(num_classes)
-
     def batch(self, inputs: torch.Tensor, labels: torch.Tensor,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.num_classes is None:
-            raise MiaError("instahide builds soft labels over the dataset's classes: train through "
-                           "InstaHide.fit or call bind(num_classes) first")
+        num_classes = self.classes()
         n, device = len(labels), generator.device
         lam = instahide_coefficients(n, self.k, self.lam_low, self.lam_high, generator)
         rows = torch.arange(n, device=device)
@@ -79,7 +72,7 @@ class InstaHide(Defense):
         if self.sign_flip:
             signs = torch.randint(0, 2, inputs.shape, generator=generator, device=device) * 2 - 1
             mixed = mixed * signs.to(inputs.device, inputs.dtype)
-        onehot = F.one_hot(labels[partners], self.num_classes).float()
+        onehot = F.one_hot(labels[partners], num_classes).float()
         targets = (lam.to(labels.device)[:, :, None] * onehot).sum(1)
         return mixed, targets
 

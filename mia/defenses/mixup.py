@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from mia.defenses.base import Defense, DefenseSpec, HyperParam, register
-from mia.errors import MiaError
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -38,21 +37,14 @@ class Mixup(Defense):
     """Batch hook: mix inputs with a permuted partner; loss hook: cross-entropy on the mixed soft labels."""
 
     alpha: float
-    num_classes: int | None = None
-
-    def bind(self, num_classes: int) -> None:
-        """The number of classes the soft labels span."""
-        self.num_classes = int(num_classes)
 
     def batch(self, inputs: torch.Tensor, labels: torch.Tensor,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.num_classes is None:
-            raise MiaError("mixup builds soft labels over the dataset's classes: train through Mixup.fit "
-                           "or call bind(num_classes) first")
+        num_classes = self.classes()
         lam = sample_beta(self.alpha, generator).to(inputs.dtype)
         perm = torch.randperm(len(labels), generator=generator, device=generator.device).to(labels.device)
         mixed = lam * inputs + (1 - lam) * inputs[perm]
-        onehot = F.one_hot(labels, self.num_classes).float()
+        onehot = F.one_hot(labels, num_classes).float()
         targets = lam.float() * onehot + (1 - lam.float()) * onehot[perm]
         return mixed, targets
 

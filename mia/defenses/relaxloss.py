@@ -63,6 +63,7 @@ class RelaxLoss(Defense):
             raise MiaError(f"relaxloss upper={self.upper:g} must exceed 1/classes = {1.0 / num_classes:.4g} for "
                            f"{num_classes} classes (else the flattened target favours a wrong class); "
                            f"pass a larger upper")
+        super().bind(num_classes)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
         ce_rows = F.cross_entropy(logits.float(), labels, reduction="none")
