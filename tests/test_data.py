@@ -719,6 +719,11 @@ def test_query_is_balanced_and_deterministic():
     assert np.array_equal(np.sort(idx[~is_member]), s.nonmembers)
     idx2, _ = s.query()
     assert np.array_equal(idx, idx2)
+    # the 200 of 400 members are drawn at random, not the lowest indices (datasets stored class by
+    # class would otherwise audit some classes only)
+    chosen = idx[is_member]
+    assert not np.array_equal(chosen, s.members[:200])
+    assert np.median(chosen) > np.quantile(s.members, 0.35)
 
 
 def test_split_save_load_round_trip(tmp_path):
@@ -731,6 +736,8 @@ def test_split_save_load_round_trip(tmp_path):
         assert np.array_equal(getattr(s, name), getattr(t, name))
     with pytest.raises(MiaError, match="another dataset"):
         t.check(100)
+    with pytest.raises(MiaError, match="another dataset"):  # index n is already outside n rows
+        t.check(int(max(getattr(t, name).max() for name in ("members", "nonmembers", "validation", "population"))))
 
 
 def test_split_check_detects_overlap_and_bad_files(tmp_path):
