@@ -90,6 +90,19 @@ def test_intervals_are_seeded_and_respect_the_level():
     assert narrow["auc"][1] - narrow["auc"][0] < a["auc"][1] - a["auc"][0]
 
 
+def test_intervals_cut_equal_tails_off_the_resampled_metrics():
+    # a 90% interval leaves 5% of the resamples below it and 5% above it: the draws the function makes,
+    # repeated here from the same seed
+    scores, member = scored(1000, 0.5, 9, ties=False)
+    ci = bootstrap_intervals(scores, member, n_boot=2000, level=0.9, seed=2)
+    rng = np.random.default_rng(2)
+    s_in, s_out = np.sort(scores[member]), np.sort(scores[~member])
+    auc = _weighted_metrics(s_in, s_out, _resample_counts(rng, len(s_in), 2000),
+                            _resample_counts(rng, len(s_out), 2000))["auc"]
+    lo, hi = ci["auc"]
+    assert 80 <= (auc < lo).sum() <= 110 and 80 <= (auc > hi).sum() <= 110
+
+
 def test_perfect_separation_gives_one_one():
     member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
     scores = np.r_[np.linspace(10, 11, 500), np.linspace(0, 1, 500)]
@@ -137,6 +150,20 @@ def test_epsilon_lower_bound_by_hand():
     assert eps > 0
     # delta lowers it
     assert epsilon_lower_bound(scores, member, fpr=0.01, delta=0.1) < eps
+
+
+def test_epsilon_lower_bound_with_delta_where_the_second_inequality_binds():
+    # 100 members, 100 non-members: 20 non-members score highest, then every member, then the other
+    # non-members. At FPR <= 0.2 the point flags every member and 20 non-members, and the bound
+    # 1 - FPR <= e^eps (1 - TPR) + delta is the tighter one
+    member = np.r_[np.zeros(20, bool), np.ones(100, bool), np.zeros(80, bool)]
+    scores = -np.arange(200.0)
+    c = 0.975
+    fpr_hi, tpr_lo = beta.ppf(c, 21, 80), beta.ppf(1 - c, 100, 1)
+    for delta in (0.0, 0.05):
+        want = max(0.0, np.log((tpr_lo - delta) / fpr_hi), np.log((1 - fpr_hi - delta) / (1 - tpr_lo)))
+        assert np.log((1 - fpr_hi - delta) / (1 - tpr_lo)) == pytest.approx(want)
+        assert epsilon_lower_bound(scores, member, fpr=0.2, delta=delta) == pytest.approx(want)
 
 
 def test_epsilon_lower_bound_is_zero_for_random_scores():
