@@ -164,6 +164,9 @@ def test_fit_thresholds_by_hand():
     member = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0], dtype=bool)
     tau, _ = fit_thresholds(np.arange(9.0)[::-1], member, np.zeros(9, int), 1)
     assert tau[0] == 6.5
+    # a reversed signal: no cut beats flagging every row, whose threshold sits one unit below the lowest score
+    tau, _ = fit_thresholds(np.array([3.0, 2.0, 1.5]), np.array([0, 0, 1], bool), np.zeros(3, int), 1)
+    assert tau[0] == 0.5
 
 
 def test_class_thresholds_fall_back_to_global_for_unseen_classes(shadows, leaky_target):
@@ -206,15 +209,16 @@ def test_a_class_with_few_shadow_rows_takes_the_global_threshold(shadows):
     labels = np.concatenate([s.signals.labels for s in shadows])
     member = np.concatenate([s.is_member for s in shadows])
     rows = np.minimum(np.bincount(labels[member]), np.bincount(labels[~member]))
-    cut = int(np.median(rows))  # about half the classes have fewer rows than this
+    cut = int(np.sort(rows)[len(rows) // 2])  # about half the classes have fewer rows than this, one has as many
     tau_global = loss(thresholds="global").fit(shadows).threshold_
     own = loss(min_class_rows=1).fit(shadows).class_tau_
     mixed = loss(min_class_rows=cut).fit(shadows).class_tau_
     few = rows < cut
-    assert few.any() and (~few).any()
+    assert few.any() and (~few).any() and (rows == cut).any()
     np.testing.assert_array_equal(mixed[few], tau_global)
     np.testing.assert_array_equal(mixed[~few], own[~few])
     assert not np.allclose(own[few], tau_global)
+    assert not np.allclose(own[rows == cut], tau_global)  # exactly min_class_rows: a threshold of its own
     with pytest.raises(MiaError, match="min_class_rows must be >= 1"):
         loss(min_class_rows=0)
 

@@ -294,6 +294,9 @@ def test_rmia_score_matches_the_pairwise_definition():
         assert np.all(np.diff(scores[np.lexsort((log_rx, share))]) > 0)  # ordered by share, then by r(x)
     both = rmia_scores(log_rx, log_rz, [1.0, 2.0])
     assert both.shape == (2, 50)
+    # r(x) / r(z) > gamma is strict: a z whose ratio ties x's is not dominated
+    tied = rmia_scores(np.array([0.0]), np.array([-1.0, 0.0, 0.0, 1.0]), 1.0)
+    assert 1 / 5 < tied[0] < 2 / 5
 
 
 def test_rmia_ties_in_the_share_are_ordered_by_the_ratio():
@@ -321,6 +324,12 @@ def test_rmia_prior_by_hand():
     np.testing.assert_allclose(np.exp(inputs.ref_x.log_prior("offline", a)),
                                ((1 + a) * p_out + (1 - a)) / 2, rtol=1e-6)
     np.testing.assert_allclose(inputs.log_p_x, np.log(0.5))
+    # OUT models sure the sample is not theirs (p_OUT < a / (1 + a)): Pr(x) below one half, read from p itself
+    unsure = np.full((2, 1, 1), -6.0, np.float32)
+    low = RmiaInputs.of(ReferenceSignals(np.zeros((1, 1), np.float32), unsure, np.zeros((2, 1), bool),
+                                         np.zeros((1, 1), np.float32), unsure, np.zeros((2, 1), bool)))
+    p_low = 1 / (1 + np.exp(6.0))
+    np.testing.assert_allclose(np.exp(low.ref_x.log_prior("offline", a)), ((1 + a) * p_low + (1 - a)) / 2, rtol=1e-6)
     warm = RmiaInputs.of(ref, temperature=2.0)  # p = sigmoid(phi / T)
     p_warm = (1 / (1 + np.exp(-phi.astype(np.float64) / 2))).mean(axis=2)
     np.testing.assert_allclose(np.exp(warm.ref_x.log_prior("online", 0.0)), p_warm.mean(0), rtol=1e-6)
