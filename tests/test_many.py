@@ -279,6 +279,18 @@ def test_each_model_keeps_its_own_best_epoch(digits):
     assert len(set(best_epochs)) > 1  # and the models peak at different epochs
 
 
+def test_stacked_models_keep_the_earliest_of_equally_good_epochs(digits):
+    """Ties keep the earlier epoch, as in the one training loop: at so small a rate no prediction changes, and
+    each model holds its first epoch's weights."""
+    data, pool, val = digits
+    sets, seeds = halves(pool, 2, 200), [30, 31]
+    best = run(data, sets, val[:200], adam(lr=1e-8, epochs=3), seeds, stack=True)
+    first = run(data, sets, val[:200], adam(lr=1e-8, epochs=1, select_best=False), seeds, stack=True)
+    last = run(data, sets, val[:200], adam(lr=1e-8, epochs=3, select_best=False), seeds, stack=True)
+    for b, f, l in zip(best, first, last):
+        assert same(b, f) and not same(b, l)
+
+
 def test_augmented_conv_stack_is_chunking_independent():
     """Each model's crop and flip draws are its own, so chunking changes no draw.
 

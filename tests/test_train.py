@@ -135,6 +135,17 @@ def test_select_best_keeps_the_best_validation_epoch(digits):
     assert accuracy(model, data, va[:300]) == pytest.approx(result.best_val_accuracy, abs=1e-9)
 
 
+def test_select_best_keeps_the_earliest_of_equally_good_epochs(digits):
+    data, tr, va = digits
+    # so small a rate that no prediction changes: every epoch ties on validation accuracy
+    model, result = fit(data, tr[:300], va[:200], adam(lr=1e-8, epochs=3))
+    vals = [h["val_accuracy"] for h in result.history]
+    assert len(set(vals)) == 1
+    assert result.best_epoch == 0
+    first, _ = fit(data, tr[:300], va[:200], adam(lr=1e-8, epochs=1, select_best=False))
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), first.state_dict().values()))
+
+
 def test_without_select_best_the_last_epoch_is_kept(digits):
     data, tr, va = digits
     model, result = fit(data, tr[:400], va[:300], adam(lr=0.03, epochs=4, select_best=False))
