@@ -254,6 +254,37 @@ def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkey
         audit.run_audit(config, attacks="noise-flip")
 
 
+def test_the_target_selects_its_epoch_on_validation_rows_never_on_the_audited_nonmembers(mlflow_store, monkeypatch):
+    """Both ways in (the notebook's run_audit and the tracked training run), centralized and pruned (its dense
+    original too): the target trains on the members, selects on the validation rows and is tested on the
+    non-members; selecting on the non-members would tune the model on the very rows the attacks then query."""
+    from mia import experiment
+
+    class Trained(Exception):
+        pass
+
+    seen = []
+
+    def stop(config, data, train_idx, val_idx, test_idx, *args, **kwargs):
+        seen.append((config.scenario, *(np.asarray(i) for i in (train_idx, val_idx, test_idx))))
+        raise Trained
+
+    monkeypatch.setattr(audit, "fit", stop)
+    monkeypatch.setattr(audit, "fit_pruned", stop)
+    for scenario in ("centralized", "pruning"):
+        config = audit.resolve_config("digits", scenario=scenario)
+        for run in (lambda: audit.run_audit(config, attacks="loss", progress=False),
+                    lambda: experiment.train_run(config, progress=False)):
+            with pytest.raises(Trained):
+                run()
+    split = make_split(1797, 0, config.split)
+    assert [s[0] for s in seen] == ["centralized", "centralized", "pruning", "centralized"]  # the last: dense
+    for _, train_idx, val_idx, test_idx in seen:
+        assert np.array_equal(train_idx, split.members)
+        assert np.array_equal(val_idx, split.validation)
+        assert np.array_equal(test_idx, split.nonmembers)
+
+
 def test_a_checkpoint_trained_with_group_norm_loads_into_its_runs_model():
     """DP-SGD turns BatchNorm into GroupNorm (Opacus) while the run's config keeps ``norm=bn``: the network
     rebuilt after the run (for the label-only signals a later attack asks for) takes the checkpoint's norm."""
