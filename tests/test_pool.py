@@ -31,11 +31,17 @@ def test_plan_layout_and_inclusion(task):
     # the pool's population and validation partition the split's population
     assert set(online.population) | set(online.validation) == set(split.population)
     assert not set(online.population) & set(online.validation)
+    # the validation slice is drawn at random, not the population's lowest (class-ordered datasets) rows
+    assert not np.array_equal(online.validation, split.population[:len(online.validation)])
+    # a model trains on as many rows as the target, but at most half its candidates (the default split's
+    # offline pool has fewer than twice the members: its models train on half the population)
+    assert len(offline.candidates) < 2 * len(split.members)
+    assert offline.train_size == len(offline.candidates) // 2 == len(offline.population) // 2
     n = len(online.audited)
     for m in range(3):
         inc_on, inc_off = online.inclusion(m), offline.inclusion(m)
         assert inc_on.sum() == online.train_size == len(split.members)  # the target's training-set size
-        assert not inc_off[:n].any() and inc_off[n:].sum() == offline.train_size
+        assert not inc_off[:n].any() and inc_off[n:].sum() == offline.train_size < len(split.members)
     # a model's draw depends only on its index: growing a pool keeps the first models
     assert np.array_equal(online.inclusion(1), audit.plan_reference_pool(config, data, split).inclusion(1))
     # every audited sample is IN for some and OUT for other models of an online pool
