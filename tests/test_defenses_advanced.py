@@ -138,6 +138,45 @@ def test_dpsgd_step_clips_each_sample_and_averages_over_the_expected_batch():
         assert torch.allclose(params[name] - p.detach(), expected, rtol=1e-9, atol=1e-12), name
 
 
+def test_dpsgd_noise_has_std_sigma_times_the_clipping_norm_over_the_expected_batch():
+    """An empty Poisson batch's step is noise alone: N(0, (sigma C)^2) per coordinate over the expected batch."""
+    torch.manual_seed(0)
+    model = dp_model(build_model("mlp", (64,), 10))
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    recipe = audit.TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
+    step = _GhostStep(model, recipe, sigma=2.0, max_grad_norm=0.5, expected_batch=10, total_steps=1, seed=0)
+    step.empty()
+    step.close()
+    moved = before - torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert len(moved) > 10_000
+    assert float(moved.mean()) == pytest.approx(0.0, abs=0.005)
+    assert float(moved.std()) == pytest.approx(2.0 * 0.5 / 10, rel=0.03)
+
+
+def test_dpsgd_fit_steps_with_its_noise_clipping_norm_and_expected_batch(monkeypatch):
+    """The defense's own sigma and max_grad_norm reach the step, and the gradient sum is divided by the
+    expected Poisson batch q n (not the training-set size)."""
+    import mia.defenses.dpsgd as dpsgd
+
+    made = []
+
+    class Recorded(dpsgd._GhostStep):
+        def __init__(self, model, config, sigma, max_grad_norm, expected_batch, total_steps, seed):
+            made.append((sigma, max_grad_norm, expected_batch, config.batch_size))
+            super().__init__(model, config, sigma, max_grad_norm, expected_batch, total_steps, seed)
+
+    monkeypatch.setattr(dpsgd, "_GhostStep", Recorded)
+    config = audit.resolve_config("digits", train_overrides={"epochs": 1})
+    data = audit.load_data(config)
+    split = make_split(len(data), 0, config.split)
+    make_defense("dp-sgd", {"noise_multiplier": 1.3, "max_grad_norm": 0.7, "batch_size": 40}).fit(
+        lambda: build_model("mlp", data.input_shape, data.num_classes), data, split.members,
+        split.validation, config.train, progress=False)
+    n = len(split.members)
+    assert made == [(1.3, 0.7, round(sample_rate(n, 40) * n), 40)]
+    assert made[0][2] == 40
+
+
 def test_dpsgd_recipe_overrides_are_used(s):
     out = fit(s, "dp-sgd", noise_multiplier=1.0, batch_size=50, lr=0.002, epochs=3)
     assert len(out.history) == 3
