@@ -357,6 +357,10 @@ def test_selena_assignment_is_balanced_and_excludes_the_answering_models():
         assert not a[rows, m].any()  # sub-model m trains on none of the rows it answers for
     assert np.array_equal(assign_nonmembers(103, 7, 3, seed=1), a)
     assert not np.array_equal(assign_nonmembers(103, 7, 3, seed=2), a)
+    # a training row, given in any order, is answered by its own assigned sub-models
+    train_idx = np.random.default_rng(3).permutation(np.arange(1000, 1103))
+    queries = train_idx[::-1]
+    assert np.array_equal(answering_models(a, train_idx, queries), a[::-1])
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,23 @@ def test_relaxloss_ascends_below_alpha_and_flattens():
     defense.loss(logits, labels, labels, epoch=1).backward()  # odd epoch: flatten, keep p_y
     assert torch.allclose(logits.grad[[0, 1], labels], torch.zeros(2), atol=1e-6)
     assert torch.allclose(logits.grad.sum(1), torch.zeros(2), atol=1e-6)
+
+
+def test_relaxloss_flattening_caps_the_true_class_at_upper_and_leaves_misclassified_rows_to_cross_entropy():
+    from mia.defenses.relaxloss import flattened_targets
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    labels = torch.tensor([0, 0])  # row 0 right and confident (p_y 0.96), row 1 wrong
+    soft = flattened_targets(logits, labels, upper=0.5)
+    assert torch.allclose(soft[0], torch.tensor([0.5, 0.25, 0.25]))
+    p1 = torch.softmax(logits[1], 0)[0]
+    assert torch.allclose(soft[1], torch.stack([p1, (1 - p1) / 2, (1 - p1) / 2]))  # below the cap: kept
+    defense = make_defense("relaxloss", {"alpha": 5.0, "upper": 0.5})  # CE ~1.5 < alpha: flatten (odd epoch)
+    logits.requires_grad_(True)
+    defense.loss(logits, labels, labels, epoch=1).backward()
+    assert logits.grad[0, 0] > 0  # a descent step lowers the confident row's p_y towards the cap
+    ce_grad = torch.softmax(logits[1].detach(), 0) - torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(logits.grad[1], ce_grad / 2, atol=1e-6)  # the wrong row: plain cross-entropy
     defense.bind(3)  # upper 1 caps nothing
     # at or below 1/C the flattened target favours another class
     low = make_defense("relaxloss", {"upper": 0.3})
