@@ -156,6 +156,30 @@ def test_recorded_signals_follow_their_definitions(digits):
     assert state.signals.loss[0, 1, q] == pytest.approx(float(upload_loss), rel=1e-4)
 
 
+def test_fedavg_moves_the_global_model_by_server_lr_times_the_size_weighted_mean_upload(digits):
+    """w <- w + server_lr * sum_k (n_k / n) upload_k, with clients of unequal sizes (a Dirichlet partition)."""
+    config, data, split = digits
+    fl = FLConfig(clients=3, rounds=1, lr=0.1, server_lr=0.5, partition="dirichlet", alpha=0.5)
+    captured = {}
+    defense = make_defense("none")
+    original = defense.upload
+
+    def spy(updates, clients, weights, round, layers):
+        captured["updates"], captured["clients"] = updates.clone(), np.asarray(clients)
+        return original(updates, clients, weights, round, layers)
+
+    defense.upload = spy
+    model, _, fed = simulate(config.model, config.norm, data, split, fl, config.train, defense, 1, progress=False,
+                             record=False)
+    sizes = np.array([len(fed.clients[c]) for c in captured["clients"]], dtype=np.float64)
+    assert sizes.max() > 1.5 * sizes.min()
+    torch.manual_seed(1)  # simulate's seeded initialization
+    glob, _ = flatten(dict(build_model(config.model, data.input_shape, data.num_classes).named_parameters()))
+    mean_upload = torch.as_tensor(sizes / sizes.sum(), dtype=torch.float32) @ captured["updates"]
+    got, _ = flatten(dict(model.named_parameters()))
+    torch.testing.assert_close(got.detach(), glob.detach() + 0.5 * mean_upload, rtol=1e-5, atol=1e-6)
+
+
 def test_an_uploads_loss_uses_the_batchnorm_statistics_its_client_sent(digits):
     from mia.fl.record import record_round
 
