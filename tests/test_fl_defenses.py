@@ -36,7 +36,7 @@ def upload(defense, updates: torch.Tensor, round: int = 1, layers=LAYERS) -> tor
 # ---- client-dp -------------------------------------------------------------------------------------------
 
 def test_client_dp_clips_then_adds_noise_of_the_right_scale():
-    sigma, clip, rounds = 0.8, 1.0, 400
+    sigma, clip, rounds = 0.8, 2.0, 400  # a clipping norm other than 1: the noise std is sigma * C, not sigma
     defense = make_defense("client-dp", {"noise_multiplier": sigma, "max_update_norm": clip}, seed=3)
     defense.plan(rounds, 0.25)
     updates = updates_with_norms([10.0, 10.0, 3.0, 0.5])
@@ -46,9 +46,9 @@ def test_client_dp_clips_then_adds_noise_of_the_right_scale():
     noise = uploads - clipped
     assert abs(noise.std().item() / (sigma * clip) - 1) < 0.05
     mean = uploads.mean(0)
-    # the mean's projection on each clipped direction is the clipped norm (std of the estimate: sigma / 20)
+    # the mean's projection on each clipped direction is the clipped norm (std of the estimate: sigma C / 20)
     proj = (mean * clipped).sum(1) / clipped.norm(dim=1)
-    assert torch.allclose(proj, torch.tensor([1.0, 1.0, 1.0, 0.5]), atol=4 * sigma / math.sqrt(rounds))
+    assert torch.allclose(proj, torch.tensor([clip, clip, clip, 0.5]), atol=4 * sigma * clip / math.sqrt(rounds))
     # and what is left is noise only: ||mean - clipped||^2 ~ P sigma^2 / rounds, no bias on top
     ratio = (mean - clipped).norm(dim=1) / math.sqrt(updates.shape[1] * (sigma * clip) ** 2 / rounds)
     assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
