@@ -246,6 +246,22 @@ def test_min_accuracy_is_a_constraint_and_max_auc_a_leakage(mlflow_store, monkey
     assert {int(line.split()[0]) for line in table.strip().splitlines()[1:]} == feasible
 
 
+def test_the_front_is_most_accurate_first_and_a_trial_exactly_at_min_accuracy_is_feasible():
+    from tuning import frontier
+
+    points = [(0.7, 0.5), (0.8, 0.6), (0.9, 0.8), (0.85, 0.9)]  # min accuracy 0.8: the first falls short
+
+    def objective(trial):
+        accuracy, leakage = points[trial.number]
+        trial.set_constraint("min_accuracy", 0.8 - accuracy)
+        return accuracy, leakage
+
+    study = optuna.create_study(directions=list(tuning.objective.DIRECTIONS), sampler=optuna.samplers.RandomSampler(0))
+    study.optimize(objective, n_trials=len(points))
+    assert [frontier.feasible(t) for t in study.trials] == [False, True, True, True]
+    assert [t.number for t in frontier.pareto_front(study)] == [2, 1]  # 3 is dominated by 2
+
+
 def test_an_empty_front_says_why(mlflow_store, monkeypatch, tmp_path):
     monkeypatch.setattr(tuning.objective, "audit_run", fake_audit)
     space = tmp_path / "space.yaml"
