@@ -176,6 +176,22 @@ def test_relaxloss_leaks_less(task, undefended):
     check_defended(task, undefended, train(task, "relaxloss", alpha=0.5), margin=0.1)  # measured 0.81 vs 0.94
 
 
+def test_hamp_loss_is_kl_to_its_soft_labels_minus_the_entropy_bonus():
+    from mia.defenses.hamp import soft_label_top1
+
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 2])
+    top1 = soft_label_top1(4, 0.9)
+    soft = torch.full((2, 4), (1 - top1) / 3)
+    soft[[0, 1], labels] = top1
+    p = torch.softmax(logits, 1)
+    kl = (soft * (soft / p).log()).sum(1).mean()
+    entropy = -(p * p.log()).sum(1).mean()
+    for alpha in (0.0, 0.05):
+        got = make_defense("hamp", {"entropy_percentile": 0.9, "alpha": alpha}).loss(logits, labels, labels, 0)
+        assert float(got) == pytest.approx(float(kl - alpha * 4 * entropy), rel=1e-5)  # high entropy lowers it
+
+
 def test_hamp_leaks_less_and_keeps_labels(task, undefended):
     _, data, split = task
     trained = train(task, "hamp")
