@@ -10,7 +10,7 @@ from torch import nn
 from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.signals import (SIGNALS, Signals, compute_signals, confidence, correctness, entropy,
-                         hconf, log1m_softmax, loss, mentr)
+                         hconf, log1m_softmax, logit_confidence, loss, mentr)
 
 LOGITS = np.array([[2.0, 1.0, -1.0, 0.5],
                    [0.1, 0.2, 3.0, -2.0],
@@ -145,6 +145,21 @@ def test_computing_signals_shows_progress_where_asked(capsys, monkeypatch):
     assert bars[-1].n == bars[-1].total == 40 * (1 + 4 + 1)  # logits, 3 draws + the plain input, 1 view
     for name in ("logits", "sensitivity", "phi"):
         np.testing.assert_array_equal(getattr(shown, name), getattr(quiet, name))
+
+
+def test_phi_is_the_logit_of_the_true_label_confidence():
+    """LiRA's and RMIA's statistic, ``phi = log(p_y / (1 - p_y))``, both as the numpy signal and as the
+    stored per-view ``phi`` of a queried model (a mutant computing ``log p_y`` in the views survived)."""
+    p = _softmax(LOGITS)
+    py = p[np.arange(len(LABELS)), LABELS]
+    np.testing.assert_allclose(logit_confidence(LOGITS, LABELS), np.log(py / (1 - py)), rtol=1e-12)
+    data = _tabular(n=12, d=5, c=3, seed=2)
+    torch.manual_seed(2)
+    model = nn.Linear(5, 3)
+    s = compute_signals(model, data, np.arange(12), views=[(0, 0, False)], batch_size=5, device="cpu")
+    assert s.phi.shape == (12, 1) and s.phi.dtype == np.float32
+    q = _softmax(s.logits.astype(np.float64))[np.arange(12), s.labels]
+    np.testing.assert_allclose(s.phi[:, 0], np.log(q / (1 - q)), rtol=1e-4, atol=1e-5)
 
 
 def test_querying_keeps_no_piece_per_batch():
