@@ -98,6 +98,23 @@ def test_boundary_distance_of_a_three_class_linear_model():
     assert np.mean(bb < 1.1) > 0.9, np.quantile(bb, [.5, .9, 1])
 
 
+def test_a_white_box_search_that_stops_short_keeps_the_distance_it_travelled():
+    """Rows still correct after ``wb_steps`` keep the length of their steps (a lower bound), not the 0 of a
+    misclassified row (a mutant giving them 0 survived): one DeepFool step of half the linearized jump on a
+    plane stops at half the distance."""
+    lin = _linear([[0.6, -0.8], [-0.6, 0.8]], [0.25, -0.25])
+    x = _points(50, 4)
+    y = lin(x).argmax(1).detach()
+    y[:5] = 1 - y[:5]
+    data = Dataset("plane", x, y, 2, "tabular")
+    truth = _true_distance(lin, x, y)
+    got = label_only_signals(lin, data, np.arange(50), kinds=("boundary-wb",), wb_steps=1,
+                             wb_overshoot=-0.5)["boundary-wb"]
+    assert (got[:5] == 0).all()
+    # the step is (|f_c| + 1e-4) / ||w_c|| along the unit normal, ||w_c|| = 2, halved
+    np.testing.assert_allclose(got[5:], 0.5 * truth[5:] + 2.5e-5, rtol=1e-4, atol=1e-6)
+
+
 class _Recorder(nn.Module):
     """A linear model over flattened images that keeps the smallest and largest input it was queried with."""
 
