@@ -152,13 +152,20 @@ def test_relaxloss_flattening_caps_the_true_class_at_upper_and_leaves_misclassif
     assert logits.grad[0, 0] > 0  # a descent step lowers the confident row's p_y towards the cap
     ce_grad = torch.softmax(logits[1].detach(), 0) - torch.tensor([1.0, 0.0, 0.0])
     assert torch.allclose(logits.grad[1], ce_grad / 2, atol=1e-6)  # the wrong row: plain cross-entropy
-    defense.bind(3)  # upper 1 caps nothing
+
+
+def test_relaxloss_refuses_settings_the_class_count_rules_out():
+    make_defense("relaxloss").bind(3)  # alpha 0.5 < ln 3, upper 1 caps nothing
     # at or below 1/C the flattened target favours another class
-    low = make_defense("relaxloss", {"upper": 0.3})
+    logits, labels = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]]), torch.tensor([0, 0])
     assert flattened_targets(logits, labels, 0.3).argmax(1).ne(labels).all()
+    low = make_defense("relaxloss", {"upper": 0.3})
     with pytest.raises(MiaError, match="must exceed 1/classes"):
         low.bind(3)
     low.bind(4)  # 0.3 > 1/4
+    with pytest.raises(MiaError, match=r"alpha=2.4 must be below ln\(classes\) = 2.303"):
+        make_defense("relaxloss", {"alpha": 2.4}).bind(10)  # ascent past a uniform guess's loss
+    make_defense("relaxloss", {"alpha": 2.4}).bind(12)  # ln 12 = 2.48
 
 
 @pytest.mark.parametrize("name", ["mixup", "instahide"])

@@ -25,12 +25,15 @@ groups differently again); the soft target is built from
 public code leaves it attached); and the branch on the batch loss is a
 ``torch.where`` on the device, so no step waits for the host. ``upper``
 defaults to 1 (no cap), the paper's CIFAR setting; its Purchase/Texas configs
-use ``alpha`` 0.8/2.5 with ``upper`` 0.3/0.1 (100 classes). ``upper`` must exceed
-``1 / classes`` (:meth:`RelaxLoss.bind`), where the target still favours the
-true class; the public code takes any value.
+use ``alpha`` 0.8/2.5 with ``upper`` 0.3/0.1 (100 classes). ``alpha`` must
+stay below ``ln(classes)`` and ``upper`` above ``1 / classes``
+(:meth:`RelaxLoss.bind`), where the targets still favour the true class; the
+public code takes any value.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +59,15 @@ class RelaxLoss(Defense):
     upper: float
 
     def bind(self, num_classes: int) -> None:
-        """``upper`` must exceed ``1 / num_classes``: at or below it the flattened target puts at least as
+        """``alpha`` must be below ``ln(num_classes)``, the loss of a uniform guess: above it ascent drives
+        the model past chance to confident mistakes (digits trials at alpha 2.7 ended at 1 % accuracy).
+        ``upper`` must exceed ``1 / num_classes``: at or below it the flattened target puts at least as
         much on every other class as on the true one, and flattening would train the rows it keeps
         correct towards a wrong label."""
+        if self.alpha >= math.log(num_classes):
+            raise MiaError(f"relaxloss alpha={self.alpha:g} must be below ln(classes) = {math.log(num_classes):.4g} "
+                           f"for {num_classes} classes, the loss of a uniform guess (else ascent trains the model "
+                           f"towards wrong answers); pass a smaller alpha")
         if self.upper <= 1.0 / num_classes:
             raise MiaError(f"relaxloss upper={self.upper:g} must exceed 1/classes = {1.0 / num_classes:.4g} for "
                            f"{num_classes} classes (else the flattened target favours a wrong class); "
@@ -81,7 +90,9 @@ register(DefenseSpec(
     "relaxloss", RelaxLoss,
     "RelaxLoss (Chen et al. 2022): keep the training loss near alpha by gradient ascent (even epochs) and "
     "posterior flattening (odd epochs) once below it",
-    params={"alpha": HyperParam(float, 0.5, "target training-loss level (about the loss on unseen data)",
+    params={"alpha": HyperParam(float, 0.5, "target training-loss level (about the loss on unseen data; "
+                                            "below ln(classes))",
+                                # to 3: below ln(classes) on data of 21 classes or more (trials above it fail)
                                 low=0.0, search_range=(0.05, 3.0)),
             "upper": HyperParam(float, 1.0, "cap on the true-class probability in the flattened targets "
                                             "(1: no cap; above 1/classes)", low=0.0, high=1.0, open_low=True,
