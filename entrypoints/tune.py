@@ -24,7 +24,8 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
 @click.option("--attacks", default="loss,mentr,nn", show_default=True,
               help="Attacks whose worst case is the leakage (comma-separated, or `all`).")
 @click.option("--reference-models", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Reference models (one cached pool shared by all trials unless --adaptive).")
+              help="Reference models (cached pools, shared by the trials whose targets are released at the "
+                   "same epoch, where the pool's models stop; one per trial with --adaptive).")
 @click.option("--pool", "pool_mode", type=click.Choice(["online", "offline"]), default="online", show_default=True,
               help="Reference models trained with (online) or without (offline) the audited samples.")
 @click.option("--adaptive/--no-adaptive", default=False, help="Reference models trained with each trial's defense (costly).")

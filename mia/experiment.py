@@ -258,10 +258,16 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
             tracking.log_split(split)
         split.check(len(data))
         defense = make_defense(config.defense, config.defense_params, seed=config.seed)
+        # rounds after the last recorded one ran before the kill and run again: logged once (same values)
+        logged = tracking.last_step(resume, "test_accuracy") if resume else -1
+
+        def log_round(r: int, metrics: dict) -> None:
+            if r > logged:
+                tracking.log_metrics(metrics, step=r)
+
         with timer.stage("train"):
             model, state, fed = simulate(config.model, config.norm, data, split, config.fl, config.train, defense,
-                                         config.seed, state=state, progress=progress,
-                                         on_round=lambda r, m: tracking.log_metrics(m, step=r),
+                                         config.seed, state=state, progress=progress, on_round=log_round,
                                          on_record=tracking.log_fl_state)
         tracking.log_checkpoint(model)
         tracking.log_arrays({"query": fed.query, "is_member": fed.is_member,

@@ -324,7 +324,9 @@ def log_config(config: TargetConfig, effective: dict[str, object] | None = None)
     """The config as params (``config.json`` holds it whole), as the run trains it.
 
     ``train.device`` is the device resolved on this machine (``auto`` says
-    nothing); a federated run leaves out the recipe fields its clients do not
+    nothing), ``train.cpu_threads`` torch's thread count (a CPU run is
+    bit-identical at the same count; another count rounds float32 sums
+    differently, 5e-7 in a digits model's logits); a federated run leaves out the recipe fields its clients do not
     use (:data:`mia.fl.config.UNUSED_TRAIN`), which the ``fl.*`` params replace;
     ``effective`` holds what a defense trains with instead of a parameter's 0
     ("the recipe's"), logged as ``effective.<key>``.
@@ -337,6 +339,7 @@ def log_config(config: TargetConfig, effective: dict[str, object] | None = None)
         for key in UNUSED_TRAIN:
             params.pop(f"train.{key}", None)
     params["train.device"] = str(resolve_device(config.train.device))
+    params["train.cpu_threads"] = torch.get_num_threads()
     params.update({f"effective.{k}": v for k, v in (effective or {}).items()})
     log_params(params)
     mlflow.log_dict(d, CONFIG)
@@ -368,6 +371,11 @@ def experiment_name(run) -> str:
 
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
+
+
+def last_step(run_id: str, key: str) -> int:
+    """The highest step of metric ``key`` in run ``run_id`` (-1 where it has none)."""
+    return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=-1)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

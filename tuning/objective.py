@@ -32,7 +32,8 @@ from tuning.space import SearchSpace
 LEAKAGE = {"max-tpr": ("tpr_at_fpr_0.01", "max TPR at 1% FPR"), "max-auc": ("auc", "max AUC")}
 #: Optuna directions of (utility, leakage).
 DIRECTIONS = ("maximize", "minimize")
-#: The attacks a study runs unless told otherwise: cheap, and no reference model per trial beyond the cached pool.
+#: The attacks a study runs unless told otherwise: cheap ones, on a cached pool's shadow models (one pool per
+#: epoch at which the trials' targets are released, where its models stop).
 FAST_ATTACKS = ("loss", "mentr", "nn")
 
 
