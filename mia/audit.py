@@ -252,6 +252,7 @@ def fit(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.
         return fit_pruned(config, data, train_idx, val_idx, test_idx, seed, on_epoch=on_epoch, progress=progress)
     seed_everything(seed)
     defense = make_defense(config.defense, config.defense_params, seed=seed)
+    defense.bind(data.num_classes)  # also for a fit of its own that does not call the default's
     recipe = replace(config.train, seed=seed)
     network, result = defense.fit(
         lambda: build_model(config.model, data.input_shape, data.num_classes, norm=config.norm),

@@ -151,7 +151,7 @@ class Defense(TrainHooks):
         """Before round 1: the number of rounds and the share of clients sampled in each (for accounting)."""
 
     def bind(self, num_classes: int) -> None:
-        """Before training (the default :meth:`fit`, a pruning run and the federated simulation call it):
+        """Before training (the audit, the default :meth:`fit` and the federated simulation call it):
         the number of classes, for hooks that build soft labels (:meth:`classes`) and for settings that
         depend on it (an override raises a one-line :class:`MiaError` where the data rules a setting out)."""
         self.num_classes = int(num_classes)
