@@ -249,6 +249,47 @@ def test_nasr_takes_a_last_batch_of_one_row(shadows):
     assert out.scores.shape == (4097,) and np.isfinite(out.scores).all()
 
 
+def test_learned_attacks_see_the_features_they_name():
+    """Each learned attack's input, by hand: nn the softmax sorted high to low, nn-top3 its three largest,
+    nn-cls the softmax in class order and the one-hot label, nn-nasr the log-softmax and the one-hot label
+    (its output branch gets the log-softmax), each standardized on the shadow rows (mutants sorting low to
+    high, feeding nn-nasr the softmax, swapping its branches and multiplying by the std all survived)."""
+    from mia.attacks.learned import _Branches
+
+    sig = Signals(np.array([[0.0, 2.0, -1.0, 1.0], [3.0, 0.0, 0.5, -2.0]], np.float32), np.array([2, 0]))
+    logp = log_softmax(sig.logits)
+    p = np.exp(logp)
+    onehot = np.array([[0, 0, 1, 0], [1, 0, 0, 0]], float)
+    feats = {name: ATTACKS.get(name).cls().features(sig) for name in ("nn", "nn-top3", "nn-cls", "nn-nasr")}
+    np.testing.assert_allclose(feats["nn"], [p[0, [1, 3, 0, 2]], p[1, [0, 2, 1, 3]]], rtol=1e-12)
+    np.testing.assert_allclose(feats["nn-top3"], feats["nn"][:, :3], rtol=0)
+    np.testing.assert_allclose(feats["nn-cls"], np.concatenate([p, onehot], axis=1), rtol=1e-12)
+    np.testing.assert_allclose(feats["nn-nasr"], np.concatenate([logp, onehot], axis=1), rtol=1e-12)
+    torch.manual_seed(0)
+    branches, x = _Branches(4), torch.randn(5, 8)
+    torch.testing.assert_close(branches(x)[:, 0], branches.net(x[:, :4], x[:, 4:]))
+    small, member = concat(synth(100, MEMBER_BOOST, 5), synth(100, NONMEMBER_BOOST, 6))
+    attack = ATTACKS.get("nn").cls(epochs=1).fit([ShadowSignals(small, member)])
+    scaled = attack._tensor(small).numpy()
+    np.testing.assert_allclose(scaled.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(scaled.std(0), 1, atol=1e-3)
+
+
+def test_the_attack_network_weighs_members_and_nonmembers_equally():
+    """On features that carry nothing, 9 members to 1 non-member: the positive class weighted by n_out / n_in
+    leaves the member logit near 0 (p = 0.5) rather than log 9 (a mutant inverting the weight survived)."""
+    from torch import nn
+
+    from mia.attacks._train import fit_binary, init_seeded, predict_logit
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(2000, 3)), dtype=torch.float32)
+    y = rng.random(2000) < 0.9
+    model = init_seeded(lambda: nn.Linear(3, 1), 0)
+    fit_binary(model, x, y, epochs=20, lr=1e-2, seed=0)
+    assert abs(float(np.mean(predict_logit(model, x)))) < 0.2
+
+
 def test_learned_attacks_are_seeded(shadows, leaky_target):
     target, _ = leaky_target
     a = run_attack("nn", target, shadows, {"epochs": 3}, seed=7)
