@@ -495,6 +495,21 @@ def adaptive_auc(s: Setting, model: nn.Module, config: audit.TargetConfig) -> fl
     return attack_metrics(scores, member, predictions)["auc"]
 
 
+def test_selena_adaptive_compares_target_and_shadow_by_hand():
+    """Its four features: phi difference, KL(target || shadow), both phis (a mutant computing the KL the other
+    way round, KL(shadow || target) with the sign flipped, survived the adaptive-attack tests)."""
+    from mia.attacks.adaptive import comparison_features
+
+    target = np.array([[3.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    shadow = np.array([[1.0, 0.5, 0.0], [2.0, 0.0, 0.0]])
+    labels = np.array([0, 1])
+    pt, ps = (np.exp(z) / np.exp(z).sum(1, keepdims=True) for z in (target, shadow))
+    phi_t, phi_s = (np.log(p[[0, 1], labels] / (1 - p[[0, 1], labels])) for p in (pt, ps))
+    kl = (pt * np.log(pt / ps)).sum(1)
+    np.testing.assert_allclose(comparison_features(target, shadow, labels),
+                               np.stack([phi_t - phi_s, kl, phi_t, phi_s], axis=1), rtol=1e-10)
+
+
 def test_selena_adaptive_finds_a_memorizing_target(s):
     assert adaptive_auc(s, s.baseline.model, s.config) > 0.75
 
