@@ -59,6 +59,31 @@ def test_partitions_are_disjoint_and_cover_the_members():
     assert np.mean([classes(p) for p in skewed]) < np.mean([classes(p) for p in iid]) - 3
 
 
+def test_a_dirichlet_partition_draws_again_until_every_client_has_min_size_rows():
+    """Seed 0's first Dirichlet draw leaves a client with fewer than 2 rows, so it draws again (a mutant
+    repeating the first draw survived); seed 1's first draw gives one client exactly 2 rows, which is enough
+    (a mutant demanding more than min_size survived)."""
+    members, labels = np.arange(40), np.repeat(np.arange(4), 10)
+    redrawn = partition(members, labels, 5, "dirichlet", alpha=0.3, seed=0)
+    assert min(map(len, redrawn)) >= 2 and sorted(np.concatenate(redrawn)) == list(members)
+    exact = partition(members, labels, 5, "dirichlet", alpha=0.3, seed=1)
+    assert min(map(len, exact)) == 2
+
+
+def test_sampling_rounds_the_client_share_and_the_last_round_is_always_recorded():
+    """round(fraction * clients) clients a round, half up (5 of 10 at 0.45, 3 of 5 at 0.5; a mutant truncating
+    survived), distinct, seeded by the round; with --record-every the last round is recorded too (a mutant
+    dropping it survived)."""
+    for clients, fraction, m in ((10, 0.45, 5), (5, 0.5, 3), (10, 0.04, 1), (4, 1.0, 4)):
+        drawn = FLConfig(clients=clients, fraction=fraction).sampled(3, seed=0)
+        assert len(drawn) == m and len(set(drawn.tolist())) == m and drawn.max() < clients, (clients, fraction)
+    config = FLConfig(clients=10, fraction=0.3)
+    np.testing.assert_array_equal(config.sampled(2, seed=1), config.sampled(2, seed=1))
+    assert len({tuple(config.sampled(r, seed=1)) for r in range(1, 9)}) > 1
+    np.testing.assert_array_equal(FLConfig(rounds=7, record_every=3).recorded_rounds(), [3, 6, 7])
+    np.testing.assert_array_equal(FLConfig(rounds=6, record_every=3).recorded_rounds(), [3, 6])
+
+
 def test_a_partition_that_cannot_give_every_client_rows_is_a_one_line_error():
     """Settings that are valid alone but not for the data: more clients than rows, or a label skew so strong
     that some client ends up (nearly) empty in every draw."""
