@@ -238,6 +238,22 @@ def test_early_stopping_stops_and_leaks_less(task, undefended):
     check_defended(task, undefended, trained)
 
 
+def test_early_stopping_rounds_its_share_and_a_tie_is_no_new_best():
+    """``fraction`` of the epochs, rounded (7.5 of 10 -> 8, 0.04 of 10 -> at least 1; a mutant truncating
+    survived); patience counts from the first epoch of the best validation accuracy: an equal one is no new
+    best (a mutant resetting it on ties survived)."""
+    from mia.train import TrainConfig
+
+    def stop_epoch(fraction, epochs=10):
+        return make_defense("early-stopping", {"fraction": fraction, "patience": 2}).stopped(
+            TrainConfig(epochs=epochs)).epochs_run
+
+    assert [stop_epoch(f) for f in (0.75, 0.04, 0.5, 1.0)] == [8, 1, 5, 10]
+    defense = make_defense("early-stopping", {"fraction": 1.0, "patience": 2})
+    stops = [defense.stop(epoch, {"val_accuracy": acc}) for epoch, acc in enumerate([0.5, 0.6, 0.6, 0.6])]
+    assert stops == [False, False, False, True] and defense.best_epoch == 1
+
+
 def test_advreg_alternates_and_leaks_less(task, undefended):
     config, data, split = task
     trained = train(task, "advreg", alpha=3.0, k=1)
