@@ -166,7 +166,7 @@ def test_quantization_bad_bits_raise():
 
 # ---- sparsification --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 0.1021, 1.0])  # 0.1021: 51.05 -> 52 kept
 def test_sparsification_keeps_the_top_k(fraction):
     updates = torch.randn(4, 500, generator=torch.Generator().manual_seed(2))
     out = upload(make_defense("sparsification", {"fraction": fraction}), updates)
