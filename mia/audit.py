@@ -833,11 +833,13 @@ class Audit:
     def plot_roc(self, path, attacks: list[str] | None = None, dense: bool = False):
         """The log-log ROC of ``attacks`` (default: all) overlaid, as ``mia attack`` logs it; saved to
         ``path`` (a PNG), which is returned. ``dense``: a pruning target's dense original."""
+        from mia.report.figure import describe
         from mia.report.roc import plot_roc  # matplotlib, only for a plot
 
         names = attacks or [r.name for r in (self.dense_results if dense else self.results)]
         curves = {name: roc(*self.scores(name, dense))[:2] for name in names}
-        title = f"{self.config.dataset} / {self.config.model}" + (" (dense)" if dense else "")
+        title = (f"{describe(dense_config(self.config))}: the dense model before pruning" if dense
+                 else describe(self.config))
         return plot_roc(curves, path, title=title)
 
     @property

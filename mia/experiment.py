@@ -27,6 +27,7 @@ from mia.defenses import Defense, make_defense
 from mia.pool import PoolGrowth, pool_size
 from mia.train.predict import check_device
 from mia.report import plot_roc
+from mia.report.figure import describe
 from mia.signals import Signals
 
 
@@ -389,6 +390,9 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             tracking.log_params(chosen)
         if results:
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
+        if dense_results:  # beside plots/roc.png: what pruning changed
+            _log_roc("plots/roc_dense.png", dense_results, is_member,
+                     f"{describe(audit.dense_config(config))}: the dense model before pruning")
         return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
                              dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
                              target.metrics.get("sparsity"), notes,
@@ -507,7 +511,7 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
         for point in points[:-1]:  # the last point is the attack's final metrics, logged with the rest
             tracking.log_metrics({f"{name}.{k}": point[k] for k in ("auc", "tpr_at_fpr_0.001")}, step=point["round"])
     tracking.log_written("plots/fl_rounds.png", lambda path: plot_round_curves(
-        curves, path, title=f"client {client}: {config.dataset} / {config.model}"))
+        curves, path, title=f"client {client} of {describe(config)}", n_nonmembers=int((~is_member).sum())))
     tracking.log_scores("fl_scores.csv", names, [r.output.scores for r in results], query,
                         data.y[query].cpu().numpy(), is_member)
     return results, note
@@ -592,16 +596,17 @@ def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels
                           is_member: np.ndarray, config: TargetConfig) -> None:
     """The log-log ROC of every attack (``plots/roc.png``) and the per-sample scores (``scores.csv``; empty
     where an attack is not scored: the rows it knew)."""
-    from mia.metrics import roc
-
-    curves = {}
-    for r in results:
-        scores, _, member = r.output.restricted(is_member)
-        curves[r.name] = roc(scores, member)[:2]
-    tracking.log_written("plots/roc.png", lambda path: plot_roc(curves, path,
-                                                                 title=f"{config.dataset} / {config.model}"))
+    _log_roc("plots/roc.png", results, is_member, describe(config))
     tracking.log_scores("scores.csv", [r.name for r in results], [_scored(r.output) for r in results], query,
                         labels, is_member)
+
+
+def _log_roc(artifact: str, results: list[AttackResult], is_member: np.ndarray, title: str) -> None:
+    """The log-log ROC of every attack of ``results`` as ``artifact``."""
+    from mia.metrics import roc
+
+    curves = {r.name: roc(*r.output.restricted(is_member)[::2])[:2] for r in results}
+    tracking.log_written(artifact, lambda path: plot_roc(curves, path, title=title))
 
 
 def _scored(output) -> np.ndarray:

@@ -15,32 +15,35 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mia.report.figure import save_figure  # noqa: E402
+from mia.report.figure import CHANCE, legend_outside, line_style, save_figure  # noqa: E402
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "",
              n_nonmembers: int | None = None) -> Path:
     """Overlay ``{attack: (fpr, tpr)}`` on log-log axes with the chance diagonal; save to ``path``.
 
-    The legend gives each attack's AUC (trapezoidal, from the curve itself).
+    The legend, right of the axes, gives each attack's AUC (trapezoidal, from the curve itself); the attacks
+    keep their order, so that an attack has the same colour in every plot of the same attacks (past 10 attacks
+    the colours repeat dashed).
     ``n_nonmembers`` sets the left edge to ``1/n`` when that is above 1e-3;
     without it, the edge is the smallest positive FPR of the curves (at least
     ``1/n``, so no point with a positive FPR is cut off).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    positive = [f[f > 0].min() for f, _ in (map(np.asarray, c) for c in curves.values())
-                if (np.asarray(f) > 0).any()]
+    curves = {name: (np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)) for name, (fpr, tpr) in curves.items()}
+    positive = [f[f > 0].min() for f, _ in curves.values() if (f > 0).any()]
     smallest = 1.0 / n_nonmembers if n_nonmembers else (min(positive) if positive else 1e-3)
     lo = max(1e-3, smallest)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([lo, 1], [lo, 1], ls="--", color="grey", lw=1, label="chance")
-    for name, (fpr, tpr) in curves.items():
-        fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 5))  # the square axes and the legend beside them
+    ax.set_box_aspect(1)
+    ax.plot([lo, 1], [lo, 1], **CHANCE)
+    for i, (name, (fpr, tpr)) in enumerate(curves.items()):
         auc = float(np.trapezoid(tpr, fpr))
-        ax.plot(np.maximum(fpr, lo), np.maximum(tpr, lo), lw=1.5, label=f"{name} (AUC {auc:.3f})")
+        ax.plot(np.maximum(fpr, lo), np.maximum(tpr, lo), lw=1.5, label=f"{name} (AUC {auc:.3f})", **line_style(i))
     ax.set(xscale="log", yscale="log", xlim=(lo, 1), ylim=(lo, 1),
-           xlabel="false positive rate", ylabel="true positive rate", title=title)
+           xlabel="false positive rate (log)", ylabel="true positive rate (log)")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    return save_figure(fig, path)
+    legend_outside(ax)
+    return save_figure(fig, path, tight_bbox=True)
