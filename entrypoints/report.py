@@ -22,8 +22,6 @@ from mia.errors import MiaError
               help="Folder for frontier.png, roc.png, report.html and runs.csv.")
 def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out: str) -> None:
     """Frontiers of utility against leakage per defense (undefended as reference), from the attack runs in MLflow."""
-    import pandas as pd
-
     from mia import tracking
     from mia.report import plot_roc
     from mia.report.frontier import (common_leakage, frontier_table, per_setting, plot_frontiers, worst_per_target,
@@ -73,19 +71,18 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     label = "front" if (rows["front"] != rows["defense"]).any() else "defense"  # the setting only where it varies
     columns = [label, "test_accuracy", leakage, "run_id",
                *sorted(c for c in rows.columns if c.startswith("defense_params."))]
-    front = front[[c for c in columns if c in front.columns]].dropna(axis=1, how="all")
-    for c in [c for c in front.columns if c.startswith("defense_params.")]:  # MLflow params are strings
-        numbers = pd.to_numeric(front[c], errors="coerce")
-        if numbers.notna().sum() == front[c].notna().sum():
-            front[c] = numbers
-    images = {"Privacy-utility frontiers": plot_frontiers(points, leakage, folder / "frontier.png", by="front")}
+    front = _numeric_params(front[[c for c in columns if c in front.columns]].dropna(axis=1, how="all"))
+    images = {"Privacy-utility frontiers": plot_frontiers(points, leakage, folder / "frontier.png", by="front",
+                                                          attacks=attacks)}
     if roc_ids:
         curves = _strongest_rocs(rows, roc_scores, label)
-        images["ROC of the chosen runs' strongest attacks"] = plot_roc(curves, folder / "roc.png")
+        images["ROC of the chosen runs' strongest attacks"] = plot_roc(
+            curves, folder / "roc.png", title="each chosen run's strongest attack (by its logged AUC)")
         click.echo(f"roc.png: {'; '.join(curves)}")
-    every = rows[[c for c in columns if c in rows]].dropna(axis=1, how="all")
+    every = _numeric_params(rows[[c for c in columns if c in rows]].dropna(axis=1, how="all"))
+    over = f" over {', '.join(attacks)}" if attacks else ""
     write_html(folder / "report.html", "mia report", images,
-               {f"Front per defense ({leakage}; each model at its most leaky attack run)": front,
+               {f"Front per defense ({leakage}{over}; each model at its most leaky attack run)": front,
                 "All attack runs": every})
     click.echo(_console(front, leakage, label))
     lacking = len(rows) - len(measured)
@@ -96,6 +93,19 @@ def report(experiments: tuple[str, ...], runs: str, leakage: str, roc: str, out:
     click.echo(f"the fronts hold {len(front)} of {len(points)} target models ({_count(len(measured), 'attack run')}"
                f"{f' with {leakage}' if lacking else ''}){others}; "
                f"written: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+
+
+def _numeric_params(table):
+    """``table`` with each ``defense_params.*`` column of numbers as numbers (MLflow params are strings, which the
+    HTML tables printed with every digit of a float)."""
+    import pandas as pd
+
+    table = table.copy()
+    for c in [c for c in table.columns if c.startswith("defense_params.")]:
+        numbers = pd.to_numeric(table[c], errors="coerce")
+        if numbers.notna().sum() == table[c].notna().sum():
+            table[c] = numbers
+    return table
 
 
 def _leakage_metric(name: str, rows) -> str:

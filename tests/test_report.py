@@ -92,6 +92,7 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(audited, tmp_path):
     assert {"test_accuracy", "leakage.max_auc", "loss.auc", "mentr.tpr_at_fpr_0.001"} <= set(runs.columns)
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "label-smoothing" in page
+    assert "leakage.max_auc over loss, mentr;" in page  # recomputed over the attacks all runs ran: it says so
     assert list(runs.columns[:8]) == ["run_id", "target_run_id", "scenario", "dataset", "model", "defense",
                                       "front", "test_accuracy"]
     assert not runs.isna().all().any()  # no column that no run has
@@ -256,6 +257,38 @@ def test_frontier_figure_keeps_its_legend_off_the_points_and_tells_its_groups_ap
         assert len(shapes) == 2 and undefended[0].get_sizes()[0] != undefended[1].get_sizes()[0]
     finally:
         plt.close(fig)
+
+
+def test_frontier_figure_names_the_shared_data_and_the_attacks_its_leakage_is_over():
+    import matplotlib.pyplot as plt
+
+    from mia.report.frontier import frontier_figure
+
+    rows = pd.DataFrame({"front": ["a", "none"], "dataset": "digits", "model": ["mlp", "mlp"],
+                         "test_accuracy": [0.9, 0.8], "leakage.max_auc": [0.6, 0.7]})
+    fig = frontier_figure(rows, "leakage.max_auc", by="front", attacks=["loss", "nn"])
+    try:
+        assert fig.axes[0].get_title() == "privacy-utility frontiers: digits / mlp"
+        assert "leakage.max_auc over loss, nn" in fig.axes[0].get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def test_plot_titles_describe_the_target_and_sixteen_attacks_get_sixteen_lines():
+    from mia.audit import TargetConfig
+    from mia.fl.config import FLConfig
+    from mia.prune.schedule import PruneConfig
+    from mia.report.figure import CHANCE, describe, line_style
+
+    config = TargetConfig(dataset="digits", model="mlp", defense="relaxloss", defense_params={"alpha": 1.2345678})
+    assert describe(config) == "digits / mlp, defense relaxloss (alpha=1.235)"
+    assert describe(config, params=False) == "digits / mlp, defense relaxloss"
+    fl = TargetConfig(model="mlp", scenario="federated", fl=FLConfig(clients=4, rounds=6))
+    assert describe(fl) == "digits / mlp, federated (4 clients, 6 rounds), defense none"
+    pruned = TargetConfig(model="mlp", scenario="pruning", prune=PruneConfig(sparsity=0.6))
+    assert "pruned (l1-unstructured, sparsity 0.6)" in describe(pruned)
+    styles = {tuple(sorted(line_style(i).items())) for i in range(16)}
+    assert len(styles) == 16 and all(CHANCE["ls"] != dict(s)["ls"] for s in styles)
 
 
 def test_html_tables_print_small_and_integer_numbers_as_they_are(tmp_path):

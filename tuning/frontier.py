@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mia.report.figure import save_figure
+from mia.report.figure import describe, save_figure
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
@@ -50,8 +50,9 @@ def write_csv(trials: list[FrozenTrial], path: Path, with_state: bool = False) -
 
 
 def plot(study: optuna.Study, front: list[FrozenTrial], path: Path, leakage_label: str,
-         min_accuracy: float | None = None) -> Path:
-    """All completed trials, the front highlighted; accuracy on x, leakage on y."""
+         min_accuracy: float | None = None, config=None) -> Path:
+    """All completed trials, the front highlighted; accuracy on x, leakage on y; titled with the study's name and
+    (given the audited ``config``) its data, model and defense."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,9 +75,9 @@ def plot(study: optuna.Study, front: list[FrozenTrial], path: Path, leakage_labe
             ax.annotate(",".join(numbers), point, textcoords="offset points", xytext=(4, 4), fontsize=7)
     if min_accuracy is not None:
         ax.axvline(min_accuracy, color="0.3", ls="--", lw=0.8, label=f"min accuracy {min_accuracy:g}")
-    ax.set_xlabel("test accuracy (utility)")
-    ax.set_ylabel(f"{leakage_label} (leakage)")
-    ax.set_title(study.study_name, fontsize=9)
+    ax.set_xlabel("test accuracy (utility, higher is better)")
+    ax.set_ylabel(f"{leakage_label} (leakage, lower is better)")
+    ax.set_title(study.study_name + (f"\n{describe(config, params=False)}" if config else ""), fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no trial completed: no legend (matplotlib warned of an empty one)
         ax.legend(fontsize=8)

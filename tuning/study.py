@@ -442,6 +442,6 @@ def _log_front(result: TuneResult, objective: Objective) -> None:
         folder = Path(tmp)
         files = [frontier.write_csv(result.front, folder / "pareto.csv"),
                  frontier.plot(study, result.front, folder / "pareto.png", LEAKAGE[objective.leakage][1],
-                               objective.min_accuracy),
+                               objective.min_accuracy, objective.config),
                  frontier.write_csv(trials, folder / "trials.csv", with_state=True)]
         runs.log(result.run_id, {**counts, "trials.total": len(trials), "pareto.size": len(result.front)}, files)

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mia.report.figure import save_figure  # noqa: E402
+from mia.report.figure import legend_outside, save_figure  # noqa: E402
 
 UTILITY = "test_accuracy"
 """The utility column of the rows a front is drawn from."""
@@ -102,17 +102,20 @@ FRONT_MARKERS = ("o", "s", "^", "D", "v", "P")
 UNDEFENDED_MARKERS = ("o", "s", "D", "^", "v", "p", "h", "<", ">", "8")
 
 
-def plot_frontiers(rows: pd.DataFrame, leakage: str, path, by: str = "defense") -> Path:
+def plot_frontiers(rows: pd.DataFrame, leakage: str, path, by: str = "defense",
+                   attacks: list[str] | None = None) -> Path:
     """:func:`frontier_figure`, saved to ``path`` (the legend beside the axes kept in the image)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_figure(frontier_figure(rows, leakage, by), path, dpi=120, tight_bbox=True)
+    return save_figure(frontier_figure(rows, leakage, by, attacks), path, dpi=120, tight_bbox=True)
 
 
-def frontier_figure(rows: pd.DataFrame, leakage: str, by: str = "defense"):
+def frontier_figure(rows: pd.DataFrame, leakage: str, by: str = "defense", attacks: list[str] | None = None):
     """Every run as a faint point, each group's front as a line; the undefended runs as hollow black markers.
 
     The legend sits right of the axes: inside, it covered the top of the plot, where the most leaky runs are.
+    The title names the dataset and model the runs share; ``attacks``, those a ``leakage.max_*`` was recomputed
+    over (:func:`common_leakage`), go on the leakage axis, whose values differ from the runs' logged ones.
     """
     columns = 1 if rows[by].nunique() <= 18 else 2  # a legend taller than the axes wraps into a second column
     fig, ax = plt.subplots(figsize=(6 + 2.4 * columns, 4.5))  # the axes keep their size beside the legend
@@ -131,10 +134,13 @@ def frontier_figure(rows: pd.DataFrame, leakage: str, by: str = "defense"):
         ax.scatter(group[UTILITY], group[leakage], s=14, alpha=0.35, color=color, marker=marker)
         front = group[pareto_mask(group[UTILITY], group[leakage])].sort_values(UTILITY)
         ax.plot(front[UTILITY], front[leakage], "-", marker=marker, ms=4, color=color, label=str(name))
-    ax.set(xlabel=f"utility ({UTILITY}, higher is better)", ylabel=f"leakage ({leakage}, lower is better)",
-           title="privacy-utility frontiers")
+    shared = [str(rows[c].iloc[0]) for c in ("dataset", "model") if c in rows.columns and rows[c].nunique() == 1]
+    over = "" if not attacks else (f" over {', '.join(attacks)}" if len(attacks) <= 4 else
+                                   f" over the {len(attacks)} attacks all runs ran")
+    ax.set(xlabel=f"utility ({UTILITY}, higher is better)", ylabel=f"leakage ({leakage}{over},\nlower is better)",
+           title="privacy-utility frontiers" + (f": {' / '.join(shared)}" if shared else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, ncols=columns)
+    legend_outside(ax, ncols=columns)
     return fig
 
 
@@ -146,7 +152,7 @@ def write_html(path, title: str, images: dict[str, Path], tables: dict[str, pd.D
              "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     for caption, image in images.items():
         data = base64.b64encode(Path(image).read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(caption)}</h2><img src='data:image/png;base64,{data}'>")
+        parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' style='max-width:100%' src='data:image/png;base64,{data}'>")
     for caption, table in tables.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{table.to_html(index=False, float_format=_number, na_rep='')}")
     parts.append("</body></html>")
