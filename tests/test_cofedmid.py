@@ -188,6 +188,22 @@ def test_bandit_tries_every_arm_then_prefers_the_most_rewarding():
     assert restored.state_dict() == defense.state_dict()
 
 
+def test_ucb1_by_hand_and_recycling_rounds_half_up():
+    """UCB1's bonus shrinks with an arm's pulls: a rarely pulled arm with a lower mean wins (a mutant dropping
+    the 1 / n_a from the bonus, a greedy bandit, survived); ties are drawn at random. A pull recycles
+    round(recycle * size) rows, half up (a mutant truncating survived)."""
+    from mia.defenses.cofedmid import ucb1
+
+    rng = np.random.default_rng(0)
+    # means 0.6 and 0.5; bonuses sqrt(2 ln 11 / 10) = 0.69 and sqrt(2 ln 11) = 2.19
+    assert ucb1([10, 1], [6.0, 0.5], [0, 1], rng) == 1
+    assert ucb1([50, 50, 1], [40.0, 10.0, 0.0], [0, 1], rng) == 0  # arm 2 is not eligible
+    assert ucb1([3, 0, 2], [1.0, 0.0, 2.0], [0, 1, 2], rng) == 1  # an untried arm first
+    assert {ucb1([4, 4], [2.0, 2.0], [0, 1], np.random.default_rng(s)) for s in range(20)} == {0, 1}
+    defense = make_defense("cofedmid", {"recycle": 0.25})
+    assert [defense._recycled(n) for n in (40, 41, 42, 2, 1)] == [10, 10, 11, 1, 0]
+
+
 def test_a_group_too_small_to_recycle_from_is_no_arm():
     """A 1-row class group recycles round(0.25) = 0 rows: as an arm it was never counted, stayed
     "untried" and was pulled every round it was held back, recycling nothing."""
