@@ -70,6 +70,15 @@ def test_schedule_increases_to_the_target_pruning_a_constant_share_of_what_remai
     assert PruneConfig(sparsity=0.5, iterations=3).schedule() == sparsity_schedule(0.5, 3)
 
 
+def test_a_pruning_target_is_rounded_and_always_keeps_one_unit():
+    """round(sparsity * units), at most units - 1: 0.9 of a 4-filter layer prunes 3 and keeps one (a mutant
+    letting it prune all 4, a layer cut off, survived the pruning tests)."""
+    from mia.prune.pruners import target_count
+
+    assert [target_count(s, 4) for s in (0.0, 0.3, 0.4, 0.6, 0.9, 0.99)] == [0, 1, 2, 2, 3, 3]
+    assert target_count(0.5, 1) == 0 and target_count(0.999, 10_000) == 9990
+
+
 # ---------------------------------------------------------------- unstructured
 
 
