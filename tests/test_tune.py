@@ -430,6 +430,19 @@ def test_workers_get_one_gpu_each_round_robin(monkeypatch):
     assert all(replace(j.objective.config, train=objective.config.train) == objective.config for j in captured)
 
 
+def test_a_space_file_refuses_an_empty_range_and_lists_each_choice_once(tmp_path):
+    """low == high is no range (a mutant accepting it survived); a choice repeated in the file is one choice,
+    not a doubled weight for the sampler (a mutant keeping duplicates survived)."""
+    from tuning.space import load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text("smoothing: {low: 0.1, high: 0.1}\n")
+    with pytest.raises(MiaError, match=r"low \(0.1\) must be below high \(0.1\)"):
+        load_space(path, "label-smoothing")
+    path.write_text("modify_output: {choices: [true, false, true]}\n")
+    assert load_space(path, "hamp").dimensions[0].choices == (True, False)
+
+
 def test_search_spaces_are_read_from_the_defense_and_checked(tmp_path):
     space = defense_space("dp-sgd", fixed={"max_grad_norm"})
     dims = {d.name: d for d in space.dimensions}
