@@ -296,3 +296,17 @@ def test_under_all_an_attack_with_nothing_to_score_is_left_out_and_named_it_fail
     metrics = MlflowClient().get_run(run_id_of(result.output, "attack run")).data.metrics
     assert "lira-online.auc" not in metrics and {"loss.auc", "lira-offline.auc", "rmia.auc"} <= set(metrics)
     assert_user_error(invoke(*args, "--attacks", "loss,lira-online"), "none of the 1 trained on any of the 10")
+
+
+def test_the_last_row_is_n_minus_one_and_the_population_may_not_be_empty():
+    """Row n is outside a dataset of n rows (a mutant accepting it survived: a traceback later); members that
+    leave exactly enough rows for the non-members and validation but none for a population are refused (a
+    mutant accepting an empty population survived)."""
+    assert checked_members([0, 9], 10).tolist() == [0, 9]
+    with pytest.raises(MiaError, match=r"outside 0\.\.9 \(min 0, max 10\)"):
+        checked_members([0, 10], 10)
+    config = SplitConfig(nonmember_fraction=0.25, validation_fraction=0.25)
+    split = split_around(20, np.arange(9), 0, config)  # 11 others: 5 + 5 + a population of 1
+    assert len(split.population) == 1
+    with pytest.raises(MiaError, match="10 rows outside the 10 members are too few"):
+        split_around(20, np.arange(10), 0, config)
