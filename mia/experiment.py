@@ -605,7 +605,10 @@ def _log_roc(artifact: str, results: list[AttackResult], is_member: np.ndarray, 
     """The log-log ROC of every attack of ``results`` as ``artifact``."""
     from mia.metrics import roc
 
-    curves = {r.name: roc(*r.output.restricted(is_member)[::2])[:2] for r in results}
+    curves = {}
+    for r in results:
+        scores, _, member = r.output.restricted(is_member)
+        curves[r.name] = roc(scores, member)[:2]
     tracking.log_written(artifact, lambda path: plot_roc(curves, path, title=title))
 
 
