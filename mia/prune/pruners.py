@@ -26,7 +26,10 @@ The unit depends on the pruner:
   DenseNet, are fed by no single layer, and an untraceable model has only its
   BatchNorm parameters masked); every BatchNorm keeps at least its largest
   channel. Slimming's L1 penalty on ``gamma`` during training is not applied
-  here.
+  here: a pruning run's dense original is the plain centralized run of its
+  recipe (``--from-run`` takes one, and the attack on the dense original
+  reuses that recipe's reference pool), and a penalty would make it a recipe
+  of its own for this pruner alone.
 """
 
 from __future__ import annotations
