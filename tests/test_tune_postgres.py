@@ -13,7 +13,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -33,11 +35,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    base = tmp_path_factory.mktemp("postgres")
+def postgres():
+    # Not under pytest's own temporary root: the postgres user must reach the data folder, and every pytest
+    # session on the machine sets that root back to 0700 (another session's start stopped this server's).
+    base = Path(tempfile.mkdtemp(prefix="mia-postgres-"))
     os.chmod(base, 0o777)
-    for parent in base.parents:  # the postgres user must reach the data folder
-        if str(parent).startswith("/tmp/"):
+    for parent in base.parents:  # a TMPDIR below a private folder: the postgres user must pass through it
+        if not os.stat(parent).st_mode & 0o001:
             os.chmod(parent, os.stat(parent).st_mode | 0o711)
     data, port = base / "data", _free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -54,6 +58,7 @@ def postgres(tmp_path_factory):
         yield f"postgresql://postgres:pg-s3cret@127.0.0.1:{port}/optuna"
     finally:
         run(shutil.which("pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_two_workers_share_a_postgres_study_and_run_each_trial_once(mlflow_store, postgres):
