@@ -92,8 +92,8 @@ register(DefenseSpec(
     "posterior flattening (odd epochs) once below it",
     params={"alpha": HyperParam(float, 0.5, "target training-loss level (about the loss on unseen data; "
                                             "below ln(classes))",
-                                # to 3: below ln(classes) on data of 21 classes or more (trials above it fail)
-                                low=0.0, search_range=(0.05, 3.0)),
+                                # to 2.3: below ln(classes) on data of 10 classes or more (trials above it fail)
+                                low=0.0, search_range=(0.05, 2.3)),
             "upper": HyperParam(float, 1.0, "cap on the true-class probability in the flattened targets "
                                             "(1: no cap; above 1/classes)", low=0.0, high=1.0, open_low=True,
                                   # from 0.2: above 1/classes on data of 5 classes or more (trials below it fail)
