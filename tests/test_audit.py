@@ -222,6 +222,24 @@ def test_label_only_needs_follow_the_attack_parameters():
     assert selection.applicable(["boundary", "loss"], signals) == ["loss"]
 
 
+def test_all_leaves_out_what_the_target_cannot_have_and_a_named_attack_is_refused():
+    """Under ``all``, ``selena-adaptive`` runs on SELENA targets only and ``noise-flip`` is no error on tabular rows
+    that are not 0/1 (mutants aiming selena-adaptive at every defended target, or refusing ``all`` on Texas-like
+    data, survived)."""
+    from mia.data import Dataset
+    from mia.signals import Signals
+
+    signals = Signals(np.zeros((2, 3)), np.zeros(2, dtype=np.int64))
+    assert selection.applicable(["loss", "selena-adaptive"], signals, defense="dp-sgd") == ["loss"]
+    assert selection.applicable(["loss", "selena-adaptive"], signals, defense="selena") == ["loss", "selena-adaptive"]
+    counts = Dataset("counts", torch.tensor([[0.0, 2.0], [1.0, 0.0]]), torch.tensor([0, 1]), 2, "tabular")
+    selection.check_label_only_data("all", ["loss", "noise-flip"], counts)  # left out later, not refused
+    with pytest.raises(MiaError, match="features are not all 0 or 1"):
+        selection.check_label_only_data(["loss", "noise-flip"], ["loss", "noise-flip"], counts)
+    binary = Dataset("bits", torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1]), 2, "tabular")
+    selection.check_label_only_data(["noise-flip"], ["noise-flip"], binary)
+
+
 def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkeypatch):
     """Training and attacking in one call, naming ``boundary`` asks for its signals (it was refused until
     ``--label-only`` repeated it), and no other label-only signal is computed (no attack will read it); a

@@ -99,6 +99,18 @@ def test_restricted_unpickler_reads_arrays_at_every_protocol(tmp_path, protocol)
     assert loaded[b"numpy_labels"] == [3, 1] and isinstance(loaded[b"numpy_labels"][0], np.int64)
 
 
+def test_restricted_unpickler_reads_the_python_2_batches_cifar_ships(tmp_path):
+    """The original CIFAR files are Python 2 pickles: keys and array buffers are byte strings read as latin-1 (a
+    mutant reading them as ASCII survived: the tests wrote their batches with Python 3)."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x02}U\x04data"  # {'data': array([200, 1, 255], dtype=uint8)} as Python 2 numpy wrote it
+                     b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+                     b"(K\x01K\x03\x85cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+                     b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x03\xc8\x01\xfftbs.")
+    loaded = load_pickle(path)
+    assert list(loaded) == ["data"] and loaded["data"].tolist() == [200, 1, 255]
+
+
 def test_restricted_unpickler_refuses_corrupt_file(tmp_path):
     path = tmp_path / "batch"
     path.write_bytes(b"\x80\x02}q\x00(")  # truncated
@@ -134,6 +146,18 @@ def test_cinic10_reads_all_three_parts(tmp_path):
     assert len(ds.mean) == 3 and all(0 < s for s in ds.std)
 
 
+def test_cinic10_labels_every_part_by_the_classes_of_train(tmp_path):
+    """A part that lacks a class folder does not shift the labels of the classes after it (a mutant numbering each
+    part's own folders survived)."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "cinic-10"
+    for part, classes in (("train", ("airplane", "truck")), ("valid", ("truck",)), ("test", ("airplane", "truck"))):
+        for cls in classes:
+            save_image(root / part / cls / "a.png", rgb(rng, 32))
+    ds = load_dataset("cinic10", data_dir=tmp_path)
+    assert ds.y.tolist() == [0, 1, 1, 0, 1] and ds.num_classes == 2
+
+
 def test_tinyimagenet_reads_train_and_val(tmp_path):
     rng = np.random.default_rng(4)
     root = tmp_path / "tiny-imagenet-200"
@@ -149,6 +173,10 @@ def test_tinyimagenet_reads_train_and_val(tmp_path):
     ds = load_dataset("tinyimagenet", data_dir=tmp_path)
     assert ds.x.shape == (6, 3, 64, 64) and ds.x.dtype == torch.uint8
     assert ds.y.tolist() == [0, 0, 1, 1, 1, 0] and ds.num_classes == 2  # wnids.txt order
+    # blank lines (an edited file, a trailing newline too many) are no bad lines
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t63\t63\n\n"
+                                                      "val_1.JPEG\tn02\t1\t2\t60\t61\n \n")
+    assert load_dataset("tinyimagenet", data_dir=tmp_path).y.tolist() == ds.y.tolist()
 
 
 def test_imagefolder_resizes_and_converts(tmp_path):
@@ -370,6 +398,14 @@ def test_a_one_digit_table_that_grows_while_read_is_not_cut_short(tmp_path, monk
     monkeypatch.setattr(tabular, "open", lambda *a: Growing(builtins.open(*a)), raising=False)
     assert tabular._read_digit_table(path) is None
     assert np.array_equal(tabular._read_int_table("texas100", path), [[0, 1], [1, 0], [1, 1]])
+
+
+def test_a_one_character_field_that_is_no_digit_is_refused_not_read_as_a_number(tmp_path):
+    """The one-digit shortcut hands a table of other characters to the full parser, which refuses it (a mutant
+    whose shortcut read the letter ``a`` as the number 49 survived)."""
+    (tmp_path / "dataset_purchase").write_text("1,0,1\n2,a,0\n")
+    with pytest.raises(MiaError, match="is not comma-separated 0/1 integers"):
+        load_dataset("purchase100", data_dir=tmp_path)
 
 
 def test_texas100_rejects_out_of_range_labels(tmp_path):

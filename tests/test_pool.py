@@ -151,8 +151,22 @@ def test_label_only_signals_asked_later_are_added_to_the_first_models(task, tmp_
     assert audit.reference_pool(plan, asked, data, 3, tmp_path / "later", progress=False)[1] == PoolGrowth([], [])
 
     first, _ = audit.reference_pool(plan, asked, data, 3, tmp_path / "first", progress=False)
+    assert [set(kinds) for kinds in first.label_only] == [{"aug"}, {"aug"}, set()]  # asked from the start: the same
     for m in (0, 1):
         np.testing.assert_array_equal(later.label_only[m]["aug"], first.label_only[m]["aug"])
+
+
+def test_a_smaller_pool_asked_with_label_only_kinds_retrains_only_the_models_it_reads(task, tmp_path):
+    """An audit of 1 reference model on a stored pool of 2 adds the asked kinds to model 0 alone; model 1, which it
+    does not read, is not trained again (a mutant relabelling every stored model up to LABEL_ONLY_MODELS survived)."""
+    config, data, split = task
+    plain, asked = replace(config, label_only=[]), replace(config, label_only=["aug"])
+    plan = audit.plan_reference_pool(plain, data, split)
+    audit.reference_pool(plan, plain, data, 2, tmp_path, progress=False)
+    stamp = model_file(tmp_path, 1).stat().st_mtime_ns
+    one, growth = audit.reference_pool(plan, asked, data, 1, tmp_path, progress=False)
+    assert growth.new == [] and [p.name for p in growth.relabelled] == [model_file(tmp_path, 0).name]
+    assert model_file(tmp_path, 1).stat().st_mtime_ns == stamp and [set(k) for k in one.label_only] == [{"aug"}]
 
 
 def test_model_files_of_the_old_layout_load_as_the_new_ones(task, tmp_path):

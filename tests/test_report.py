@@ -19,6 +19,8 @@ def test_pareto_mask_keeps_exactly_the_non_dominated_points():
     leakage = np.array([0.6, 0.5, 0.55, 0.52, 0.7, 0.1])
     # (0.9, 0.7) is dominated by (0.9, 0.6); (0.7, 0.52) by (0.8, 0.5); NaN rows are never on the front
     assert pareto_mask(utility, leakage).tolist() == [True, True, True, False, False, False]
+    # the same leakage at lower utility is dominated too (random points below never tie)
+    assert pareto_mask([0.9, 0.8, 0.7, 0.7], [0.5, 0.5, 0.4, 0.45]).tolist() == [True, False, True, False]
     rng = np.random.default_rng(0)
     u, lk = rng.random(200), rng.random(200)
     by_hand = [not any((u[j] >= u[i]) and (lk[j] <= lk[i]) and (u[j] > u[i] or lk[j] < lk[i]) for j in range(200))
@@ -88,6 +90,11 @@ def test_report_of_real_runs_writes_frontier_html_and_csv(audited, tmp_path):
     assert {"frontier.png", "roc.png", "report.html", "runs.csv"} <= {p.name for p in out.iterdir()}
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["defense"]) == ["dp-sgd", "label-smoothing", "none"]
+    # the ROC drawn is the chosen run's strongest attack by its logged AUC (a mutant drawing the weakest survived)
+    logged = runs.set_index("run_id").loc[attack_id]
+    assert logged["loss.auc"] != logged["mentr.auc"]
+    strongest = max(("loss", "mentr"), key=lambda a: logged[f"{a}.auc"])
+    assert f"roc.png: none {attack_id[:6]} {strongest}" in result.output
     assert runs.loc[runs["defense"] == "label-smoothing", "defense_params.smoothing"].iloc[0] == 0.2
     assert {"test_accuracy", "leakage.max_auc", "loss.auc", "mentr.tpr_at_fpr_0.001"} <= set(runs.columns)
     page = (out / "report.html").read_text()
@@ -193,6 +200,25 @@ def test_dp_runs_show_the_noise_multiplier_they_trained_with(audited, tmp_path):
     runs = pd.read_csv(tmp_path / "report" / "runs.csv").set_index("defense")
     assert runs.loc["dp-sgd", "defense_params.noise_multiplier"] == 1.0  # as logged
     assert runs.loc["dp-sgd", "dp.noise_multiplier"] == pytest.approx(trained)
+
+
+def test_a_pruned_dp_run_shows_the_noise_its_fine_tuning_trained_with(monkeypatch):
+    """A pruning run's DP fine-tuning logs its noise as ``finetune.dp.noise_multiplier``: the tables show that one,
+    as they show a DP training run's (a mutant reading only ``dp.noise_multiplier`` survived)."""
+    import importlib
+    from types import SimpleNamespace
+
+    from mia import tracking
+
+    report = importlib.import_module("entrypoints.report")
+    metrics = {"dense": {"dp.noise_multiplier": 1.7}, "pruned": {"finetune.dp.noise_multiplier": 2.5}}
+    monkeypatch.setattr(tracking, "get_run", lambda run_id: SimpleNamespace(data=SimpleNamespace(metrics=metrics[run_id])))
+    rows = pd.DataFrame({"target_run_id": ["dense", "pruned", "plain"],
+                         "defense_params.noise_multiplier": ["1", "1", None]})
+    shown = report._effective_params(report._with_trained_noise(rows))
+    assert shown["dp.noise_multiplier"].tolist()[:2] == [1.7, 2.5] and shown["dp.noise_multiplier"].isna().iloc[2]
+    assert shown["defense_params.noise_multiplier"].tolist()[:2] == ["1.7", "2.5"]
+    assert shown["defense_params.noise_multiplier"].isna().iloc[2]
 
 
 def test_fronts_are_per_setting_where_runs_mix_scenarios_datasets_or_models():

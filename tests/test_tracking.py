@@ -217,3 +217,29 @@ def test_a_training_run_shows_the_progress_of_its_signals(mlflow_store, monkeypa
     shown.clear()
     train_run(config, progress=False)
     assert not any(shown)
+
+
+def test_the_report_reads_every_finished_attack_run_even_one_whose_training_run_it_cannot_see(mlflow_store):
+    """``attack_rows``: one row per FINISHED attack run, with the defense parameters of its training run where the
+    store read holds that run; an attack run whose training run is elsewhere (deleted, another experiment) keeps its
+    row (a mutant joining the two inner, which dropped it, survived), and an unfinished attack run has none."""
+    import pandas as pd
+
+    client = MlflowClient()
+    experiment = tracking.experiment_id("rows")
+    train = client.create_run(experiment, tags={"mia.kind": "train"}).info.run_id
+    client.log_param(train, "defense_params.smoothing", "0.2")
+    client.set_terminated(train)
+    finished = []
+    for target in (train, "0" * 32):
+        run_id = client.create_run(experiment, tags={"mia.kind": "attack", "mia.target_run_id": target,
+                                                     "mia.defense": "label-smoothing"}).info.run_id
+        client.log_metric(run_id, "loss.auc", 0.6)
+        client.set_terminated(run_id)
+        finished.append(run_id)
+    client.create_run(experiment, tags={"mia.kind": "attack", "mia.target_run_id": train})  # still RUNNING
+    rows = tracking.attack_rows(["rows"]).set_index("run_id")
+    assert sorted(rows.index) == sorted(finished) and (rows["loss.auc"] == 0.6).all()
+    assert rows.loc[finished[0], "defense_params.smoothing"] == "0.2"
+    assert pd.isna(rows.loc[finished[1], "defense_params.smoothing"])
+    assert rows.loc[finished[1], "target_run_id"] == "0" * 32 and rows.loc[finished[0], "defense"] == "label-smoothing"

@@ -63,6 +63,26 @@ def test_crop_flip_is_reproducible_with_a_seeded_generator():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_shift_flip_translates_with_zero_fill_and_the_query_views_are_lira_s_eighteen():
+    """The fixed views reference attacks average over (mutants that shifted the wrong way or padded too little for
+    a horizontal shift survived: no test queried an augmented view)."""
+    from mia.data.augment import query_views, shift_flip
+
+    x = distinct_images(n=2)
+    expected = torch.zeros_like(x)
+    expected[..., 1:, :5] = x[..., :5, 2:]  # content moved down 1 row and left 2 columns, zeros where it left
+    assert torch.equal(shift_flip(x, 1, -2, False), expected)
+    assert torch.equal(shift_flip(x, 1, -2, True), expected.flip(-1))
+    expected = torch.zeros_like(x)
+    expected[..., 3:] = x[..., :4]
+    assert torch.equal(shift_flip(x, 0, 3, False), expected)
+    assert torch.equal(shift_flip(x, 0, 0, False), x)
+    views = query_views(True, shift=4)
+    assert len(views) == len(set(views)) == 18 and views[0] == (0, 0, False)
+    assert {(dy, dx) for dy, dx, _ in views} == {(a, b) for a in (-4, 0, 4) for b in (-4, 0, 4)}
+    assert query_views(False) == [(0, 0, False)]
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -302,3 +322,41 @@ def test_a_compiled_forward_compiles_a_bounded_number_of_shapes_and_runs_the_oth
         forward(torch.zeros(size, 3))
     assert calls == [("compiled", 128), ("compiled", 116), ("compiled", 128), ("eager", 97), ("compiled", 116),
                      ("eager", 53)]
+
+
+def test_the_optimizer_takes_the_recipes_momentum_nesterov_and_weight_decay():
+    """Mutants dropping the recipe's nesterov or weight decay (SGD and Adam) survived every training test."""
+    from mia.train.loop import make_optimizer
+
+    model = nn.Linear(3, 2)
+    sgd = make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.05, momentum=0.8, nesterov=True,
+                                            weight_decay=0.01))
+    group = sgd.param_groups[0]
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.05, 0.8, True, 0.01)
+    adam = make_optimizer(model, TrainConfig(optimizer="adam", lr=0.002, weight_decay=0.03))
+    assert isinstance(adam, torch.optim.Adam)
+    assert (adam.param_groups[0]["lr"], adam.param_groups[0]["weight_decay"]) == (0.002, 0.03)
+
+
+def test_a_reused_optimizer_trains_each_model_as_a_fresh_one_would(digits):
+    """Many models trained on one module share its optimizer: no momentum and no decayed learning rate of the
+    previous model carries over (a mutant keeping the optimizer's state survived)."""
+    import copy
+
+    from mia.train.loop import make_optimizer
+
+    data, tr, _ = digits
+    cfg = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, schedule="cosine", epochs=1, batch_size=64,
+                      select_best=False)
+    seed_everything(0)
+    model = build_model("mlp", data.input_shape, data.num_classes)
+    start = copy.deepcopy(model.state_dict())
+    train(model, data, tr[:192], None, cfg, progress=False)
+    fresh = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, cfg)
+    for _ in range(2):  # the second model trains on an optimizer the first one used
+        model.load_state_dict(start)
+        result = train(model, data, tr[:192], None, cfg, progress=False, optimizer=optimizer)
+        assert all(torch.equal(model.state_dict()[k], fresh[k]) for k in fresh)
+    assert result.history[0]["lr"] < 0.05  # the cosine schedule ran (it decays within the epoch)

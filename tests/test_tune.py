@@ -296,6 +296,24 @@ def test_a_storage_that_cannot_be_opened_is_named_without_its_password(mlflow_st
     assert "pa/ss" not in result.output
 
 
+def test_a_refused_resume_names_each_difference_by_its_full_key():
+    """What differs between the stored and the new identity, nested keys joined with dots (a mutant dropping the
+    outer key from the name survived: the CLI test's fragment matched either way)."""
+    from tuning.study import _differences
+
+    old = {"target": {"train.epochs": 2, "seed": 0}, "attacks": ["loss"]}
+    new = {"target": {"train.epochs": 3, "seed": 0}, "attacks": ["loss", "rmia"]}
+    assert _differences(old, new) == ["attacks=['loss'] (now ['loss', 'rmia'])", "target.train.epochs=2 (now 3)"]
+
+
+def test_workers_and_resumes_get_samplers_of_their_own():
+    """No two samplers of a study replay the same points: each worker and each resume draws its own seed."""
+    from tuning.study import sampler_seed
+
+    seeds = {sampler_seed(0, existing, worker) for existing in (0, 4) for worker in (0, 1, 2)}
+    assert len(seeds) == 6 and sampler_seed(0, 4, 1) == sampler_seed(0, 4, 1) != sampler_seed(1, 4, 1)
+
+
 @pytest.mark.parametrize("uri, shown", [
     ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
     ("postgresql://:secret@h/db", "postgresql://:***@h/db"),  # no user name
@@ -305,6 +323,7 @@ def test_a_storage_that_cannot_be_opened_is_named_without_its_password(mlflow_st
     # SQLAlchemy reads the password up to the @: a /, ? or # in it is the password's, not the path's
     ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"), ("mysql://u:p?w#d@h:3306/db", "mysql://u:***@h:3306/db"),
     ("postgresql://us@er:secret@h/db", "postgresql://us@er:***@h/db"),  # and its user name up to the :
+    ("postgresql://h/db?token=abc&sslmode=require", "postgresql://h/db?token=***&sslmode=require"),
     ("sqlite:///optuna.db", "sqlite:///optuna.db"), ("study.journal", "study.journal")])
 def test_redaction_covers_every_place_a_password_goes(uri, shown):
     from mia.tracking import redact
@@ -380,21 +399,25 @@ def test_a_killed_workers_trial_is_failed_and_retried(mlflow_store):
     dead.wait()
     run_id = MlflowClient().create_run("0").info.run_id
     trials = []
-    for pid in (dead.pid, os.getpid()):
+    # a worker of another machine sharing the journal: its process id says nothing here
+    for host, pid in ((socket.gethostname(), dead.pid), (socket.gethostname(), os.getpid()), ("elsewhere", dead.pid)):
         trial = study.ask()
         trial.suggest_float("smoothing", 0.0, 0.5)
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": pid})
+        trial.set_user_attr("worker", {"host": host, "pid": pid})
         trial.set_user_attr("mlflow_run_id", run_id)
         trials.append(trial)
 
     assert fail_dead_workers(study, storage) == [0]
-    killed, alive, retry = study.get_trials()
+    killed, alive, elsewhere, retry = study.get_trials()
     assert killed.state == TrialState.FAIL and "stopped during the trial" in killed.user_attrs["failure_reason"]
-    assert alive.state == TrialState.RUNNING
+    assert alive.state == TrialState.RUNNING and elsewhere.state == TrialState.RUNNING
     assert retry.state == TrialState.WAITING and retry.params == killed.params
     assert retry.system_attrs["failed_trial"] == 0 and retry.user_attrs == {}
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED" and "stopped during the trial" in run.data.tags["mia.failure_reason"]
+    # the run says which worker died, as the trial does (a mutant giving the run a generic reason survived)
+    assert run.data.tags["mia.failure_reason"] == killed.user_attrs["failure_reason"]
+    assert f"worker {dead.pid} on {socket.gethostname()}" in killed.user_attrs["failure_reason"]
     assert fail_dead_workers(study, storage) == []  # once only
 
 
