@@ -627,3 +627,18 @@ def test_workers_share_the_cores_without_raising_the_users_thread_limit(monkeypa
         assert tuning.study.worker_threads(2) == 8 and tuning.study.worker_threads(32) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_dimension_suggests_from_the_distribution_it_declares():
+    """``check_resumes`` compares a study's stored distributions with ``Dimension.distribution()``: both are what
+    ``suggest`` samples, log scale included (mutants dropping ``log`` from the integer suggestion or distribution
+    survived; RSW's ``step`` searches 1..1000 on a log scale)."""
+    from tuning.space import Dimension
+
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    dims = [Dimension("step", int, 1, 1000, True), Dimension("alpha", float, 1e-4, 0.1, True),
+            Dimension("mode", str, choices=("a", "b"))]
+    for dim in dims:
+        dim.suggest(trial)
+    assert trial.distributions == {dim.name: dim.distribution() for dim in dims}
+    assert trial.distributions["step"].log and trial.distributions["alpha"].log
