@@ -152,7 +152,8 @@ def write_html(path, title: str, images: dict[str, Path], tables: dict[str, pd.D
              "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     for caption, image in images.items():
         data = base64.b64encode(Path(image).read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' style='max-width:100%' src='data:image/png;base64,{data}'>")
+        parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' style='max-width:100%' "
+                     f"src='data:image/png;base64,{data}'>")
     for caption, table in tables.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{table.to_html(index=False, float_format=_number, na_rep='')}")
     parts.append("</body></html>")
