@@ -52,7 +52,7 @@ from mia.fl.simulation import simulate
 from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network, member_rows, split_around
 from mia.label_signals import DEFAULT_LABEL_ONLY, LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
-from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model
+from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model, keyed_norm
 from mia.pool import MODES, grow_pool, load_pool, plan_pool
 from mia.prune import prune_and_finetune
 from mia.prune.layers import FixedMasks
@@ -267,6 +267,13 @@ def fit(config: TargetConfig, data: Dataset, train_idx: np.ndarray, val_idx: np.
 def dense_config(config: TargetConfig) -> TargetConfig:
     """The dense original of a pruning config: the same recipe, centralized, no defense (it acts in fine-tuning)."""
     return replace(config, scenario="centralized", defense="none", defense_params={}, prune=None)
+
+
+def dense_title(config: TargetConfig) -> str:
+    """A plot title for a pruning target's dense original."""
+    from mia.report.figure import describe
+
+    return f"{describe(dense_config(config))}: the dense model before pruning"
 
 
 def check_importable(config: TargetConfig) -> None:
@@ -608,9 +615,8 @@ def _without_inert_settings(config: TargetConfig, data: Dataset, architecture: s
     before this normalization.
     """
     default = TargetConfig()
-    if config.norm != default.norm and architecture == architecture_fingerprint(
-            config.model, data.input_shape, data.num_classes, default.norm):
-        config = replace(config, norm=default.norm)
+    config = replace(config, norm=keyed_norm(config.model, data.input_shape, data.num_classes, config.norm,
+                                             architecture))
     try:
         recipe = default_config(config.dataset, config.model)
     except MiaError:  # a model without a known recipe: its fields keyed as given
@@ -838,9 +844,7 @@ class Audit:
 
         names = attacks or [r.name for r in (self.dense_results if dense else self.results)]
         curves = {name: roc(*self.scores(name, dense))[:2] for name in names}
-        title = (f"{describe(dense_config(self.config))}: the dense model before pruning" if dense
-                 else describe(self.config))
-        return plot_roc(curves, path, title=title)
+        return plot_roc(curves, path, title=dense_title(self.config) if dense else describe(self.config))
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:

@@ -391,8 +391,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         if results:
             _log_attack_artifacts(results, plan.audited, signals.labels, is_member, config)
         if dense_results:  # beside plots/roc.png: what pruning changed
-            _log_roc("plots/roc_dense.png", dense_results, is_member,
-                     f"{describe(audit.dense_config(config))}: the dense model before pruning")
+            _log_roc("plots/roc_dense.png", dense_results, is_member, audit.dense_title(config))
         return AttackOutcome(active.info.run_id, target_run_id, metrics["test_accuracy"], fl_results + results,
                              dense_results, target.metrics.get("dense.test_accuracy", float("nan")),
                              target.metrics.get("sparsity"), notes,

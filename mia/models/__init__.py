@@ -24,7 +24,7 @@ from mia.models import alexnet, cnn_small, densenet, mlp, resnet, vgg, wrn  # no
 from mia.models.spec import MODELS, NORMS, ModelSpec, group_norm
 from mia.models.wrn import WRN_NAME, wrn_spec
 
-__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "batchnorm_fix", "build_model", "group_norm",
+__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "batchnorm_fix", "build_model", "group_norm", "keyed_norm",
            "model_spec"]
 
 _KIND_BY_RANK = {1: "tabular", 3: "image"}
@@ -156,3 +156,12 @@ def architecture_fingerprint(name: str, input_shape: tuple[int, ...], num_classe
         except (OSError, TypeError):  # built-in, partial, or defined where no source is kept
             parts.append(getattr(obj, "__qualname__", repr(obj)))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def keyed_norm(name: str, input_shape: tuple[int, ...], num_classes: int, norm: str, architecture: str) -> str:
+    """``norm`` as caches of trained models key it: the default ``bn`` where ``norm`` builds the same network
+    (``architecture``, its fingerprint; a model without normalization layers), so that ``--norm gn`` on an
+    MLP finds the models of the ``bn`` one."""
+    if norm != "bn" and architecture == architecture_fingerprint(name, input_shape, num_classes, "bn"):
+        return "bn"
+    return norm

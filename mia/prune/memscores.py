@@ -49,7 +49,7 @@ from torch import nn
 
 from mia.data.base import Dataset
 from mia.errors import MiaError
-from mia.models import MODELS, NORMS, architecture_fingerprint, build_model
+from mia.models import MODELS, NORMS, architecture_fingerprint, build_model, keyed_norm
 from mia.pool import feldman_scores
 from mia.train import TrainConfig, predict_logits
 from mia.train.many import train_many
@@ -203,8 +203,7 @@ def _cache_key(model_name: str, norm: str, data: Dataset, train_idx: np.ndarray,
     so that they find the scores of the same models, as the reference pools' keys do; the
     architecture's fingerprint, so that a user's own model edited under its name does not."""
     architecture = architecture_fingerprint(model_name, data.input_shape, data.num_classes, norm)
-    if norm != "bn" and architecture == architecture_fingerprint(model_name, data.input_shape, data.num_classes):
-        norm = "bn"  # the default, as a model without normalization layers builds the same network
+    norm = keyed_norm(model_name, data.input_shape, data.num_classes, norm, architecture)
     try:
         recipe = default_config(data.name, model_name)
     except MiaError:  # a model without a known recipe: its fields keyed as given
