@@ -53,7 +53,7 @@ from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network, 
 from mia.label_signals import DEFAULT_LABEL_ONLY, LABEL_ONLY_KINDS, label_only_signals
 from mia.metrics import attack_metrics, interval_metrics, low_fpr_note, roc
 from mia.models import NORMS, architecture_fingerprint, batchnorm_fix, build_model, keyed_norm
-from mia.pool import MODES, grow_pool, load_pool, plan_pool
+from mia.pool import MODES, grow_pool, load_pool, plan_pool, pool_lock
 from mia.prune import prune_and_finetune
 from mia.prune.layers import FixedMasks
 from mia.prune.memscores import default_cache_dir, read_mem_scores_csv
@@ -938,7 +938,8 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
 
     def grow(recipe: TargetConfig, mode: str, size: int):
         plan = plan_reference_pool(recipe, data, split, mode)
-        pool, growth = reference_pool(plan, recipe, data, size, pools / plan.key, progress)
+        with pool_lock(str(pools.resolve()), plan.key):
+            pool, growth = reference_pool(plan, recipe, data, size, pools / plan.key, progress)
         trained.extend(growth.new)
         return pool
 

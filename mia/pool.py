@@ -43,6 +43,7 @@ from mia.data import Dataset, Split
 from mia.data.augment import query_views
 from mia.errors import MiaError
 from mia.label_signals import applicable_kinds, label_only_signals
+from mia.lock import exclusive
 from mia.signals import Signals, compute_signals
 
 MODES = ("online", "offline")
@@ -133,6 +134,12 @@ def _digest(indices: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------- storage
+
+
+def pool_lock(store: str, key: str):
+    """While held, this process alone grows or reads pool ``key`` of ``store`` (a folder or a tracking store)
+    on this machine; another one asking waits, then finds the models (:func:`mia.lock.exclusive`)."""
+    return exclusive(f"pool {store} {key}", f"reference pool {key[:8]}")
 
 
 def model_file(root: Path, m: int) -> Path:

@@ -42,6 +42,7 @@ from mia.data import Split  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
 from mia.fl.config import UNUSED_TRAIN  # noqa: E402
 from mia.plugins import users_failure  # noqa: E402
+from mia.pool import pool_lock  # noqa: E402
 from mia.signals import Signals  # noqa: E402
 
 DEFAULT_EXPERIMENT = "mia"
@@ -623,8 +624,22 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
     """The folder of pool ``key``, downloaded from its MLflow run (made on first use).
 
     Pools live as runs tagged ``mia.pool_key`` in any experiment, so a later
-    attack on any target with the same recipe and data finds them.
+    attack on any target with the same recipe and data finds them. One process
+    of this machine at a time holds a pool (:func:`mia.pool.pool_lock`): a
+    second one asking for it waits, then finds the first one's models.
     """
+    with pool_lock(store_name(), key):
+        yield from _pool_store(key, experiment, tags)
+
+
+def store_name() -> str:
+    """The tracking store, named the same from any folder: a SQLite store by its file's absolute path."""
+    uri = mlflow.get_tracking_uri()
+    path = sqlite_file(uri)
+    return str(path.resolve()) if path is not None else uri
+
+
+def _pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["PoolStore"]:
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"tags.`mia.pool_key` = '{key}'",

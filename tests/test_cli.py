@@ -847,3 +847,34 @@ def test_the_experiment_option_says_where_runs_go_without_it():
     assert "(default: the training run's)" in attack_help
     train_help = " ".join(invoke("train", "--help").output.split())
     assert "(default: $MLFLOW_EXPERIMENT_NAME, else mia)" in train_help
+
+
+def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_store):
+    """Two processes asking for one pool at once (the first trials of ``mia tune --jobs N``, two ``mia attack``
+    runs on one target) both found nothing stored and both trained it; the second now waits for the first
+    (a lock per pool and store on this machine) and then trains nothing."""
+    import time
+
+    from mia.pool import pool_lock
+    from mia.tracking import store_name
+
+    run_id = run_id_of(invoke("train", *FAST).output)
+    client = MlflowClient()
+    args = ["attack", "--run-id", run_id, "--attacks", "loss", "--quiet"]
+    first = client.get_run(run_id_of(invoke(*args, "--reference-models", "1").output, "attack run")).data
+    with pool_lock(store_name(), first.tags["mia.pool_key"]):  # as a process growing the pool holds it
+        other = subprocess.Popen([sys.executable, "-c", "from entrypoints.cli import main; main()", *args,
+                                  "--reference-models", "3"], cwd=Path.cwd(), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        said, deadline = "", time.monotonic() + 120
+        while "waiting for another mia process" not in said and other.poll() is None and time.monotonic() < deadline:
+            said += other.stderr.readline()
+        assert "waiting for another mia process that is making reference pool" in said, said
+        grown = invoke(*args, "--reference-models", "3")  # this process grows the pool while the other waits
+        assert client.get_run(run_id_of(grown.output, "attack run")).data.metrics["reference_models.trained"] == 2
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err[-2000:]
+    assert client.get_run(run_id_of(out, "attack run")).data.metrics["reference_models.trained"] == 0
+    pools = client.search_runs([client.get_experiment_by_name("mia").experiment_id],
+                               filter_string="tags.`mia.kind` = 'pool'")
+    assert len(pools) == 1 and pools[0].data.metrics["pool.size"] == 3

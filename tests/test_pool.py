@@ -337,3 +337,37 @@ def test_a_pool_folder_names_its_pool_whole_or_says_it_cannot_be_read(task, tmp_
     with pytest.raises(MiaError, match=r"unreadable pool.json; delete the folder") as err:
         write_identity(plan, tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_pool_lock_waits_for_its_holder_and_is_freed_when_the_holder_is_killed(tmp_path):
+    """The lock that keeps two processes from training one pool twice: a second holder waits, and a
+    holder killed mid-training (``kill -9``, nothing run on exit) leaves no stale lock behind."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from mia.pool import pool_lock
+
+    store, key = str(tmp_path), "k" * 64
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mia.pool import pool_lock\n"
+                               "with pool_lock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True)\n"
+                               "    time.sleep(600)", store, key], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        got = threading.Event()
+
+        def take() -> None:
+            with pool_lock(store, key):
+                got.set()
+
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        assert not got.wait(1.0)  # the holder is alive: wait
+        holder.send_signal(signal.SIGKILL)
+        assert got.wait(30)
+        with pool_lock(store, key), pool_lock(store, key):  # asked again inside: no wait on itself
+            pass
+    finally:
+        holder.kill()
+        holder.wait()

@@ -49,6 +49,7 @@ from torch import nn
 
 from mia.data.base import Dataset
 from mia.errors import MiaError
+from mia.lock import exclusive
 from mia.models import MODELS, NORMS, architecture_fingerprint, build_model, keyed_norm
 from mia.pool import feldman_scores
 from mia.train import TrainConfig, predict_logits
@@ -104,10 +105,24 @@ def estimate_mem_scores(model_name: str, norm: str, data: Dataset, train_idx: np
     config = replace(config, select_best=False)
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "mem-scores" / (
         _cache_key(model_name, norm, data, train_idx, config, models, seed) + ".npy")
+    with exclusive(f"mem-scores {path.resolve()}", f"mem-scores {path.stem[:8]}"):
+        cached = _cached(path, train_idx)  # looked at again under the lock: another process may have written it
+        if cached is None:
+            cached = _estimate(model_name, norm, data, train_idx, config, models, seed, progress)
+            _write_atomic(path, cached)
+    return cached
+
+
+def _cached(path: Path, train_idx: np.ndarray) -> np.ndarray | None:
     if path.exists():
         cached = np.load(path, allow_pickle=False)
         if cached.shape == train_idx.shape:
             return cached
+    return None
+
+
+def _estimate(model_name: str, norm: str, data: Dataset, train_idx: np.ndarray, config: TrainConfig,
+              models: int, seed: int, progress: bool) -> np.ndarray:
     inclusion = mem_splits(len(train_idx), models, seed)
     seeds = [int(s) for s in np.random.default_rng([seed, _SPLIT_STREAM, 1]).integers(0, 2 ** 31 - 1, models)]
     sets = np.stack([train_idx[row] for row in inclusion])
@@ -119,9 +134,7 @@ def estimate_mem_scores(model_name: str, norm: str, data: Dataset, train_idx: np
 
     train_many(model_name, data.input_shape, data.num_classes, norm, data, sets, None, config, seeds=seeds,
                progress=progress, on_trained=score, keep=False)
-    scores = feldman_scores(correct, inclusion)
-    _write_atomic(path, scores)
-    return scores
+    return feldman_scores(correct, inclusion)
 
 
 def read_mem_scores_csv(path: str | Path, train_idx: np.ndarray) -> np.ndarray:
