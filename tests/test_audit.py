@@ -58,10 +58,10 @@ def test_resolve_attacks():
 
 
 def reference_metrics(dataset: str, params: dict, epochs: int, models: int, attacks: list[str], tmp_path,
-                      attack_params: dict | None = None, stranger: bool = False):
+                      attack_params: dict | None = None, stranger: bool = False, model: str | None = None):
     """The attacks' metrics against a target of the recipe; ``stranger``: one trained on as many
     population rows instead, so that its "members" are as unseen as its non-members."""
-    config = audit.resolve_config(dataset, seed=0, train_overrides={"epochs": epochs}, dataset_params=params)
+    config = audit.resolve_config(dataset, model=model, seed=0, train_overrides={"epochs": epochs}, dataset_params=params)
     data = audit.load_data(config)
     split = make_split(len(data), 0, config.split)
     rows = split.population[:len(split.members)] if stranger else split.members
@@ -77,7 +77,9 @@ def reference_metrics(dataset: str, params: dict, epochs: int, models: int, atta
 
 
 def test_lira_online_beats_the_global_threshold_at_low_fpr(tmp_path):
-    m = reference_metrics("purchase-synth", {"n": 3000}, 25, 8, ["lira-online", "global-threshold"], tmp_path)
+    # the mlp, which trains its 8 references stacked: 8 s (the default fc net one by one: 38 s, 0.72 against 0.58)
+    m = reference_metrics("purchase-synth", {"n": 3000}, 25, 8, ["lira-online", "global-threshold"], tmp_path,
+                          model="mlp")
     lira, base = m["lira-online"]["tpr_at_fpr_0.01"], m["global-threshold"]["tpr_at_fpr_0.01"]
     assert lira > base + 0.1, (lira, base)
 

@@ -267,9 +267,10 @@ def test_rmr_shrinks_the_weights_in_pruned_finetuning(digits):
 
 @pytest.fixture(scope="module")
 def pruned_memorizer(tmp_path_factory):
-    """A memorizing purchase-synth ``fc`` target (train 1.0, test 0.57), pruned 60 % and fine-tuned
-    with and without a defense: ``fine_tune(defense)`` -> (loss-attack AUC, test accuracy)."""
-    base = replace(resolve_config("purchase-synth", seed=0, train_overrides={"epochs": 30},
+    """A memorizing purchase-synth ``mlp`` target (train 1.0, test 0.70), pruned 60 % and fine-tuned
+    with and without a defense: ``fine_tune(defense)`` -> (loss-attack AUC, test accuracy). The ``mlp``, not
+    the dataset's default ``fc`` net: the same claim holds for both (measured below) at a fifth of the time."""
+    base = replace(resolve_config("purchase-synth", model="mlp", seed=0, train_overrides={"epochs": 30},
                                   dataset_params={"n": 10000}), label_only=[])
     data = load_data(base)
     split = make_split(len(data), 0, base.split)
@@ -295,14 +296,15 @@ def pruned_memorizer(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["rmr", "swmr"])
 def test_memorization_regularization_lowers_the_leakage_of_a_pruned_model(pruned_memorizer, name):
-    """WeMeM's claim for RMR/SWMR on a seeded pruning task (measured, seeds 0/1/2: loss AUC
-    0.952/0.957/0.957 -> 0.895/0.903/0.902 with RMR, the same with SWMR, at 5-6 points of accuracy).
-    RSW alone moves it by less than 0.01 here (its test is the window walk above): ten epochs on
+    """WeMeM's claim for RMR/SWMR on a seeded pruning task (measured with the ``mlp``, seeds 0/1/2: loss AUC
+    0.873/0.881/0.892 -> 0.813/0.824/0.843 with RMR, the same with SWMR, at 3-4 points of accuracy; with the
+    ``fc`` net 0.952/0.957/0.957 -> 0.895/0.903/0.902 at 5-6 points).
+    RSW alone moved it by less than 0.01 with the fc net (its test is the window walk above): ten epochs on
     windows of a model that already memorized every row do not unlearn it, and with 25 members a
     class the default window (500 rows) covers each class whole."""
     plain_auc, plain_acc = pruned_memorizer("none")
     auc, acc = pruned_memorizer(name)
-    assert plain_auc > 0.93
+    assert plain_auc > 0.85
     assert auc < plain_auc - 0.03, (auc, plain_auc)
     assert acc > plain_acc - 0.1, (acc, plain_acc)
 
