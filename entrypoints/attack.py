@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entrypoints.options import attack_options, attack_params, attack_run_options, pass_options
+from entrypoints.options import attack_options, attack_params, attack_run_options, config_option, pass_options
 
 
 @click.command("attack")
@@ -18,6 +18,7 @@ from entrypoints.options import attack_options, attack_params, attack_run_option
               help="Where the reference models train and the target is queried (auto, cpu, cuda, cuda:1, ...); "
                    "default: the training run's.")
 @attack_run_options
+@config_option
 @pass_options
 def attack(opts: dict) -> None:
     """Attack a trained target with shadow models on the attacker's population."""

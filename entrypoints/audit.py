@@ -6,7 +6,7 @@ import click
 
 from entrypoints.attack import print_table
 from entrypoints.config import target_config
-from entrypoints.options import (attack_options, attack_params, common_options, federated_options,
+from entrypoints.options import (attack_options, attack_params, common_options, config_option, federated_options,
                                  imported_options, pass_options, pruning_options, target_options)
 
 
@@ -17,6 +17,7 @@ from entrypoints.options import (attack_options, attack_params, common_options, 
 @attack_options
 @imported_options
 @common_options
+@config_option
 @pass_options
 def audit(opts: dict) -> None:
     """Train a target, train shadows, run the attacks and print the leakage table."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from pathlib import Path
 
 import click
 
@@ -82,10 +84,99 @@ class OptionalInt(click.ParamType):
 
 
 def typed(name: str) -> bool:
-    """Whether the user typed option ``name`` on the command line (not its default, nor ``mlflow run``'s unset
-    parameter): only a typed option is worth a note or an error."""
+    """Whether the user gave option ``name``, on the command line or in a ``--config`` file (not its default,
+    nor ``mlflow run``'s unset parameter): only a given option is worth a note or an error."""
     ctx = click.get_current_context(silent=True)
-    return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    return ctx is not None and ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                                                   click.core.ParameterSource.DEFAULT_MAP)
+
+
+def config_option(func):
+    """``--config FILE``: the command's options from a YAML file, under the names they have on the command line.
+
+    Users of ML Privacy Meter and LeakPro describe an audit in a YAML file; a
+    file also keeps a long command (a federated or pruning audit has thirty
+    options) in version control. The file fills Click's ``default_map``, so
+    its values pass through the same types and checks as typed ones, and an
+    option typed on the command line wins over the file.
+    """
+    return click.option("--config", type=click.Path(dir_okay=False), default=None, is_eager=True,
+                        expose_value=False, callback=_read_config, metavar="FILE",
+                        help="YAML file of this command's options, named as on the command line (dataset: "
+                             "purchase-synth, reference-models: 16, defense-param: {alpha: 0.5}); options typed "
+                             "on the command line win.")(func)
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+    if path is None:
+        return
+    if os.environ.get("MLFLOW_RUN_ID"):  # mlflow run types every declared parameter: they would win silently
+        raise MiaError("--config does not combine with `mlflow run`, whose declared parameters override the "
+                       "file; pass the options as -P key=value")
+    ctx.default_map = {**(ctx.default_map or {}), **config_defaults(ctx, path)}
+
+
+def config_defaults(ctx: click.Context, path: str) -> dict[str, object]:
+    """The ``default_map`` of ``command`` that the YAML file ``path`` describes (see :func:`config_option`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise MiaError(f"--config {path}: {exc.strerror or exc}; pass a readable YAML file") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise MiaError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MiaError(f"--config {path} must map option names to values (dataset: digits), "
+                       f"not hold a {type(data).__name__}")
+    command, options = ctx.command, {}
+    for p in command.params:
+        if isinstance(p, click.Option) and p.expose_value:
+            options[p.name.replace("_", "-")] = p
+            options.update((o.lstrip("-"), p) for o in p.opts)
+    out = {}
+    for key, value in data.items():
+        option = options.get(str(key).lstrip("-").replace("_", "-"))
+        if option is None:
+            known = sorted({max(o.opts, key=len).lstrip("-") for o in options.values()})
+            raise MiaError(f"--config {path}: `mia {command.name}` has no option {key!r}; known: {', '.join(known)}")
+        if value is None:  # null: the option's default
+            continue
+        out[option.name] = _option_value(option, value, key, path)
+        try:  # checked here, where the message can say that the value came from the file
+            option.type_cast_value(ctx, out[option.name])
+        except click.BadParameter as exc:
+            raise MiaError(f"--config {path}: {key}: {exc.message}") from None
+    return out
+
+
+def _option_value(option: click.Option, value, key, path: str):
+    """A YAML value as Click takes it for ``option``: mappings and lists of a repeatable ``KEY=VALUE`` option
+    become its pairs (``attack-param: {loss: {thresholds: global}}``), a list of names a comma-separated one."""
+    if option.multiple:
+        if not isinstance(value, dict):
+            return [_text(v) for v in value] if isinstance(value, list) else [_text(value)]
+        pairs = []
+        for k, v in value.items():
+            if isinstance(v, dict):  # attack-param: {loss: {thresholds: global}}
+                pairs += [f"{k}.{kk}={_text(vv)}" for kk, vv in v.items()]
+            else:
+                pairs.append(f"{k}={_text(v)}")
+        return pairs
+    if isinstance(value, dict):
+        raise MiaError(f"--config {path}: option {key!r} takes one value, not a mapping")
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    return value
+
+
+def _text(value) -> str:
+    """A YAML scalar as typed on the command line (``true``, not Python's ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def flag(name: str) -> str:

@@ -7,8 +7,8 @@ import click
 from entrypoints.attack import privacy_line
 from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
-from entrypoints.options import (common_options, federated_options, flag, imported_options, pass_options,
-                                 pruning_options, target_options, typed)
+from entrypoints.options import (common_options, config_option, federated_options, flag, imported_options,
+                                 pass_options, pruning_options, target_options, typed)
 
 
 @click.command("train")
@@ -22,6 +22,7 @@ from entrypoints.options import (common_options, federated_options, flag, import
               help="Federated: continue a killed or crashed run from its last recorded round (its own options).")
 @imported_options
 @common_options
+@config_option
 @pass_options
 def train(opts: dict) -> None:
     """Train a target model, or record one trained elsewhere.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from entrypoints.config import target_config
-from entrypoints.options import (Finite, attack_params, common_options, federated_options, key_values, pass_options,
-                                 pruning_options, tuned_target_options)
+from entrypoints.options import (Finite, attack_params, common_options, config_option, federated_options, key_values,
+                                 pass_options, pruning_options, tuned_target_options)
 
 #: Kept literal so that ``mia --help`` does not import Optuna; tests check them against :mod:`tuning`.
 SAMPLER_NAMES = ("tpe", "nsga2", "gp")
@@ -47,6 +47,7 @@ LEAKAGE_NAMES = ("max-tpr", "max-auc")
               help="Worker processes on this machine (needs a journal file or PostgreSQL storage); "
                    "with GPUs and --device auto|cuda, one GPU per worker, round-robin.")
 @common_options
+@config_option
 @pass_options
 def tune(opts: dict) -> None:
     """Search a defense's hyperparameters for the test accuracy / leakage Pareto front."""

@@ -33,7 +33,7 @@ except ImportError:  # Windows: no lock, each process trains what it finds missi
 
 __all__ = ["exclusive", "lock_folder"]
 
-_held = threading.local()  # .names: those this thread holds; asking again inside is no wait (flock would wait on itself)
+_held = threading.local()  # .names: what this thread holds; asked again inside, no wait (flock would wait on itself)
 
 
 def lock_folder() -> Path:

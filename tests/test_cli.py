@@ -878,3 +878,55 @@ def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_
     pools = client.search_runs([client.get_experiment_by_name("mia").experiment_id],
                                filter_string="tags.`mia.kind` = 'pool'")
     assert len(pools) == 1 and pools[0].data.metrics["pool.size"] == 3
+
+
+def test_a_config_file_gives_the_options_and_the_command_line_wins(mlflow_store):
+    """``--config FILE``: an audit described in YAML, as ML Privacy Meter and LeakPro users write them; the file's
+    values take the options' own types and checks, and an option typed on the command line wins."""
+    Path("train.yaml").write_text("dataset: purchase-synth\ndataset_param: {n: 600}\nmodel: mlp\nepochs: 2\n"
+                                  "seed: 3\nselect-best: false\ndefense: relaxloss\ndefense-param: {alpha: 0.5}\n"
+                                  "data-dir: null\nquiet: true\n")
+    result = invoke("train", "--config", "train.yaml", "--seed", "4")
+    assert result.exit_code == 0, result.output
+    params = MlflowClient().get_run(run_id_of(result.output)).data.params
+    assert (params["dataset"], params["dataset_params.n"], params["model"], params["train.epochs"]) == \
+        ("purchase-synth", "600", "mlp", "2")
+    assert (params["defense"], params["defense_params.alpha"], params["train.select_best"]) == \
+        ("relaxloss", "0.5", "False")
+    assert params["seed"] == "4"  # typed on the command line: over the file's 3
+    Path("more.yaml").write_text("epochs: 3\n")
+    assert_user_error(invoke("train", "--resume", "0" * 32, "--config", "more.yaml"), "drop --epochs")  # given
+
+
+def test_a_config_file_maps_lists_and_mappings_to_the_options_they_stand_for():
+    from entrypoints.options import config_defaults
+
+    with CliRunner().isolated_filesystem():
+        Path("a.yaml").write_text("attacks: [loss, rmia]\nattack-param: {loss: {thresholds: global}, rmia: "
+                                   "{a: 0.3}}\nlabel-only: [aug]\npool: offline\nadaptive: true\n"
+                                   "defense-param: [alpha=0.5, upper=0.9]\ndataset-param: n=600\n")
+        ctx = main.commands["audit"].make_context("audit", [])
+        assert config_defaults(ctx, "a.yaml") == {
+            "attacks": "loss,rmia", "attack_param": ["loss.thresholds=global", "rmia.a=0.3"], "label_only": "aug",
+            "pool_mode": "offline", "adaptive": True, "defense_param": ["alpha=0.5", "upper=0.9"],
+            "dataset_param": ["n=600"]}
+
+
+@pytest.mark.parametrize("content, fragments", [
+    ("epoch: 3\n", ["has no option 'epoch'", "known: ", "epochs"]),
+    ("epochs: x\n", ["epochs: 'x' is not an integer"]),
+    ("member-fraction: 2\n", ["member-fraction: 2.0 is not in the range 0<x<1"]),
+    ("model: {a: 1}\n", ["option 'model' takes one value, not a mapping"]),
+    ("- dataset\n", ["must map option names to values", "not hold a list"]),
+    ("dataset: [\n", ["is not valid YAML (line 2)"]),
+])
+def test_a_bad_config_file_is_a_one_line_error_naming_the_file(mlflow_store, content, fragments):
+    Path("bad.yaml").write_text(content)
+    assert_user_error(invoke("train", "--config", "bad.yaml"), "--config bad.yaml", *fragments)
+
+
+def test_a_missing_config_file_or_one_under_mlflow_run_is_a_one_line_error(mlflow_store, monkeypatch):
+    assert_user_error(invoke("audit", "--config", "nope.yaml"), "--config nope.yaml: No such file")
+    Path("ok.yaml").write_text("epochs: 2\n")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # what `mlflow run` hands the command, with every -P typed
+    assert_user_error(invoke("audit", "--config", "ok.yaml"), "does not combine with `mlflow run`", "-P key=value")
