@@ -40,6 +40,7 @@ def mlflow_store(tmp_path, monkeypatch, migrated_db):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     yield tmp_path
     if mlflow.active_run():

@@ -65,10 +65,14 @@ def test_a_pool_run_stopped_with_ctrl_c_is_killed_not_failed(mlflow_store):
 
 @pytest.fixture
 def no_notebook_experiment(monkeypatch):
-    """``mlflow.set_experiment`` state, undone after the test (it is process-wide)."""
+    """``mlflow.set_experiment`` state, undone after the test (it is process-wide): the active experiment, and
+    the ``MLFLOW_EXPERIMENT_ID`` it exports for subprocesses (left behind, it made a later test's
+    ``mlflow run --experiment-name`` fail with "Specify only one of 'experiment-name' or 'experiment-id'")."""
     from mlflow.tracking import fluent
 
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 def test_a_run_opened_inside_a_notebooks_own_run_is_its_child(mlflow_store, no_notebook_experiment):
