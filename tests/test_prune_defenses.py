@@ -321,6 +321,41 @@ def test_mem_splits_pair_complementary_halves():
         mem_splits(301, 1)
 
 
+def test_two_estimates_of_one_set_of_mem_scores_at_once_train_it_once(digits, tmp_path, monkeypatch):
+    """Two pruning runs of one recipe started together (two trials of a study) both found no cached scores and
+    both trained the halves models; the second now waits for the first's cache entry."""
+    import threading
+
+    train_idx = np.random.default_rng(0).permutation(len(digits))[:201]
+    real, calls, training = memscores.train_many, [], threading.Event()
+    release = threading.Event()
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        training.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memscores, "train_many", slow)
+    got = {}
+
+    def estimate(name: str) -> None:
+        got[name] = estimate_mem_scores("mlp", "bn", digits, train_idx, quick(epochs=1), models=2, seed=0,
+                                        cache_dir=tmp_path)
+
+    first = threading.Thread(target=estimate, args=("first",))
+    first.start()
+    assert training.wait(30)  # the first is training, its lock held
+    second = threading.Thread(target=estimate, args=("second",))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive()  # waits for the first instead of training too
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert len(calls) == 1 and np.array_equal(got["first"], got["second"])
+
+
 def test_estimate_mem_scores_bounds_zeros_and_cache(digits, tmp_path, monkeypatch):
     train_idx = np.random.default_rng(0).permutation(len(digits))[:301]
     scores = estimate_mem_scores("mlp", "bn", digits, train_idx, quick(), models=2, seed=0, cache_dir=tmp_path)
