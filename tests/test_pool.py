@@ -371,3 +371,49 @@ def test_a_pool_lock_waits_for_its_holder_and_is_freed_when_the_holder_is_killed
     finally:
         holder.kill()
         holder.wait()
+
+
+def said_waiting(capsys, seconds: float = 60) -> bool:
+    """Whether a lock's "waiting for another mia process" line reached stderr within ``seconds``."""
+    import time
+
+    deadline, said = time.monotonic() + seconds, ""
+    while "waiting for another mia process" not in said and time.monotonic() < deadline:
+        time.sleep(0.05)
+        said += capsys.readouterr().err
+    return "waiting for another mia process" in said
+
+
+def test_two_audits_at_once_in_one_cache_folder_train_its_pool_once(tmp_path, monkeypatch, capsys):
+    """``run_audit`` without MLflow keeps pools in a folder (``cache_dir``): two scripts auditing one recipe at
+    once both trained the pool there; the second now waits for the first and reuses its models."""
+    import threading
+
+    real, calls, training, release = audit.fit_many, [], threading.Event(), threading.Event()
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        training.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "fit_many", slow)
+    config = audit.resolve_config("digits", train_overrides={"epochs": 2})
+    got = {}
+
+    def run(name: str) -> None:
+        got[name] = audit.run_audit(config, attacks="loss", reference_models=2, cache_dir=str(tmp_path),
+                                    progress=False)
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    assert training.wait(60)  # the first grows the pool, its lock held
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    assert said_waiting(capsys)  # it trained its own target, and waits at the pool
+    release.set()
+    first.join(120)
+    second.join(120)
+    assert len(calls) == 1
+    assert (got["first"].reference_models_trained, got["second"].reference_models_trained) == (2, 0)
+    assert got["first"].metrics["loss"] == got["second"].metrics["loss"]

@@ -321,10 +321,12 @@ def test_mem_splits_pair_complementary_halves():
         mem_splits(301, 1)
 
 
-def test_two_estimates_of_one_set_of_mem_scores_at_once_train_it_once(digits, tmp_path, monkeypatch):
+def test_two_estimates_of_one_set_of_mem_scores_at_once_train_it_once(digits, tmp_path, monkeypatch, capsys):
     """Two pruning runs of one recipe started together (two trials of a study) both found no cached scores and
     both trained the halves models; the second now waits for the first's cache entry."""
     import threading
+
+    from test_pool import said_waiting
 
     train_idx = np.random.default_rng(0).permutation(len(digits))[:201]
     real, calls, training = memscores.train_many, [], threading.Event()
@@ -348,8 +350,7 @@ def test_two_estimates_of_one_set_of_mem_scores_at_once_train_it_once(digits, tm
     assert training.wait(30)  # the first is training, its lock held
     second = threading.Thread(target=estimate, args=("second",))
     second.start()
-    second.join(1.0)
-    assert second.is_alive()  # waits for the first instead of training too
+    assert said_waiting(capsys)  # waits for the first instead of training too
     release.set()
     first.join(60)
     second.join(60)
