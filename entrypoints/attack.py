@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from entrypoints.options import attack_options, attack_params, attack_run_options, config_option, pass_options
+from entrypoints.options import (attack_options, attack_params, attack_run_options, config_option, log_options,
+                                 pass_options)
 
 
 @click.command("attack")
@@ -28,6 +29,7 @@ def attack(opts: dict) -> None:
                          attack_params(opts["attack_param"]), seed=opts["seed"],
                          experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"],
                          adaptive=opts["adaptive"], device=opts["device"])
+    log_options(opts, outcome.run_id)
     print_table(outcome)
 
 

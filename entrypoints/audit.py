@@ -7,7 +7,7 @@ import click
 from entrypoints.attack import print_table
 from entrypoints.config import target_config
 from entrypoints.options import (attack_options, attack_params, common_options, config_option, federated_options,
-                                 imported_options, pass_options, pruning_options, target_options)
+                                 imported_options, log_options, pass_options, pruning_options, target_options)
 
 
 @click.command("audit")
@@ -27,4 +27,5 @@ def audit(opts: dict) -> None:
     outcome = audit_run(config, opts["attacks"], opts["reference_models"], attack_params(opts["attack_param"]),
                         experiment=opts["experiment"], progress=not opts["quiet"], pool_mode=opts["pool_mode"],
                         adaptive=opts["adaptive"], checkpoint=opts["checkpoint"], members=opts["members"])
+    log_options(opts, outcome.target_run_id, outcome.run_id)
     print_table(outcome)

@@ -174,6 +174,43 @@ def _option_value(option: click.Option, value, key, path: str):
     return value
 
 
+OPTIONS_FILE = "options.yaml"
+#: Options that change nothing a run records (progress bars), left out of :data:`OPTIONS_FILE`.
+_UNRECORDED = ("quiet",)
+
+
+def options_yaml(opts: dict) -> str:
+    """The options the user gave the current command (typed, or from ``--config``; not defaults, nor what the
+    environment holds, such as a storage password) as a ``--config`` file that runs it again, under their
+    command-line names; a storage URI without its password. The run's params hold every effective value."""
+    import yaml
+
+    from mia import __version__
+    from mia.tracking import redact
+
+    ctx = click.get_current_context()
+    names = {p.name: max(p.opts, key=len).lstrip("-") for p in ctx.command.params
+             if isinstance(p, click.Option) and p.expose_value}
+    out = {}
+    for name, value in opts.items():
+        if value is None or name in _UNRECORDED or name not in names or not typed(name):
+            continue
+        if name == "storage":
+            value = redact(value)
+        out[names[name]] = list(value) if isinstance(value, tuple) else value
+    return (f"# mia {ctx.command.name} --config {OPTIONS_FILE} runs this again (written by mia {__version__}); "
+            "options typed beside it win\n" + yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
+
+
+def log_options(opts: dict, *run_ids: str | None) -> None:
+    """Store :func:`options_yaml` as ``options.yaml`` on each of ``run_ids``: what reruns them from the UI."""
+    from mia.tracking import log_run_text
+
+    text = options_yaml(opts)
+    for run_id in filter(None, run_ids):
+        log_run_text(run_id, text, OPTIONS_FILE)
+
+
 def _text(value) -> str:
     """A YAML scalar as typed on the command line (``true``, not Python's ``True``)."""
     return str(value).lower() if isinstance(value, bool) else str(value)

@@ -7,7 +7,7 @@ import click
 from entrypoints.attack import privacy_line
 from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
-from entrypoints.options import (common_options, config_option, federated_options, flag, imported_options,
+from entrypoints.options import (common_options, config_option, federated_options, flag, imported_options, log_options,
                                  pass_options, pruning_options, target_options, typed)
 
 
@@ -50,4 +50,6 @@ def train(opts: dict) -> None:
     click.echo(f"test accuracy {outcome.test_accuracy:.4f}  train accuracy {outcome.train_accuracy:.4f}")
     if outcome.privacy:
         click.echo(privacy_line(outcome.privacy))
+    if not opts["resume"]:  # a resumed run keeps the options.yaml of its start
+        log_options(opts, outcome.run_id)
     click.echo(f"run id: {outcome.run_id}")

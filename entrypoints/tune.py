@@ -6,7 +6,7 @@ import click
 
 from entrypoints.config import target_config
 from entrypoints.options import (Finite, attack_params, common_options, config_option, federated_options, key_values,
-                                 pass_options, pruning_options, tuned_target_options)
+                                 log_options, pass_options, pruning_options, tuned_target_options)
 
 #: Kept literal so that ``mia --help`` does not import Optuna; tests check them against :mod:`tuning`.
 SAMPLER_NAMES = ("tpe", "nsga2", "gp")
@@ -78,6 +78,7 @@ def tune(opts: dict) -> None:
                              opts["sampler"], opts["seed"], opts["trials"], opts["jobs"])
     optuna.logging.set_verbosity(optuna.logging.WARNING if opts["quiet"] else optuna.logging.INFO)
     result = run_study(objective, settings)
+    log_options(opts, result.run_id)
 
     trials = result.study.get_trials(deepcopy=False)
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -415,6 +415,11 @@ def log_file(path: Path, artifact_dir: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_dir)
 
 
+def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
+    """``text`` as an artifact of run ``run_id``, finished or not (what a command adds once its runs are done)."""
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
 # ---------------------------------------------------------------- loading back
 
 

@@ -930,3 +930,31 @@ def test_a_missing_config_file_or_one_under_mlflow_run_is_a_one_line_error(mlflo
     Path("ok.yaml").write_text("epochs: 2\n")
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # what `mlflow run` hands the command, with every -P typed
     assert_user_error(invoke("audit", "--config", "ok.yaml"), "does not combine with `mlflow run`", "-P key=value")
+
+
+def test_each_run_stores_the_options_that_run_it_again(mlflow_store):
+    """``options.yaml`` on a run: the options its command was given, as a ``--config`` file. The run's params
+    are TargetConfig names (``train.epochs``), not the options a user types again."""
+    import mlflow
+
+    given = ["--dataset", "purchase-synth", "--dataset-param", "n=600", "--model", "mlp", "--epochs", "2",
+             "--defense", "relaxloss", "--defense-param", "alpha=0.5", "--quiet"]
+    first = run_id_of(invoke("train", *given).output)
+    text = mlflow.artifacts.load_text(f"runs:/{first}/options.yaml")
+    assert text.startswith("# mia train --config options.yaml runs this again")
+    assert "quiet" not in text and "clients" not in text  # neither progress bars nor defaults
+    Path("options.yaml").write_text(text)
+    again = run_id_of(invoke("train", "--config", "options.yaml").output)
+    client = MlflowClient()
+    runs = [client.get_run(r).data for r in (first, again)]
+    assert runs[0].params == runs[1].params
+    assert runs[0].metrics["test_accuracy"] == runs[1].metrics["test_accuracy"]
+
+
+def test_stored_options_hold_no_storage_password():
+    from entrypoints.options import options_yaml
+
+    args = ["--defense", "relaxloss", "--storage", "postgresql://me:s3cret@db.lab/optuna", "--trials", "3"]
+    with main.commands["tune"].make_context("tune", args) as ctx:
+        text = options_yaml(ctx.params)
+    assert "s3cret" not in text and "storage: postgresql://me:***@db.lab/optuna" in text and "trials: 3" in text
