@@ -330,12 +330,14 @@ def log_config(config: TargetConfig, effective: dict[str, object] | None = None)
     differently, 5e-7 in a digits model's logits); a federated run leaves out the recipe fields its clients do not
     use (:data:`mia.fl.config.UNUSED_TRAIN`), which the ``fl.*`` params replace;
     ``effective`` holds what a defense trains with instead of a parameter's 0
-    ("the recipe's"), logged as ``effective.<key>``.
+    ("the recipe's"), logged as ``effective.<key>``. ``label_only`` is no param: it lists the label-only
+    signals computed with the run, which ``mia audit`` takes from its attacks and ``mia train`` from
+    ``--label-only`` alone, so one target would log two values (``config.json`` keeps it).
     """
     from mia.train import resolve_device
 
     d = config.to_dict()
-    params = flatten(d)
+    params = {k: v for k, v in flatten(d).items() if k != "label_only"}
     if config.scenario == "federated":
         for key in UNUSED_TRAIN:
             params.pop(f"train.{key}", None)

@@ -139,7 +139,7 @@ def test_audit_logs_linked_runs(mlflow_store):
     stored = {a.path for a in client.list_artifacts(target_id)} | {
         a.path for d in ("model", "signals") for a in client.list_artifacts(target_id, d)}
     assert {"config.json", "split.npz", "model/checkpoint.pt", "signals/target.npz"} <= stored
-    assert target.data.params["label_only"] == "[]"  # the named attacks read no label-only signals
+    assert "label_only" not in target.data.params  # what was computed with the run, not a setting of it
 
     attack = client.get_run(attack_id)
     assert attack.data.tags["mia.target_run_id"] == target_id
@@ -958,3 +958,18 @@ def test_stored_options_hold_no_storage_password():
     with main.commands["tune"].make_context("tune", args) as ctx:
         text = options_yaml(ctx.params)
     assert "s3cret" not in text and "storage: postgresql://me:***@db.lab/optuna" in text and "trials: 3" in text
+
+
+def test_the_training_run_of_mia_audit_has_the_params_of_mia_train(mlflow_store):
+    """``mia audit`` computes the label-only signals its attacks read while the target is in memory; its
+    training run logged them as the param ``label_only`` (``['aug']``) where ``mia train`` logged ``[]``, the
+    one param that told two identical targets apart."""
+    from mia.tracking import TargetRun
+
+    audited = invoke("audit", "--reference-models", "1", "--attacks", "loss,aug", *FAST)
+    trained = invoke("train", *FAST)
+    client = MlflowClient()
+    params = [client.get_run(run_id_of(r.output, label)).data.params
+              for r, label in ((audited, "target run"), (trained, "run id"))]
+    assert params[0] == params[1]
+    assert "aug" in TargetRun(run_id_of(audited.output, "target run")).signals().label_only  # computed all the same
