@@ -117,7 +117,7 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -
 
 
 def config_defaults(ctx: click.Context, path: str) -> dict[str, object]:
-    """The ``default_map`` of ``command`` that the YAML file ``path`` describes (see :func:`config_option`)."""
+    """The ``default_map`` of ``ctx``'s command that the YAML file ``path`` describes (see :func:`config_option`)."""
     import yaml
 
     try:
@@ -181,8 +181,8 @@ _UNRECORDED = ("quiet",)
 
 def options_yaml(opts: dict) -> str:
     """The options the user gave the current command (typed, or from ``--config``; not defaults, nor what the
-    environment holds, such as a storage password) as a ``--config`` file that runs it again, under their
-    command-line names; a storage URI without its password. The run's params hold every effective value."""
+    environment holds) as a ``--config`` file that runs it again, under their command-line names, a storage URI
+    without its password. The run's params hold every effective value."""
     import yaml
 
     from mia import __version__

@@ -49,7 +49,9 @@ def exclusive(name: str, what: str) -> Iterator[None]:
     ``what`` names the work for the one line printed while waiting (on
     stderr, e.g. "reference pool 1a2b3c4d").
     """
-    held = _held.__dict__.setdefault("names", set())
+    if not hasattr(_held, "names"):
+        _held.names = set()
+    held = _held.names
     if fcntl is None or name in held:
         yield
         return
