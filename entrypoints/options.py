@@ -98,7 +98,10 @@ def config_option(func):
     file also keeps a long command (a federated or pruning audit has thirty
     options) in version control. The file fills Click's ``default_map``, so
     its values pass through the same types and checks as typed ones, and an
-    option typed on the command line wins over the file.
+    option typed on the command line wins over the file. The file is read
+    without YAML's guesses at types (``010`` is not octal 8, ``2.5`` is not
+    cut to an ``int``): every value reaches Click as the text it would be
+    on the command line.
     """
     return click.option("--config", type=click.Path(dir_okay=False), default=None, is_eager=True,
                         expose_value=False, callback=_read_config, metavar="FILE",
@@ -121,14 +124,16 @@ def config_defaults(ctx: click.Context, path: str) -> dict[str, object]:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=yaml.BaseLoader)  # every scalar a str
     except OSError as exc:
         raise MiaError(f"--config {path}: {exc.strerror or exc}; pass a readable YAML file") from None
+    except UnicodeDecodeError:
+        raise MiaError(f"--config {path} is not UTF-8 text; pass a YAML file") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise MiaError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
-    if data is None:
+    if data is None or data == "":
         return {}
     if not isinstance(data, dict):
         raise MiaError(f"--config {path} must map option names to values (dataset: digits), "
@@ -138,13 +143,16 @@ def config_defaults(ctx: click.Context, path: str) -> dict[str, object]:
         if isinstance(p, click.Option) and p.expose_value:
             options[p.name.replace("_", "-")] = p
             options.update((o.lstrip("-"), p) for o in p.opts)
-    out = {}
+    out, given = {}, {}
     for key, value in data.items():
         option = options.get(str(key).lstrip("-").replace("_", "-"))
         if option is None:
             known = sorted({max(o.opts, key=len).lstrip("-") for o in options.values()})
             raise MiaError(f"--config {path}: `mia {command.name}` has no option {key!r}; known: {', '.join(known)}")
-        if value is None:  # null: the option's default
+        if option.name in given:
+            raise MiaError(f"--config {path}: {given[option.name]!r} and {key!r} are one option; keep one")
+        given[option.name] = key
+        if value in _NULL:  # the option's default
             continue
         out[option.name] = _option_value(option, value, key, path)
         try:  # checked here, where the message can say that the value came from the file
@@ -154,24 +162,31 @@ def config_defaults(ctx: click.Context, path: str) -> dict[str, object]:
     return out
 
 
+#: What YAML writes for "no value"; read as text (:func:`config_defaults`), they mean the option's default.
+_NULL = ("", "~", "null", "Null", "NULL")
+
+
 def _option_value(option: click.Option, value, key, path: str):
-    """A YAML value as Click takes it for ``option``: mappings and lists of a repeatable ``KEY=VALUE`` option
-    become its pairs (``attack-param: {loss: {thresholds: global}}``), a list of names a comma-separated one."""
+    """A YAML value (text, lists and mappings of text) as Click takes it for ``option``: mappings and lists of a
+    repeatable ``KEY=VALUE`` option become its pairs (``attack-param: {loss: {thresholds: global}}``), a list of
+    names a comma-separated one."""
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise MiaError(f"--config {path}: option {key!r} takes a list of values, not of lists or mappings")
     if option.multiple:
         if not isinstance(value, dict):
-            return [_text(v) for v in value] if isinstance(value, list) else [_text(value)]
+            return list(value) if isinstance(value, list) else [value]
+        nested = option.name == "attack_param"  # ATTACK.KEY=VALUE: a mapping per attack
         pairs = []
         for k, v in value.items():
-            if isinstance(v, dict):  # attack-param: {loss: {thresholds: global}}
-                pairs += [f"{k}.{kk}={_text(vv)}" for kk, vv in v.items()]
-            else:
-                pairs.append(f"{k}={_text(v)}")
+            if (isinstance(v, dict) != nested or isinstance(v, list) or v in _NULL
+                    or nested and not all(isinstance(vv, str) for vv in v.values())):
+                form = f"{k}: {{key: value}}" if nested else f"{k}: value"
+                raise MiaError(f"--config {path}: {key} {k}: give {form}")
+            pairs += [f"{k}.{kk}={vv}" for kk, vv in v.items()] if nested else [f"{k}={v}"]
         return pairs
     if isinstance(value, dict):
         raise MiaError(f"--config {path}: option {key!r} takes one value, not a mapping")
-    if isinstance(value, list):
-        return ",".join(_text(v) for v in value)
-    return value
+    return ",".join(value) if isinstance(value, list) else value
 
 
 OPTIONS_FILE = "options.yaml"
@@ -189,17 +204,18 @@ def options_yaml(opts: dict) -> str:
     from mia.tracking import redact
 
     ctx = click.get_current_context()
-    names = {p.name: max(p.opts, key=len).lstrip("-") for p in ctx.command.params
-             if isinstance(p, click.Option) and p.expose_value}
-    out = {}
+    params = {p.name: p for p in ctx.command.params if isinstance(p, click.Option) and p.expose_value}
+    out, notes = {}, []
     for name, value in opts.items():
-        if value is None or name in _UNRECORDED or name not in names or not typed(name):
+        if name not in params or name in _UNRECORDED or value is None:
             continue
-        if name == "storage":
-            value = redact(value)
-        out[names[name]] = list(value) if isinstance(value, tuple) else value
+        flag_name = max(params[name].opts, key=len).lstrip("-")
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT:
+            notes.append(f"# {flag_name}: from ${params[name].envvar}, not stored (it may hold a password)\n")
+        elif typed(name):
+            out[flag_name] = list(value) if isinstance(value, tuple) else redact(value) if name == "storage" else value
     return (f"# mia {ctx.command.name} --config {OPTIONS_FILE} runs this again (written by mia {__version__}); "
-            "options typed beside it win\n" + yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
+            "options typed beside it win\n" + "".join(notes) + yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
 
 
 def log_options(opts: dict, *run_ids: str | None) -> None:
@@ -210,10 +226,6 @@ def log_options(opts: dict, *run_ids: str | None) -> None:
     for run_id in filter(None, run_ids):
         log_run_text(run_id, text, OPTIONS_FILE)
 
-
-def _text(value) -> str:
-    """A YAML scalar as typed on the command line (``true``, not Python's ``True``)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def flag(name: str) -> str:

@@ -71,7 +71,9 @@ DENSE_ARTIFACTS = ModelArtifacts(DENSE_CHECKPOINT, DENSE_SIGNALS, DENSE_POPULATI
 TAGS = ("scenario", "dataset", "model", "defense")
 
 
-_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|pass|secret|token)=)[^&#]*", re.IGNORECASE)
+#: Query values that hold a secret: any key naming a password, secret, token or key (``sslpassword``, ``api_key``).
+_SECRET_QUERY = re.compile(r"([?&](?:[^=&#]*(?:password|passwd|pwd|secret|token|api_?key)[^=&#]*|pass)=)[^&#]*",
+                           re.IGNORECASE)
 
 
 def redact(uri: str) -> str:

@@ -903,30 +903,41 @@ def test_a_config_file_maps_lists_and_mappings_to_the_options_they_stand_for():
 
     with CliRunner().isolated_filesystem():
         Path("a.yaml").write_text("attacks: [loss, rmia]\nattack-param: {loss: {thresholds: global}, rmia: "
-                                   "{a: 0.3}}\nlabel-only: [aug]\npool: offline\nadaptive: true\n"
-                                   "defense-param: [alpha=0.5, upper=0.9]\ndataset-param: n=600\n")
+                                   "{a: 0.3}}\nlabel-only: [aug]\npool: offline\nadaptive: 0\nseed: 010\n"
+                                   "defense-param: [alpha=0.5, upper=0.9]\ndataset-param: n=600\nmodel: null\n"
+                                   "epochs:\n")
         ctx = main.commands["audit"].make_context("audit", [])
-        assert config_defaults(ctx, "a.yaml") == {
+        assert config_defaults(ctx, "a.yaml") == {  # the text as typed: Click's types read it
             "attacks": "loss,rmia", "attack_param": ["loss.thresholds=global", "rmia.a=0.3"], "label_only": "aug",
-            "pool_mode": "offline", "adaptive": True, "defense_param": ["alpha=0.5", "upper=0.9"],
-            "dataset_param": ["n=600"]}
+            "pool_mode": "offline", "adaptive": "0", "seed": "010", "defense_param": ["alpha=0.5", "upper=0.9"],
+            "dataset_param": ["n=600"]}  # null and no value: the defaults
+        ctx = main.commands["audit"].make_context("audit", ["--config", "a.yaml"])
+        assert (ctx.params["seed"], ctx.params["adaptive"]) == (10, False)  # YAML read 010 as octal 8
 
 
 @pytest.mark.parametrize("content, fragments", [
-    ("epoch: 3\n", ["has no option 'epoch'", "known: ", "epochs"]),
+    ("epoch: 3\n", ["`mia audit` has no option 'epoch'", "known: ", "epochs"]),
     ("epochs: x\n", ["epochs: 'x' is not an integer"]),
     ("member-fraction: 2\n", ["member-fraction: 2.0 is not in the range 0<x<1"]),
     ("model: {a: 1}\n", ["option 'model' takes one value, not a mapping"]),
     ("- dataset\n", ["must map option names to values", "not hold a list"]),
     ("dataset: [\n", ["is not valid YAML (line 2)"]),
+    ("epochs: 2.5\n", ["epochs: '2.5' is not an integer"]),  # YAML's float, which Click's int cut to 2
+    ("epochs: true\n", ["epochs: 'true' is not an integer"]),
+    ("attack-param: {rmia: 4}\n", ["attack-param rmia: give rmia: {key: value}"]),
+    ("dataset-param: {n: null}\n", ["dataset-param n: give n: value"]),
+    ("attacks: [{loss: 1}]\n", ["option 'attacks' takes a list of values, not of lists or mappings"]),
+    ("pool: online\npool-mode: offline\n", ["'pool' and 'pool-mode' are one option; keep one"]),
 ])
 def test_a_bad_config_file_is_a_one_line_error_naming_the_file(mlflow_store, content, fragments):
     Path("bad.yaml").write_text(content)
-    assert_user_error(invoke("train", "--config", "bad.yaml"), "--config bad.yaml", *fragments)
+    assert_user_error(invoke("audit", "--config", "bad.yaml"), "--config bad.yaml", *fragments)
 
 
 def test_a_missing_config_file_or_one_under_mlflow_run_is_a_one_line_error(mlflow_store, monkeypatch):
     assert_user_error(invoke("audit", "--config", "nope.yaml"), "--config nope.yaml: No such file")
+    Path("latin1.yaml").write_bytes("dataset: d\xedgits\n".encode("latin-1"))  # was a UnicodeDecodeError traceback
+    assert_user_error(invoke("audit", "--config", "latin1.yaml"), "--config latin1.yaml is not UTF-8 text")
     Path("ok.yaml").write_text("epochs: 2\n")
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # what `mlflow run` hands the command, with every -P typed
     assert_user_error(invoke("audit", "--config", "ok.yaml"), "does not combine with `mlflow run`", "-P key=value")
@@ -951,13 +962,19 @@ def test_each_run_stores_the_options_that_run_it_again(mlflow_store):
     assert runs[0].metrics["test_accuracy"] == runs[1].metrics["test_accuracy"]
 
 
-def test_stored_options_hold_no_storage_password():
+def test_stored_options_hold_no_storage_password(monkeypatch):
     from entrypoints.options import options_yaml
 
-    args = ["--defense", "relaxloss", "--storage", "postgresql://me:s3cret@db.lab/optuna", "--trials", "3"]
+    args = ["--defense", "relaxloss", "--storage", "postgresql://me:s3cret@db.lab/optuna?sslpassword=k3y&x=1",
+            "--trials", "3"]
     with main.commands["tune"].make_context("tune", args) as ctx:
         text = options_yaml(ctx.params)
-    assert "s3cret" not in text and "storage: postgresql://me:***@db.lab/optuna" in text and "trials: 3" in text
+    assert "s3cret" not in text and "k3y" not in text and "trials: 3" in text
+    assert "storage: postgresql://me:***@db.lab/optuna?sslpassword=***&x=1" in text
+    monkeypatch.setenv("MIA_TUNE_STORAGE", "postgresql://me:s3cret@db.lab/optuna")
+    with main.commands["tune"].make_context("tune", ["--defense", "relaxloss"]) as ctx:
+        text = options_yaml(ctx.params)
+    assert "s3cret" not in text and "# storage: from $MIA_TUNE_STORAGE, not stored" in text
 
 
 def test_the_training_run_of_mia_audit_has_the_params_of_mia_train(mlflow_store):

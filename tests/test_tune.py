@@ -324,6 +324,9 @@ def test_workers_and_resumes_get_samplers_of_their_own():
     ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"), ("mysql://u:p?w#d@h:3306/db", "mysql://u:***@h:3306/db"),
     ("postgresql://us@er:secret@h/db", "postgresql://us@er:***@h/db"),  # and its user name up to the :
     ("postgresql://h/db?token=abc&sslmode=require", "postgresql://h/db?token=***&sslmode=require"),
+    # libpq's sslpassword, and any key naming a password, secret, token or key
+    ("postgresql://u@h/db?sslpassword=k&x=1", "postgresql://u@h/db?sslpassword=***&x=1"),
+    ("postgresql://u@h/db?my_api_key=k", "postgresql://u@h/db?my_api_key=***"),
     ("sqlite:///optuna.db", "sqlite:///optuna.db"), ("study.journal", "study.journal")])
 def test_redaction_covers_every_place_a_password_goes(uri, shown):
     from mia.tracking import redact
