@@ -384,20 +384,30 @@ def said_waiting(capsys, seconds: float = 60) -> bool:
     return "waiting for another mia process" in said
 
 
+class Stalled:
+    """``module.name`` replaced by itself, counting its calls and, once entered, waiting for ``release``: a
+    process that holds a lock while it trains, for as long as a test needs."""
+
+    def __init__(self, monkeypatch, module, name: str):
+        import threading
+
+        self.real, self.calls = getattr(module, name), []
+        self.entered, self.release = threading.Event(), threading.Event()
+        monkeypatch.setattr(module, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(1)
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.real(*args, **kwargs)
+
+
 def test_two_audits_at_once_in_one_cache_folder_train_its_pool_once(tmp_path, monkeypatch, capsys):
     """``run_audit`` without MLflow keeps pools in a folder (``cache_dir``): two scripts auditing one recipe at
     once both trained the pool there; the second now waits for the first and reuses its models."""
     import threading
 
-    real, calls, training, release = audit.fit_many, [], threading.Event(), threading.Event()
-
-    def slow(*args, **kwargs):
-        calls.append(1)
-        training.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(audit, "fit_many", slow)
+    fit_many = Stalled(monkeypatch, audit, "fit_many")
     config = audit.resolve_config("digits", train_overrides={"epochs": 2})
     got = {}
 
@@ -407,13 +417,13 @@ def test_two_audits_at_once_in_one_cache_folder_train_its_pool_once(tmp_path, mo
 
     first = threading.Thread(target=run, args=("first",))
     first.start()
-    assert training.wait(60)  # the first grows the pool, its lock held
+    assert fit_many.entered.wait(60)  # the first grows the pool, its lock held
     second = threading.Thread(target=run, args=("second",))
     second.start()
     assert said_waiting(capsys)  # it trained its own target, and waits at the pool
-    release.set()
+    fit_many.release.set()
     first.join(120)
     second.join(120)
-    assert len(calls) == 1
+    assert len(fit_many.calls) == 1
     assert (got["first"].reference_models_trained, got["second"].reference_models_trained) == (2, 0)
     assert got["first"].metrics["loss"] == got["second"].metrics["loss"]

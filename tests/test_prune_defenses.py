@@ -326,19 +326,10 @@ def test_two_estimates_of_one_set_of_mem_scores_at_once_train_it_once(digits, tm
     both trained the halves models; the second now waits for the first's cache entry."""
     import threading
 
-    from test_pool import said_waiting
+    from test_pool import Stalled, said_waiting
 
     train_idx = np.random.default_rng(0).permutation(len(digits))[:201]
-    real, calls, training = memscores.train_many, [], threading.Event()
-    release = threading.Event()
-
-    def slow(*args, **kwargs):
-        calls.append(1)
-        training.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(memscores, "train_many", slow)
+    train_many = Stalled(monkeypatch, memscores, "train_many")
     got = {}
 
     def estimate(name: str) -> None:
@@ -347,14 +338,14 @@ def test_two_estimates_of_one_set_of_mem_scores_at_once_train_it_once(digits, tm
 
     first = threading.Thread(target=estimate, args=("first",))
     first.start()
-    assert training.wait(30)  # the first is training, its lock held
+    assert train_many.entered.wait(30)  # the first is training, its lock held
     second = threading.Thread(target=estimate, args=("second",))
     second.start()
     assert said_waiting(capsys)  # waits for the first instead of training too
-    release.set()
+    train_many.release.set()
     first.join(60)
     second.join(60)
-    assert len(calls) == 1 and np.array_equal(got["first"], got["second"])
+    assert len(train_many.calls) == 1 and np.array_equal(got["first"], got["second"])
 
 
 def test_estimate_mem_scores_bounds_zeros_and_cache(digits, tmp_path, monkeypatch):
