@@ -83,8 +83,11 @@ def info() -> None:
     """Versions, devices and the tracking URI: the installation check."""
     import torch
 
-    from mia import __version__, tracking
+    import mlflow
+
+    from mia import __version__, lease, tracking
     from mia.allocator import keep_freed_memory
+    from mia.errors import MiaError
     from mia.train.loop import cpu_has_bf16
 
     click.echo(f"mia {__version__}, python {platform.python_version()} on {platform.platform()}")
@@ -108,9 +111,14 @@ def info() -> None:
     uri = tracking.tracking_uri()
     store = tracking.sqlite_file(uri)
     click.echo(f"tracking URI: {uri}{_free(store.parent) if store else ''}")
+    try:
+        shared = lease.store_is_shared(mlflow.get_tracking_uri())
+        click.echo(f"pools shared with other machines ({lease.ENV}): "
+                   + ("yes, one machine at a time trains a pool" if shared else "no, this machine's store"))
+    except MiaError as exc:
+        click.echo(f"pools shared with other machines: {exc}")
     click.echo(f"temporary files (TMPDIR; pools pass through it): {tempfile.gettempdir()}"
                f"{_free(Path(tempfile.gettempdir()))}")
-    from mia.errors import MiaError
     from mia.plugins import ENV, load_plugins
 
     try:

@@ -10,9 +10,8 @@ first and then find its models.
 The lock is an ``flock`` on an empty file per name in a folder of this
 user's (``$TMPDIR/mia-<uid>-locks``): the kernel releases it when its holder
 exits or is killed, so no crash leaves a stale lock behind. It coordinates
-the processes of one machine; workers on several machines sharing one
-tracking server still each train what they find missing (the results are the
-same, the time is not). Without ``fcntl`` (Windows) nothing is locked.
+the processes of one machine; :mod:`mia.lease` coordinates machines that
+share a tracking store. Without ``fcntl`` (Windows) nothing is locked.
 """
 
 from __future__ import annotations

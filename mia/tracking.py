@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -37,6 +38,7 @@ from mlflow.entities import RunStatus  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from mia import lease  # noqa: E402
 from mia.audit import TargetConfig  # noqa: E402
 from mia.data import Split  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
@@ -126,6 +128,7 @@ def prepare_store() -> None:
     after minutes of silent retries for a server.
     """
     uri = mlflow.get_tracking_uri()
+    lease.store_is_shared(uri)  # a bad $MIA_STORE_LEASE refused before any work, not at the first pool
     if uri in _prepared:
         return
     with _store_lock(uri), _one_try(uri):
@@ -634,11 +637,17 @@ def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["Poo
 
     Pools live as runs tagged ``mia.pool_key`` in any experiment, so a later
     attack on any target with the same recipe and data finds them. One process
-    of this machine at a time holds a pool (:func:`mia.pool.pool_lock`): a
-    second one asking for it waits, then finds the first one's models.
+    at a time holds a pool: of this machine (:func:`mia.pool.pool_lock`), and,
+    on a tracking store that several machines share, of all of them
+    (:func:`mia.lease.lease`); a second one asking for it waits, then finds the
+    first one's models.
     """
     with pool_lock(store_name(), key):
-        yield from _pool_store(key, experiment, tags)
+        client = MlflowClient()
+        shared = lease.store_is_shared(mlflow.get_tracking_uri())
+        run_id = _pool_run(client, key, experiment, tags, shared)
+        with lease.lease(client, run_id, f"reference pool {key[:8]}") if shared else contextlib.nullcontext():
+            yield from _pool_store(client, run_id)
 
 
 def store_name() -> str:
@@ -648,25 +657,44 @@ def store_name() -> str:
     return str(path.resolve()) if path is not None else uri
 
 
-def _pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["PoolStore"]:
-    client = MlflowClient()
+def _pool_run(client: MlflowClient, key: str, experiment: str, tags: dict[str, str], shared: bool) -> str:
+    """The run that keeps pool ``key``: the largest stored (the first made of equals), else a new one.
+
+    On a shared store two machines may both find none and both make one; each
+    then waits for the other's to be visible and keeps the same one, the other
+    deleted by its maker.
+    """
+    runs = _pool_runs(client, key)
+    if runs:
+        return runs[0].info.run_id
+    made = client.create_run(experiment_id(experiment), run_name=f"pool-{key[:8]}",
+                             tags={**tags, "mia.kind": "pool", "mia.pool_key": key}).info.run_id
+    if not shared:
+        return made
+    time.sleep(lease.SETTLE)
+    kept = _pool_runs(client, key)[0].info.run_id
+    if kept != made:
+        client.delete_run(made)
+    return kept
+
+
+def _pool_runs(client: MlflowClient, key: str) -> list:
+    """The runs of pool ``key``, the one to use first: most models, then first made."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.`mia.pool_key` = '{key}'",
-                              order_by=["metrics.`pool.size` DESC"], max_results=1)
+    runs = client.search_runs(experiments, filter_string=f"tags.`mia.pool_key` = '{key}'")
+    return sorted(runs, key=lambda r: (-r.data.metrics.get("pool.size", 0), r.info.start_time, r.info.run_id))
+
+
+def _pool_store(client: MlflowClient, run_id: str) -> Iterator["PoolStore"]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / POOL_DIR
-        if runs:
-            run_id = runs[0].info.run_id
-            if client.list_artifacts(run_id, POOL_DIR):  # stored models that must come down, or nothing is reused
-                try:
-                    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=POOL_DIR,
-                                                                      dst_path=tmp))
-                except (MlflowException, OSError) as e:
-                    raise MiaError(f"pool run {run_id} could not be downloaded from the artifact store "
-                                   f"({type(e).__name__}: {str(e)[:200]}); check the store and retry") from None
-        else:
-            run_id = client.create_run(experiment_id(experiment), run_name=f"pool-{key[:8]}",
-                                       tags={**tags, "mia.kind": "pool", "mia.pool_key": key}).info.run_id
+        if client.list_artifacts(run_id, POOL_DIR):  # stored models that must come down, or nothing is reused
+            try:
+                folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=POOL_DIR,
+                                                                  dst_path=tmp))
+            except (MlflowException, OSError) as e:
+                raise MiaError(f"pool run {run_id} could not be downloaded from the artifact store "
+                               f"({type(e).__name__}: {str(e)[:200]}); check the store and retry") from None
         folder.mkdir(parents=True, exist_ok=True)
         store = PoolStore(run_id, folder)
         try:

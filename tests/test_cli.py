@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def test_info_reports_versions_devices_and_store(mlflow_store):
     # the free space where runs and temporary pool files are written: a full disk stops a run
     assert re.search(r"tracking URI: sqlite:///\S+ \(\d+\.\d GiB free", result.output)
     assert re.search(r"temporary files \(TMPDIR; pools pass through it\): \S+ \(\d+\.\d GiB free", result.output)
+    assert "pools shared with other machines (MIA_STORE_LEASE): no, this machine's store" in result.output
 
 
 def test_low_free_space_is_flagged(tmp_path, monkeypatch):
@@ -849,12 +851,14 @@ def test_the_experiment_option_says_where_runs_go_without_it():
     assert "(default: $MLFLOW_EXPERIMENT_NAME, else mia)" in train_help
 
 
-def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_store):
+def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_store, tmp_path_factory):
     """Two processes asking for one pool at once (the first trials of ``mia tune --jobs N``, two ``mia attack``
     runs on one target) both found nothing stored and both trained it; the second now waits for the first
-    (a lock per pool and store on this machine) and then trains nothing."""
+    and then trains nothing: on this machine (a lock per pool and store), and on another machine sharing the
+    tracking store (a lease in the pool run's tags; its own lock folder here, as another machine has)."""
     import time
 
+    from mia.lease import lease
     from mia.pool import pool_lock
     from mia.tracking import store_name
 
@@ -862,22 +866,29 @@ def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_
     client = MlflowClient()
     args = ["attack", "--run-id", run_id, "--attacks", "loss", "--quiet"]
     first = client.get_run(run_id_of(invoke(*args, "--reference-models", "1").output, "attack run")).data
-    with pool_lock(store_name(), first.tags["mia.pool_key"]):  # as a process growing the pool holds it
-        other = subprocess.Popen([sys.executable, "-c", "from entrypoints.cli import main; main()", *args,
-                                  "--reference-models", "3"], cwd=Path.cwd(), text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        said, deadline = "", time.monotonic() + 120
-        while "waiting for another mia process" not in said and other.poll() is None and time.monotonic() < deadline:
-            said += other.stderr.readline()
-        assert "waiting for another mia process that is making reference pool" in said, said
-        grown = invoke(*args, "--reference-models", "3")  # this process grows the pool while the other waits
+    elsewhere = {**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("other-machine")), "MIA_STORE_LEASE": "on"}
+    with pool_lock(store_name(), first.tags["mia.pool_key"]), \
+            lease(client, first.tags["mia.pool_run_id"], "reference pool"):  # as a process growing the pool
+        waiting = [subprocess.Popen([sys.executable, "-c", "from entrypoints.cli import main; main()", *args,
+                                     "--reference-models", "3"], cwd=Path.cwd(), text=True, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for env in (os.environ, elsewhere)]
+        for other, holder in zip(waiting, ("", f"(pid {os.getpid()} on ")):  # the lease names its holder
+            said, deadline = "", time.monotonic() + 120
+            while "waiting for another mia process" not in said and other.poll() is None \
+                    and time.monotonic() < deadline:
+                said += other.stderr.readline()
+            assert "waiting for another mia process" in said and "that is making reference pool" in said, said
+            assert holder in said, said
+        grown = invoke(*args, "--reference-models", "3")  # this process grows the pool while the others wait
         assert client.get_run(run_id_of(grown.output, "attack run")).data.metrics["reference_models.trained"] == 2
-    out, err = other.communicate(timeout=120)
-    assert other.returncode == 0, err[-2000:]
-    assert client.get_run(run_id_of(out, "attack run")).data.metrics["reference_models.trained"] == 0
+    for other in waiting:
+        out, err = other.communicate(timeout=120)
+        assert other.returncode == 0, err[-2000:]
+        assert client.get_run(run_id_of(out, "attack run")).data.metrics["reference_models.trained"] == 0
     pools = client.search_runs([client.get_experiment_by_name("mia").experiment_id],
                                filter_string="tags.`mia.kind` = 'pool'")
     assert len(pools) == 1 and pools[0].data.metrics["pool.size"] == 3
+    assert "mia.lease_holder" not in pools[0].data.tags
 
 
 def test_a_config_file_gives_the_options_and_the_command_line_wins(mlflow_store):

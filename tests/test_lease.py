@@ -1,0 +1,144 @@
+"""The lease that keeps machines sharing one tracking store from training one reference pool each."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mia import lease, tracking
+from mia.errors import MiaError
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """The lease's timings cut to fractions of a second."""
+    for name, value in (("SETTLE", 0.3), ("POLL", 0.05), ("HEARTBEAT", 0.1), ("STALE", 0.8)):
+        monkeypatch.setattr(lease, name, value)
+
+
+def a_run(experiment: str = "leases") -> str:
+    client = MlflowClient()
+    return client.create_run(client.create_experiment(experiment)).info.run_id
+
+
+@pytest.mark.parametrize("uri, setting, shared", [
+    ("http://tracking:5000", None, True), ("https://tracking", None, True),
+    ("postgresql://u:p@db/mlflow", None, True), ("databricks", None, False),
+    ("sqlite:///mlflow.db", None, False), ("file:///tmp/mlruns", None, False), ("./mlruns", None, False),
+    ("sqlite:////nfs/mlflow.db", "on", True), ("http://tracking:5000", "off", False),
+    ("http://tracking:5000", " Auto ", True),
+])
+def test_a_store_is_shared_when_it_is_a_server_or_the_user_says_so(monkeypatch, uri, setting, shared):
+    if setting is None:
+        monkeypatch.delenv(lease.ENV, raising=False)
+    else:
+        monkeypatch.setenv(lease.ENV, setting)
+    assert lease.store_is_shared(uri) is shared
+
+
+def test_a_bad_lease_setting_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv(lease.ENV, "yes")
+    with pytest.raises(MiaError, match=r"^\$MIA_STORE_LEASE must be on, off or auto, got 'yes'$"):
+        lease.store_is_shared("http://tracking")
+
+
+def test_a_bad_lease_setting_stops_a_command_before_it_trains(mlflow_store, monkeypatch):
+    from click.testing import CliRunner
+
+    from entrypoints.cli import main
+
+    monkeypatch.setenv(lease.ENV, "yes")
+    result = CliRunner().invoke(main, ["audit", "--epochs", "1", "--attacks", "loss", "--quiet"])
+    assert result.exit_code != 0 and "\n" not in result.output.strip()
+    assert "$MIA_STORE_LEASE must be on, off or auto, got 'yes'" in result.output
+    assert not MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+
+
+def test_claimers_at_once_hold_the_lease_one_at_a_time(mlflow_store, fast, capsys):
+    """Three processes (threads here, each its own holder) that find the lease free at the same instant: the
+    last write wins, the others wait, and the block runs once at a time, every one of them in the end."""
+    run_id, client = a_run(), MlflowClient()
+    start, inside, entered, overlaps = threading.Barrier(3), [], [], []
+
+    def work(i: int) -> None:
+        start.wait()
+        with lease.lease(client, run_id, "reference pool test"):
+            inside.append(i)
+            overlaps.append(len(inside) > 1)
+            time.sleep(0.4)
+            entered.append(i)
+            inside.remove(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(entered) == [0, 1, 2] and not any(overlaps)
+    assert f"on {socket.gethostname()}) that is making reference pool test" in capsys.readouterr().err
+    assert lease.HOLDER not in client.get_run(run_id).data.tags  # released by the last holder
+
+
+def test_a_live_holder_is_waited_for_and_a_silent_one_taken_over(mlflow_store, fast, capsys):
+    """A holder on another machine whose heartbeat goes on is waited for past ``STALE``; once its heartbeat stops
+    (killed, cut off) the lease is taken ``STALE`` seconds later."""
+    run_id, client = a_run(), MlflowClient()
+    client.set_tag(run_id, lease.HOLDER, "gpu-7:4242:abcd")
+    beating = threading.Event()
+    beating.set()
+
+    def heartbeat() -> None:
+        for count in range(15):  # 1.5 s of heartbeats, about twice STALE
+            client.set_tag(run_id, lease.HEARTBEAT_TAG, str(count))
+            time.sleep(0.1)
+        beating.clear()
+
+    began = time.monotonic()
+    threading.Thread(target=heartbeat, daemon=True).start()
+    with lease.lease(client, run_id, "reference pool test"):
+        took = time.monotonic() - began
+        assert not beating.is_set()
+        assert client.get_run(run_id).data.tags[lease.HOLDER].startswith(f"{socket.gethostname()}:{os.getpid()}:")
+    assert 1.5 + 0.8 - 0.2 < took < 1.5 + 0.8 + 5
+    err = capsys.readouterr().err
+    assert "waiting for another mia process (pid 4242 on gpu-7)" in err
+    assert "the mia process 4242 on gpu-7 that was making reference pool test is gone; making it here" in err
+
+
+def test_a_holder_that_exited_on_this_machine_frees_the_lease_at_once(mlflow_store, monkeypatch):
+    """A crashed run's lease, left by a process of this machine that no longer exists, is not waited on."""
+    monkeypatch.setattr(lease, "SETTLE", 0.1)
+    run_id, client = a_run(), MlflowClient()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client.set_tag(run_id, lease.HOLDER, f"{socket.gethostname()}:{gone.stdout.strip()}:abcd")
+    began = time.monotonic()
+    with lease.lease(client, run_id, "reference pool test"):
+        assert time.monotonic() - began < 10  # STALE is 180 s
+    alive = f"{socket.gethostname()}:{os.getppid()}:abcd"  # this machine, alive: a holder to wait for
+    assert not lease._dead_here(*alive.split(":")[:2])
+
+
+def test_machines_that_both_make_a_pool_run_keep_the_same_one(mlflow_store, fast):
+    """Two machines that find no run of a pool both make one; each waits to see the other's and keeps the
+    same one, the other's deleted by its maker."""
+    MlflowClient().create_experiment("mia")
+    start, got = threading.Barrier(2), []
+
+    def make() -> None:
+        start.wait()
+        got.append(tracking._pool_run(MlflowClient(), "k" * 64, "mia", {}, shared=True))
+
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 2 and got[0] == got[1]
+    assert [r.info.run_id for r in tracking._pool_runs(MlflowClient(), "k" * 64)] == got[:1]
