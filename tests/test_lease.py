@@ -112,6 +112,27 @@ def test_a_live_holder_is_waited_for_and_a_silent_one_taken_over(mlflow_store, f
     assert "the mia process 4242 on gpu-7 that was making reference pool test is gone; making it here" in err
 
 
+def test_a_holder_that_works_longer_than_stale_keeps_its_lease_by_its_heartbeat(mlflow_store, fast):
+    """A pool that takes hours to train outlasts ``STALE`` many times over: the holder's heartbeat keeps a
+    waiter from taking it over until the holder is done."""
+    run_id, client = a_run(), MlflowClient()
+    held, done = threading.Event(), []
+
+    def hold() -> None:
+        with lease.lease(client, run_id, "reference pool test"):
+            held.set()
+            time.sleep(3 * 0.8)
+            done.append(time.monotonic())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    with lease.lease(client, run_id, "reference pool test"):
+        entered = time.monotonic()
+    holder.join(30)
+    assert done and entered >= done[0]
+
+
 def test_a_holder_that_exited_on_this_machine_frees_the_lease_at_once(mlflow_store, monkeypatch):
     """A crashed run's lease, left by a process of this machine that no longer exists, is not waited on."""
     monkeypatch.setattr(lease, "SETTLE", 0.1)
