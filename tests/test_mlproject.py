@@ -12,19 +12,24 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_mlflow_run_main_entry_point(mlflow_store):
+def test_mlflow_run_main_entry_point_passes_declared_and_undeclared_options(mlflow_store):
+    """The audit, the report and a catalog through ``mlflow run``; declared options (``defense_params``, several
+    pairs in one string) and undeclared, dashed ones (``batch-size``) reach the command."""
     client = MlflowClient()
     # Artifacts go under the test's folder, not the project's ./mlruns.
     client.create_experiment("mlproject", artifact_location=(mlflow_store / "mlruns").as_uri())
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_store / 'mlflow.db'}",
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local",
-         "--experiment-name", "mlproject", "-P", "epochs=2", "-P", "reference_models=1",
-         "-P", "attacks=loss,nn"],
-        env=env, capture_output=True, text=True, timeout=300)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+
+    def mlflow_run(entry: str, *params: str) -> subprocess.CompletedProcess:
+        args = [a for p in params for a in ("-P", p)]
+        return subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local",
+                               "--experiment-name", "mlproject", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    result = mlflow_run("main", "epochs=2", "reference_models=1", "attacks=loss,nn", "defense=relaxloss",
+                        "defense_params=alpha=0.7,upper=0.9", "batch-size=64")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "attack run:" in result.stdout
 
@@ -33,15 +38,16 @@ def test_mlflow_run_main_entry_point(mlflow_store):
     assert set(by_kind) == {"train", "attack", "pool"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert by_kind["attack"].data.tags["mia.target_run_id"] == by_kind["train"].info.run_id
+    params = by_kind["train"].data.params
+    assert (params["train.epochs"], params["train.batch_size"], params["defense"]) == ("2", "64", "relaxloss")
+    assert params["defense_params.alpha"] == "0.7" and params["defense_params.upper"] == "0.9"
+    assert "loss.auc" in by_kind["attack"].data.metrics
 
-    report = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "report", "--env-manager", "local",
-         "--experiment-name", "mlproject", "-P", f"out={mlflow_store / 'report'}", "-P", "leakage=leakage.max_auc"],
-        env=env, capture_output=True, text=True, timeout=300)
+    report = mlflow_run("report", f"out={mlflow_store / 'report'}", "leakage=leakage.max_auc")
     assert report.returncode == 0, report.stderr[-3000:]
     assert (mlflow_store / "report" / "report.html").is_file()
-    assert "loss.auc" in by_kind["attack"].data.metrics
-    assert by_kind["train"].data.params["train.epochs"] == "2"
+    catalog = mlflow_run("defenses")
+    assert catalog.returncode == 0 and "relaxloss" in catalog.stdout, catalog.stderr[-3000:]
 
 
 def test_mlflow_run_tune_entry_point_nests_the_trials_under_the_project_run(mlflow_store):
@@ -63,29 +69,3 @@ def test_mlflow_run_tune_entry_point_nests_the_trials_under_the_project_run(mlfl
     assert len(study) == 1 and study[0].data.tags.get("mlflow.project.entryPoint") == "tune"
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study[0].info.run_id]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in runs)
-
-
-def test_mlflow_run_passes_declared_and_undeclared_options_and_lists_the_catalogs(mlflow_store):
-    client = MlflowClient()
-    client.create_experiment("options", artifact_location=(mlflow_store / "mlruns").as_uri())
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_store / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-
-    def mlflow_run(entry: str, *params: str) -> subprocess.CompletedProcess:
-        args = [a for p in params for a in ("-P", p)]
-        return subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local",
-                               "--experiment-name", "options", *args], env=env, capture_output=True, text=True,
-                              timeout=300)
-
-    # declared (defense_params, several pairs in one string) and undeclared, dashed (batch-size) options
-    train = mlflow_run("train", "defense=relaxloss", "defense_params=alpha=0.7,upper=0.9", "epochs=1",
-                       "batch-size=64")
-    assert train.returncode == 0, train.stderr[-3000:]
-    run = next(r for r in client.search_runs([client.get_experiment_by_name("options").experiment_id])
-               if r.data.tags.get("mia.kind") == "train")
-    params = run.data.params
-    assert params["train.batch_size"] == "64" and params["defense"] == "relaxloss"
-    assert params["defense_params.alpha"] == "0.7" and params["defense_params.upper"] == "0.9"
-    catalog = mlflow_run("defenses")
-    assert catalog.returncode == 0 and "relaxloss" in catalog.stdout, catalog.stderr[-3000:]
