@@ -9,10 +9,12 @@ later ones wait for the first and then find its models.
 MLflow offers no compare-and-swap, so the lease is written in tags of the
 pool's own run, where the MLflow UI shows who holds it:
 
-* ``mia.lease_holder``: ``host:pid:nonce`` of the holder. A process claims
-  a free lease by writing its own name, waits :data:`SETTLE` seconds, and
-  holds it if its name is still there (of two claimers the last write wins,
-  and both read the same winner once both writes are visible);
+* ``mia.lease_holder``: ``host:pid:machine:nonce`` of the holder (machine:
+  this boot and pid namespace, so a holder here that has exited is known at
+  once). A process claims a free lease by writing its own name, waits
+  :data:`SETTLE` seconds, and holds it if its name is still there (of two
+  claimers the last write wins, and both read the same winner once both
+  writes are visible);
 * ``mia.lease_heartbeat``: a counter the holder advances every
   :data:`HEARTBEAT` seconds. A holder whose heartbeat a waiter has not seen
   change for :data:`STALE` seconds (on the waiter's own clock, so skewed
@@ -34,8 +36,10 @@ such a file on a network file system that several machines open).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
+import random
 import socket
 import sys
 import threading
@@ -88,17 +92,18 @@ def lease(client, run_id: str, what: str) -> Iterator[None]:
     if run_id in _held.runs:
         yield
         return
-    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    _acquire(client, run_id, me, what)
-    _held.runs.add(run_id)
-    stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(client, run_id, me, stop), daemon=True, name="mia-lease")
-    beat.start()
+    me = f"{socket.gethostname()}:{os.getpid()}:{_machine()}:{uuid.uuid4().hex[:8]}"
+    stop, beat = threading.Event(), None
     try:
+        _acquire(client, run_id, me, what)
+        _held.runs.add(run_id)
+        beat = threading.Thread(target=_beat, args=(client, run_id, me, stop), daemon=True, name="mia-lease")
+        beat.start()
         yield
-    finally:
+    finally:  # also after a signal during the claim: a claim left behind would stall the others STALE seconds
         stop.set()
-        beat.join()
+        if beat is not None:
+            beat.join()
         _held.runs.discard(run_id)
         with contextlib.suppress(Exception):  # the store unreachable: the lease goes stale for the next one
             if _tags(client, run_id).get(HOLDER) == me:
@@ -119,15 +124,16 @@ def _acquire(client, run_id: str, me: str, what: str) -> None:
             now = (holder, tags.get(HEARTBEAT_TAG))
             if now != seen:  # a new holder, or a live one's heartbeat: wait on
                 seen, since = now, time.monotonic()
-            host, pid = (holder.split(":") + ["", ""])[:2]
-            if time.monotonic() - since < STALE and not _dead_here(host, pid):
+            host, pid, machine = (holder.split(":") + ["", "", ""])[:3]
+            if time.monotonic() - since < STALE and not _dead_here(pid, machine):
                 if not said:
                     print(f"waiting for another mia process (pid {pid} on {host}) that is making {what} "
                           "(it will be reused here)", file=sys.stderr, flush=True)
                     said = True
                 time.sleep(POLL)
                 continue
-            print(f"the mia process {pid} on {host} that was making {what} is gone; making it here",
+            gone = "has exited" if _dead_here(pid, machine) else f"has not been heard from for {STALE:.0f} s"
+            print(f"the mia process {pid} on {host} that was making {what} {gone}; going on here",
                   file=sys.stderr, flush=True)
         try:  # free, or its holder silent for STALE seconds: claim it
             client.set_tag(run_id, HOLDER, me)
@@ -137,7 +143,7 @@ def _acquire(client, run_id: str, me: str, what: str) -> None:
             if refused > 3:  # not a race: a store that refuses tags
                 raise
             seen = None
-            time.sleep(POLL)
+            time.sleep(random.uniform(0, SETTLE))
             continue
         time.sleep(SETTLE)
         if _tags(client, run_id).get(HOLDER) == me:
@@ -145,9 +151,24 @@ def _acquire(client, run_id: str, me: str, what: str) -> None:
         seen = None  # another claimer's write came last: it holds the lease now
 
 
-def _dead_here(host: str, pid: str) -> bool:
-    """Whether the holder ran on this machine and has exited (a crashed run's lease is free at once)."""
-    if host != socket.gethostname() or not pid.isdigit():
+def _machine() -> str:
+    """This kernel boot and pid namespace: where a holder's pid names the same process (Linux; else "").
+
+    Containers sharing the host's network share its host name, not its pids;
+    cloned VMs share a host name, not a boot.
+    """
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:12]
+
+
+def _dead_here(pid: str, machine: str) -> bool:
+    """Whether the holder ran here (this boot, this pid namespace) and has exited: a crashed run's lease is
+    free at once, not after STALE seconds."""
+    if not machine or machine != _machine() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -162,5 +183,9 @@ def _beat(client, run_id: str, me: str, stop: threading.Event) -> None:
     for count in itertools.count(1):
         if stop.wait(HEARTBEAT):
             return
-        with contextlib.suppress(Exception):  # a lost heartbeat or two is not a dead holder
+        try:
+            if _tags(client, run_id).get(HOLDER) != me:  # taken over while cut off: keep no one else's alive
+                return
             client.set_tag(run_id, HEARTBEAT_TAG, str(count))
+        except Exception:  # noqa: BLE001  (a lost heartbeat or two is not a dead holder)
+            pass

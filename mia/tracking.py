@@ -632,22 +632,36 @@ def attack_scores(run_id: str) -> list:
 
 
 @contextlib.contextmanager
-def pool_store(key: str, experiment: str, tags: dict[str, str]) -> Iterator["PoolStore"]:
+def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None = None) -> Iterator["PoolStore"]:
     """The folder of pool ``key``, downloaded from its MLflow run (made on first use).
 
     Pools live as runs tagged ``mia.pool_key`` in any experiment, so a later
     attack on any target with the same recipe and data finds them. One process
-    at a time holds a pool: of this machine (:func:`mia.pool.pool_lock`), and,
+    at a time grows a pool: of this machine (:func:`mia.pool.pool_lock`), and,
     on a tracking store that several machines share, of all of them
-    (:func:`mia.lease.lease`); a second one asking for it waits, then finds the
-    first one's models.
+    (:func:`mia.lease.lease`, skipped when the pool already holds ``size``
+    models: readers do not queue); a second one asking for it waits, then
+    finds the first one's models.
     """
     with pool_lock(store_name(), key):
         client = MlflowClient()
-        shared = lease.store_is_shared(mlflow.get_tracking_uri())
-        run_id = _pool_run(client, key, experiment, tags, shared)
-        with lease.lease(client, run_id, f"reference pool {key[:8]}") if shared else contextlib.nullcontext():
-            yield from _pool_store(client, run_id)
+        if not lease.store_is_shared(mlflow.get_tracking_uri()):
+            yield from _pool_store(client, _pool_run(client, key, experiment, tags, shared=False).info.run_id)
+            return
+        while True:
+            run = _pool_run(client, key, experiment, tags, shared=True)
+            run_id = run.info.run_id
+            if size is not None and run.data.metrics.get("pool.size", 0) >= size:
+                yield from _pool_store(client, run_id)
+                return
+            with lease.lease(client, run_id, f"reference pool {key[:8]}"):
+                if _pool_runs(client, key)[0].info.run_id == run_id:
+                    yield from _pool_store(client, run_id)
+                    return
+                # Another run of the pool sorts first now (machines that made one each, the other's seen late):
+                # use that one; this one, still empty, is dropped.
+                if "pool.size" not in client.get_run(run_id).data.metrics:
+                    _drop(client, run_id)
 
 
 def store_name() -> str:
@@ -657,32 +671,43 @@ def store_name() -> str:
     return str(path.resolve()) if path is not None else uri
 
 
-def _pool_run(client: MlflowClient, key: str, experiment: str, tags: dict[str, str], shared: bool) -> str:
+def _pool_run(client: MlflowClient, key: str, experiment: str, tags: dict[str, str], shared: bool):
     """The run that keeps pool ``key``: the largest stored (the first made of equals), else a new one.
 
     On a shared store two machines may both find none and both make one; each
     then waits for the other's to be visible and keeps the same one, the other
-    deleted by its maker.
+    dropped by its maker.
     """
     runs = _pool_runs(client, key)
     if runs:
-        return runs[0].info.run_id
+        return runs[0]
     made = client.create_run(experiment_id(experiment), run_name=f"pool-{key[:8]}",
-                             tags={**tags, "mia.kind": "pool", "mia.pool_key": key}).info.run_id
+                             tags={**tags, "mia.kind": "pool", "mia.pool_key": key})
     if not shared:
         return made
     time.sleep(lease.SETTLE)
-    kept = _pool_runs(client, key)[0].info.run_id
-    if kept != made:
-        client.delete_run(made)
+    kept = _pool_runs(client, key)[0]
+    if kept.info.run_id != made.info.run_id:
+        _drop(client, made.info.run_id)
     return kept
 
 
 def _pool_runs(client: MlflowClient, key: str) -> list:
-    """The runs of pool ``key``, the one to use first: most models, then first made."""
+    """The runs of pool ``key``, the one to use first: most models, then first made.
+
+    Attack runs carry the pool's key too (``mia.pool_key``): only runs of kind
+    ``pool`` are pools.
+    """
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.`mia.pool_key` = '{key}'")
+    runs = client.search_runs(experiments,
+                              filter_string=f"tags.`mia.pool_key` = '{key}' and tags.`mia.kind` = 'pool'")
     return sorted(runs, key=lambda r: (-r.data.metrics.get("pool.size", 0), r.info.start_time, r.info.run_id))
+
+
+def _drop(client: MlflowClient, run_id: str) -> None:
+    """Delete an empty pool run made twice, ended first (a deleted run otherwise shows as still running)."""
+    client.set_terminated(run_id, "KILLED")
+    client.delete_run(run_id)
 
 
 def _pool_store(client: MlflowClient, run_id: str) -> Iterator["PoolStore"]:

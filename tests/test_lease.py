@@ -109,7 +109,7 @@ def test_a_live_holder_is_waited_for_and_a_silent_one_taken_over(mlflow_store, f
     assert 1.5 + 0.8 - 0.2 < took < 1.5 + 0.8 + 5
     err = capsys.readouterr().err
     assert "waiting for another mia process (pid 4242 on gpu-7)" in err
-    assert "the mia process 4242 on gpu-7 that was making reference pool test is gone; making it here" in err
+    assert "the mia process 4242 on gpu-7 that was making reference pool test has not been heard from" in err
 
 
 def test_a_holder_that_works_longer_than_stale_keeps_its_lease_by_its_heartbeat(mlflow_store, fast):
@@ -137,13 +137,47 @@ def test_a_holder_that_exited_on_this_machine_frees_the_lease_at_once(mlflow_sto
     """A crashed run's lease, left by a process of this machine that no longer exists, is not waited on."""
     monkeypatch.setattr(lease, "SETTLE", 0.1)
     run_id, client = a_run(), MlflowClient()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    client.set_tag(run_id, lease.HOLDER, f"{socket.gethostname()}:{gone.stdout.strip()}:abcd")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    client.set_tag(run_id, lease.HOLDER, f"{socket.gethostname()}:{gone}:{lease._machine()}:abcd")
     began = time.monotonic()
     with lease.lease(client, run_id, "reference pool test"):
         assert time.monotonic() - began < 10  # STALE is 180 s
-    alive = f"{socket.gethostname()}:{os.getppid()}:abcd"  # this machine, alive: a holder to wait for
-    assert not lease._dead_here(*alive.split(":")[:2])
+    assert lease._machine() and lease._dead_here(gone, lease._machine())
+    assert not lease._dead_here(str(os.getppid()), lease._machine())  # here, alive: a holder to wait for
+    # A container with the host's name (host network) or a cloned VM: the pid is not this machine's to check.
+    assert not lease._dead_here(gone, "0123456789ab")
+
+
+def test_a_signal_during_the_claim_leaves_no_claim_behind(mlflow_store, monkeypatch):
+    """Ctrl-C or SIGTERM while a claim settles: the claim is removed, or the others would wait ``STALE``."""
+    monkeypatch.setattr(lease, "SETTLE", 0.1)
+    run_id, client = a_run(), MlflowClient()
+    reads, real = [], lease._tags
+
+    def interrupted_read_back(client, run_id):
+        reads.append(1)
+        if len(reads) == 2:  # the read after the claim settled
+            raise KeyboardInterrupt
+        return real(client, run_id)
+
+    monkeypatch.setattr(lease, "_tags", interrupted_read_back)
+    with pytest.raises(KeyboardInterrupt):
+        with lease.lease(client, run_id, "reference pool test"):
+            pass
+    assert lease.HOLDER not in client.get_run(run_id).data.tags
+
+
+def test_a_holder_taken_over_stops_its_heartbeat(mlflow_store, fast):
+    """A holder cut off for ``STALE`` seconds and taken over must not keep the new holder's lease looking alive
+    should the new one die."""
+    run_id, client = a_run(), MlflowClient()
+    with lease.lease(client, run_id, "reference pool test"):
+        client.set_tag(run_id, lease.HOLDER, "gpu-7:4242:0123456789ab:abcd")
+        client.set_tag(run_id, lease.HEARTBEAT_TAG, "new")
+        time.sleep(5 * 0.1)  # five heartbeats
+        assert client.get_run(run_id).data.tags[lease.HEARTBEAT_TAG] == "new"
+    assert client.get_run(run_id).data.tags[lease.HOLDER] == "gpu-7:4242:0123456789ab:abcd"  # not released: not its
 
 
 def test_machines_that_both_make_a_pool_run_keep_the_same_one(mlflow_store, fast):
@@ -154,7 +188,7 @@ def test_machines_that_both_make_a_pool_run_keep_the_same_one(mlflow_store, fast
 
     def make() -> None:
         start.wait()
-        got.append(tracking._pool_run(MlflowClient(), "k" * 64, "mia", {}, shared=True))
+        got.append(tracking._pool_run(MlflowClient(), "k" * 64, "mia", {}, shared=True).info.run_id)
 
     threads = [threading.Thread(target=make) for _ in range(2)]
     for t in threads:
@@ -163,3 +197,71 @@ def test_machines_that_both_make_a_pool_run_keep_the_same_one(mlflow_store, fast
         t.join(60)
     assert len(got) == 2 and got[0] == got[1]
     assert [r.info.run_id for r in tracking._pool_runs(MlflowClient(), "k" * 64)] == got[:1]
+
+
+@pytest.fixture
+def shared(mlflow_store, fast, monkeypatch):
+    """The test's SQLite store treated as one that several machines share."""
+    monkeypatch.setenv(lease.ENV, "on")
+    MlflowClient().create_experiment("mia")
+    return "k" * 64
+
+
+def test_a_complete_pool_is_read_without_waiting_for_the_lease(shared, monkeypatch):
+    """Attacks that only read a pool holding enough models do not queue behind each other, or behind a
+    process growing it further."""
+    client = MlflowClient()
+    run = tracking._pool_run(client, shared, "mia", {}, shared=True)
+    client.log_metric(run.info.run_id, "pool.size", 4)
+    client.set_tag(run.info.run_id, lease.HOLDER, "gpu-7:4242:0123456789ab:abcd")  # a live holder growing it
+    client.set_tag(run.info.run_id, lease.HEARTBEAT_TAG, "0")
+    monkeypatch.setattr(lease, "STALE", 60)
+    began = time.monotonic()
+    with tracking.pool_store(shared, "mia", {}, size=4) as store:
+        assert store.run_id == run.info.run_id and time.monotonic() - began < 10
+    entered = threading.Event()
+
+    def grow() -> None:
+        with tracking.pool_store(shared, "mia", {}, size=8):
+            entered.set()
+
+    grower = threading.Thread(target=grow)
+    grower.start()
+    assert not entered.wait(1.5)  # more models than it holds: wait for the holder
+    client.delete_tag(run.info.run_id, lease.HOLDER)  # the holder is done
+    grower.join(30)
+    assert entered.is_set()
+
+
+def test_attack_runs_that_carry_a_pools_key_are_not_taken_for_the_pool(shared):
+    """Attack runs are tagged with their pool's key: only runs of kind ``pool`` are pools, however many attack
+    runs there are (MLflow returns at most 1000 runs a search), and with the pool run deleted."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("mia").experiment_id
+    attack = client.create_run(experiment, tags={"mia.kind": "attack", "mia.pool_key": shared}).info.run_id
+    pool = tracking._pool_run(client, shared, "mia", {}, shared=False).info.run_id
+    assert pool != attack and [r.info.run_id for r in tracking._pool_runs(client, shared)] == [pool]
+    client.delete_run(pool)
+    assert tracking._pool_run(client, shared, "mia", {}, shared=False).info.run_id not in (pool, attack)
+
+
+def test_a_pool_run_another_machine_made_first_and_was_seen_late_is_switched_to(shared, monkeypatch):
+    """Two machines' runs of one pool, the first made seen only once the lease is held (its creation
+    committed late): the later, empty one is dropped and the first one used."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("mia").experiment_id
+    first = client.create_run(experiment, tags={"mia.kind": "pool", "mia.pool_key": shared}).info.run_id
+    time.sleep(0.01)
+    late = client.create_run(experiment, tags={"mia.kind": "pool", "mia.pool_key": shared}).info.run_id
+    real, calls = tracking._pool_runs, []
+
+    def first_unseen_at_first(client, key):
+        calls.append(1)
+        runs = real(client, key)
+        return [r for r in runs if r.info.run_id != first] if len(calls) == 1 else runs
+
+    monkeypatch.setattr(tracking, "_pool_runs", first_unseen_at_first)
+    with tracking.pool_store(shared, "mia", {}, size=2) as store:
+        assert store.run_id == first
+    assert client.get_run(late).info.lifecycle_stage == "deleted"
+    assert client.get_run(late).info.status == "KILLED"
