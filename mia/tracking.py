@@ -165,15 +165,24 @@ def _store_lock(uri: str) -> Iterator[None]:
 def _one_try(uri: str) -> Iterator[None]:
     """First contact with a tracking server without MLflow's retries, unless the user set them: a server that
     is down kept ``mia`` silent for minutes of backoff before its traceback. Later requests retry as usual."""
-    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    if not uri.startswith(("http://", "https://")) or name in os.environ:
+    if not uri.startswith(("http://", "https://")):
         yield
         return
-    os.environ[name] = "0"
+    with _unless_set("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"):
+        yield
+
+
+@contextlib.contextmanager
+def _unless_set(name: str, value: str) -> Iterator[None]:
+    """Environment variable ``name`` set to ``value`` for the block, unless the user set it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
     try:
         yield
     finally:
-        del os.environ[name]
+        os.environ.pop(name, None)
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -706,7 +715,7 @@ def _pool_runs(client: MlflowClient, key: str) -> list:
 
 def _drop(client: MlflowClient, run_id: str) -> None:
     """Delete an empty pool run made twice, ended first (a deleted run otherwise shows as still running)."""
-    client.set_terminated(run_id, "KILLED")
+    _end_pool_run(client, run_id, "KILLED")
     client.delete_run(run_id)
 
 
@@ -727,11 +736,18 @@ def _pool_store(client: MlflowClient, run_id: str) -> Iterator["PoolStore"]:
         except BaseException as exc:
             status, reason = stop_reason(exc)
             client.set_tag(run_id, "mia.failure_reason", reason)
-            client.set_terminated(run_id, status)  # what it holds stays usable: the next attack grows it
+            _end_pool_run(client, run_id, status)  # what it holds stays usable: the next attack grows it
             raise
         if "mia.failure_reason" in client.get_run(run_id).data.tags:  # an earlier failure, since mended
             client.delete_tag(run_id, "mia.failure_reason")
-        client.set_terminated(run_id)
+        _end_pool_run(client, run_id, "FINISHED")
+
+
+def _end_pool_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a pool run without MLflow's "View run pool-... at: <url>" lines, which a tracking server's client
+    prints on stdout: a pool is kept for the user's runs, not one of them (those keep their links)."""
+    with _unless_set("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"):
+        client.set_terminated(run_id, status)
 
 
 class PoolStore:

@@ -265,3 +265,22 @@ def test_a_pool_run_another_machine_made_first_and_was_seen_late_is_switched_to(
         assert store.run_id == first
     assert client.get_run(late).info.lifecycle_stage == "deleted"
     assert client.get_run(late).info.status == "KILLED"
+
+
+def test_ending_a_pool_run_prints_no_mlflow_link(shared, monkeypatch, capsys):
+    """A tracking server's client prints "View run <name> at: <url>" when a run ends: for the pool run kept
+    behind an attack that is noise on stdout, where the attack run's own link stays."""
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    monkeypatch.setattr(TrackingServiceClient, "_log_url",  # as for a server's RestStore
+                        lambda self, run_id: None if MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get()
+                        else print(f"View run {run_id}"))
+    with tracking.pool_store(shared, "mia", {}, size=1) as store:
+        pass
+    with tracking.run("attack") as run:
+        pass
+    out = capsys.readouterr().out
+    assert f"View run {store.run_id}" not in out and f"View run {run.info.run_id}" in out
+    assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
