@@ -648,29 +648,40 @@ def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None
     attack on any target with the same recipe and data finds them. One process
     at a time grows a pool: of this machine (:func:`mia.pool.pool_lock`), and,
     on a tracking store that several machines share, of all of them
-    (:func:`mia.lease.lease`, skipped when the pool already holds ``size``
-    models: readers do not queue); a second one asking for it waits, then
-    finds the first one's models.
+    (:func:`mia.lease.lease`); a second one asking for it waits, then finds the
+    first one's models. A pool that holds ``size`` models already is read
+    without the lease (readers do not queue), which is taken only should the
+    reader write to it after all (label-only signals the pool lacked).
     """
-    with pool_lock(store_name(), key):
+    with pool_lock(store_name(), key), contextlib.ExitStack() as held:
         client = MlflowClient()
         if not lease.store_is_shared(mlflow.get_tracking_uri()):
-            yield from _pool_store(client, _pool_run(client, key, experiment, tags, shared=False).info.run_id)
+            run, made = _pool_run(client, key, experiment, tags, shared=False)
+            yield from _pool_store(client, run.info.run_id, made)
             return
         while True:
-            run = _pool_run(client, key, experiment, tags, shared=True)
-            run_id = run.info.run_id
+            run, made = _pool_run(client, key, experiment, tags, shared=True)
+            run_id, what = run.info.run_id, f"reference pool {key[:8]}"
+
+            def claim() -> None:
+                held.enter_context(lease.lease(client, run_id, what))  # a no-op if held already
+
             if size is not None and run.data.metrics.get("pool.size", 0) >= size:
-                yield from _pool_store(client, run_id)
-                return
-            with lease.lease(client, run_id, f"reference pool {key[:8]}"):
-                if _pool_runs(client, key)[0].info.run_id == run_id:
-                    yield from _pool_store(client, run_id)
-                    return
-                # Another run of the pool sorts first now (machines that made one each, the other's seen late):
-                # use that one; this one, still empty, is dropped.
-                if "pool.size" not in client.get_run(run_id).data.metrics:
-                    _drop(client, run_id)
+                break
+            try:
+                claim()
+            except BaseException:
+                if made:  # interrupted while it waited: the run it made, still empty, must not look running
+                    _end_pool_run(client, run_id, "KILLED")
+                raise
+            if _pool_runs(client, key)[0].info.run_id == run_id:
+                break
+            # Another run of the pool sorts first now (machines that made one each, the other's seen late):
+            # use that one; this one, if still empty, is dropped.
+            if "pool.size" not in client.get_run(run_id).data.metrics:
+                _drop(client, run_id)
+            held.close()
+        yield from _pool_store(client, run_id, made, claim)
 
 
 def store_name() -> str:
@@ -681,7 +692,8 @@ def store_name() -> str:
 
 
 def _pool_run(client: MlflowClient, key: str, experiment: str, tags: dict[str, str], shared: bool):
-    """The run that keeps pool ``key``: the largest stored (the first made of equals), else a new one.
+    """``(run, made)``: the run that keeps pool ``key``, the largest stored (the first made of equals), else a
+    new one (``made``).
 
     On a shared store two machines may both find none and both make one; each
     then waits for the other's to be visible and keeps the same one, the other
@@ -689,16 +701,16 @@ def _pool_run(client: MlflowClient, key: str, experiment: str, tags: dict[str, s
     """
     runs = _pool_runs(client, key)
     if runs:
-        return runs[0]
+        return runs[0], False
     made = client.create_run(experiment_id(experiment), run_name=f"pool-{key[:8]}",
                              tags={**tags, "mia.kind": "pool", "mia.pool_key": key})
     if not shared:
-        return made
+        return made, True
     time.sleep(lease.SETTLE)
     kept = _pool_runs(client, key)[0]
     if kept.info.run_id != made.info.run_id:
         _drop(client, made.info.run_id)
-    return kept
+    return kept, kept.info.run_id == made.info.run_id
 
 
 def _pool_runs(client: MlflowClient, key: str) -> list:
@@ -719,7 +731,10 @@ def _drop(client: MlflowClient, run_id: str) -> None:
     client.delete_run(run_id)
 
 
-def _pool_store(client: MlflowClient, run_id: str) -> Iterator["PoolStore"]:
+def _pool_store(client: MlflowClient, run_id: str, made: bool,
+                claim: Callable[[], None] | None = None) -> Iterator["PoolStore"]:
+    """Run ``run_id``'s pool in a temporary folder; its status set at the end by a process that made or grew it
+    (a reader's failure is not the pool's)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / POOL_DIR
         if client.list_artifacts(run_id, POOL_DIR):  # stored models that must come down, or nothing is reused
@@ -730,14 +745,17 @@ def _pool_store(client: MlflowClient, run_id: str) -> Iterator["PoolStore"]:
                 raise MiaError(f"pool run {run_id} could not be downloaded from the artifact store "
                                f"({type(e).__name__}: {str(e)[:200]}); check the store and retry") from None
         folder.mkdir(parents=True, exist_ok=True)
-        store = PoolStore(run_id, folder)
+        store = PoolStore(run_id, folder, claim)
         try:
             yield store
         except BaseException as exc:
-            status, reason = stop_reason(exc)
-            client.set_tag(run_id, "mia.failure_reason", reason)
-            _end_pool_run(client, run_id, status)  # what it holds stays usable: the next attack grows it
+            if made or store.written:
+                status, reason = stop_reason(exc)
+                client.set_tag(run_id, "mia.failure_reason", reason)
+                _end_pool_run(client, run_id, status)  # what it holds stays usable: the next attack grows it
             raise
+        if not (made or store.written):
+            return
         if "mia.failure_reason" in client.get_run(run_id).data.tags:  # an earlier failure, since mended
             client.delete_tag(run_id, "mia.failure_reason")
         _end_pool_run(client, run_id, "FINISHED")
@@ -751,17 +769,27 @@ def _end_pool_run(client: MlflowClient, run_id: str, status: str) -> None:
 
 
 class PoolStore:
-    """A pool's local folder and the MLflow run that keeps it."""
+    """A pool's local folder and the MLflow run that keeps it.
 
-    def __init__(self, run_id: str, folder: Path):
-        self.run_id, self.folder = run_id, folder
+    ``claim`` is called before the first write: on a shared store, a reader of
+    a complete pool takes the lease only then.
+    """
+
+    def __init__(self, run_id: str, folder: Path, claim: Callable[[], None] | None = None):
+        self.run_id, self.folder, self.claim, self.written = run_id, folder, claim, False
 
     def save(self, path: Path, size: int) -> None:
         """Store one model file as soon as it is written (a run killed later keeps it), the pool's identity
-        beside it, and the pool's size now."""
+        beside it, and the pool's size now (never less than stored: another machine may have grown it)."""
         client = MlflowClient()
+        if not self.written:
+            if self.claim is not None:
+                self.claim()
+            self.written = True
+            client.update_run(self.run_id, status="RUNNING")  # being grown, until it ends
         client.log_artifact(self.run_id, str(path), POOL_DIR)
         identity = self.folder / "pool.json"
         if identity.is_file():
             client.log_artifact(self.run_id, str(identity), POOL_DIR)
+        size = max(size, int(client.get_run(self.run_id).data.metrics.get("pool.size", 0)))
         client.log_metric(self.run_id, "pool.size", size)

@@ -188,7 +188,7 @@ def test_machines_that_both_make_a_pool_run_keep_the_same_one(mlflow_store, fast
 
     def make() -> None:
         start.wait()
-        got.append(tracking._pool_run(MlflowClient(), "k" * 64, "mia", {}, shared=True).info.run_id)
+        got.append(tracking._pool_run(MlflowClient(), "k" * 64, "mia", {}, shared=True)[0].info.run_id)
 
     threads = [threading.Thread(target=make) for _ in range(2)]
     for t in threads:
@@ -209,28 +209,54 @@ def shared(mlflow_store, fast, monkeypatch):
 
 def test_a_complete_pool_is_read_without_waiting_for_the_lease(shared, monkeypatch):
     """Attacks that only read a pool holding enough models do not queue behind each other, or behind a
-    process growing it further."""
+    process growing it further; one that writes to it after all (label-only signals the pool lacked) takes
+    the lease before its first write, and a reader leaves the run's status and size as the grower set them."""
     client = MlflowClient()
-    run = tracking._pool_run(client, shared, "mia", {}, shared=True)
-    client.log_metric(run.info.run_id, "pool.size", 4)
-    client.set_tag(run.info.run_id, lease.HOLDER, "gpu-7:4242:0123456789ab:abcd")  # a live holder growing it
-    client.set_tag(run.info.run_id, lease.HEARTBEAT_TAG, "0")
+    run_id = tracking._pool_run(client, shared, "mia", {}, shared=True)[0].info.run_id
+    client.log_metric(run_id, "pool.size", 4)
+    client.set_tag(run_id, lease.HOLDER, "gpu-7:4242:0123456789ab:abcd")  # a live holder growing it
+    client.set_tag(run_id, lease.HEARTBEAT_TAG, "0")
     monkeypatch.setattr(lease, "STALE", 60)
     began = time.monotonic()
-    with tracking.pool_store(shared, "mia", {}, size=4) as store:
-        assert store.run_id == run.info.run_id and time.monotonic() - began < 10
-    entered = threading.Event()
+    with pytest.raises(RuntimeError):  # a reader's failure is not the pool's
+        with tracking.pool_store(shared, "mia", {}, size=4) as store:
+            assert store.run_id == run_id and time.monotonic() - began < 10
+            raise RuntimeError("the attack failed")
+    after = client.get_run(run_id)
+    assert after.info.status == "RUNNING" and "mia.failure_reason" not in after.data.tags
+    stages, saved = [], threading.Event()
 
-    def grow() -> None:
-        with tracking.pool_store(shared, "mia", {}, size=8):
-            entered.set()
+    def write_label_only() -> None:
+        with tracking.pool_store(shared, "mia", {}, size=4) as store:
+            stages.append("read")
+            (store.folder / "model_00000.npz").write_bytes(b"x")
+            store.save(store.folder / "model_00000.npz", 2)  # two models downloaded, one of them re-written
+            saved.set()
 
-    grower = threading.Thread(target=grow)
-    grower.start()
-    assert not entered.wait(1.5)  # more models than it holds: wait for the holder
-    client.delete_tag(run.info.run_id, lease.HOLDER)  # the holder is done
-    grower.join(30)
-    assert entered.is_set()
+    writer = threading.Thread(target=write_label_only)
+    writer.start()
+    assert not saved.wait(1.5) and stages == ["read"]  # read at once, waits to write
+    client.delete_tag(run_id, lease.HOLDER)  # the holder is done
+    writer.join(30)
+    assert saved.is_set()
+    assert client.get_run(run_id).data.metrics["pool.size"] == 4  # not the reader's 2
+
+
+def test_a_pool_run_made_then_interrupted_while_claiming_is_not_left_running(shared, monkeypatch):
+    reads, real = [], lease._tags
+
+    def interrupted_read_back(client, run_id):
+        reads.append(1)
+        if len(reads) == 2:
+            raise KeyboardInterrupt
+        return real(client, run_id)
+
+    monkeypatch.setattr(lease, "_tags", interrupted_read_back)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.pool_store(shared, "mia", {}, size=4):
+            pass
+    (run,) = tracking._pool_runs(MlflowClient(), shared)
+    assert run.info.status == "KILLED"
 
 
 def test_attack_runs_that_carry_a_pools_key_are_not_taken_for_the_pool(shared):
@@ -239,10 +265,10 @@ def test_attack_runs_that_carry_a_pools_key_are_not_taken_for_the_pool(shared):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("mia").experiment_id
     attack = client.create_run(experiment, tags={"mia.kind": "attack", "mia.pool_key": shared}).info.run_id
-    pool = tracking._pool_run(client, shared, "mia", {}, shared=False).info.run_id
+    pool = tracking._pool_run(client, shared, "mia", {}, shared=False)[0].info.run_id
     assert pool != attack and [r.info.run_id for r in tracking._pool_runs(client, shared)] == [pool]
     client.delete_run(pool)
-    assert tracking._pool_run(client, shared, "mia", {}, shared=False).info.run_id not in (pool, attack)
+    assert tracking._pool_run(client, shared, "mia", {}, shared=False)[0].info.run_id not in (pool, attack)
 
 
 def test_a_pool_run_another_machine_made_first_and_was_seen_late_is_switched_to(shared, monkeypatch):
