@@ -64,7 +64,6 @@ STALE = 180.0
 POLL = 5.0
 """Seconds between a waiter's looks at the lease."""
 ENV = "MIA_STORE_LEASE"
-LOCAL_SCHEMES = ("sqlite", "file", "")
 
 _held = threading.local()  # .runs: the leases this thread holds; asked again inside, no wait on itself
 
@@ -76,8 +75,10 @@ def store_is_shared(uri: str) -> bool:
         raise MiaError(f"${ENV} must be on, off or auto, got {setting!r}")
     if setting != "auto":
         return setting == "on"
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith("sqlite:") else ""
-    return scheme not in LOCAL_SCHEMES
+    lowered = uri.strip().lower()
+    if lowered.startswith(("sqlite:", "file:")):
+        return False
+    return "://" in lowered or lowered.startswith("databricks")  # a server; a bare path is a ./mlruns store
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ the MLflow UI holds utility, leakage and what produced them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -661,11 +662,8 @@ def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None
             return
         while True:
             run, made = _pool_run(client, key, experiment, tags, shared=True)
-            run_id, what = run.info.run_id, f"reference pool {key[:8]}"
-
-            def claim() -> None:
-                held.enter_context(lease.lease(client, run_id, what))  # a no-op if held already
-
+            run_id = run.info.run_id
+            claim = functools.partial(_claim, held, client, run_id, f"reference pool {key[:8]}")
             if size is not None and run.data.metrics.get("pool.size", 0) >= size:
                 break
             try:
@@ -682,6 +680,11 @@ def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None
                 _drop(client, run_id)
             held.close()
         yield from _pool_store(client, run_id, made, claim)
+
+
+def _claim(held: contextlib.ExitStack, client: MlflowClient, run_id: str, what: str) -> None:
+    """Hold the lease of pool run ``run_id`` until ``held`` closes (a no-op where this thread holds it)."""
+    held.enter_context(lease.lease(client, run_id, what))
 
 
 def store_name() -> str:

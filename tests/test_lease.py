@@ -30,7 +30,7 @@ def a_run(experiment: str = "leases") -> str:
 
 @pytest.mark.parametrize("uri, setting, shared", [
     ("http://tracking:5000", None, True), ("https://tracking", None, True),
-    ("postgresql://u:p@db/mlflow", None, True), ("databricks", None, False),
+    ("postgresql://u:p@db/mlflow", None, True), ("databricks", None, True), ("databricks://profile", None, True),
     ("sqlite:///mlflow.db", None, False), ("file:///tmp/mlruns", None, False), ("./mlruns", None, False),
     ("sqlite:////nfs/mlflow.db", "on", True), ("http://tracking:5000", "off", False),
     ("http://tracking:5000", " Auto ", True),
