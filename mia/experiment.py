@@ -477,7 +477,8 @@ def _reference_pool(config: TargetConfig, data: Dataset, split, mode: str, size:
     Returns ``(pool, growth, plan)`` (:class:`mia.pool.PoolGrowth`).
     """
     plan = audit.plan_reference_pool(config, data, split, mode)
-    with tracking.pool_store(plan.key, experiment, tracking.run_tags(config), size) as store:
+    label_only = applicable_kinds(config.label_only, data, plan.population)
+    with tracking.pool_store(plan.key, experiment, tracking.run_tags(config), size, label_only) as store:
         pool, growth = audit.reference_pool(plan, config, data, size, store.folder, progress=progress,
                                              on_saved=lambda path: store.save(path, pool_size(store.folder)))
     tracking.set_tags({f"mia.{prefix}pool_key": plan.key, f"mia.{prefix}pool_run_id": store.run_id})

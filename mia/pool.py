@@ -32,6 +32,7 @@ import hashlib
 import json
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -312,6 +313,16 @@ def grow_pool(plan: PoolPlan, root: Path, size: int, config, data: Dataset,
 
     fit_many(config, data, train_sets, plan.validation, [plan.seed(m) for m in models], progress, on_trained=save)
     return PoolGrowth(written[len(lacking):], written[:len(lacking)])
+
+
+def stored_label_only_kinds(root: Path) -> set[str]:
+    """The label-only kinds that every model of the folder meant to hold them (the first
+    :data:`LABEL_ONLY_MODELS`) stores: an audit asking for these trains nothing for them."""
+    try:
+        kinds = [_label_only_kinds(root, m) for m in range(min(pool_size(root), LABEL_ONLY_MODELS))]
+    except (OSError, ValueError, zipfile.BadZipFile):  # a file that cannot be read stores nothing known
+        return set()
+    return set.intersection(*kinds) if kinds else set()
 
 
 def _label_only_kinds(root: Path, m: int) -> set[str]:

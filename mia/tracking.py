@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 try:
     import fcntl
@@ -45,7 +45,7 @@ from mia.data import Split  # noqa: E402
 from mia.errors import MiaError, Terminated  # noqa: E402
 from mia.fl.config import UNUSED_TRAIN  # noqa: E402
 from mia.plugins import users_failure  # noqa: E402
-from mia.pool import pool_lock  # noqa: E402
+from mia.pool import pool_lock, stored_label_only_kinds  # noqa: E402
 from mia.signals import Signals  # noqa: E402
 
 DEFAULT_EXPERIMENT = "mia"
@@ -58,6 +58,8 @@ DENSE_CHECKPOINT = "model/dense_checkpoint.pt"
 DENSE_SIGNALS = "signals/dense_target.npz"
 DENSE_POPULATION_SIGNALS = "signals/dense_target_population.npz"
 POOL_DIR = "pool"
+LABEL_ONLY_TAG = "mia.pool_label_only"
+"""Tag of a pool run: the label-only signal kinds its models store (comma-separated)."""
 FL_DIR = "fl"
 
 
@@ -642,7 +644,8 @@ def attack_scores(run_id: str) -> list:
 
 
 @contextlib.contextmanager
-def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None = None) -> Iterator["PoolStore"]:
+def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None = None,
+               label_only: Sequence[str] = ()) -> Iterator["PoolStore"]:
     """The folder of pool ``key``, downloaded from its MLflow run (made on first use).
 
     Pools live as runs tagged ``mia.pool_key`` in any experiment, so a later
@@ -650,9 +653,9 @@ def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None
     at a time grows a pool: of this machine (:func:`mia.pool.pool_lock`), and,
     on a tracking store that several machines share, of all of them
     (:func:`mia.lease.lease`); a second one asking for it waits, then finds the
-    first one's models. A pool that holds ``size`` models already is read
-    without the lease (readers do not queue), which is taken only should the
-    reader write to it after all (label-only signals the pool lacked).
+    first one's models. A pool that holds ``size`` models already, with the
+    ``label_only`` signal kinds asked for (the run's tag
+    ``mia.pool_label_only``), is read without the lease: readers do not queue.
     """
     with pool_lock(store_name(), key), contextlib.ExitStack() as held:
         client = MlflowClient()
@@ -664,7 +667,8 @@ def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None
             run, made = _pool_run(client, key, experiment, tags, shared=True)
             run_id = run.info.run_id
             claim = functools.partial(_claim, held, client, run_id, f"reference pool {key[:8]}")
-            if size is not None and run.data.metrics.get("pool.size", 0) >= size:
+            stored_kinds = set(filter(None, run.data.tags.get(LABEL_ONLY_TAG, "").split(",")))
+            if size is not None and run.data.metrics.get("pool.size", 0) >= size and set(label_only) <= stored_kinds:
                 break
             try:
                 claim()
@@ -761,6 +765,7 @@ def _pool_store(client: MlflowClient, run_id: str, made: bool,
             return
         if "mia.failure_reason" in client.get_run(run_id).data.tags:  # an earlier failure, since mended
             client.delete_tag(run_id, "mia.failure_reason")
+        client.set_tag(run_id, LABEL_ONLY_TAG, ",".join(sorted(stored_label_only_kinds(folder))))
         _end_pool_run(client, run_id, "FINISHED")
 
 

@@ -310,3 +310,45 @@ def test_ending_a_pool_run_prints_no_mlflow_link(shared, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"View run {store.run_id}" not in out and f"View run {run.info.run_id}" in out
     assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
+
+
+def test_a_pool_run_records_the_label_only_kinds_its_first_models_all_store(mlflow_store):
+    """What lets a reader skip the lease: the kinds every model meant to hold label-only signals stores."""
+    import numpy as np
+
+    from mia.pool import LABEL_ONLY_MODELS, model_file
+
+    assert LABEL_ONLY_MODELS == 2
+    with tracking.pool_store("k" * 64, "mia", {}) as store:
+        for m, kinds in enumerate((["aug", "boundary"], ["aug"], [])):  # the third holds none, as it should
+            np.savez(model_file(store.folder, m), x=np.zeros(1), **{f"label_only.{k}": np.zeros(1) for k in kinds})
+            store.save(model_file(store.folder, m), m + 1)
+    (run,) = tracking._pool_runs(MlflowClient(), "k" * 64)
+    assert run.data.tags[tracking.LABEL_ONLY_TAG] == "aug"
+
+
+def test_a_reader_asking_for_label_only_signals_the_pool_lacks_takes_the_lease_first(shared, monkeypatch):
+    """Two machines adding the same label-only kinds to a stored pool both trained the models that hold them;
+    the second now waits for the first, then finds them."""
+    client = MlflowClient()
+    run_id = tracking._pool_run(client, shared, "mia", {}, shared=True)[0].info.run_id
+    client.log_metric(run_id, "pool.size", 4)
+    client.set_tag(run_id, tracking.LABEL_ONLY_TAG, "aug")
+    client.set_tag(run_id, lease.HOLDER, "gpu-7:4242:0123456789ab:abcd")  # a live holder adding kinds
+    client.set_tag(run_id, lease.HEARTBEAT_TAG, "0")
+    monkeypatch.setattr(lease, "STALE", 60)
+    began = time.monotonic()
+    with tracking.pool_store(shared, "mia", {}, size=4, label_only=["aug"]):
+        assert time.monotonic() - began < 10  # stored: read at once
+    entered = threading.Event()
+
+    def read() -> None:
+        with tracking.pool_store(shared, "mia", {}, size=4, label_only=["aug", "boundary"]):
+            entered.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert not entered.wait(1.5)  # boundary is not stored: wait for the holder
+    client.delete_tag(run_id, lease.HOLDER)
+    reader.join(30)
+    assert entered.is_set()
