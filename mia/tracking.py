@@ -584,26 +584,42 @@ def log_scores(artifact_path: str, names: list[str], scores: list[np.ndarray], i
 # ---------------------------------------------------------------- reports
 
 
+EXPERIMENT_PAGE = 1000
+"""Experiments one search returns at most (MLflow's default): the store's are read page after page."""
+
+
+def experiments(client: MlflowClient) -> list:
+    """Every active experiment of the store, page after page: a store with more than one page (a shared server)
+    kept the pools and attack runs of the later pages out of sight."""
+    found, token = [], None
+    while True:
+        page = client.search_experiments(max_results=EXPERIMENT_PAGE, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def experiment_names() -> set[str]:
     """The names of the experiments in the tracking store."""
     prepare_store()
-    return {e.name for e in MlflowClient().search_experiments()}
+    return {e.name for e in experiments(MlflowClient())}
 
 
-def attack_rows(experiments: list[str] | None = None):
+def attack_rows(names: list[str] | None = None):
     """One row per finished attack run: tags, utility, every metric, and the target's defense hyperparameters.
 
     Columns: ``run_id``, ``target_run_id``, ``scenario``, ``dataset``,
     ``model``, ``defense``, every attack-run metric under its own name
     (``test_accuracy``, ``leakage.max_auc``, ``loss.auc``, ...) and the
-    training run's ``defense_params.*`` params. ``experiments`` defaults to
-    every experiment.
+    training run's ``defense_params.*`` params. ``names`` (of experiments)
+    defaults to every experiment.
     """
     import pandas as pd
 
     prepare_store()
     client = MlflowClient()
-    found = [client.get_experiment_by_name(e) for e in experiments] if experiments else client.search_experiments()
+    found = [client.get_experiment_by_name(e) for e in names] if names else experiments(client)
     ids = [e.experiment_id for e in found if e is not None]
     if not ids:
         return pd.DataFrame()
@@ -726,8 +742,7 @@ def _pool_runs(client: MlflowClient, key: str) -> list:
     Attack runs carry the pool's key too (``mia.pool_key``): only runs of kind
     ``pool`` are pools.
     """
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments,
+    runs = client.search_runs([e.experiment_id for e in experiments(client)],
                               filter_string=f"tags.`mia.pool_key` = '{key}' and tags.`mia.kind` = 'pool'")
     return sorted(runs, key=lambda r: (-r.data.metrics.get("pool.size", 0), r.info.start_time, r.info.run_id))
 

@@ -352,3 +352,17 @@ def test_a_reader_asking_for_label_only_signals_the_pool_lacks_takes_the_lease_f
     client.delete_tag(run_id, lease.HOLDER)
     reader.join(30)
     assert entered.is_set()
+
+
+def test_pools_and_experiments_past_the_first_page_of_experiments_are_found(mlflow_store, monkeypatch):
+    """A search returns one page of experiments (1000 in MLflow); a shared server with more kept the pools of
+    the later ones out of sight, and they were trained again."""
+    monkeypatch.setattr(tracking, "EXPERIMENT_PAGE", 2)
+    client = MlflowClient()
+    for i in range(5):
+        client.create_experiment(f"e{i}")
+    pool, made = tracking._pool_run(client, "k" * 64, "e4", {}, shared=False)
+    assert made and len(client.search_experiments(max_results=2)) == 2
+    found, made = tracking._pool_run(client, "k" * 64, "e0", {}, shared=False)
+    assert found.info.run_id == pool.info.run_id and not made
+    assert {f"e{i}" for i in range(5)} <= tracking.experiment_names()
