@@ -155,6 +155,10 @@ def pool_size(root: Path) -> int:
     return m
 
 
+#: What loading a truncated or foreign model file raises.
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
 def drop_unreadable(root: Path) -> int:
     """Delete the first model file that cannot be opened and every one after it; returns how many.
 
@@ -162,15 +166,13 @@ def drop_unreadable(root: Path) -> int:
     rename) leaves a truncated ``.npz`` that :func:`pool_size` would count and
     every later load would fail on; the models from there on are retrained.
     """
-    import zipfile
-
     have = pool_size(root)
     for m in range(have):
         try:
             with np.load(model_file(root, m), allow_pickle=False) as f:
                 if not (set(_MODEL_ARRAYS) <= set(f.files) or set(_OLD_MODEL_ARRAYS) <= set(f.files)):
                     raise ValueError("missing arrays")
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        except UNREADABLE:
             for later in range(m, have):
                 model_file(root, later).unlink()
             warnings.warn(f"pool model {m} in {root} could not be read; retraining models {m}..{have - 1}")
@@ -320,7 +322,7 @@ def stored_label_only_kinds(root: Path) -> set[str]:
     :data:`LABEL_ONLY_MODELS`) stores: an audit asking for these trains nothing for them."""
     try:
         kinds = [_label_only_kinds(root, m) for m in range(min(pool_size(root), LABEL_ONLY_MODELS))]
-    except (OSError, ValueError, zipfile.BadZipFile):  # a file that cannot be read stores nothing known
+    except UNREADABLE:  # a file that cannot be read stores nothing known
         return set()
     return set.intersection(*kinds) if kinds else set()
 
