@@ -47,8 +47,6 @@ import time
 import uuid
 from typing import Iterator
 
-from mlflow.exceptions import MlflowException
-
 from mia.errors import MiaError
 
 __all__ = ["HOLDER", "HEARTBEAT_TAG", "lease", "store_is_shared"]
@@ -139,7 +137,8 @@ def _acquire(client, run_id: str, me: str, what: str) -> None:
         try:  # free, or its holder silent for STALE seconds: claim it
             client.set_tag(run_id, HOLDER, me)
             client.set_tag(run_id, HEARTBEAT_TAG, "0")
-        except MlflowException:  # a SQL store refuses one of two writes of one new tag at once: read again
+        except Exception:  # a SQL store refuses one of two writes of one new tag at once (an MlflowException; not
+            # imported, so that MLflow stays behind mia.tracking): read again
             refused += 1
             if refused > 3:  # not a race: a store that refuses tags
                 raise

@@ -57,3 +57,19 @@ def test_core_trains_pools_and_attacks_without_mlflow_optuna_opacus():
     assert set(blocked) == {"loss", "lira-online", "rmia"} and extras == "extras False"  # none slipped in
     # nothing was quietly skipped for want of them: the same seeded audit with them importable
     assert run("allow")[0] == blocked
+
+
+def test_within_mia_only_the_tracking_module_imports_mlflow():
+    """DESIGN.md's one bridge: a second importer of MLflow in ``mia/`` would be one more place to keep in step."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "mia"
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "mlflow" for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"tracking.py"}
