@@ -909,21 +909,21 @@ def test_a_config_file_gives_the_options_and_the_command_line_wins(mlflow_store)
     assert_user_error(invoke("train", "--resume", "0" * 32, "--config", "more.yaml"), "drop --epochs")  # given
 
 
-def test_a_config_file_maps_lists_and_mappings_to_the_options_they_stand_for():
+def test_a_config_file_maps_lists_and_mappings_to_the_options_they_stand_for(tmp_path, monkeypatch):
     from entrypoints.options import config_defaults
 
-    with CliRunner().isolated_filesystem():
-        Path("a.yaml").write_text("attacks: [loss, rmia]\nattack-param: {loss: {thresholds: global}, rmia: "
-                                   "{a: 0.3}}\nlabel-only: [aug]\npool: offline\nadaptive: 0\nseed: 010\n"
-                                   "defense-param: [alpha=0.5, upper=0.9]\ndataset-param: n=600\nmodel: null\n"
-                                   "epochs:\n")
-        ctx = main.commands["audit"].make_context("audit", [])
-        assert config_defaults(ctx, "a.yaml") == {  # the text as typed: Click's types read it
-            "attacks": "loss,rmia", "attack_param": ["loss.thresholds=global", "rmia.a=0.3"], "label_only": "aug",
-            "pool_mode": "offline", "adaptive": "0", "seed": "010", "defense_param": ["alpha=0.5", "upper=0.9"],
-            "dataset_param": ["n=600"]}  # null and no value: the defaults
-        ctx = main.commands["audit"].make_context("audit", ["--config", "a.yaml"])
-        assert (ctx.params["seed"], ctx.params["adaptive"]) == (10, False)  # YAML read 010 as octal 8
+    monkeypatch.chdir(tmp_path)
+    Path("a.yaml").write_text("attacks: [loss, rmia]\nattack-param: {loss: {thresholds: global}, rmia: "
+                               "{a: 0.3}}\nlabel-only: [aug]\npool: offline\nadaptive: 0\nseed: 010\n"
+                               "defense-param: [alpha=0.5, upper=0.9]\ndataset-param: n=600\nmodel: null\n"
+                               "epochs:\n")
+    ctx = main.commands["audit"].make_context("audit", [])
+    assert config_defaults(ctx, "a.yaml") == {  # the text as typed: Click's types read it
+        "attacks": "loss,rmia", "attack_param": ["loss.thresholds=global", "rmia.a=0.3"], "label_only": "aug",
+        "pool_mode": "offline", "adaptive": "0", "seed": "010", "defense_param": ["alpha=0.5", "upper=0.9"],
+        "dataset_param": ["n=600"]}  # null and no value: the defaults
+    ctx = main.commands["audit"].make_context("audit", ["--config", "a.yaml"])
+    assert (ctx.params["seed"], ctx.params["adaptive"]) == (10, False)  # YAML read 010 as octal 8
 
 
 @pytest.mark.parametrize("content, fragments", [

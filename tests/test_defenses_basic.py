@@ -282,7 +282,7 @@ def test_advreg_train_loss_is_the_objective_the_classifier_minimized(task, monke
 
     def cross_entropy(logits, labels, *args, **kwargs):
         out = F.cross_entropy(logits, labels, *args, **kwargs)
-        seen.append((float(out), len(labels)))
+        seen.append((out.item(), len(labels)))
         return out
 
     monkeypatch.setattr(advreg, "F", types.SimpleNamespace(**{**vars(F), "cross_entropy": cross_entropy}))
