@@ -306,9 +306,10 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         optimizer.state.clear()
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = config.lr
+    hooks = hooks or TrainHooks()
     steps = _steps_per_epoch(n, config.batch_size)
     total_steps = steps * config.epochs
-    if hooks is not None and hooks.epoch_rows(0) is not None:  # a window: the schedule spans the steps it runs
+    if hooks.epoch_rows(0) is not None:  # a window: the schedule spans the steps it runs
         total_steps = sum(_steps_per_epoch(len(hooks.epoch_rows(e)), config.batch_size) for e in range(config.epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s / total_steps))
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -324,7 +325,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         model.train()
         perm = torch.randperm(n, generator=generator, device=device)
         epoch_steps = steps
-        if hooks is not None and (window := hooks.epoch_rows(epoch)) is not None:
+        if (window := hooks.epoch_rows(epoch)) is not None:
             window = torch.as_tensor(window, device=device)
             perm = window[torch.randperm(len(window), generator=generator, device=device)]
             epoch_steps = _steps_per_epoch(len(window), config.batch_size)
@@ -333,15 +334,12 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         seen, lr = 0, optimizer.param_groups[0]["lr"]
         for s in range(epoch_steps):
             rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
-            if hooks is not None:
-                hooks.positions(rows)
+            hooks.positions(rows)
             yb = y_train[rows]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                inputs, targets = prepare(x_train[rows], True), yb
-                if hooks is not None:
-                    inputs, targets = hooks.batch(inputs, yb, generator)
+                inputs, targets = hooks.batch(prepare(x_train[rows], True), yb, generator)
                 logits = forward(inputs)
-                loss = F.cross_entropy(logits, yb) if hooks is None else hooks.loss(logits, targets, yb, epoch)
+                loss = hooks.loss(logits, targets, yb, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr = optimizer.param_groups[0]["lr"]
@@ -359,7 +357,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                    "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
         log.end(epoch, metrics, acc=metrics["train_accuracy"])
-        if hooks is not None and hooks.stop(epoch, metrics):
+        if hooks.stop(epoch, metrics):
             break
     return log.result()
 
