@@ -56,9 +56,6 @@ VALIDATION_FRACTION = 0.1
 IDENTITY_FILE = "pool.json"
 #: The arrays of every model file (:func:`_save_model`), and the prefix of its optional label-only ones.
 _MODEL_ARRAYS = ("inclusion", "correct", "population_logits", "phi", "sensitivity")
-#: Files written before 2026-12-07 hold ``logits`` on every pool sample instead of ``correct`` and
-#: ``population_logits`` (the audited rows' logits, 42% of a Purchase100 file, served only their argmax).
-_OLD_MODEL_ARRAYS = ("inclusion", "logits", "phi", "sensitivity")
 _LABEL_ONLY_PREFIX = "label_only."
 #: Identity fields that tell cached pools apart without changing which models a pool draws: the
 #: architecture's fingerprint (an edited model must not reuse the old one's pool, but the same recipe on
@@ -170,8 +167,8 @@ def drop_unreadable(root: Path) -> int:
     for m in range(have):
         try:
             with np.load(model_file(root, m), allow_pickle=False) as f:
-                if not (set(_MODEL_ARRAYS) <= set(f.files) or set(_OLD_MODEL_ARRAYS) <= set(f.files)):
-                    raise ValueError("missing arrays")
+                if not set(_MODEL_ARRAYS) <= set(f.files):
+                    raise ValueError("missing arrays")  # a file of another layout: retrained too
         except UNREADABLE:
             for later in range(m, have):
                 model_file(root, later).unlink()
@@ -433,16 +430,6 @@ class PoolSignals:
         return self.mem_scores()[where]
 
 
-def _model_array(f, name: str, labels: np.ndarray) -> np.ndarray:
-    """Array ``name`` of an open model file, derived from the whole ``logits`` of a file of the old layout."""
-    if name in f.files or "logits" not in f.files:
-        return f[name]
-    logits = f["logits"]
-    if name == "correct":
-        return logits.argmax(axis=1) == labels
-    return logits[len(logits) - len(f["sensitivity"]):]  # population_logits: the population comes last
-
-
 def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSignals:
     """The first ``size`` models of the pool in ``root``, stacked."""
     have = pool_size(root)
@@ -451,10 +438,9 @@ def load_pool(plan: PoolPlan, root: Path, size: int, data: Dataset) -> PoolSigna
     files = [np.load(model_file(root, m), allow_pickle=False) for m in range(size)]
     labels = data.y.cpu().numpy()[plan.samples]
     try:
-        # before anything is derived: an old-layout file's correctness is its logits' argmax against ``labels``
         if any(f["inclusion"].shape != (len(plan.samples),) for f in files):
             raise MiaError(f"pool {plan.key} in {root} does not match its plan; delete the folder and retrain")
-        stacked = {k: np.stack([_model_array(f, k, labels) for f in files]) for k in _MODEL_ARRAYS}
+        stacked = {k: np.stack([f[k] for f in files]) for k in _MODEL_ARRAYS}
         label_only = [{k.removeprefix(_LABEL_ONLY_PREFIX): f[k].astype(np.float64) for k in f.files
                        if k.startswith(_LABEL_ONLY_PREFIX)} for f in files]
     finally:

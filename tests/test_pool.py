@@ -169,53 +169,16 @@ def test_a_smaller_pool_asked_with_label_only_kinds_retrains_only_the_models_it_
     assert model_file(tmp_path, 1).stat().st_mtime_ns == stamp and [set(k) for k in one.label_only] == [{"aug"}]
 
 
-def test_model_files_of_the_old_layout_load_as_the_new_ones(task, tmp_path):
-    """Pool files written before 2026-12-07 hold the logits of every pool sample; now the audited rows keep only
-    whether the top-1 label was right (what mem-scores read), a Purchase100 file 47 -> 27 MB. A cached pool of
-    the old files, or one grown past them with new ones, loads the same arrays and mem-scores."""
-    from mia.pool import _save_model, load_pool
-    from mia.signals import Signals
-
-    config, data, split = task
-    plan = audit.plan_reference_pool(config, data, split, "online")
-    samples, z = plan.samples, len(plan.population)
-    labels = data.y.numpy()[samples]
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(len(samples), 10)).astype(np.float16)
-    logits[np.arange(len(samples)) % 3 == 0, labels[np.arange(len(samples)) % 3 == 0]] = 9  # some right
-    phi = rng.normal(size=(len(samples), 1)).astype(np.float16)
-    sensitivity = rng.normal(size=(z, 10)).astype(np.float16)
-    for m in range(2):
-        np.savez(model_file(tmp_path, m), inclusion=plan.inclusion(m), logits=logits, phi=phi,
-                 sensitivity=sensitivity)
-    old = load_pool(plan, tmp_path, 2, data)
-    queried = Signals(logits.astype(np.float32), labels, None, phi.astype(np.float32))
-    population = Signals(logits[-z:].astype(np.float32), labels[-z:], sensitivity.astype(np.float32))
-    old_size = model_file(tmp_path, 1).stat().st_size
-    _save_model(tmp_path, 1, plan.inclusion(1), queried, population)
-    assert model_file(tmp_path, 1).stat().st_size < 0.8 * old_size
-    mixed = load_pool(plan, tmp_path, 2, data)
-    for pool in (old, mixed):
-        np.testing.assert_array_equal(pool.correct[1], logits.argmax(1) == labels)
-        np.testing.assert_array_equal(pool.population_logits[1], logits[-z:])
-        np.testing.assert_array_equal(pool.shadows()[1].signals.logits, logits[-z:].astype(np.float32))
-    np.testing.assert_array_equal(old.mem_scores(), mixed.mem_scores())
-    assert 0.3 < old.correct.mean() < 0.5
-
-
-@pytest.mark.parametrize("layout", ["old", "new"])
-def test_model_files_of_another_plan_are_refused_in_either_layout(task, tmp_path, layout):
-    """Files over other samples than the plan's are the one-line "does not match its plan" error; those of the
-    old layout were a numpy broadcast error, from deriving their correctness against the plan's labels."""
+def test_model_files_of_another_plan_are_refused(task, tmp_path):
+    """Files over other samples than the plan's are the one-line "does not match its plan" error."""
     from mia.pool import load_pool
 
     config, data, split = task
     plan = audit.plan_reference_pool(config, data, split, "online")
     k, z = len(plan.samples) - 1, len(plan.population)
-    arrays = {"logits": np.zeros((k, 10), np.float16)} if layout == "old" else \
-        {"correct": np.zeros(k, bool), "population_logits": np.zeros((z, 10), np.float16)}
     np.savez(model_file(tmp_path, 0), inclusion=np.zeros(k, bool), phi=np.zeros((k, 1), np.float16),
-             sensitivity=np.zeros((z, 10), np.float16), **arrays)
+             sensitivity=np.zeros((z, 10), np.float16), correct=np.zeros(k, bool),
+             population_logits=np.zeros((z, 10), np.float16))
     with pytest.raises(MiaError, match="does not match its plan"):
         load_pool(plan, tmp_path, 1, data)
 
@@ -242,6 +205,12 @@ def test_a_truncated_model_file_is_retrained_with_those_after_it(task, tmp_path)
         again, growth = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
     assert [p.name for p in growth.new] == [model_file(tmp_path, m).name for m in (1, 2)]
     np.testing.assert_array_equal(again.phi, pool.phi)  # the same seeds: the same models
+    with np.load(model_file(tmp_path, 2)) as f:  # a file of another layout (an earlier one held all logits)
+        np.savez(model_file(tmp_path, 2), **{k: f[k] for k in f.files if k != "correct"})
+    with pytest.warns(UserWarning, match="model 2 .* could not be read"):
+        again, growth = audit.reference_pool(plan, config, data, 3, tmp_path, progress=False)
+    assert [p.name for p in growth.new] == [model_file(tmp_path, 2).name]
+    np.testing.assert_array_equal(again.correct, pool.correct)
 
 
 def test_folder_of_another_pool_is_refused(task, tmp_path):
