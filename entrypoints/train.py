@@ -29,7 +29,7 @@ def train(opts: dict) -> None:
 
     Logs config, per-epoch (or per-round) metrics, split, checkpoint and signals; with --checkpoint and
     --members nothing trains: the weights and the rows they trained on become the run's target."""
-    from mia.experiment import federated_run, train_run
+    from mia.experiment import check_dense_source, federated_run, train_run
 
     if opts["resume"]:
         given = [flag(name) for name in opts if name not in ("resume", "experiment", "quiet") and typed(name)]
@@ -37,11 +37,8 @@ def train(opts: dict) -> None:
             raise MiaError(f"--resume continues run {opts['resume']} with its own options; drop {', '.join(given)}")
         outcome = federated_run(None, opts["experiment"], progress=not opts["quiet"], resume=opts["resume"])
     else:
-        if opts["from_run"] and (opts["checkpoint"] or opts["members"]):  # not "use it with --scenario pruning"
-            raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
-                           "trained: drop --from-run")
-        if opts["from_run"] and opts["scenario"] != "pruning":  # before target_config notes it as ignored
-            raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
+        # before target_config notes the pruning options as ignored
+        check_dense_source(opts["from_run"], opts["scenario"], imported=bool(opts["checkpoint"] or opts["members"]))
         config = target_config(opts)
         if opts["from_run"]:
             check_from_run(opts, config)

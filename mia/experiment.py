@@ -59,6 +59,16 @@ def privacy_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith(("dp.", "finetune.dp."))}
 
 
+def check_dense_source(from_run: str | None, scenario: str, imported: bool) -> None:
+    """Refuse ``from_run`` (``--from-run``) where it cannot apply: it names the dense run a pruning run starts
+    from, so it needs the pruning scenario and a model mia trains (not an imported ``--checkpoint``)."""
+    if from_run and imported:
+        raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
+                       "trained: drop --from-run")
+    if from_run and scenario != "pruning":
+        raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
+
+
 def train_run(config: TargetConfig, experiment: str | None = None, progress: bool = True,
               from_run: str | None = None, checkpoint: str | None = None,
               members: str | None = None) -> TrainOutcome:
@@ -77,15 +87,11 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
     trained elsewhere (:mod:`mia.imported`), its members the rows the
     ``members`` file lists, and is attacked like any target.
     """
-    if checkpoint is not None and from_run:
-        raise MiaError("--from-run prunes a dense run mia trained; a --checkpoint is audited as it was "
-                       "trained: drop --from-run")
+    check_dense_source(from_run, config.scenario, imported=checkpoint is not None)
     audit.check_import(config, checkpoint, members, ("--checkpoint", "--members"))  # a mistyped name opens no run
     selection.check_label_only_kinds(config)
     if config.scenario == "federated":
         return federated_run(config, experiment, progress)
-    if from_run and config.scenario != "pruning":
-        raise MiaError("--from-run starts a pruning run from a dense one; use it with --scenario pruning")
     source = None
     if from_run:
         source = tracking.TargetRun(from_run)

@@ -255,6 +255,17 @@ def test_a_checkpoint_with_from_run_is_refused_for_what_it_is(tmp_path, mlflow_s
                       "--from-run", "--checkpoint")
 
 
+def test_a_federated_run_from_python_refuses_a_dense_run_to_start_from(mlflow_store):
+    """The command line refused ``--from-run`` outside pruning; ``train_run`` called from Python trained a
+    federation and ignored it."""
+    from mia import audit
+    from mia.experiment import train_run
+
+    with pytest.raises(MiaError, match="use it with --scenario pruning"):
+        train_run(audit.resolve_config("digits", scenario="federated"), from_run="0" * 32, progress=False)
+    assert MlflowClient().search_runs(["0"]) == []  # refused before a run opened
+
+
 def test_a_missing_file_fails_before_any_run_is_opened(tmp_path, mlflow_store):
     (tmp_path / "members.txt").write_text("1\n2\n")
     torch.save({}, tmp_path / "model.pt")
