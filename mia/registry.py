@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from mia.errors import unknown
 
@@ -88,15 +88,6 @@ class Registry(Generic[T]):
                            f"register yours under another name")
         self._entries[name] = entry
         return entry
-
-    def decorator(self, name: str) -> Callable:
-        """``@REG.decorator("name")`` registers the decorated object itself."""
-
-        def wrap(obj):
-            self.register(name, obj)
-            return obj
-
-        return wrap
 
     def get(self, name: str) -> T:
         try:

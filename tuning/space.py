@@ -18,7 +18,6 @@ wider than the declared ``search_range`` (DP-SGD's ``epsilon`` is valid from
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,23 +130,20 @@ def defense_space(defense: str, fixed: set[str] = frozenset()) -> SearchSpace:
 
 
 def _read(path: Path) -> object:
-    """A YAML file (PyYAML when installed; YAML is a superset of JSON), else a JSON file."""
+    """A YAML file (or JSON, which YAML reads too)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MiaError(f"cannot read search space {path}: {exc.strerror or exc}; give an existing YAML file") from None
     except UnicodeDecodeError:
         raise MiaError(f"search space {path} is not a text file (not UTF-8); give a YAML file") from None
+    import yaml  # optuna's and MLflow's dependency
+
     try:
-        import yaml
-    except ImportError:
-        yaml = None
-    errors = (ValueError, yaml.YAMLError) if yaml is not None else (ValueError,)  # JSONDecodeError is a ValueError
-    try:
-        return yaml.safe_load(text) if yaml is not None else json.loads(text)
-    except errors as exc:
+        return yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MiaError(f"search space {path} is not valid {'YAML' if yaml else 'JSON'}: {first}") from None
+        raise MiaError(f"search space {path} is not valid YAML: {first}") from None
 
 
 def _number(where: str, key: str, value: object, kind: type) -> float:

@@ -180,9 +180,7 @@ def resolve_params(spec: AttackSpec, params: dict | None) -> dict:
     given = coerce(spec.params, dict(params or {}), f"attack {spec.name!r}")
     for k, v in given.items():
         kind = spec.params[k].type
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            given[k] = float(v)
-        elif not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
             raise MiaError(f"attack {spec.name!r} parameter {k}={v!r} is not a valid "
                            f"{kind.__name__}")
         spec.params[k].check(f"attack {spec.name!r}", k, given[k])

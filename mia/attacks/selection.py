@@ -135,12 +135,10 @@ def check_label_only_data(asked: str | list[str], names: list[str], data: Datase
                        "all 0 or 1; leave it out of --attacks (boundary works on any data)")
 
 
-def check_attack_params(params: dict[str, dict] | None, names: list[str],
-                        config: TargetConfig | None = None) -> None:
+def check_attack_params(params: dict[str, dict] | None, names: list[str], config: TargetConfig) -> None:
     """Every ``--attack-param`` names an attack among ``names`` and parameters it has: checked before
     anything trains (a misspelt parameter used to fail after the reference pool; a parameter of an
-    attack not run was logged as if applied). With the target's ``config``, also what only the target
-    decides: ``selena-adaptive``'s ``1 <= l < k``, and an FL attack's ``round`` (recorded, with the
+    attack not run was logged as if applied); and what only the target's ``config`` decides: ``selena-adaptive``'s ``1 <= l < k``, and an FL attack's ``round`` (recorded, with the
     target client sampled in it), which failed after the training they would have wasted."""
     for name, given in (params or {}).items():
         if not isinstance(given, dict):
@@ -155,8 +153,6 @@ def check_attack_params(params: dict[str, dict] | None, names: list[str],
             spec.cls(**resolved, seed=0)  # constructors check values (thresholds=bogus)
         else:
             resolved = resolve_params(FL_ATTACKS.get(name), given)
-        if config is None:
-            continue
         if name == "selena-adaptive":
             shadow_split(config, resolved)
         if resolved.get("round", LAST_SAMPLED) != LAST_SAMPLED and config.fl is not None:

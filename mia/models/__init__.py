@@ -21,10 +21,10 @@ from torch import nn
 from mia.errors import MiaError, unknown
 from mia.plugins import call_users
 from mia.models import alexnet, cnn_small, densenet, mlp, resnet, vgg, wrn  # noqa: F401  (registers models)
-from mia.models.spec import MODELS, NORMS, ModelSpec, group_norm
+from mia.models.spec import MODELS, NORMS, ModelSpec
 from mia.models.wrn import WRN_NAME, wrn_spec
 
-__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "batchnorm_fix", "build_model", "group_norm", "keyed_norm",
+__all__ = ["MODELS", "ModelSpec", "NORMS", "architecture_fingerprint", "batchnorm_fix", "build_model", "keyed_norm",
            "model_spec"]
 
 _KIND_BY_RANK = {1: "tabular", 3: "image"}

@@ -82,16 +82,12 @@ class PruneConfig:
 class PruneStep:
     """One prune + fine-tune step.
 
-    ``sparsity`` is the measured weight sparsity after fine-tuning,
-    ``structured_sparsity`` the measured fraction of zeroed filters/channels
-    (None for unstructured pruners); ``finetune`` is None when
-    ``finetune_epochs`` is 0.
+    ``sparsity`` is the measured weight sparsity after fine-tuning;
+    ``finetune`` is None when ``finetune_epochs`` is 0.
     """
 
-    iteration: int
     target: float
     sparsity: float
-    structured_sparsity: float | None
     finetune: TrainResult | None
 
 
@@ -142,9 +138,7 @@ def prune_and_finetune(model: nn.Module, data: Dataset, train_idx: Indices, val_
             result = (train(model, data, train_idx, val_idx, step, progress=progress, hooks=hooks)
                       if finetune is None else finetune(model, step))
             # train restores its best epoch's weight_orig; measured_sparsity re-applies the masks (sync)
-        history.append(PruneStep(k, target, measured_sparsity(model),
-                                 pruner.pruned_fraction(model) if pruner.structured else None,
-                                 result))
+        history.append(PruneStep(target, measured_sparsity(model), result))
     make_permanent(model)
     model.eval()
     return PruneResult(prune_config.sparsity, measured_sparsity(model),

@@ -18,23 +18,20 @@ import numpy as np  # noqa: E402
 from mia.report.figure import CHANCE, legend_outside, line_style, save_figure  # noqa: E402
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "",
-             n_nonmembers: int | None = None) -> Path:
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "") -> Path:
     """Overlay ``{attack: (fpr, tpr)}`` on log-log axes with the chance diagonal; save to ``path``.
 
     The legend, right of the axes, gives each attack's AUC (trapezoidal, from the curve itself); the attacks
     keep their order, so that an attack has the same colour in every plot of the same attacks (past 10 attacks
     the colours repeat dashed).
-    ``n_nonmembers`` sets the left edge to ``1/n`` when that is above 1e-3;
-    without it, the edge is the smallest positive FPR of the curves (at least
-    ``1/n``, so no point with a positive FPR is cut off).
+    The left edge is the smallest positive FPR of the curves (at least 1e-3;
+    at least ``1/n`` for n non-members, so no point with a positive FPR is cut off).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     curves = {name: (np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)) for name, (fpr, tpr) in curves.items()}
     positive = [f[f > 0].min() for f, _ in curves.values() if (f > 0).any()]
-    smallest = 1.0 / n_nonmembers if n_nonmembers else (min(positive) if positive else 1e-3)
-    lo = max(1e-3, smallest)
+    lo = max(1e-3, min(positive) if positive else 1e-3)
     fig, ax = plt.subplots(figsize=(8, 5))  # the square axes and the legend beside them
     ax.set_box_aspect(1)
     ax.plot([lo, 1], [lo, 1], **CHANCE)
