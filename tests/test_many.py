@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import mia.train.many as many
-from mia.data.augment import crop_flip
+from mia.data.augment import PADDING, crop_flip_at
 from mia.data.base import Dataset
 from mia.errors import MiaError
 from mia.models import build_model
@@ -312,13 +312,19 @@ def test_augmented_conv_stack_is_chunking_independent():
     assert not same(*together)
 
 
-def test_crop_flip_at_is_crop_flip_with_given_draws():
+def test_crop_flip_at_crops_the_padded_image_at_the_given_offsets_and_flips():
+    """The gather of stacked training, where each model draws its own offsets: image i is the ``H x W`` window
+    at (dy[i], dx[i]) of the zero-padded image, mirrored where ``flipped[i]``."""
     x = torch.randint(0, 256, (12, 3, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(5)
-    dy, dx = (torch.randint(0, 2 * many.PADDING + 1, (12, 1), generator=g) for _ in range(2))
-    flipped = torch.randint(0, 2, (12, 1), generator=g).bool()
-    expected = crop_flip(x, padding=many.PADDING, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(many._crop_flip_at(x, dy[:, 0], dx[:, 0], flipped[:, 0]), expected)
+    dy, dx = (torch.randint(0, 2 * PADDING + 1, (12,), generator=g) for _ in range(2))
+    flipped = torch.randint(0, 2, (12,), generator=g).bool()
+    out = crop_flip_at(x, dy, dx, flipped)
+    padded = torch.nn.functional.pad(x, (PADDING,) * 4)
+    for i in range(12):
+        window = padded[i, :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 7]
+        assert torch.equal(out[i], window.flip(-1) if flipped[i] else window)
+    assert flipped.any() and not flipped.all() and (dy != PADDING).any()  # the cases are all there
 
 
 # ---------------------------------------------------------------- fallback path

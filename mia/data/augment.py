@@ -12,8 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+PADDING = 4
+"""Pixels of zero padding around a crop: CIFAR's ``RandomCrop(32, padding=4)``."""
 
-def crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True,
+
+def crop_flip(x: torch.Tensor, padding: int = PADDING, flip: bool = True,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image of ``x`` (``N x C x H x W``) shifted by up to ``padding`` pixels and flipped with p=1/2.
 
@@ -27,17 +30,28 @@ def crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True,
         raise ValueError(f"crop_flip expects N x C x H x W, got shape {tuple(x.shape)}")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
+    n, dev = len(x), x.device
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    flipped = (torch.randint(0, 2, (n,), generator=generator, device=dev).bool() if flip
+               else torch.zeros(n, dtype=torch.bool, device=dev))
+    return crop_flip_at(x, dy, dx, flipped, padding)
+
+
+def crop_flip_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flipped: torch.Tensor,
+                 padding: int = PADDING) -> torch.Tensor:
+    """:func:`crop_flip` with given offsets (each in ``[0, 2 * padding]``) and flips, one per image.
+
+    The caller draws them, so that models trained together each draw theirs
+    from their own generator (:func:`mia.train.train_many`); the gather is
+    one indexing of the padded pixels on the device.
+    """
     n, _, h, w = x.shape
     dev = x.device
     pixels = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # N x H+2p x W+2p x C
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
     cols = torch.arange(w, device=dev).expand(n, w)
-    if flip:
-        flipped = torch.randint(0, 2, (n, 1), generator=generator, device=dev).bool()
-        cols = torch.where(flipped, w - 1 - cols, cols)
-    rows = dy + torch.arange(h, device=dev)  # N x H
-    cols = dx + cols  # N x W
+    cols = torch.where(flipped[:, None], w - 1 - cols, cols) + dx[:, None]  # N x W
+    rows = dy[:, None] + torch.arange(h, device=dev)  # N x H
     batch = torch.arange(n, device=dev).view(n, 1, 1)
     return pixels[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 

@@ -75,6 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from mia.data.augment import PADDING, crop_flip_at
 from mia.data.base import Dataset
 from mia.errors import Diverged, MiaError
 from mia.models import build_model, model_spec
@@ -103,9 +104,6 @@ kernel-launch latency, stackable models always stack."""
 
 CUDA_STACK_FRACTION = 0.5
 """Share of the GPU memory free at the start that one stack of models may use."""
-
-PADDING = 4
-"""Crop padding, as in :func:`mia.data.augment.crop_flip`'s default that :func:`mia.train.train` uses."""
 
 _NORMS_WITH_STATS = (nn.modules.batchnorm._NormBase,)
 """Normalization layers with running statistics: they stack only when asked (``stack=True``), see below."""
@@ -430,7 +428,7 @@ def _train_epoch(stack: "_Stack", pool: _Pool, data: Dataset, sets: torch.Tensor
         rows = order[:, cols]
         xb = pool.x[rows.reshape(-1)]
         if augment:
-            xb = _crop_flip_at(xb, *(v[:, cols].reshape(-1) for v in views))
+            xb = crop_flip_at(xb, *(v[:, cols].reshape(-1) for v in views))
         loss_sum += stack.step(data.inputs(xb).view(*rows.shape, *xb.shape[1:]), pool.y[rows]) * rows.shape[1]
         seen += rows.shape[1]
     return loss_sum.cpu() / seen  # the host sync of the epoch
@@ -541,22 +539,6 @@ def _epoch_draws(generators: list[torch.Generator], n: int, augment: bool,
             flips.append(torch.randint(0, 2, (n,), generator=g, device=device).bool())
     views = (torch.stack(dys), torch.stack(dxs), torch.stack(flips)) if augment else ()
     return torch.stack(perms), views
-
-
-def _crop_flip_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
-    """:func:`mia.data.augment.crop_flip` with given offsets (in ``[0, 2 * PADDING]``) and flips.
-
-    The draws are the caller's so that each model's come from its own
-    generator; the gather is the same one-shot pixel gather on the device.
-    """
-    n, _, h, w = x.shape
-    dev = x.device
-    pixels = F.pad(x, (PADDING,) * 4).permute(0, 2, 3, 1)  # N x H+2p x W+2p x C
-    cols = torch.arange(w, device=dev).expand(n, w)
-    cols = torch.where(flipped[:, None], w - 1 - cols, cols) + dx[:, None]
-    rows = dy[:, None] + torch.arange(h, device=dev)
-    batch = torch.arange(n, device=dev).view(n, 1, 1)
-    return pixels[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def _check_finite(train_loss: torch.Tensor, which: range, epoch: int, config: TrainConfig) -> None:
