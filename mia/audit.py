@@ -61,10 +61,10 @@ from mia.prune.pruners import PRUNERS
 from mia.prune.schedule import PruneConfig
 from mia.registry import coerce
 from mia.signals import Signals, compute_signals
-from mia.train import TrainConfig, predict_logits, resolve_device, seed_everything
+from mia.train import TrainConfig, resolve_device, seed_everything
 from mia.train.loop import check_recipe
 from mia.train.many import Trained, train_many
-from mia.train.predict import check_device
+from mia.train.predict import accuracy, check_device
 from mia.train.recipes import default_config, without_inert_settings
 
 EpochCallback = Callable[[int, dict], None]
@@ -526,13 +526,6 @@ def attacker_config(config: TargetConfig, adaptive: bool = False, released_epoch
     if cfg.prune is None or not finetune_epochs or len(finetune_epochs) != cfg.prune.iterations:
         return cfg
     return replace(cfg, train=stopped, prune=replace(cfg.prune, finetune_stops=[e + 1 for e in finetune_epochs]))
-
-
-def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str = "auto") -> float:
-    """Top-1 accuracy of ``model`` on rows ``idx``, as its users query it (a release's outputs)."""
-    logits = predict_logits(model, data, idx, device=device)
-    labels = data.y[torch.as_tensor(idx, device=data.y.device)].cpu()
-    return float((logits.argmax(1) == labels).float().mean())
 
 
 def query_signals(model: torch.nn.Module, data: Dataset, idx: np.ndarray, seed: int,

@@ -38,7 +38,8 @@ from mia.fl.clients import CPU_STACK_PARAMS, LoopClients, Params, StackedClients
 from mia.fl.partition import partition
 from mia.fl.record import record_round
 from mia.models import batchnorm_fix, build_model
-from mia.train import TrainConfig, TrainHooks, predict_logits, resolve_device
+from mia.train import TrainConfig, TrainHooks, resolve_device
+from mia.train.predict import accuracy
 from mia.train.many import module_stackable, vmap_runs
 
 
@@ -288,8 +289,3 @@ def load_global(model: torch.nn.Module, state: FLState) -> torch.nn.Module:
         model.load_state_dict({**state.params, **state.buffers})
     model.eval()
     return model
-
-
-def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str) -> float:
-    logits = predict_logits(model, data, idx, device=device)
-    return float((logits.argmax(1) == data.y[torch.as_tensor(idx, device=data.y.device)].cpu()).float().mean())

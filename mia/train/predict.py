@@ -40,6 +40,13 @@ def check_device(device: str) -> torch.device:
     return resolved
 
 
+def accuracy(model: torch.nn.Module, data: Dataset, idx: np.ndarray, device: str = "auto") -> float:
+    """Top-1 accuracy of ``model`` on rows ``idx``, as its users query it (a release's outputs)."""
+    logits = predict_logits(model, data, idx, device=device)
+    labels = data.y[torch.as_tensor(idx, device=data.y.device)].cpu()
+    return float((logits.argmax(1) == labels).float().mean())
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Dataset, idx: np.ndarray | torch.Tensor,
                    batch_size: int = 1024, device: str | torch.device = "auto",
