@@ -55,7 +55,8 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import Diverged, MiaError
 from mia.train import TrainConfig, TrainResult, make_optimizer
-from mia.train.loop import SCHEDULES, EpochLog, _accuracy, _resident, _steps_per_epoch, autocast_on, check_recipe
+from mia.train.loop import (SCHEDULES, EpochLog, autocast_on, batches_per_epoch, check_recipe, resident,
+                            resident_accuracy)
 from mia.train.predict import resolve_device
 
 _REFERENCE_STREAM = 0xADE  # keeps the reference draw independent of other uses of the seed
@@ -117,9 +118,9 @@ class AdvReg(Defense):
                            "set, and none are left; lower reference_fraction or set select_best=False")
         device = resolve_device(config.device)
         cuda = device.type == "cuda"
-        x_train, y_train = _resident(data, train_idx, device)
-        x_ref, y_ref = _resident(data, reference_idx, device)
-        x_val, y_val = _resident(data, select_idx, device)
+        x_train, y_train = resident(data, train_idx, device)
+        x_ref, y_ref = resident(data, reference_idx, device)
+        x_val, y_val = resident(data, select_idx, device)
         n = len(y_train)
         if n == 0:
             raise MiaError("no training rows: train_idx is empty; pass the indices of the members to train on")
@@ -133,7 +134,7 @@ class AdvReg(Defense):
         optimizer = make_optimizer(model, config)
         attack_optimizer = torch.optim.Adam(attack.parameters(), lr=self.attack_lr)
         schedule = SCHEDULES.get(config.schedule)
-        steps = _steps_per_epoch(n, config.batch_size)
+        steps = batches_per_epoch(n, config.batch_size)
         total_steps = steps * config.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s / total_steps))
         generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -203,7 +204,7 @@ class AdvReg(Defense):
                 raise Diverged(f"advreg training diverged (loss {train_loss} in epoch {epoch}); lower the learning "
                                f"rate (lr={config.lr}) or alpha ({self.alpha})")
             model.eval()
-            val_acc = _accuracy(model, x_val, y_val, prepare, amp, config.batch_size)
+            val_acc = resident_accuracy(model, x_val, y_val, prepare, amp, config.batch_size)
             attack_seen = 2 * config.batch_size * (self.attack_steps - attack_start)
             self.attack_accuracy = attack_correct.item() / attack_seen
             metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / seen, "val_accuracy": val_acc,

@@ -60,7 +60,7 @@ from mia.defenses.accounting import loose_order_note
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import Diverged, MiaError
 from mia.train import TrainConfig, TrainResult
-from mia.train.loop import OPTIMIZERS, SCHEDULES, EpochLog, _accuracy, _resident_sets, check_recipe
+from mia.train.loop import OPTIMIZERS, SCHEDULES, EpochLog, check_recipe, resident_accuracy, resident_sets
 from mia.train.predict import resolve_device
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -179,7 +179,7 @@ class DPSGD(Defense):
         config = self.recipe(config)
         check_recipe(config)
         device = resolve_device(config.device)
-        x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
+        x_train, y_train, x_val, y_val = resident_sets(data, train_idx, val_idx, config, device)
         n = len(y_train)
         if config.batch_size >= n:
             warnings.warn(f"dp-sgd: the batch ({config.batch_size}) holds all {n} training rows, so every step is "
@@ -226,7 +226,7 @@ class DPSGD(Defense):
                     raise Diverged(f"dp-sgd training diverged (loss {train_loss} in epoch {epoch}); lower the "
                                    f"learning rate (lr={config.lr})")
                 model.eval()
-                val_acc = _accuracy(model, x_val, y_val, prepare, False, config.batch_size)
+                val_acc = resident_accuracy(model, x_val, y_val, prepare, False, config.batch_size)
                 metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                            "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
                 log.end(epoch, metrics)

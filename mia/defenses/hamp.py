@@ -42,7 +42,7 @@ from mia.data.base import Dataset
 from mia.defenses.base import Defense, DefenseSpec, EpochCallback, HyperParam, ModelFactory, register
 from mia.errors import MiaError
 from mia.train import TrainConfig, TrainResult
-from mia.train.loop import _resident
+from mia.train.loop import resident
 
 NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]
 """``sample(n, generator) -> n`` random model inputs on the generator's device."""
@@ -69,7 +69,7 @@ def soft_label_top1(num_classes: int, entropy_percentile: float) -> float:
 
 def noise_sampler(data: Dataset, train_idx: np.ndarray) -> NoiseSampler:
     """Random inputs shaped like ``data``'s rows, for HAMP's output modification (see the module docstring)."""
-    x, _ = _resident(data, train_idx, data.x.device)
+    x, _ = resident(data, train_idx, data.x.device)
     shape = tuple(data.input_shape)
     if data.kind == "image":
         def raw(n: int, g: torch.Generator) -> torch.Tensor:

@@ -288,7 +288,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
     check_recipe(config)
     device = resolve_device(config.device)
     cuda = device.type == "cuda"
-    x_train, y_train, x_val, y_val = _resident_sets(data, train_idx, val_idx, config, device)
+    x_train, y_train, x_val, y_val = resident_sets(data, train_idx, val_idx, config, device)
     n = len(y_train)
 
     image = data.kind == "image" and x_train.dim() == 4
@@ -307,10 +307,10 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = config.lr
     hooks = hooks or TrainHooks()
-    steps = _steps_per_epoch(n, config.batch_size)
+    steps = batches_per_epoch(n, config.batch_size)
     total_steps = steps * config.epochs
     if hooks.epoch_rows(0) is not None:  # a window: the schedule spans the steps it runs
-        total_steps = sum(_steps_per_epoch(len(hooks.epoch_rows(e)), config.batch_size) for e in range(config.epochs))
+        total_steps = sum(batches_per_epoch(len(hooks.epoch_rows(e)), config.batch_size) for e in range(config.epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s / total_steps))
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
@@ -328,7 +328,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
         if (window := hooks.epoch_rows(epoch)) is not None:
             window = torch.as_tensor(window, device=device)
             perm = window[torch.randperm(len(window), generator=generator, device=device)]
-            epoch_steps = _steps_per_epoch(len(window), config.batch_size)
+            epoch_steps = batches_per_epoch(len(window), config.batch_size)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, lr = 0, optimizer.param_groups[0]["lr"]
@@ -353,7 +353,7 @@ def train(model: nn.Module, data: Dataset, train_idx: Indices, val_idx: Indices 
             raise Diverged(f"training diverged (loss {train_loss} in epoch {epoch}); lower the learning rate "
                            f"(lr={config.lr})")
         model.eval()
-        val_acc = _accuracy(forward, x_val, y_val, prepare, amp, config.batch_size)
+        val_acc = resident_accuracy(forward, x_val, y_val, prepare, amp, config.batch_size)
         metrics = {"train_loss": train_loss, "train_accuracy": correct.item() / max(seen, 1),
                    "val_accuracy": val_acc, "lr": lr, "epoch_time": time.perf_counter() - t0}
         log.end(epoch, metrics, acc=metrics["train_accuracy"])
@@ -387,8 +387,8 @@ def check_recipe(config: TrainConfig) -> None:
                        "float32; drop --cpu-bf16")
 
 
-def _resident(data: Dataset, idx: Indices | None, device: torch.device,
-              name: str = "indices") -> tuple[torch.Tensor, torch.Tensor]:
+def resident(data: Dataset, idx: Indices | None, device: torch.device,
+             name: str = "indices") -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of ``data`` (features as stored, labels) on ``device``, copied once.
 
     ``idx`` is checked first (``name`` says which argument it was): as long
@@ -409,12 +409,12 @@ def _resident(data: Dataset, idx: Indices | None, device: torch.device,
     return data.x[rows].to(device), data.y[rows].to(device)
 
 
-def _resident_sets(data: Dataset, train_idx: Indices, val_idx: Indices | None, config: TrainConfig,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def resident_sets(data: Dataset, train_idx: Indices, val_idx: Indices | None, config: TrainConfig,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training and validation rows on ``device``, checked: no training rows, or selection without
     validation rows, is a user error. Shared by every loop that trains on a member set."""
-    x_train, y_train = _resident(data, train_idx, device, "train_idx")
-    x_val, y_val = _resident(data, val_idx, device, "val_idx")
+    x_train, y_train = resident(data, train_idx, device, "train_idx")
+    x_val, y_val = resident(data, val_idx, device, "val_idx")
     if len(y_train) == 0:
         raise MiaError("no training rows: train_idx is empty; pass the indices of the members to train on")
     if config.select_best and len(y_val) == 0:
@@ -422,15 +422,15 @@ def _resident_sets(data: Dataset, train_idx: Indices, val_idx: Indices | None, c
     return x_train, y_train, x_val, y_val
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
+def batches_per_epoch(n: int, batch_size: int) -> int:
     """Batches per epoch: all rows, except a lone final row (see the module docstring)."""
     steps = math.ceil(n / batch_size)
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
 @torch.no_grad()
-def _accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              prepare: Callable[[torch.Tensor, bool], torch.Tensor], amp: bool, batch_size: int) -> float:
+def resident_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      prepare: Callable[[torch.Tensor, bool], torch.Tensor], amp: bool, batch_size: int) -> float:
     """Accuracy on resident validation rows, not augmented, in batches of at least 1024 rows (the caller
     sets eval mode), read back once; NaN without rows."""
     if not len(y):

@@ -80,8 +80,8 @@ from mia.data.base import Dataset
 from mia.errors import Diverged, MiaError
 from mia.models import build_model, model_spec
 from mia.train.config import TrainConfig
-from mia.train.loop import (OPTIMIZERS, SCHEDULES, _resident, _steps_per_epoch, autocast_on, check_recipe,
-                            compile_for_cuda, fused_on, train)
+from mia.train.loop import (OPTIMIZERS, SCHEDULES, autocast_on, batches_per_epoch, check_recipe, compile_for_cuda,
+                            fused_on, resident, train)
 from mia.train.predict import resolve_device
 
 __all__ = ["CPU_STACK_BYTES", "CPU_STACK_MAX_PARAMS", "CUDA_STACK_FRACTION", "default_max_stack", "module_stackable",
@@ -388,8 +388,8 @@ class _Pool:
     @staticmethod
     def of(data: Dataset, sets: np.ndarray, val_idx: np.ndarray | None, device: torch.device) -> "_Pool":
         rows, local = np.unique(sets, return_inverse=True)
-        x, y = _resident(data, rows, device)
-        x_val, y_val = _resident(data, val_idx, device)
+        x, y = resident(data, rows, device)
+        x_val, y_val = resident(data, val_idx, device)
         return _Pool(x, y, torch.as_tensor(local.reshape(sets.shape), device=device), x_val, y_val)
 
 
@@ -423,7 +423,7 @@ def _train_epoch(stack: "_Stack", pool: _Pool, data: Dataset, sets: torch.Tensor
     positions, views = _epoch_draws(generators, n, augment, sets.device)
     order = sets.gather(1, positions)  # M x n positions in the pool, in this epoch's order
     loss_sum, seen = torch.zeros(k, device=sets.device), 0
-    for s in range(_steps_per_epoch(n, batch_size)):
+    for s in range(batches_per_epoch(n, batch_size)):
         cols = slice(s * batch_size, (s + 1) * batch_size)
         rows = order[:, cols]
         xb = pool.x[rows.reshape(-1)]
@@ -465,7 +465,7 @@ class _Stack:
         self.optimizer = OPTIMIZERS.get(config.optimizer)([p for p in self.params.values() if p.requires_grad],
                                                           config, fused_on(device))
         schedule = SCHEDULES.get(config.schedule)
-        total = _steps_per_epoch(n, config.batch_size) * config.epochs
+        total = batches_per_epoch(n, config.batch_size) * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s / total))
         self.best: Params = {}
         self.best_correct = torch.full((len(models),), -1, dtype=torch.long, device=device)
