@@ -80,11 +80,14 @@ def store_is_shared(uri: str) -> bool:
 
 
 @contextlib.contextmanager
-def lease(client, run_id: str, what: str) -> Iterator[None]:
+def lease(client, run_id: str, what: str, refused: tuple[type[Exception], ...]) -> Iterator[None]:
     """Hold the lease of run ``run_id`` (an :class:`mlflow.tracking.MlflowClient`'s) for the block.
 
     While a live process elsewhere holds it, say so once on stderr and wait;
-    ``what`` names the work (e.g. "reference pool 1a2b3c4d").
+    ``what`` names the work (e.g. "reference pool 1a2b3c4d"). ``refused`` are
+    the client's errors for a write that lost a race (``MlflowException``,
+    passed in by :mod:`mia.tracking` so that MLflow stays behind it): retried
+    a few times; any other error propagates at once.
     """
     if not hasattr(_held, "runs"):
         _held.runs = set()
@@ -94,7 +97,7 @@ def lease(client, run_id: str, what: str) -> Iterator[None]:
     me = f"{socket.gethostname()}:{os.getpid()}:{_machine()}:{uuid.uuid4().hex[:8]}"
     stop, beat = threading.Event(), None
     try:
-        _acquire(client, run_id, me, what)
+        _acquire(client, run_id, me, what, refused)
         _held.runs.add(run_id)
         beat = threading.Thread(target=_beat, args=(client, run_id, me, stop), daemon=True, name="mia-lease")
         beat.start()
@@ -114,8 +117,8 @@ def _tags(client, run_id: str) -> dict[str, str]:
     return client.get_run(run_id).data.tags
 
 
-def _acquire(client, run_id: str, me: str, what: str) -> None:
-    seen, since, said, refused = None, time.monotonic(), False, 0
+def _acquire(client, run_id: str, me: str, what: str, refused: tuple[type[Exception], ...]) -> None:
+    seen, since, said, refusals = None, time.monotonic(), False, 0
     while True:
         tags = _tags(client, run_id)
         holder = tags.get(HOLDER)
@@ -137,10 +140,9 @@ def _acquire(client, run_id: str, me: str, what: str) -> None:
         try:  # free, or its holder silent for STALE seconds: claim it
             client.set_tag(run_id, HOLDER, me)
             client.set_tag(run_id, HEARTBEAT_TAG, "0")
-        except Exception:  # a SQL store refuses one of two writes of one new tag at once (an MlflowException; not
-            # imported, so that MLflow stays behind mia.tracking): read again
-            refused += 1
-            if refused > 3:  # not a race: a store that refuses tags
+        except refused:  # a SQL store refuses one of two writes of one new tag at once: read again
+            refusals += 1
+            if refusals > 3:  # not a race: a store that refuses tags
                 raise
             seen = None
             time.sleep(random.uniform(0, SETTLE))

@@ -704,7 +704,7 @@ def pool_store(key: str, experiment: str, tags: dict[str, str], size: int | None
 
 def _claim(held: contextlib.ExitStack, client: MlflowClient, run_id: str, what: str) -> None:
     """Hold the lease of pool run ``run_id`` until ``held`` closes (a no-op where this thread holds it)."""
-    held.enter_context(lease.lease(client, run_id, what))
+    held.enter_context(lease.lease(client, run_id, what, refused=(MlflowException,)))
 
 
 def store_name() -> str:

@@ -10,10 +10,15 @@ import threading
 import time
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mia import lease, tracking
 from mia.errors import MiaError
+
+
+REFUSED = (MlflowException,)
+"""What :mod:`mia.tracking` passes: a write an SQL store refused while another one wrote the tag."""
 
 
 @pytest.fixture
@@ -61,6 +66,40 @@ def test_a_bad_lease_setting_stops_a_command_before_it_trains(mlflow_store, monk
     assert not MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
 
 
+class RefusingClient:
+    """An MLflow client whose first ``fails`` tag writes raise ``error``."""
+
+    def __init__(self, error: Exception, fails: int):
+        self.client, self.error, self.fails, self.writes = MlflowClient(), error, fails, 0
+
+    def set_tag(self, *args):
+        self.writes += 1
+        if self.writes <= self.fails:
+            raise self.error
+        self.client.set_tag(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_refused_claim_is_retried_and_any_other_error_propagates_at_once(mlflow_store, fast):
+    """A store's refusal of a racing write is read again; a permission error or a bug is not a race, and waited
+    on it would only delay the one-line error."""
+    run_id = a_run()
+    racing = RefusingClient(MlflowException("UNIQUE constraint failed: tags.key, tags.run_uuid"), fails=2)
+    with lease.lease(racing, run_id, "reference pool test", REFUSED):
+        assert racing.client.get_run(run_id).data.tags[lease.HOLDER].startswith(socket.gethostname())
+    denied = RefusingClient(PermissionError("permission denied"), fails=1)
+    began = time.monotonic()
+    with pytest.raises(PermissionError), lease.lease(denied, run_id, "reference pool test", REFUSED):
+        pass
+    assert denied.writes == 1 and time.monotonic() - began < 0.3
+    forever = RefusingClient(MlflowException("read-only store"), fails=99)
+    with pytest.raises(MlflowException), lease.lease(forever, run_id, "reference pool test", REFUSED):
+        pass
+    assert forever.writes == 4  # three retries, then the store's own error
+
+
 def test_claimers_at_once_hold_the_lease_one_at_a_time(mlflow_store, fast, capsys):
     """Three processes (threads here, each its own holder) that find the lease free at the same instant: the
     last write wins, the others wait, and the block runs once at a time, every one of them in the end."""
@@ -69,7 +108,7 @@ def test_claimers_at_once_hold_the_lease_one_at_a_time(mlflow_store, fast, capsy
 
     def work(i: int) -> None:
         start.wait()
-        with lease.lease(client, run_id, "reference pool test"):
+        with lease.lease(client, run_id, "reference pool test", REFUSED):
             inside.append(i)
             overlaps.append(len(inside) > 1)
             time.sleep(0.4)
@@ -102,7 +141,7 @@ def test_a_live_holder_is_waited_for_and_a_silent_one_taken_over(mlflow_store, f
 
     began = time.monotonic()
     threading.Thread(target=heartbeat, daemon=True).start()
-    with lease.lease(client, run_id, "reference pool test"):
+    with lease.lease(client, run_id, "reference pool test", REFUSED):
         took = time.monotonic() - began
         assert not beating.is_set()
         assert client.get_run(run_id).data.tags[lease.HOLDER].startswith(f"{socket.gethostname()}:{os.getpid()}:")
@@ -119,7 +158,7 @@ def test_a_holder_that_works_longer_than_stale_keeps_its_lease_by_its_heartbeat(
     held, done = threading.Event(), []
 
     def hold() -> None:
-        with lease.lease(client, run_id, "reference pool test"):
+        with lease.lease(client, run_id, "reference pool test", REFUSED):
             held.set()
             time.sleep(3 * 0.8)
             done.append(time.monotonic())
@@ -127,7 +166,7 @@ def test_a_holder_that_works_longer_than_stale_keeps_its_lease_by_its_heartbeat(
     holder = threading.Thread(target=hold)
     holder.start()
     assert held.wait(30)
-    with lease.lease(client, run_id, "reference pool test"):
+    with lease.lease(client, run_id, "reference pool test", REFUSED):
         entered = time.monotonic()
     holder.join(30)
     assert done and entered >= done[0]
@@ -141,7 +180,7 @@ def test_a_holder_that_exited_on_this_machine_frees_the_lease_at_once(mlflow_sto
                           text=True).stdout.strip()
     client.set_tag(run_id, lease.HOLDER, f"{socket.gethostname()}:{gone}:{lease._machine()}:abcd")
     began = time.monotonic()
-    with lease.lease(client, run_id, "reference pool test"):
+    with lease.lease(client, run_id, "reference pool test", REFUSED):
         assert time.monotonic() - began < 10  # STALE is 180 s
     assert lease._machine() and lease._dead_here(gone, lease._machine())
     assert not lease._dead_here(str(os.getppid()), lease._machine())  # here, alive: a holder to wait for
@@ -163,7 +202,7 @@ def test_a_signal_during_the_claim_leaves_no_claim_behind(mlflow_store, monkeypa
 
     monkeypatch.setattr(lease, "_tags", interrupted_read_back)
     with pytest.raises(KeyboardInterrupt):
-        with lease.lease(client, run_id, "reference pool test"):
+        with lease.lease(client, run_id, "reference pool test", REFUSED):
             pass
     assert lease.HOLDER not in client.get_run(run_id).data.tags
 
@@ -172,7 +211,7 @@ def test_a_holder_taken_over_stops_its_heartbeat(mlflow_store, fast):
     """A holder cut off for ``STALE`` seconds and taken over must not keep the new holder's lease looking alive
     should the new one die."""
     run_id, client = a_run(), MlflowClient()
-    with lease.lease(client, run_id, "reference pool test"):
+    with lease.lease(client, run_id, "reference pool test", REFUSED):
         client.set_tag(run_id, lease.HOLDER, "gpu-7:4242:0123456789ab:abcd")
         client.set_tag(run_id, lease.HEARTBEAT_TAG, "new")
         time.sleep(5 * 0.1)  # five heartbeats
