@@ -106,7 +106,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             tracking.log_file(Path(csv), "defense")  # the run is reproducible from its artifacts alone
         with timer.stage("load_data"):
             data = audit.load_data(config)
-        tracking.set_tags({DATA_TAG: data.fingerprint()})
+        tracking.log_data(config, data.fingerprint(), "training")
         dense = None
         if source is not None:
             split, dense = _dense_from_run(source, config, data)
@@ -258,7 +258,8 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
         with timer.stage("load_data"):
             data = audit.load_data(config)
         _check_same_data(stored.run if resume else None, data)
-        tracking.set_tags({DATA_TAG: data.fingerprint()})
+        if not resume or tracking.DATA_TAG not in stored.run.data.tags:  # a run killed before it logged them
+            tracking.log_data(config, data.fingerprint(), "training")
         if not resume:
             tracking.log_config(config)
             split = make_split(len(data), config.seed, config.split)
@@ -351,6 +352,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         selection.check_label_only_data(attacks, names, data, attack_params)
         target.split.check(len(data))
         _check_same_data(target.run, data)
+        tracking.log_data(config, data.fingerprint(), "evaluation")
         _, is_member = target.split.query()
         notes = []
         if names and (note := _log_evaluation_set(is_member)):
@@ -523,15 +525,11 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     return results, note
 
 
-DATA_TAG = "mia.data_fingerprint"
-"""Tag of a training run: :meth:`Dataset.fingerprint` of the data it trained on."""
-
-
 def _check_same_data(run, data: Dataset) -> None:
     """A stored run is attacked (or resumed) on the data it trained on: a loader that now returns other
     rows under the same name (a user's own, an edited folder) would pair the stored target with
     reference models of other data, silently. Runs from before the tag are taken as they are."""
-    stored = run.data.tags.get(DATA_TAG) if run is not None else None
+    stored = run.data.tags.get(tracking.DATA_TAG) if run is not None else None
     if stored is not None and stored != data.fingerprint():
         raise MiaError(f"dataset {data.name} is not the data run {run.info.run_id} trained on (its contents "
                        "changed since); restore those files or that loader, or train a new run")

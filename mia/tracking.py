@@ -35,7 +35,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mlflow.entities import RunStatus  # noqa: E402
+from mlflow.entities import Dataset as DatasetEntity, DatasetInput, InputTag, RunStatus  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -391,6 +391,22 @@ def experiment_name(run) -> str:
 
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
+
+
+DATA_TAG = "mia.data_fingerprint"
+"""Tag of a run: :meth:`mia.data.Dataset.fingerprint` of the data it used."""
+
+
+def log_data(config: TargetConfig, fingerprint: str, context: str) -> None:
+    """The run's data: tag :data:`DATA_TAG`, and an MLflow dataset input, which the UI shows in its runs table
+    and searches as ``dataset.name``/``dataset.digest`` (the fingerprint's first 8 characters, as MLflow's
+    own digests); ``context`` is ``training`` for a target, ``evaluation`` for an attack on it."""
+    mlflow.set_tags({DATA_TAG: fingerprint})
+    source = json.dumps({"dataset": config.dataset, "params": config.dataset_params, "data_dir": config.data_dir},
+                        sort_keys=True, default=str)
+    dataset = DatasetEntity(config.dataset, fingerprint[:8], "mia", source)
+    MlflowClient().log_inputs(mlflow.active_run().info.run_id,
+                              [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
 
 def last_step(run_id: str, key: str) -> int:

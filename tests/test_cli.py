@@ -245,6 +245,12 @@ def test_attack_reuses_the_stored_split(mlflow_store):
     frame = pd.read_csv(scores)
     assert set(frame.loc[frame.is_member == 1, "index"]) <= set(split["members"])
     assert set(frame.loc[frame.is_member == 0, "index"]) == set(split["nonmembers"])
+    # the data of both runs, as the MLflow UI's dataset column shows it: the name, the contents' digest, the use
+    fingerprint = MlflowClient().get_run(run_id).data.tags["mia.data_fingerprint"]
+    for rid, context in ((run_id, "training"), (attack_id, "evaluation")):
+        (used,) = MlflowClient().get_run(rid).inputs.dataset_inputs
+        assert (used.dataset.name, used.dataset.digest) == ("digits", fingerprint[:8])
+        assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", context)]
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -858,6 +864,8 @@ def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_
     tracking store (a lease in the pool run's tags; its own lock folder here, as another machine has)."""
     import time
 
+    from mlflow.exceptions import MlflowException
+
     from mia.lease import lease
     from mia.pool import pool_lock
     from mia.tracking import store_name
@@ -868,7 +876,7 @@ def test_an_attack_that_finds_its_pool_being_trained_waits_and_reuses_it(mlflow_
     first = client.get_run(run_id_of(invoke(*args, "--reference-models", "1").output, "attack run")).data
     elsewhere = {**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("other-machine")), "MIA_STORE_LEASE": "on"}
     with pool_lock(store_name(), first.tags["mia.pool_key"]), \
-            lease(client, first.tags["mia.pool_run_id"], "reference pool"):  # as a process growing the pool
+            lease(client, first.tags["mia.pool_run_id"], "reference pool", (MlflowException,)):  # growing the pool
         waiting = [subprocess.Popen([sys.executable, "-c", "from entrypoints.cli import main; main()", *args,
                                      "--reference-models", "3"], cwd=Path.cwd(), text=True, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for env in (os.environ, elsewhere)]
