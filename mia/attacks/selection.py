@@ -138,7 +138,8 @@ def check_label_only_data(asked: str | list[str], names: list[str], data: Datase
 def check_attack_params(params: dict[str, dict] | None, names: list[str], config: TargetConfig) -> None:
     """Every ``--attack-param`` names an attack among ``names`` and parameters it has: checked before
     anything trains (a misspelt parameter used to fail after the reference pool; a parameter of an
-    attack not run was logged as if applied); and what only the target's ``config`` decides: ``selena-adaptive``'s ``1 <= l < k``, and an FL attack's ``round`` (recorded, with the
+    attack not run was logged as if applied); and what only the target's ``config`` decides:
+    ``selena-adaptive``'s ``1 <= l < k``, and an FL attack's ``round`` (recorded, with the
     target client sampled in it), which failed after the training they would have wasted."""
     for name, given in (params or {}).items():
         if not isinstance(given, dict):

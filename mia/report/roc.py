@@ -24,8 +24,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str 
     The legend, right of the axes, gives each attack's AUC (trapezoidal, from the curve itself); the attacks
     keep their order, so that an attack has the same colour in every plot of the same attacks (past 10 attacks
     the colours repeat dashed).
-    The left edge is the smallest positive FPR of the curves (at least 1e-3;
-    at least ``1/n`` for n non-members, so no point with a positive FPR is cut off).
+    The left edge is the curves' smallest positive FPR (so that no such point
+    is cut off), but not below 1e-3.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
