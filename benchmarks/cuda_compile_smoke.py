@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402,F401  (keeps freed memory, as the CLI does)
 
-from mia.audit import accuracy  # noqa: E402
+from mia.train.predict import accuracy  # noqa: E402
 from mia.data import load_dataset, make_split  # noqa: E402
 from mia.defenses import make_defense  # noqa: E402
 from mia.models import build_model  # noqa: E402
