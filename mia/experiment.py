@@ -26,8 +26,6 @@ from mia.models import NORMS, build_model
 from mia.defenses import Defense, make_defense
 from mia.pool import PoolGrowth, pool_size
 from mia.train.predict import check_device
-from mia.report import plot_roc
-from mia.report.figure import describe
 from mia.signals import Signals
 
 
@@ -505,6 +503,7 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     ``fl_scores.csv``.
     """
     from mia.fl.attacks import round_curves
+    from mia.report.figure import describe
     from mia.report.rounds import plot_round_curves
 
     signals = target.fl_state().signals
@@ -600,6 +599,8 @@ def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels
                           is_member: np.ndarray, config: TargetConfig) -> None:
     """The log-log ROC of every attack (``plots/roc.png``) and the per-sample scores (``scores.csv``; empty
     where an attack is not scored: the rows it knew)."""
+    from mia.report.figure import describe  # matplotlib: where a plot is drawn, not for `mia train`
+
     _log_roc("plots/roc.png", results, is_member, describe(config))
     tracking.log_scores("scores.csv", [r.name for r in results], [_scored(r.output) for r in results], query,
                         labels, is_member)
@@ -608,6 +609,7 @@ def _log_attack_artifacts(results: list[AttackResult], query: np.ndarray, labels
 def _log_roc(artifact: str, results: list[AttackResult], is_member: np.ndarray, title: str) -> None:
     """The log-log ROC of every attack of ``results`` as ``artifact``."""
     from mia.metrics import roc
+    from mia.report import plot_roc
 
     curves = {}
     for r in results:
