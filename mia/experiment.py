@@ -255,9 +255,10 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
                       resume=resume) as active:
         with timer.stage("load_data"):
             data = audit.load_data(config)
-        _check_same_data(stored.run if resume else None, data)
+        fingerprint = data.fingerprint()
+        _check_same_data(stored.run if resume else None, data.name, fingerprint)
         if not resume or tracking.DATA_TAG not in stored.run.data.tags:  # a run killed before it logged them
-            tracking.log_data(config, data.fingerprint(), "training")
+            tracking.log_data(config, fingerprint, "training")
         if not resume:
             tracking.log_config(config)
             split = make_split(len(data), config.seed, config.split)
@@ -349,8 +350,9 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             data = data if data is not None else audit.load_data(config)
         selection.check_label_only_data(attacks, names, data, attack_params)
         target.split.check(len(data))
-        _check_same_data(target.run, data)
-        tracking.log_data(config, data.fingerprint(), "evaluation")
+        fingerprint = data.fingerprint()
+        _check_same_data(target.run, data.name, fingerprint)
+        tracking.log_data(config, fingerprint, "evaluation")
         _, is_member = target.split.query()
         notes = []
         if names and (note := _log_evaluation_set(is_member)):
@@ -524,13 +526,13 @@ def _fl_attacks(target: tracking.TargetRun, names: list[str], attack_params: dic
     return results, note
 
 
-def _check_same_data(run, data: Dataset) -> None:
+def _check_same_data(run, name: str, fingerprint: str) -> None:
     """A stored run is attacked (or resumed) on the data it trained on: a loader that now returns other
     rows under the same name (a user's own, an edited folder) would pair the stored target with
     reference models of other data, silently. Runs from before the tag are taken as they are."""
     stored = run.data.tags.get(tracking.DATA_TAG) if run is not None else None
-    if stored is not None and stored != data.fingerprint():
-        raise MiaError(f"dataset {data.name} is not the data run {run.info.run_id} trained on (its contents "
+    if stored is not None and stored != fingerprint:
+        raise MiaError(f"dataset {name} is not the data run {run.info.run_id} trained on (its contents "
                        "changed since); restore those files or that loader, or train a new run")
 
 
