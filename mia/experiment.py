@@ -25,7 +25,7 @@ from mia.label_signals import applicable_kinds, label_only_signals
 from mia.models import NORMS, build_model
 from mia.defenses import Defense, make_defense
 from mia.pool import PoolGrowth, pool_size
-from mia.train.predict import check_device
+from mia.train.predict import accuracy, check_device
 from mia.signals import Signals
 
 
@@ -217,8 +217,8 @@ def _dense_from_run(source: tracking.TargetRun, config: TargetConfig, data: Data
     split = source.split
     device = config.train.device
     dense = audit.TrainedModel(network, network, int(source.metrics.get("best_epoch", -1)), [],
-                               train_accuracy=audit.accuracy(network, data, split.members, device),
-                               test_accuracy=audit.accuracy(network, data, split.nonmembers, device),
+                               train_accuracy=accuracy(network, data, split.members, device),
+                               test_accuracy=accuracy(network, data, split.nonmembers, device),
                                wall_time=0.0)
     return split, dense
 
@@ -287,7 +287,7 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
         test_accuracy = state.history[-1]["test_accuracy"]  # logged per round; the last round's is the final
         # the per-round train_accuracy is the clients' as they trained; the released global model's on the
         # members goes after the last round (MLflow shows the highest step), as in a centralized run
-        train_accuracy = audit.accuracy(model, data, split.members, config.train.device)
+        train_accuracy = accuracy(model, data, split.members, config.train.device)
         tracking.log_metrics({"train_accuracy": train_accuracy}, step=config.fl.rounds + 1)
         tracking.log_metrics({**defense.metrics(), **timer.seconds})
         return TrainOutcome(active.info.run_id, test_accuracy, train_accuracy, data, privacy_metrics(defense.metrics()))

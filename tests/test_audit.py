@@ -254,7 +254,7 @@ def test_an_audit_computes_the_label_only_signals_of_the_attacks_it_names(monkey
     def stop(config, *args, **kwargs):
         raise Trained(config.label_only)
 
-    monkeypatch.setattr(audit, "fit", stop)
+    monkeypatch.setattr(audit._run, "fit", stop)
     monkeypatch.setattr(experiment, "train_run", stop)
     config = audit.resolve_config("digits")
     given = audit.resolve_config("digits", label_only="aug,noise-flip")
@@ -289,8 +289,9 @@ def test_the_target_selects_its_epoch_on_validation_rows_never_on_the_audited_no
         seen.append((config.scenario, *(np.asarray(i) for i in (train_idx, val_idx, test_idx))))
         raise Trained
 
-    monkeypatch.setattr(audit, "fit", stop)
-    monkeypatch.setattr(audit, "fit_pruned", stop)
+    for module in (audit, audit._run):  # experiment's calls look them up in the package, run_audit's in _run
+        monkeypatch.setattr(module, "fit", stop)
+        monkeypatch.setattr(module, "fit_pruned", stop)
     for scenario in ("centralized", "pruning"):
         config = audit.resolve_config("digits", scenario=scenario)
         for run in (lambda: audit.run_audit(config, attacks="loss", progress=False),

@@ -31,7 +31,8 @@ from mia.errors import MiaError
 from mia.metrics import attack_metrics
 from mia.models import build_model
 from mia.signals import Signals
-from mia.train import predict_logits
+from mia.train import TrainConfig, predict_logits
+from mia.train.predict import accuracy
 
 
 @dataclasses.dataclass
@@ -131,7 +132,7 @@ def test_dpsgd_step_clips_each_sample_and_averages_over_the_expected_batch():
     clip = float(norms.median())  # half the samples are clipped, half not
     factor = (clip / (norms + 1e-6)).clamp(max=1.0)
     assert (factor < 1).any() and (factor == 1).any()
-    recipe = audit.TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
+    recipe = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
     _GhostStep(model, recipe, sigma=0.0, max_grad_norm=clip, expected_batch=32, total_steps=1, seed=0)(x, y)
     for name, p in model.named_parameters():
         expected = torch.einsum("i,i...->...", factor, grads[name]) / 32
@@ -143,7 +144,7 @@ def test_dpsgd_noise_has_std_sigma_times_the_clipping_norm_over_the_expected_bat
     torch.manual_seed(0)
     model = dp_model(build_model("mlp", (64,), 10))
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    recipe = audit.TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
+    recipe = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
     step = _GhostStep(model, recipe, sigma=2.0, max_grad_norm=0.5, expected_batch=10, total_steps=1, seed=0)
     step.empty()
     step.close()
@@ -396,7 +397,7 @@ def test_selena_lowers_leakage_with_a_small_utility_loss(s, selena):
     leak = aucs(model, s, ("loss", "nn"))
     assert leak["loss"] < s.baseline_aucs["loss"] - 0.04, (leak, s.baseline_aucs)
     assert leak["nn"] < s.baseline_aucs["nn"] - 0.04, (leak, s.baseline_aucs)
-    acc = audit.accuracy(model, s.data, s.split.nonmembers)
+    acc = accuracy(model, s.data, s.split.nonmembers)
     assert acc > s.baseline.test_accuracy - 0.06, (acc, s.baseline.test_accuracy)
 
 
@@ -447,8 +448,8 @@ def test_split_ai_of_a_model_the_registry_does_not_know_trains_each_sub_model_on
         seen = ai.train_idx[ai.train_sets[m]]
         answered = ai.train_idx[ai.assignment[:, m]]
         assert not set(seen.tolist()) & set(answered.tolist())
-        fit_seen = audit.accuracy(model, s.data, seen)
-        assert fit_seen > 0.85 and fit_seen > audit.accuracy(model, s.data, answered) + 0.15, m  # 0.91 vs 0.64
+        fit_seen = accuracy(model, s.data, seen)
+        assert fit_seen > 0.85 and fit_seen > accuracy(model, s.data, answered) + 0.15, m  # 0.91 vs 0.64
 
 
 # ---------------------------------------------------------------- user errors

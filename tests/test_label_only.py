@@ -287,7 +287,7 @@ def test_the_costly_signals_show_progress_where_asked(capsys, monkeypatch, tmp_p
     assert capsys.readouterr().err == ""
     asked = []
     monkeypatch.setattr(mia.pool, "label_only_signals", lambda *a, **k: asked.append(k["progress"]) or {})
-    monkeypatch.setattr(audit, "label_only_signals", lambda *a, **k: asked.append(k["progress"]) or {})
+    monkeypatch.setattr(audit._attack, "label_only_signals", lambda *a, **k: asked.append(k["progress"]) or {})
     config = audit.resolve_config("digits", train_overrides={"epochs": 1}, label_only=["boundary"])
     audit.run_audit(config, attacks="loss", reference_models=1, cache_dir=str(tmp_path), progress=True)
     assert asked and all(asked)

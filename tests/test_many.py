@@ -194,14 +194,14 @@ def test_fit_many_not_keeping_frees_each_model_before_the_next_trains(scenario, 
     sets = halves(split.members, 3, 100)
     handed, alive = [], []
     starts = "fit" if scenario == "defense" else "simulate"
-    trains = getattr(audit, starts)
+    trains = getattr(audit._fit, starts)
 
     def counted(*args, **kwargs):
         gc.collect()
         alive.append(sum(ref() is not None for ref in handed))
         return trains(*args, **kwargs)
 
-    monkeypatch.setattr(audit, starts, counted)
+    monkeypatch.setattr(audit._fit, starts, counted)
     audit.fit_many(config, data, sets, split.members[:100], [0, 1, 2], progress=False,
                    on_trained=lambda m, model: handed.append(weakref.ref(model)))
     assert len(handed) == 3 and alive == [0, 0, 0]

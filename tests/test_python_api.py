@@ -97,7 +97,7 @@ def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_do
 ])
 def test_bad_requests_are_one_line_errors_before_anything_trains(kwargs, match, tmp_path, monkeypatch):
     config = audit.resolve_config("digits")
-    monkeypatch.setattr(audit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(audit._run, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     with pytest.raises(MiaError, match=match) as err:
         audit.run_audit(config, cache_dir=str(tmp_path), progress=False, **kwargs)
     assert "\n" not in str(err.value)
@@ -156,8 +156,8 @@ def test_all_is_all_however_it_is_spelt():
 def test_attack_parameters_only_the_target_decides_are_checked_before_it_trains(tmp_path, monkeypatch):
     from mia.fl.config import FLConfig
 
-    monkeypatch.setattr(audit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
-    monkeypatch.setattr(audit, "_federate", lambda *a, **k: pytest.fail("federated before refusing"))
+    monkeypatch.setattr(audit._run, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(audit._run, "fit_federated", lambda *a, **k: pytest.fail("federated before refusing"))
     config = audit.resolve_config("digits")
     with pytest.raises(MiaError, match="1 <= l < k.*k=5, l=9"):
         audit.run_audit(config, attacks="selena-adaptive", attack_params={"selena-adaptive": {"k": 5, "l": 9}},
@@ -181,7 +181,7 @@ def test_the_up_front_sampling_check_predicts_the_simulation():
     config = audit.resolve_config("digits", scenario="federated", fl=FLConfig(clients=4, rounds=4, fraction=0.5))
     data = audit.load_data(config)
     split = make_split(len(data), config.seed, config.split)
-    _, signals, _ = audit._federate(config, data, split, progress=False)
+    _, signals, _ = audit.fit_federated(config, data, split, progress=False)
     for i, r in enumerate(signals.rounds):
         assert set(np.flatnonzero(signals.sampled[i])) == set(config.fl.sampled(int(r), config.seed))
 

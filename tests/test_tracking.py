@@ -214,7 +214,7 @@ def test_a_training_run_shows_the_progress_of_its_signals(mlflow_store, monkeypa
         shown.append(args[7] if len(args) > 7 else kwargs.get("progress", False))
         return query(*args, **kwargs)
 
-    monkeypatch.setattr(audit, "query_signals", spy)
+    monkeypatch.setattr(audit._attack, "query_signals", spy)
     config = audit.resolve_config("digits", train_overrides={"epochs": 1})
     train_run(config, progress=True)
     assert shown[0] is True  # the audited query set, where the label-only signals are computed
