@@ -405,8 +405,14 @@ def log_data(config: TargetConfig, fingerprint: str, context: str) -> None:
     source = json.dumps({"dataset": config.dataset, "params": config.dataset_params, "data_dir": config.data_dir},
                         sort_keys=True, default=str)
     dataset = DatasetEntity(config.dataset, fingerprint[:8], "mia", source)
-    MlflowClient().log_inputs(mlflow.active_run().info.run_id,
-                              [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+    try:
+        MlflowClient().log_inputs(mlflow.active_run().info.run_id, inputs)
+    except MlflowException:
+        # the store looks the dataset up, then inserts it: two runs of one experiment that log the same data at
+        # once (`mia tune --jobs 2`) both insert, and the second breaks the table's uniqueness; once the first
+        # has committed, a second try finds its row and only links the run to it
+        MlflowClient().log_inputs(mlflow.active_run().info.run_id, inputs)
 
 
 def last_step(run_id: str, key: str) -> int:

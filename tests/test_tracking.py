@@ -247,3 +247,32 @@ def test_the_report_reads_every_finished_attack_run_even_one_whose_training_run_
     assert rows.loc[finished[0], "defense_params.smoothing"] == "0.2"
     assert pd.isna(rows.loc[finished[1], "defense_params.smoothing"])
     assert rows.loc[finished[1], "target_run_id"] == "0" * 32 and rows.loc[finished[0], "defense"] == "label-smoothing"
+
+
+def test_two_runs_logging_the_same_data_at_once_both_record_it(mlflow_store, monkeypatch):
+    """The store looks a dataset up, then inserts it: two trials of ``mia tune --jobs 2`` both inserted digits,
+    and the second failed on the datasets table's uniqueness (a FAILED trial, seen in CI against PostgreSQL)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mia.audit import resolve_config
+
+    config = resolve_config("digits")
+    with tracking.run("train-centralized-digits-mlp") as other:
+        pass
+    real, calls = MlflowClient.log_inputs, []
+
+    def raced(self, run_id, datasets=None, *args, **kwargs):
+        calls.append(run_id)
+        if len(calls) == 1:  # the other run inserts the row between our look-up and our insert
+            real(self, other.info.run_id, datasets, *args, **kwargs)
+            raise MlflowException("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return real(self, run_id, datasets, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", raced)
+    with tracking.run("train-centralized-digits-mlp") as ours:
+        tracking.log_data(config, "bc95e060" * 8, "training")
+    for run_id in (other.info.run_id, ours.info.run_id):
+        (used,) = MlflowClient().get_run(run_id).inputs.dataset_inputs
+        assert (used.dataset.name, used.dataset.digest) == ("digits", "bc95e060")
+    assert mlflow.get_run(ours.info.run_id).info.status == "FINISHED"
