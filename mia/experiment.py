@@ -17,9 +17,8 @@ import torch
 from mia import audit, tracking
 from mia.attacks import selection
 from mia.audit import AttackResult, TargetConfig
-from mia.data import Dataset, make_split
+from mia.data import Dataset
 from mia.data.splits import Split
-from mia.imported import member_rows, split_around
 from mia.errors import MiaError
 from mia.label_signals import applicable_kinds, label_only_signals
 from mia.models import NORMS, build_model
@@ -108,10 +107,8 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         dense = None
         if source is not None:
             split, dense = _dense_from_run(source, config, data)
-        elif members is not None:
-            split = split_around(len(data), member_rows(members, len(data)), config.seed, config.split)
         else:
-            split = make_split(len(data), config.seed, config.split)
+            split = audit.target_split(config, len(data), members)
         tracking.log_split(split)
         steps = [-1]
 
@@ -119,26 +116,16 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             steps.append(epoch)
             tracking.log_metrics(metrics, step=epoch)
 
-        if config.scenario == "pruning" and dense is None:
-            audit.check_prunable(config, data, split.members)
-            with timer.stage("train_dense"):
-                dense = audit.fit(audit.dense_config(config), data, split.members, split.validation,
-                                  split.nonmembers, seed=config.seed, progress=progress, on_epoch=log_epoch)
-        mem_scores = None
-        if models := audit.pool_mem_score_models(config):
-            with timer.stage("mem_scores"):
-                mem_scores = _pool_mem_scores(config, dense.best_epoch, data, split, models,
-                                              tracking.experiment_name(active), progress)
-        with timer.stage("import" if checkpoint else "train"):
-            if checkpoint is not None:
-                trained = audit.fit_imported(config, data, split, checkpoint)
-            elif config.scenario == "pruning":
-                trained = audit.fit_pruned(config, data, split.members, split.validation, split.nonmembers,
-                                           seed=config.seed, dense=dense, progress=progress,
-                                           on_epoch=log_epoch, mem_scores=mem_scores)
-            else:
-                trained = audit.fit(config, data, split.members, split.validation, split.nonmembers,
-                                    seed=config.seed, progress=progress, on_epoch=log_epoch)
+        def mem_scores(dense: audit.TrainedModel, models: int) -> np.ndarray:
+            """The members' mem-scores from the online pool of the dense recipe, grown to ``models``: its models
+            stop where the dense original did, so the same pool serves the attack on it (``mia.dense_pool_key``)."""
+            recipe = audit.attacker_config(audit.dense_config(config), released_epoch=dense.best_epoch)
+            pool, _, _ = _reference_pool(recipe, data, split, "online", models, tracking.experiment_name(active),
+                                         progress, prefix="mem_")
+            return pool.mem_scores_of(split.members)
+
+        trained = audit.fit_target(config, data, split, checkpoint=checkpoint, dense=dense, mem_scores=mem_scores,
+                                   on_epoch=log_epoch, progress=progress, stage=timer.stage)
         tracking.log_checkpoint(trained.network)
         with timer.stage("signals"):
             audited, population = audit.target_signals(trained.model, data, split, config, progress=progress)
@@ -162,20 +149,6 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
                              step=max(steps) + 1)
         return TrainOutcome(active.info.run_id, trained.test_accuracy, trained.train_accuracy, data,
                             privacy_metrics(trained.defense_metrics))
-
-
-def _pool_mem_scores(config: TargetConfig, dense_epoch: int, data: Dataset, split, models: int, experiment: str,
-                     progress: bool) -> np.ndarray:
-    """The members' mem-scores from the online pool of the dense recipe, grown to ``models``.
-
-    The pool's models stop where the dense original did (``dense_epoch``), so
-    the same pool then serves the attack on the dense original (``mia.dense_pool_key``).
-    """
-    audit.check_mem_pool(config, split)
-    pool, _, _ = _reference_pool(audit.attacker_config(audit.dense_config(config), released_epoch=dense_epoch),
-                                 data, split, "online", models, experiment,
-                                 progress, prefix="mem_")
-    return pool.mem_scores_of(split.members)
 
 
 def _effective_recipe(config: TargetConfig) -> dict[str, object]:
@@ -261,7 +234,7 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
             tracking.log_data(config, fingerprint, "training")
         if not resume:
             tracking.log_config(config)
-            split = make_split(len(data), config.seed, config.split)
+            split = audit.target_split(config, len(data))
             tracking.log_split(split)
         split.check(len(data))
         defense = make_defense(config.defense, config.defense_params, seed=config.seed)

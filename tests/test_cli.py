@@ -802,7 +802,11 @@ def test_adaptive_attack_on_a_pruning_run_with_a_mem_score_csv(mlflow_store, tmp
     (("--pruner", "slimming", "--model", "mlp"), "BatchNorm"),
     (("--defense", "rsw", "--member-fraction", "0.4", "--nonmember-fraction", "0.2"), "mem_source=halves"),
 ])
-def test_bad_pruning_input_is_one_line(mlflow_store, args, fragment):
+def test_bad_pruning_input_is_one_line(mlflow_store, args, fragment, monkeypatch):
+    """...before anything trains: the dense original was trained before the mem-score pool was checked."""
+    from mia import audit
+
+    monkeypatch.setattr(audit._fit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     result = invoke("train", "--scenario", "pruning", "--epochs", "1", "--quiet", *args)
     assert result.exit_code != 0
     assert fragment in result.output and "Traceback" not in result.output

@@ -150,7 +150,7 @@ def test_the_readme_attack_with_a_wrong_parameter_fails_before_anything_trains(r
     def no_training(*args, **kwargs):
         raise AssertionError("trained before refusing the parameter")
 
-    monkeypatch.setattr(audit._run, "fit", no_training)
+    monkeypatch.setattr(audit._fit, "fit", no_training)
     with pytest.raises(MiaError, match=match) as err:
         audit.run_audit(audit.resolve_config("blobs"), attacks="class-zloss,loss", reference_models=1,
                         progress=False, attack_params={"class-zloss": params})
@@ -389,7 +389,7 @@ def test_noise_flip_on_rows_that_are_not_binary_fails_before_anything_trains(mon
     def no_training(*args, **kwargs):
         raise AssertionError("trained before refusing noise-flip")
 
-    monkeypatch.setattr(audit._run, "fit", no_training)
+    monkeypatch.setattr(audit._fit, "fit", no_training)
     rows = Dataset("real-rows", torch.randn(60, 4), torch.arange(60) % 2, 2, "tabular")
     with registered(DATASETS, "real-rows", DatasetSpec("real-rows", lambda d, dl: rows, "x", "tabular",
                                                        default_model="mlp")):

@@ -97,7 +97,7 @@ def test_a_federation_is_audited_by_the_fl_and_black_box_attacks_as_mia_audit_do
 ])
 def test_bad_requests_are_one_line_errors_before_anything_trains(kwargs, match, tmp_path, monkeypatch):
     config = audit.resolve_config("digits")
-    monkeypatch.setattr(audit._run, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(audit._fit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     with pytest.raises(MiaError, match=match) as err:
         audit.run_audit(config, cache_dir=str(tmp_path), progress=False, **kwargs)
     assert "\n" not in str(err.value)
@@ -156,7 +156,7 @@ def test_all_is_all_however_it_is_spelt():
 def test_attack_parameters_only_the_target_decides_are_checked_before_it_trains(tmp_path, monkeypatch):
     from mia.fl.config import FLConfig
 
-    monkeypatch.setattr(audit._run, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(audit._fit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     monkeypatch.setattr(audit._run, "fit_federated", lambda *a, **k: pytest.fail("federated before refusing"))
     config = audit.resolve_config("digits")
     with pytest.raises(MiaError, match="1 <= l < k.*k=5, l=9"):
@@ -222,3 +222,24 @@ def test_an_attack_result_shows_its_metrics_not_its_scores():
 
     result = audit.AttackResult("rmia", AttackOutput(np.zeros(898), np.zeros(898, bool)), {"auc": 0.5}, 1.0)
     assert repr(result) == "AttackResult(name='rmia', metrics={'auc': 0.5}, seconds=1.0)"
+
+
+def test_the_pieces_the_readme_names_compose_into_run_audits_result(tmp_path):
+    """README offers run_audit's pieces to users composing a protocol of their own: in the order it names them
+    they give run_audit's audit (the same split, target, pool and AUCs), and find the pool it grew."""
+    config = audit.resolve_config("digits", train_overrides={"epochs": 3}, label_only=[])
+    names = ["loss", "lira-offline"]
+    whole = audit.run_audit(config, attacks=names, reference_models=2, pool_mode="offline",
+                            cache_dir=str(tmp_path), progress=False)
+    data = audit.load_data(config)
+    split = audit.target_split(config, len(data))
+    target = audit.fit_target(config, data, split, progress=False)
+    signals, population = audit.target_signals(target.model, data, split, config)
+    recipe = audit.attacker_config(config, released_epoch=target.best_epoch)
+    plan = audit.plan_reference_pool(recipe, data, split, "offline")
+    pool, growth = audit.reference_pool(plan, recipe, data, 2, tmp_path / "pools" / plan.key, progress=False)
+    results = audit.attack_target(names, config, data, split, signals, population, pool, seed=config.seed,
+                                  progress=False)
+    assert np.array_equal(split.members, whole.split.members) and growth.new == []
+    assert target.test_accuracy == whole.target.test_accuracy
+    assert {r.name: r.metrics["auc"] for r in results} == {n: whole.metrics[n]["auc"] for n in names}

@@ -85,8 +85,8 @@ def test_a_killed_workers_trial_is_found_by_its_heartbeat_and_retried(mlflow_sto
     args = ["tune", "--defense", "label-smoothing", "--epochs", "2", "--reference-models", "1", "--label-only", "",
             "--quiet", "--trials", "1", "--storage", postgres, "--study-name", "hb"]
     # the worker's training hangs, so it is surely killed mid-trial; heartbeats every second, stale after 2
-    hang = ("import sys, time, mia.audit, tuning.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; "
-            "mia.audit.fit = lambda *a, **k: time.sleep(600); from entrypoints.cli import main; ")
+    hang = ("import sys, time, mia.audit._fit, tuning.study as s; s.HEARTBEAT_S, s.GRACE_S = 1, 2; "
+            "mia.audit._fit.fit = lambda *a, **k: time.sleep(600); from entrypoints.cli import main; ")
     worker = subprocess.Popen([sys.executable, "-c", hang + "main(sys.argv[1:])", *args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     plain = optuna.storages.RDBStorage(postgres)

@@ -31,7 +31,7 @@ from mia.audit._attack import (AttackResult, attack_target, leakage_summary, que
 from mia.audit._config import SCENARIOS, TargetConfig, check_config, dense_config, dense_title, resolve_config
 from mia.audit._fit import (TrainedModel, check_import, check_importable, check_mem_pool, check_prunable,
                             finetune_metrics, fit, fit_federated, fit_federations, fit_imported, fit_many,
-                            fit_pruned, load_data, pool_mem_score_models)
+                            fit_pruned, fit_target, load_data, pool_mem_score_models, target_split)
 from mia.audit._reference import (POOL_FORMAT, attacker_config, federation_identity, needs_pool,
                                   plan_reference_pool, pool_identity, reference_pool, split_ai_reference)
 from mia.audit._run import Audit, callers_random_state, run_audit
@@ -39,8 +39,8 @@ from mia.audit._run import Audit, callers_random_state, run_audit
 __all__ = [
     "SCENARIOS", "TargetConfig", "check_config", "dense_config", "dense_title", "resolve_config",
     "TrainedModel", "check_import", "check_importable", "check_mem_pool", "check_prunable", "finetune_metrics",
-    "fit", "fit_federated", "fit_federations", "fit_imported", "fit_many", "fit_pruned", "load_data",
-    "pool_mem_score_models",
+    "fit", "fit_federated", "fit_federations", "fit_imported", "fit_many", "fit_pruned", "fit_target", "load_data",
+    "pool_mem_score_models", "target_split",
     "POOL_FORMAT", "attacker_config", "federation_identity", "needs_pool", "plan_reference_pool", "pool_identity",
     "reference_pool", "split_ai_reference",
     "AttackResult", "attack_target", "leakage_summary", "query_signals", "run_attacks", "run_fl_attacks",

@@ -3,6 +3,7 @@ from a checkpoint trained elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
@@ -17,12 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mia.audit._config import TargetConfig, dense_config
-from mia.data import Dataset, Split, load_dataset
+from mia.data import Dataset, Split, load_dataset, make_split
 from mia.defenses import make_defense
 from mia.defenses.memorization import MemScored
 from mia.errors import MiaError
 from mia.fl.simulation import simulate
-from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network
+from mia.imported import CHECKPOINT_FIX, MEMBERS_FIX, check_file, load_network, member_rows, split_around
 from mia.models import batchnorm_fix, build_model
 from mia.prune import prune_and_finetune
 from mia.prune.layers import FixedMasks
@@ -34,6 +35,9 @@ from mia.train.predict import accuracy
 
 
 EpochCallback = Callable[[int, dict], None]
+#: ``(dense, models) -> scores``: the members' mem-scores from a pool of ``models`` reference models
+#: copying the ``dense`` original (:func:`fit_target`)
+MemScores = Callable[["TrainedModel", int], np.ndarray]
 
 
 @dataclass
@@ -231,6 +235,57 @@ def check_mem_pool(config: TargetConfig, split: Split) -> None:
                        f"every member only when there are at least as many non-members "
                        f"({len(split.nonmembers)}) as members ({len(split.members)}); raise "
                        "--nonmember-fraction, or pass --defense-param mem_source=halves")
+
+
+def target_split(config: TargetConfig, n: int, members=None) -> Split:
+    """The target's split of ``n`` rows: seeded from the config, or around the ``members`` of a model trained
+    elsewhere (an array of rows, or a file :func:`mia.imported.read_members` reads)."""
+    if members is None:
+        return make_split(n, config.seed, config.split)
+    return split_around(n, member_rows(members, n), config.seed, config.split)
+
+
+def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint: str | Path | None = None,
+               dense: TrainedModel | None = None, mem_scores: MemScores | None = None,
+               on_epoch: EpochCallback | None = None, progress: bool = True,
+               stage: Callable = contextlib.nullcontext) -> TrainedModel:
+    """The audited model of a centralized or pruning ``config`` on ``split``: how :func:`mia.audit.run_audit`
+    and the tracked ``mia train`` both fit it, so that one seed gives one model either way.
+
+    A ``checkpoint`` trained elsewhere is loaded (:func:`fit_imported`); a pruning
+    target (first checked: :func:`check_prunable`) prunes ``dense`` (its dense original, trained here
+    when not given), its defense fed the members' scores
+    ``mem_scores(dense, models)`` where it reads them from a reference pool
+    (:func:`pool_mem_score_models`; checked before anything trains:
+    :func:`check_mem_pool`). ``stage(name)`` wraps each costly part
+    (``train_dense``, ``mem_scores``, ``train`` or ``import``), for the tracked
+    run's timings.
+    """
+    if checkpoint is not None:
+        with stage("import"):
+            return fit_imported(config, data, split, checkpoint)
+    if config.scenario != "pruning":
+        with stage("train"):
+            return fit(config, data, split.members, split.validation, split.nonmembers, config.seed,
+                       on_epoch=on_epoch, progress=progress)
+    models = pool_mem_score_models(config)
+    if models:
+        check_mem_pool(config, split)
+        if mem_scores is None:
+            raise MiaError(f"{config.defense} reads its mem-scores from a reference pool, and fit_target was "
+                           "given no mem_scores to read them with")
+    check_prunable(config, data, split.members)
+    if dense is None:
+        with stage("train_dense"):
+            dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers, config.seed,
+                        on_epoch=on_epoch, progress=progress)
+    scores = None
+    if models:
+        with stage("mem_scores"):
+            scores = mem_scores(dense, models)
+    with stage("train"):
+        return fit_pruned(config, data, split.members, split.validation, split.nonmembers, config.seed,
+                          dense=dense, on_epoch=on_epoch, progress=progress, mem_scores=scores)
 
 
 def fit_many(config: TargetConfig, data: Dataset, train_sets: np.ndarray, val_idx: np.ndarray,

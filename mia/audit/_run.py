@@ -15,12 +15,10 @@ from mia.attacks import ATTACKS
 from mia.attacks.selection import applicable, as_asked, check_attacks, check_label_only_data, label_only_for
 from mia.audit._attack import AttackResult, attack_target, leakage_summary, run_fl_attacks, target_signals
 from mia.audit._config import TargetConfig, check_config, dense_config, dense_title
-from mia.audit._fit import (TrainedModel, check_import, check_mem_pool, fit, fit_federated, fit_imported,
-                            fit_pruned, load_data, pool_mem_score_models)
+from mia.audit._fit import TrainedModel, check_import, fit_federated, fit_target, load_data, target_split
 from mia.audit._reference import attacker_config, needs_pool, plan_reference_pool, reference_pool
-from mia.data import Split, make_split
+from mia.data import Split
 from mia.errors import MiaError
-from mia.imported import member_rows, split_around
 from mia.metrics import low_fpr_note, roc
 from mia.pool import MODES, pool_lock
 from mia.prune.memscores import default_cache_dir
@@ -182,31 +180,19 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
 
     data = load_data(config)
     check_label_only_data(attacks, names, data, attack_params)
-    if members is None:
-        split = make_split(len(data), config.seed, config.split)
-    else:
-        split = split_around(len(data), member_rows(members, len(data)), config.seed, config.split)
+    split = target_split(config, len(data), members)
     federation, fl_results = None, []
-    if checkpoint is not None:
-        target = fit_imported(config, data, split, checkpoint)
-    elif config.scenario == "federated":
+    if config.scenario == "federated":  # a checkpoint trained elsewhere is centralized (check_import)
         target, signals_of_server, federation = fit_federated(config, data, split, progress)
         fl_results = run_fl_attacks(fl_names, signals_of_server, config.fl.target_client,
                                     federation.is_member.astype(bool), attack_params, config.seed,
                                     skip_unscorable=attacks == "all")
-    elif config.scenario == "pruning":
-        dense, mem_scores = None, None
-        if models := pool_mem_score_models(config):  # RSW/RMR/SWMR: mem-scores from the dense recipe's pool
-            check_mem_pool(config, split)
-            dense = fit(dense_config(config), data, split.members, split.validation, split.nonmembers,
-                        seed=config.seed, progress=progress)
-            mem_pool = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models)
-            mem_scores = mem_pool.mem_scores_of(split.members)
-        target = fit_pruned(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
-                            dense=dense, progress=progress, mem_scores=mem_scores)
     else:
-        target = fit(config, data, split.members, split.validation, split.nonmembers, seed=config.seed,
-                     progress=progress)
+        def mem_scores(dense: TrainedModel, models: int) -> np.ndarray:  # RSW/RMR/SWMR: the dense recipe's pool
+            pool = grow(attacker_config(dense_config(config), released_epoch=dense.best_epoch), "online", models)
+            return pool.mem_scores_of(split.members)
+
+        target = fit_target(config, data, split, checkpoint=checkpoint, mem_scores=mem_scores, progress=progress)
     results = attack(names, config, target.model, adaptive, target.finetune_epochs) if names else []
     dense_results = []
     if names and target.dense is not None:  # what pruning changed: the same attacks on the dense original
