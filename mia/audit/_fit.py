@@ -261,6 +261,8 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     (``train_dense``, ``mem_scores``, ``train`` or ``import``), for the tracked
     run's timings.
     """
+    if config.scenario == "federated":
+        raise MiaError("a federated target is the global model of a FedAvg run: fit it with fit_federated")
     if checkpoint is not None:
         with stage("import"):
             return fit_imported(config, data, split, checkpoint)
@@ -272,8 +274,8 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     if models:
         check_mem_pool(config, split)
         if mem_scores is None:
-            raise MiaError(f"{config.defense} reads its mem-scores from a reference pool, and fit_target was "
-                           "given no mem_scores to read them with")
+            raise MiaError(f"{config.defense} reads its mem-scores from a reference pool: pass "
+                           "mem_scores=(dense, models) -> scores, or defense parameter mem_source=halves")
     check_prunable(config, data, split.members)
     if dense is None:
         with stage("train_dense"):
