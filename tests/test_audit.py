@@ -289,15 +289,24 @@ def test_the_target_selects_its_epoch_on_validation_rows_never_on_the_audited_no
         seen.append((config.scenario, *(np.asarray(i) for i in (train_idx, val_idx, test_idx))))
         raise Trained
 
-    monkeypatch.setattr(audit._fit, "fit", stop)  # both run_audit and train_run fit through audit.fit_target
+    def dense(config, data, train_idx, val_idx, test_idx, *args, **kwargs):  # a pruning target's first model
+        seen.append((config.scenario, *(np.asarray(i) for i in (train_idx, val_idx, test_idx))))
+        if pruning:
+            net = torch.nn.Linear(64, 10)
+            return audit.TrainedModel(net, net, 0, [], 0.0, 0.0, 0.0)
+        raise Trained
+
+    monkeypatch.setattr(audit._fit, "fit", dense)  # both run_audit and train_run fit through audit.fit_target
+    monkeypatch.setattr(audit._fit, "fit_pruned", stop)
     for scenario in ("centralized", "pruning"):
+        pruning = scenario == "pruning"
         config = audit.resolve_config("digits", scenario=scenario)
         for run in (lambda: audit.run_audit(config, attacks="loss", progress=False),
                     lambda: experiment.train_run(config, progress=False)):
             with pytest.raises(Trained):
                 run()
     split = make_split(1797, 0, config.split)
-    assert [s[0] for s in seen] == ["centralized"] * 4  # a pruning target's first model: its dense original
+    assert [s[0] for s in seen] == ["centralized"] * 2 + ["centralized", "pruning"] * 2  # dense, then pruned
     for _, train_idx, val_idx, test_idx in seen:
         assert np.array_equal(train_idx, split.members)
         assert np.array_equal(val_idx, split.validation)

@@ -248,7 +248,8 @@ def test_the_pieces_the_readme_names_compose_into_run_audits_result(tmp_path):
 def test_fit_target_says_what_it_cannot_fit_before_training(monkeypatch):
     monkeypatch.setattr(audit._fit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
     data = audit.load_data(audit.resolve_config("digits"))
-    for config, match in ((audit.resolve_config("digits", scenario="federated"), "fit_federated"),
-                          (audit.resolve_config("digits", scenario="pruning", defense="rsw"), "mem_scores=")):
+    federated = audit.resolve_config("digits", scenario="federated")
+    unchecked = audit.TargetConfig(model="mlp", scenario="pruning", norm="layer")  # built by hand
+    for config, match in ((federated, "fit_federated"), (unchecked, "unknown norm 'layer'")):
         with pytest.raises(MiaError, match=match):
             audit.fit_target(config, data, audit.target_split(config, len(data)), progress=False)

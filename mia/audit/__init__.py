@@ -16,7 +16,7 @@ The protocol (REFERENCE.md section 1):
 * attacks see the target's signals and the shadows' signals with their
   membership, never the target's membership, which only the metrics read.
 
-The steps live in four modules, read in this order, and every public name is
+The steps live in five modules, read in this order, and every public name is
 reachable from here (``from mia import audit; audit.fit(...)``):
 
 * ``_config``: what a target is (:class:`TargetConfig`), checked before anything trains;
@@ -29,21 +29,19 @@ reachable from here (``from mia import audit; audit.fit(...)``):
 from mia.audit._attack import (AttackResult, attack_target, leakage_summary, query_signals, run_attacks,
                                run_fl_attacks, target_signals)
 from mia.audit._config import SCENARIOS, TargetConfig, check_config, dense_config, dense_title, resolve_config
-from mia.audit._fit import (TrainedModel, check_import, check_importable, check_mem_pool, check_prunable,
-                            finetune_metrics, fit, fit_federated, fit_federations, fit_imported, fit_many,
-                            fit_pruned, fit_target, load_data, pool_mem_score_models, target_split)
-from mia.audit._reference import (POOL_FORMAT, attacker_config, federation_identity, needs_pool,
-                                  plan_reference_pool, pool_identity, reference_pool, split_ai_reference)
-from mia.audit._run import Audit, callers_random_state, run_audit
+from mia.audit._fit import (TrainedModel, check_import, finetune_metrics, fit, fit_federated, fit_federations,
+                            fit_many, fit_pruned, fit_target, load_data, target_split)
+from mia.audit._reference import (POOL_FORMAT, attacker_config, needs_pool, plan_reference_pool, pool_identity,
+                                  reference_pool, split_ai_reference)
+from mia.audit._run import Audit, run_audit
 
 __all__ = [
     "SCENARIOS", "TargetConfig", "check_config", "dense_config", "dense_title", "resolve_config",
-    "TrainedModel", "check_import", "check_importable", "check_mem_pool", "check_prunable", "finetune_metrics",
-    "fit", "fit_federated", "fit_federations", "fit_imported", "fit_many", "fit_pruned", "fit_target", "load_data",
-    "pool_mem_score_models", "target_split",
-    "POOL_FORMAT", "attacker_config", "federation_identity", "needs_pool", "plan_reference_pool", "pool_identity",
-    "reference_pool", "split_ai_reference",
+    "TrainedModel", "check_import", "finetune_metrics", "fit", "fit_federated", "fit_federations", "fit_many",
+    "fit_pruned", "fit_target", "load_data", "target_split",
+    "POOL_FORMAT", "attacker_config", "needs_pool", "plan_reference_pool", "pool_identity", "reference_pool",
+    "split_ai_reference",
     "AttackResult", "attack_target", "leakage_summary", "query_signals", "run_attacks", "run_fl_attacks",
     "target_signals",
-    "Audit", "callers_random_state", "run_audit",
+    "Audit", "run_audit",
 ]

@@ -17,7 +17,7 @@ import torch
 
 from tqdm.auto import tqdm
 
-from mia.audit._config import TargetConfig, dense_config
+from mia.audit._config import TargetConfig, check_config, dense_config
 from mia.data import Dataset, Split, load_dataset, make_split
 from mia.defenses import make_defense
 from mia.defenses.memorization import MemScored
@@ -257,10 +257,13 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     when not given), its defense fed the members' scores
     ``mem_scores(dense, models)`` where it reads them from a reference pool
     (:func:`pool_mem_score_models`; checked before anything trains:
-    :func:`check_mem_pool`). ``stage(name)`` wraps each costly part
+    :func:`check_mem_pool`); without ``mem_scores`` such a defense estimates
+    its own (``halves``, :mod:`mia.defenses.memorization`). ``config`` is
+    checked first (:func:`check_config`). ``stage(name)`` wraps each costly part
     (``train_dense``, ``mem_scores``, ``train`` or ``import``), for the tracked
     run's timings.
     """
+    config = check_config(config)
     if config.scenario == "federated":
         raise MiaError("a federated target is the global model of a FedAvg run: fit it with fit_federated")
     if checkpoint is not None:
@@ -270,12 +273,9 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
         with stage("train"):
             return fit(config, data, split.members, split.validation, split.nonmembers, config.seed,
                        on_epoch=on_epoch, progress=progress)
-    models = pool_mem_score_models(config)
+    models = pool_mem_score_models(config) if mem_scores is not None else 0
     if models:
         check_mem_pool(config, split)
-        if mem_scores is None:
-            raise MiaError(f"{config.defense} reads its mem-scores from a reference pool: pass "
-                           "mem_scores=(dense, models) -> scores, or defense parameter mem_source=halves")
     check_prunable(config, data, split.members)
     if dense is None:
         with stage("train_dense"):
