@@ -732,7 +732,12 @@ def test_pruning_run_logs_its_fine_tuning_epochs_after_the_dense_ones(mlflow_sto
     assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [7]
 
 
-def test_pruning_defense_reads_mem_scores_from_the_pool_the_dense_attack_reuses(mlflow_store):
+def test_pruning_defense_reads_mem_scores_from_the_pool_the_dense_attack_reuses(mlflow_store, monkeypatch):
+    import mia.defenses.memorization
+
+    # the pool's scores reach the defense: it never estimates its own (mem_source=halves' models)
+    monkeypatch.setattr(mia.defenses.memorization, "estimate_mem_scores",
+                        lambda *a, **k: pytest.fail("the defense estimated its own mem-scores"))
     result = invoke("audit", *PRUNING, "--defense", "rsw", "--defense-param", "mem_models=3", "--attacks", "loss",
                     "--reference-models", "2")
     assert result.exit_code == 0, result.output

@@ -50,14 +50,19 @@ def test_the_readme_example_runs_and_gives_what_mia_audit_logs(mlflow_store, cap
     assert again.metrics == report.metrics
 
 
-def test_a_pruning_target_and_its_dense_original_are_audited_as_mia_audit_does(mlflow_store):
+def test_a_pruning_target_and_its_dense_original_are_audited_as_mia_audit_does(mlflow_store, monkeypatch):
+    """RSW fine-tunes on the mem-scores of the dense recipe's pool, which the dense original's attack reuses."""
+    import mia.defenses.memorization
     from mia.experiment import audit_run
 
+    monkeypatch.setattr(mia.defenses.memorization, "estimate_mem_scores",
+                        lambda *a, **k: pytest.fail("the defense estimated its own mem-scores, not the pool's"))
     config = audit.resolve_config("digits", seed=0, train_overrides={"epochs": 8}, scenario="pruning",
-                                  prune=PruneConfig(sparsity=0.6, finetune_epochs=2))
+                                  prune=PruneConfig(sparsity=0.6, finetune_epochs=2), defense="rsw",
+                                  defense_params={"mem_models": 2, "window": 20})
     report = audit.run_audit(config, attacks="loss,rmia", reference_models=2, progress=False)
     assert report.target.defense_metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
-    assert report.reference_models_trained == 4  # 2 pruned references, 2 dense ones for the dense original
+    assert report.reference_models_trained == 4  # 2 pruned references, 2 dense ones: mem-scores, dense original
     tracked = audit_run(config, attacks="loss,rmia", reference_models=2, progress=False)
     for ours, theirs in ((report.results, tracked.results), (report.dense_results, tracked.dense)):
         assert [r.name for r in ours] == [r.name for r in theirs] == ["loss", "rmia"]
