@@ -108,7 +108,7 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
         if source is not None:
             split, dense = _dense_from_run(source, config, data)
         else:
-            split = audit.target_split(config, len(data), members)
+            split = audit.target_split(config, data, members)
         tracking.log_split(split)
         steps = [-1]
 
@@ -234,7 +234,7 @@ def federated_run(config: TargetConfig | None, experiment: str | None = None, pr
             tracking.log_data(config, fingerprint, "training")
         if not resume:
             tracking.log_config(config)
-            split = audit.target_split(config, len(data))
+            split = audit.target_split(config, data)
             tracking.log_split(split)
         split.check(len(data))
         defense = make_defense(config.defense, config.defense_params, seed=config.seed)

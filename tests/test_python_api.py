@@ -232,29 +232,39 @@ def test_an_attack_result_shows_its_metrics_not_its_scores():
 def test_the_pieces_the_readme_names_compose_into_run_audits_result(tmp_path):
     """README offers run_audit's pieces to users composing a protocol of their own: in the order it names them
     they give run_audit's audit (the same split, target, pool and AUCs), and find the pool it grew."""
-    config = audit.resolve_config("digits", train_overrides={"epochs": 3}, label_only=[])
+    config = audit.resolve_config("digits", seed=1, train_overrides={"epochs": 3}, label_only=[])
     names = ["loss", "lira-offline"]
     whole = audit.run_audit(config, attacks=names, reference_models=2, pool_mode="offline",
                             cache_dir=str(tmp_path), progress=False)
     data = audit.load_data(config)
-    split = audit.target_split(config, len(data))
+    split = audit.target_split(config, data)
     target = audit.fit_target(config, data, split, progress=False)
     signals, population = audit.target_signals(target.model, data, split, config)
     recipe = audit.attacker_config(config, released_epoch=target.best_epoch)
     plan = audit.plan_reference_pool(recipe, data, split, "offline")
     pool, growth = audit.reference_pool(plan, recipe, data, 2, tmp_path / "pools" / plan.key, progress=False)
-    results = audit.attack_target(names, config, data, split, signals, population, pool, seed=config.seed,
-                                  progress=False)
+    results = audit.attack_target("loss,lira-offline", config, data, split, signals, population, pool,
+                                  progress=False)  # seeded by config.seed, as run_audit
     assert np.array_equal(split.members, whole.split.members) and growth.new == []
     assert target.test_accuracy == whole.target.test_accuracy
     assert {r.name: r.metrics["auc"] for r in results} == {n: whole.metrics[n]["auc"] for n in names}
 
 
-def test_fit_target_says_what_it_cannot_fit_before_training(monkeypatch):
+def test_the_pieces_say_what_they_cannot_take_before_training(monkeypatch):
     monkeypatch.setattr(audit._fit, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
-    data = audit.load_data(audit.resolve_config("digits"))
+    config = audit.resolve_config("digits")
+    data = audit.load_data(config)
     federated = audit.resolve_config("digits", scenario="federated")
     unchecked = audit.TargetConfig(model="mlp", scenario="pruning", norm="layer")  # built by hand
-    for config, match in ((federated, "fit_federated"), (unchecked, "unknown norm 'layer'")):
+    for config_, match in ((federated, "fit_federated"), (unchecked, "unknown norm 'layer'")):
         with pytest.raises(MiaError, match=match):
-            audit.fit_target(config, data, audit.target_split(config, len(data)), progress=False)
+            audit.fit_target(config_, data, audit.target_split(config_, data), progress=False)
+    with pytest.raises(MiaError, match=r"takes the Dataset \(audit.load_data\(config\)\), got ndarray"):
+        audit.target_split(config, np.arange(100))  # the members, without the data
+    with pytest.raises(MiaError, match=r"takes a mia.data.Split \(audit.target_split"):
+        audit.fit_target(config, data, np.arange(100))
+    split = audit.target_split(config, data)
+    with pytest.raises(MiaError, match="runs the attacks it is named"):
+        audit.attack_target("all", config, data, split, None, None, None)
+    with pytest.raises(MiaError, match="unknown attack 'lira'"):
+        audit.attack_target("loss,lira", config, data, split, None, None, None)

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mia.attacks import ATTACKS, AttackOutput, ReferenceSignals, ShadowSignals, run_attack
+from mia.attacks.selection import as_asked, resolve_attacks
 from mia.audit._config import TargetConfig
 from mia.audit._reference import split_ai_reference
 from mia.data import Dataset, Split
@@ -132,20 +133,29 @@ def leakage_summary(results: list[AttackResult]) -> dict[str, float]:
             for k in ("auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001")}
 
 
-def attack_target(names: list[str], config: TargetConfig, data: Dataset, split: Split, signals: Signals,
-                  population: Signals, pool, params: dict[str, dict] | None = None, seed: int = 0,
+def attack_target(names: str | list[str], config: TargetConfig, data: Dataset, split: Split, signals: Signals,
+                  population: Signals, pool, params: dict[str, dict] | None = None, seed: int | None = None,
                   progress: bool = True, stage: Callable = contextlib.nullcontext,
                   skip_unscorable: bool = False) -> list[AttackResult]:
-    """The black-box attacks ``names`` on a target's signals, calibrated on the reference ``pool``.
+    """The black-box attacks ``names`` (a list, or a comma-separated string as :func:`run_audit` takes) on a
+    target's signals, calibrated on the reference ``pool``.
 
     ``signals``/``population`` are the target's on ``split.query()`` and on the
     attacker's population (:func:`target_signals`); ``pool`` the
     :class:`mia.pool.PoolSignals` of :func:`attacker_config`'s recipe (None
-    where no attack reads one: :func:`needs_pool`).
+    where no attack reads one: :func:`needs_pool`). ``seed`` (default
+    ``config.seed``, as :func:`run_audit`) seeds the learned attacks, the
+    choices made on reference models and the intervals.
     ``selena-adaptive`` also trains its shadow Split-AI here. ``stage(name)``
     wraps the two costly parts (``split_ai``, ``attacks``), for the tracked
     run's timings.
     """
+    if isinstance(names, str):
+        if as_asked(names) == "all":
+            raise MiaError("attack_target runs the attacks it is named; those of 'all' that apply to a target are "
+                           "mia.attacks.selection.applicable(names, signals, config.defense), as run_audit picks them")
+        names = resolve_attacks(names)
+    seed = config.seed if seed is None else seed
     _, is_member = split.query()
     split_ai = None
     if "selena-adaptive" in names:

@@ -237,12 +237,15 @@ def check_mem_pool(config: TargetConfig, split: Split) -> None:
                        "--nonmember-fraction, or pass --defense-param mem_source=halves")
 
 
-def target_split(config: TargetConfig, n: int, members=None) -> Split:
-    """The target's split of ``n`` rows: seeded from the config, or around the ``members`` of a model trained
-    elsewhere (an array of rows, or a file :func:`mia.imported.read_members` reads)."""
+def target_split(config: TargetConfig, data: Dataset, members=None) -> Split:
+    """The target's split of ``data``'s rows: seeded from the config, or around the ``members`` of a model
+    trained elsewhere (an array of rows, or a file :func:`mia.imported.read_members` reads)."""
+    if not isinstance(data, Dataset):
+        raise MiaError(f"target_split(config, data, members=None) takes the Dataset (audit.load_data(config)), got "
+                       f"{type(data).__name__}")
     if members is None:
-        return make_split(n, config.seed, config.split)
-    return split_around(n, member_rows(members, n), config.seed, config.split)
+        return make_split(len(data), config.seed, config.split)
+    return split_around(len(data), member_rows(members, len(data)), config.seed, config.split)
 
 
 def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint: str | Path | None = None,
@@ -252,7 +255,9 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     """The audited model of a centralized or pruning ``config`` on ``split``: how :func:`mia.audit.run_audit`
     and the tracked ``mia train`` both fit it, so that one seed gives one model either way.
 
-    A ``checkpoint`` trained elsewhere is loaded (:func:`fit_imported`); a pruning
+    A ``checkpoint`` trained elsewhere is loaded (:func:`fit_imported`), ``split``
+    then the one around the rows it trained on (``target_split(config, data, members)``:
+    nothing here can tell a wrong one); a pruning
     target (first checked: :func:`check_prunable`) prunes ``dense`` (its dense original, trained here
     when not given), its defense fed the members' scores
     ``mem_scores(dense, models)`` where it reads them from a reference pool
@@ -264,6 +269,9 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     run's timings.
     """
     config = check_config(config)
+    if not isinstance(split, Split):
+        raise MiaError(f"fit_target's split takes a mia.data.Split (audit.target_split(config, data, members)), got "
+                       f"{type(split).__name__}")
     if config.scenario == "federated":
         raise MiaError("a federated target is the global model of a FedAvg run: fit it with fit_federated")
     if checkpoint is not None:

@@ -180,7 +180,7 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
 
     data = load_data(config)
     check_label_only_data(attacks, names, data, attack_params)
-    split = target_split(config, len(data), members)
+    split = target_split(config, data, members)
     federation, fl_results = None, []
     if config.scenario == "federated":  # a checkpoint trained elsewhere is centralized (check_import)
         target, signals_of_server, federation = fit_federated(config, data, split, progress)
