@@ -116,10 +116,9 @@ def train_run(config: TargetConfig, experiment: str | None = None, progress: boo
             steps.append(epoch)
             tracking.log_metrics(metrics, step=epoch)
 
-        def mem_scores(original: audit.TrainedModel, models: int) -> np.ndarray:
-            """The members' mem-scores from the online pool of the dense recipe, grown to ``models``: its models
-            stop where the ``original`` did, so the same pool serves the attack on it (``mia.dense_pool_key``)."""
-            recipe = audit.attacker_config(audit.dense_config(config), released_epoch=original.best_epoch)
+        def mem_scores(recipe: TargetConfig, models: int) -> np.ndarray:
+            """The members' mem-scores from the online pool of the dense ``recipe``, kept in MLflow, which the
+            attack on the dense original then reuses (``mia.dense_pool_key``)."""
             pool, _, _ = _reference_pool(recipe, data, split, "online", models, tracking.experiment_name(active),
                                          progress, prefix="mem_")
             return pool.mem_scores_of(split.members)

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mia.audit._config import TargetConfig, check_config, dense_config
+from mia.audit._reference import attacker_config
 from mia.data import Dataset, Split, load_dataset, make_split
 from mia.defenses import make_defense
 from mia.defenses.memorization import MemScored
@@ -35,9 +36,9 @@ from mia.train.predict import accuracy
 
 
 EpochCallback = Callable[[int, dict], None]
-#: ``(dense, models) -> scores``: the members' mem-scores from a pool of ``models`` reference models
-#: copying the ``dense`` original (:func:`fit_target`)
-MemScores = Callable[["TrainedModel", int], np.ndarray]
+#: ``(recipe, models) -> scores``: the members' mem-scores from the online pool of ``recipe`` grown to
+#: ``models`` reference models (:func:`fit_target`: where that pool is kept is the caller's)
+MemScores = Callable[[TargetConfig, int], np.ndarray]
 
 
 @dataclass
@@ -260,8 +261,9 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     nothing here can tell a wrong one); a pruning
     target (first checked: :func:`check_prunable`) prunes ``dense`` (its dense original, trained here
     when not given), its defense fed the members' scores
-    ``mem_scores(dense, models)`` where it reads them from a reference pool
-    (:func:`pool_mem_score_models`; checked before anything trains:
+    ``mem_scores(recipe, models)`` where it reads them from a reference pool, ``recipe``
+    the dense one stopped where ``dense`` did, so that the dense original's attack
+    reuses that pool (:func:`pool_mem_score_models`; checked before anything trains:
     :func:`check_mem_pool`); without ``mem_scores`` such a defense estimates
     its own (``halves``, :mod:`mia.defenses.memorization`). ``config`` is
     checked first (:func:`check_config`). ``stage(name)`` wraps each costly part
@@ -292,7 +294,7 @@ def fit_target(config: TargetConfig, data: Dataset, split: Split, *, checkpoint:
     scores = None
     if models:
         with stage("mem_scores"):
-            scores = mem_scores(dense, models)
+            scores = mem_scores(attacker_config(dense_config(config), released_epoch=dense.best_epoch), models)
     with stage("train"):
         return fit_pruned(config, data, split.members, split.validation, split.nonmembers, config.seed,
                           dense=dense, on_epoch=on_epoch, progress=progress, mem_scores=scores)

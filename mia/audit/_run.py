@@ -188,9 +188,8 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
                                     federation.is_member.astype(bool), attack_params, config.seed,
                                     skip_unscorable=attacks == "all")
     else:
-        def mem_scores(original: TrainedModel, models: int) -> np.ndarray:  # RSW/RMR/SWMR: the dense recipe's pool
-            pool = grow(attacker_config(dense_config(config), released_epoch=original.best_epoch), "online", models)
-            return pool.mem_scores_of(split.members)
+        def mem_scores(recipe: TargetConfig, models: int) -> np.ndarray:  # RSW/RMR/SWMR: the dense recipe's pool
+            return grow(recipe, "online", models).mem_scores_of(split.members)
 
         target = fit_target(config, data, split, checkpoint=checkpoint, mem_scores=mem_scores, progress=progress)
     results = attack(names, config, target.model, adaptive, target.finetune_epochs) if names else []
