@@ -165,6 +165,23 @@ def test_noise_flip_matches_the_hypergeometric_law():
     np.testing.assert_allclose(got, exact, atol=0.03)
 
 
+def test_noise_flip_draws_every_set_of_k_distinct_bits_equally_often():
+    """Floyd's sampler: k distinct positions a draw, its mask the same set, each of the C(5, 2) = 10 pairs
+    a tenth of the draws, and k = d flips every bit."""
+    from mia.label_signals import _distinct_bits
+
+    gen = torch.Generator().manual_seed(0)
+    positions, mask = _distinct_bits(20000, 5, 2, gen, torch.device("cpu"))
+    assert positions.shape == (20000, 2) and mask.shape == (20000, 5)
+    assert (positions[:, 0] != positions[:, 1]).all()
+    assert (mask.sum(1) == 2).all() and mask.gather(1, positions).all()
+    pairs = np.unique(np.sort(positions.numpy(), axis=1), axis=0, return_counts=True)[1]
+    assert len(pairs) == 10
+    np.testing.assert_allclose(pairs / 20000, 0.1, atol=0.01)  # 4 standard errors
+    everything, full = _distinct_bits(50, 7, 7, gen, torch.device("cpu"))
+    assert full.all() and (np.sort(everything.numpy(), axis=1) == np.arange(7)).all()
+
+
 def test_noise_flip_adds_the_flipped_bits_columns_instead_of_querying_every_copy(monkeypatch):
     """A plain Linear-first net (the fc net of Purchase100 and Texas100) runs its first layer once per row, not
     on each of the 100 flipped copies (6.3 of the 7 million multiply-adds of Texas100's fc net), and gives the
