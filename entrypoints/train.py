@@ -7,6 +7,7 @@ import click
 from entrypoints.attack import privacy_line
 from entrypoints.config import check_from_run, target_config
 from mia.errors import MiaError
+from mia.metrics import near_chance_note
 from entrypoints.options import (common_options, config_option, federated_options, flag, imported_options, log_options,
                                  pass_options, pruning_options, target_options, typed)
 
@@ -45,6 +46,9 @@ def train(opts: dict) -> None:
         outcome = train_run(config, opts["experiment"], progress=not opts["quiet"], from_run=opts["from_run"],
                             checkpoint=opts["checkpoint"], members=opts["members"])
     click.echo(f"test accuracy {outcome.test_accuracy:.4f}  train accuracy {outcome.train_accuracy:.4f}")
+    scenario = "federated" if opts["resume"] else opts["scenario"]
+    if note := near_chance_note(outcome.test_accuracy, outcome.data.num_classes, scenario):
+        click.echo(f"note: {note}")
     if outcome.privacy:
         click.echo(privacy_line(outcome.privacy))
     if not opts["resume"]:  # a resumed run keeps the options.yaml of its start

@@ -21,6 +21,7 @@ from mia.data import Dataset
 from mia.data.splits import Split
 from mia.errors import MiaError
 from mia.label_signals import applicable_kinds, label_only_signals
+from mia.metrics import near_chance_note
 from mia.models import NORMS, build_model
 from mia.defenses import Defense, make_defense
 from mia.pool import PoolGrowth, pool_size
@@ -363,6 +364,8 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
             growths.append(dense_growth)
         new, relabelled = sum(len(g.new) for g in growths), sum(len(g.relabelled) for g in growths)
         metrics = _attack_metrics(target, results + fl_results, dense_results, new, timer)
+        if note := near_chance_note(metrics["test_accuracy"], data.num_classes, config.scenario):
+            notes.append(note)
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
         chosen = {f"{prefix}{r.name}.chosen.{k}": v for prefix, rs in (("", results), ("dense.", dense_results))
                   for r in rs for k, v in r.output.chosen.items()}  # what attacks picked on reference models

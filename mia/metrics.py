@@ -48,6 +48,27 @@ LOW_FPR = 1e-4
 operating point rather than the ROC's first step (REFERENCE.md section 1: "when there are enough")."""
 
 
+NEAR_CHANCE = 0.05
+"""A target whose test accuracy closes less than this share of the gap from a uniform guess (``1 / C``) to 1 is
+noted as near chance (:func:`near_chance_note`)."""
+
+
+def near_chance_note(test_accuracy: float, num_classes: int, scenario: str = "centralized") -> str | None:
+    """A note for the reader where the target barely beats a uniform guess, else None.
+
+    Such a model has learned too little for its leakage to describe the recipe: every attack reads near 0.5 on
+    it whatever the defense. A federation of 50 Purchase clients with 100 rows each, at the default 10 rounds of
+    local SGD, released one at 0.018 (100 classes) and its audit printed chance-level AUCs without a word.
+    """
+    guess = 1.0 / num_classes
+    if not test_accuracy - guess < NEAR_CHANCE * (1.0 - guess):
+        return None
+    longer = "--rounds, --local-epochs, --local-lr" if scenario == "federated" else "--epochs, --lr"
+    return (f"the target's test accuracy {test_accuracy:.4f} is near a uniform guess's {guess:.4f} "
+            f"({num_classes} classes): it learned too little for its leakage to say much; train it longer "
+            f"or faster ({longer})")
+
+
 def low_fpr_note(nonmembers: int) -> str | None:
     """A note for the reader where a reported ``tpr_at_fpr_<a>`` allows no false positive among
     ``nonmembers`` (``nonmembers * a < 1``: the figure is the TPR at FPR 0), else None."""

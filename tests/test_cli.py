@@ -835,6 +835,18 @@ def test_adaptive_reference_models_train_with_the_targets_defense(mlflow_store):
     assert pools["--adaptive"].data.tags["mia.defense"] == "label-smoothing"
 
 
+def test_a_target_that_learned_nothing_is_noted_under_its_accuracy_and_its_leakage(mlflow_store):
+    """A model at chance leaks nothing whatever its recipe: its chance-level AUCs came without a word."""
+    trained = invoke("train", "--epochs", "1", "--lr", "1e-9", "--quiet")
+    assert trained.exit_code == 0, trained.output
+    note = "note: the target's test accuracy 0.0"
+    assert note in trained.output and "near a uniform guess's 0.1000 (10 classes)" in trained.output
+    result = invoke("attack", "--run-id", run_id_of(trained.output), "--attacks", "loss", "--reference-models", "1",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    assert note in result.output and result.output.index(note) > result.output.index("loss ")
+
+
 def test_attack_takes_the_training_runs_seed_and_notes_a_tpr_that_reads_fpr_0(mlflow_store):
     run_id = run_id_of(invoke("train", "--seed", "3", *FAST).output)
     result = invoke("attack", "--run-id", run_id, "--attacks", "loss", "--reference-models", "1", "--quiet")
@@ -843,6 +855,7 @@ def test_attack_takes_the_training_runs_seed_and_notes_a_tpr_that_reads_fpr_0(ml
     assert attack.data.params["seed"] == "3"  # as `mia audit --seed 3` seeds its attacks
     nonmembers = attack.data.params["eval.nonmembers"]
     assert f"note: {nonmembers} non-members: tpr_at_fpr_0.001 allows no false positive" in result.output
+    assert "uniform guess" not in result.output  # a target that learned
     # an attack run given for a training run: the error names the training run to pass
     again = invoke("attack", "--run-id", attack.info.run_id, "--attacks", "loss", "--quiet")
     assert again.exit_code != 0 and f"is an attack run; pass its training run, {run_id}" in again.output

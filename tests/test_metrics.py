@@ -141,3 +141,16 @@ def test_low_fpr_note_names_the_tprs_that_allow_no_false_positive():
     assert low_fpr_note(449).startswith("449 non-members: tpr_at_fpr_0.001 allows no false positive")
     assert low_fpr_note(60).startswith("60 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no false "
                                        "positive, so each reads the TPR at FPR 0")  # not "so it reads"
+
+
+def test_near_chance_note_speaks_only_of_a_target_that_barely_beats_a_uniform_guess():
+    from mia.metrics import near_chance_note
+
+    # a federation of 50 Purchase clients at its default rounds released a model at 0.018 on 100 classes
+    note = near_chance_note(0.0184, 100, "federated")
+    assert note.startswith("the target's test accuracy 0.0184 is near a uniform guess's 0.0100 (100 classes)")
+    assert note.endswith("(--rounds, --local-epochs, --local-lr)")
+    assert near_chance_note(0.14, 10).endswith("(--epochs, --lr)")  # 0.04 of the 0.9 from a guess to 1
+    assert near_chance_note(0.52, 2) is not None
+    for accuracy, classes in [(0.15, 10), (0.06, 100), (0.53, 2), (0.9, 10), (float("nan"), 10)]:
+        assert near_chance_note(accuracy, classes) is None, (accuracy, classes)  # DP-SGD at 0.06 of 100: noted apart

@@ -592,7 +592,7 @@ def test_an_attack_of_the_wrong_form_is_a_one_line_error_and_a_fit_without_retur
             run_attack("per-class", signals, shadows)
 
 
-def test_a_python_audit_notes_a_tpr_at_low_fpr_that_allows_no_false_positive():
+def test_a_python_audit_notes_a_tpr_at_low_fpr_that_allows_no_false_positive_and_a_target_near_chance():
     """``mia audit`` prints the note; a notebook's report showed TPR 1.0 at 0.1 % FPR over a handful of
     non-members without it."""
     rows = Dataset("few-rows", torch.randn(100, 4, generator=torch.Generator().manual_seed(0)),
@@ -602,6 +602,12 @@ def test_a_python_audit_notes_a_tpr_at_low_fpr_that_allows_no_false_positive():
         report = audit.run_audit(config, attacks="loss", reference_models=1, progress=False)
     assert report.notes == ["25 non-members: tpr_at_fpr_0.01, tpr_at_fpr_0.001 allow no false positive, so each "
                             "reads the TPR at FPR 0 (docs/protocol.md, Metrics)"]
+    assert report.target.test_accuracy >= 0.525  # it learned a little: no note of chance (a model that did not:)
+    with registered(DATASETS, "few-rows", DatasetSpec("few-rows", lambda d, dl: rows, "x", "tabular")):
+        config = audit.resolve_config("few-rows", train_overrides={"epochs": 1, "lr": 1e-9})
+        report = audit.run_audit(config, attacks="loss", reference_models=1, progress=False)
+    assert report.notes[1].startswith(f"the target's test accuracy {report.target.test_accuracy:.4f} is near a "
+                                      "uniform guess's 0.5000 (2 classes)")
 
 
 def test_a_users_loader_or_builder_that_raises_is_a_one_line_error_naming_its_line():

@@ -19,7 +19,7 @@ from mia.audit._fit import TrainedModel, check_import, fit_federated, fit_target
 from mia.audit._reference import attacker_config, needs_pool, plan_reference_pool, reference_pool
 from mia.data import Split
 from mia.errors import MiaError
-from mia.metrics import low_fpr_note, roc
+from mia.metrics import low_fpr_note, near_chance_note, roc
 from mia.pool import MODES, pool_lock
 from mia.prune.memscores import default_cache_dir
 
@@ -41,6 +41,7 @@ class Audit:
     reference_models_trained: int  # models this call added to the cached pools (0: all reused)
     federation: object | None = field(default=None, repr=False)  # a federation's mia.fl.simulation.Federation
     dense_results: list[AttackResult] = field(default_factory=list, repr=False)  # pruning: the dense original's
+    num_classes: int | None = field(default=None, repr=False)  # the data's, for the note on a near-chance target
 
     def __repr__(self) -> str:
         summary = ", ".join(f"{k}={v:.4f}" for k, v in self.summary().items())
@@ -81,12 +82,16 @@ class Audit:
     def notes(self) -> list[str]:
         """What ``mia audit`` prints under its table: where a reported TPR at a low FPR allows no false
         positive among the evaluated non-members, so it reads the TPR at FPR 0 (a notebook showed a TPR of
-        1.0 at 0.1 % FPR over 3 non-members without a word). The FL attacks' own set is noted apart."""
+        1.0 at 0.1 % FPR over 3 non-members without a word). The FL attacks' own set is noted apart. And
+        where the target barely beats a uniform guess (:func:`mia.metrics.near_chance_note`)."""
         fl = self.federation is not None
         sets = [("", self.split.query()[1])] if any(r.name in ATTACKS for r in self.results) else []
         if fl and any(r.name not in ATTACKS for r in self.results):
             sets.append(("FL attacks: ", self.federation.is_member.astype(bool)))
-        return [prefix + note for prefix, member in sets if (note := low_fpr_note(int((~member).sum())))]
+        notes = [prefix + note for prefix, member in sets if (note := low_fpr_note(int((~member).sum())))]
+        if self.target is not None and self.num_classes:
+            notes += filter(None, [near_chance_note(self.target.test_accuracy, self.num_classes, self.config.scenario)])
+        return notes
 
     def summary(self) -> dict[str, float]:
         """Utility beside the worst case over the attacks: what a report row or an Optuna objective reads
@@ -197,5 +202,6 @@ def _audit(config: TargetConfig, attacks: str | list[str], reference_models: int
     if names and target.dense is not None:  # what pruning changed: the same attacks on the dense original
         dense_results = attack([n for n in names if n != "selena-adaptive"], dense_config(config),
                                target.dense.model, False, [])
-    return Audit(config, target, split, fl_results + results, len(trained), federation, dense_results)
+    return Audit(config, target, split, fl_results + results, len(trained), federation, dense_results,
+                 data.num_classes)
 
