@@ -56,9 +56,10 @@ noted as near chance (:func:`near_chance_note`)."""
 def near_chance_note(test_accuracy: float, num_classes: int, scenario: str = "centralized") -> str | None:
     """A note for the reader where the target barely beats a uniform guess, else None.
 
-    Such a model has learned too little for its leakage to describe the recipe: every attack reads near 0.5 on
-    it whatever the defense. A federation of 50 Purchase clients with 100 rows each, at the default 10 rounds of
-    local SGD, released one at 0.018 (100 classes) and its audit printed chance-level AUCs without a word.
+    Such a model has learned too little for its leakage to describe the recipe: the black-box attacks read near
+    0.5 on it whatever the defense, so a defense seems to work there that has nothing to do. A federation of 50
+    Purchase clients with 100 rows each, 10 rounds at the default local rate, released one at 0.018 (100
+    classes), and its audit printed chance-level AUCs for every black-box attack without a word.
     """
     guess = 1.0 / num_classes
     if not test_accuracy - guess < NEAR_CHANCE * (1.0 - guess):

@@ -90,7 +90,8 @@ class Audit:
             sets.append(("FL attacks: ", self.federation.is_member.astype(bool)))
         notes = [prefix + note for prefix, member in sets if (note := low_fpr_note(int((~member).sum())))]
         if self.target is not None and self.num_classes:
-            notes += filter(None, [near_chance_note(self.target.test_accuracy, self.num_classes, self.config.scenario)])
+            chance = near_chance_note(self.target.test_accuracy, self.num_classes, self.config.scenario)
+            notes += [chance] if chance else []
         return notes
 
     def summary(self) -> dict[str, float]:
