@@ -366,6 +366,7 @@ def attack_run(target_run_id: str, attacks: str | list[str] = "all", reference_m
         metrics = _attack_metrics(target, results + fl_results, dense_results, new, timer)
         if note := near_chance_note(metrics["test_accuracy"], data.num_classes, config.scenario):
             notes.append(note)
+            tracking.set_tags({"mia.near_chance_note": note})  # beside mia.low_fpr_note, for the MLflow UI
         tracking.log_metrics(metrics, step=config.fl.rounds if config.fl else None)
         chosen = {f"{prefix}{r.name}.chosen.{k}": v for prefix, rs in (("", results), ("dense.", dense_results))
                   for r in rs for k, v in r.output.chosen.items()}  # what attacks picked on reference models

@@ -845,6 +845,8 @@ def test_a_target_that_learned_nothing_is_noted_under_its_accuracy_and_its_leaka
                     "--quiet")
     assert result.exit_code == 0, result.output
     assert note in result.output and result.output.index(note) > result.output.index("loss ")
+    tags = MlflowClient().get_run(run_id_of(result.output, "attack run")).data.tags
+    assert tags["mia.near_chance_note"].startswith(note.removeprefix("note: "))
 
 
 def test_attack_takes_the_training_runs_seed_and_notes_a_tpr_that_reads_fpr_0(mlflow_store):
